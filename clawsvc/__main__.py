@@ -1,0 +1,3 @@
+from clawsvc.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,23 @@
+"""`clawsvc check-config`: validate, optionally print the effective config with secrets redacted."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from clawsvc import exitcodes
+from clawsvc.config import ConfigError, dump, load_config
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"clawsvc: {exc}", file=sys.stderr)
+        return exitcodes.CONFIG
+    if args.print:
+        sys.stdout.write(dump(config))
+    else:
+        where = config.source or "built-in defaults (no config file)"
+        print(f"{where}: ok")
+    return 0

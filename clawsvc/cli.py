@@ -1,0 +1,95 @@
+"""The `clawsvc` command line: argument parsing only; each command lives in the module named by its job."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from clawsvc import __version__, exitcodes
+
+# command name -> "module:function"; each function takes the parsed args and returns an exit code.
+HANDLERS = {
+    "run": "clawsvc.service:main",
+    "check-config": "clawsvc.checkconfig:main",
+    "status": "clawsvc.control_cli:status_main",
+    "rpc": "clawsvc.control_cli:rpc_main",
+    "restart-gateway": "clawsvc.control_cli:restart_main",
+    "keys": "clawsvc.keys_cli:main",
+    "install": "clawsvc.install:main",
+    "doctor": "clawsvc.doctor:main",
+    "gateway-install": "clawsvc.provision:main",
+}
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", metavar="FILE",
+                        help="config file (default: $CLAWSVC_CONFIG, /etc/clawsvc/clawsvc.yaml as root, "
+                             "else $XDG_CONFIG_HOME/clawsvc/clawsvc.yaml)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clawsvc", description="Run the OpenClaw gateway as a system service.")
+    parser.add_argument("--version", action="version", version=f"clawsvc {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("run", help="run the service in the foreground (what systemd's ExecStart runs)")
+    _config_arg(p)
+
+    p = sub.add_parser("check-config", help="validate the config file")
+    _config_arg(p)
+    p.add_argument("--print", action="store_true", help="print the effective config, secrets redacted")
+
+    p = sub.add_parser("status", help="show the running service's state")
+    _config_arg(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("rpc", help="call one gateway method through the running service")
+    _config_arg(p)
+    p.add_argument("method")
+    p.add_argument("params", nargs="?", default=None, metavar="PARAMS_JSON")
+    p.add_argument("--timeout", type=float, default=None, metavar="S")
+
+    p = sub.add_parser("restart-gateway", help="restart the gateway child; the service stays up")
+    _config_arg(p)
+
+    p = sub.add_parser("keys", help="provider API keys in the system keyring")
+    _config_arg(p)
+    keys = p.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    keys.add_parser("set", help="store a key (read from stdin or a no-echo prompt)").add_argument("provider")
+    keys.add_parser("delete", help="remove a stored key").add_argument("provider")
+    keys.add_parser("list", help="list providers and whether a key is stored")
+
+    p = sub.add_parser("install", help="write the systemd unit or launchd plist for this machine")
+    _config_arg(p)
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--system", dest="kind", action="store_const", const="system")
+    kind.add_argument("--user", dest="kind", action="store_const", const="user")
+    kind.add_argument("--launchd", dest="kind", action="store_const", const="launchd")
+    p.add_argument("--dry-run", action="store_true", help="print what would be written, write nothing")
+
+    p = sub.add_parser("doctor", help="check node, the gateway, port, token, keyring and units")
+    _config_arg(p)
+
+    p = sub.add_parser("gateway-install", help="provision Node and openclaw from the npm registry")
+    p.add_argument("--version", dest="gateway_version", default=None, metavar="V")
+    p.add_argument("--prefix", default=None, metavar="DIR")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module_name, func_name = HANDLERS[args.command].split(":")
+    handler = getattr(importlib.import_module(module_name), func_name)
+    try:
+        return int(handler(args))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        sys.stderr.close()
+        return exitcodes.FAIL
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

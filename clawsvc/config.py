@@ -1,0 +1,483 @@
+"""YAML config file -> frozen, typed Config; every error names file:line and the dotted key."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import shlex
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+BINDS = ("loopback", "lan", "tailnet", "auto")
+LEVELS = ("debug", "info", "warning", "error", "critical")
+SECRET_ENV = re.compile(r"TOKEN|KEY|SECRET|PASSW|CREDENTIAL", re.IGNORECASE)
+REDACTED = "<redacted>"
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; str() is one line naming file:line and key."""
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _xdg(var: str, fallback: str) -> Path:
+    value = os.environ.get(var)
+    return Path(value) if value else Path.home() / fallback
+
+
+def default_config_path() -> Path:
+    """-c is handled by the caller; then $CLAWSVC_CONFIG, /etc as root, else XDG config."""
+    env = os.environ.get("CLAWSVC_CONFIG")
+    if env:
+        return Path(env)
+    if _is_root():
+        return Path("/etc/clawsvc/clawsvc.yaml")
+    return _xdg("XDG_CONFIG_HOME", ".config") / "clawsvc" / "clawsvc.yaml"
+
+
+def default_state_dir() -> Path:
+    if _is_root():
+        return Path("/var/lib/clawsvc/openclaw")
+    return _xdg("XDG_STATE_HOME", ".local/state") / "clawsvc" / "openclaw"
+
+
+def default_control_socket() -> Path:
+    if _is_root():
+        return Path("/run/clawsvc/control.sock")
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = Path(runtime) if runtime else Path(f"/tmp/clawsvc-{os.getuid()}")
+    return base / "clawsvc" / "control.sock"
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    command: tuple[str, ...] = ("openclaw",)
+    port: int = 18789
+    bind: str = "loopback"
+    state_dir: Path = field(default_factory=default_state_dir)
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    adopt_existing: bool = True
+    start_timeout: float = 120.0
+    stop_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    token_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class ConnectionConfig:
+    path: str = "/"
+    request_timeout: float = 30.0
+    handshake_timeout: float = 10.0
+    ping_interval: float = 30.0
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    interval: float = 30.0
+    timeout: float = 5.0
+    failures: int = 3
+    tick_grace: float = 2.0
+
+
+@dataclass(frozen=True)
+class ReconnectConfig:
+    base_delay: float = 1.0
+    max_delay: float = 30.0
+    max_attempts: int = 10
+    stable_after: float = 60.0
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    socket: Path = field(default_factory=default_control_socket)
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "info"
+    gateway_stdout: str = "debug"
+    gateway_stderr: str = "warning"
+    suppress: tuple[re.Pattern[str], ...] = ()
+
+
+DEFAULT_PROVIDERS = ("anthropic", "openai", "google", "openrouter")
+
+
+@dataclass(frozen=True)
+class Config:
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    providers: tuple[str, ...] = DEFAULT_PROVIDERS
+    connection: ConnectionConfig = field(default_factory=ConnectionConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    source: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.gateway.port}{self.connection.path}"
+
+
+# ---------------------------------------------------------------- value parsers
+# Each parser takes the plain YAML value and returns the typed value or raises ValueError
+# with a message that reads well after "key: ".
+
+Parser = Callable[[Any], Any]
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def parse_duration(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"expected a duration like 30, 250ms, 30s or 5m, got {_type_name(value)}")
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError(f"expected a duration like 250ms, 30s or 5m, got {value!r}")
+        return float(match.group(1)) * _UNIT[match.group(2)]
+    if value < 0:
+        raise ValueError(f"must not be negative, got {value}")
+    return float(value)
+
+
+def duration(minimum: float = 0.0, allow_zero: bool = False) -> Parser:
+    def parse(value: Any) -> float:
+        seconds = parse_duration(value)
+        if seconds < minimum or (seconds == 0 and not allow_zero):
+            raise ValueError(f"must be {'at least ' + str(minimum) + 's' if minimum else 'greater than 0'}"
+                             f", got {value!r}")
+        return seconds
+    return parse
+
+
+def integer(low: int, high: int | None = None) -> Parser:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {_type_name(value)} {value!r}")
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise ValueError(f"must be {bound}, got {value}")
+        return value
+    return parse
+
+
+def number(low: float) -> Parser:
+    def parse(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"expected a number, got {_type_name(value)} {value!r}")
+        if value < low:
+            raise ValueError(f"must be at least {low}, got {value}")
+        return float(value)
+    return parse
+
+
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {_type_name(value)} {value!r}")
+    return value
+
+
+def choice(options: tuple[str, ...]) -> Parser:
+    def parse(value: Any) -> str:
+        if not isinstance(value, str) or value.lower() not in options:
+            raise ValueError(f"expected one of {', '.join(options)}, got {value!r}")
+        return value.lower()
+    return parse
+
+
+def path(value: Any) -> Path:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected a path, got {_type_name(value)} {value!r}")
+    return Path(value).expanduser()
+
+
+def optional(parser: Parser) -> Parser:
+    def parse(value: Any) -> Any:
+        return None if value is None else parser(value)
+    return parse
+
+
+def command(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = shlex.split(value)
+    if not isinstance(value, list) or not value:
+        raise ValueError("expected a non-empty list of strings (the argv that starts openclaw)")
+    for item in value:
+        if not isinstance(item, str) or not item:
+            raise ValueError(f"every item must be a non-empty string, got {_type_name(item)} {item!r}")
+    return tuple(os.path.expanduser(item) for item in value)
+
+
+def env_map(value: Any) -> Mapping[str, str]:
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a mapping of NAME: value, got {_type_name(value)}")
+    result: dict[str, str] = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise ValueError(f"{key!r} is not a valid environment variable name")
+        if item is None or isinstance(item, dict | list):
+            raise ValueError(f"{key} must be a string, got {_type_name(item)}")
+        result[key] = str(item).lower() if isinstance(item, bool) else str(item)
+    return MappingProxyType(result)
+
+
+def providers(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of provider names, got {_type_name(value)}")
+    for item in value:
+        if not isinstance(item, str) or not re.fullmatch(r"[a-z][a-z0-9_-]*", item):
+            raise ValueError(f"{item!r} is not a provider name (lowercase letters, digits, - and _)")
+    return tuple(value)
+
+
+def ws_path(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ValueError(f"expected a URL path starting with '/', got {value!r}")
+    return value
+
+
+def group_name(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a group name, got {_type_name(value)} {value!r}")
+    return value
+
+
+def regex_list(value: Any) -> tuple[re.Pattern[str], ...]:
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of regular expressions, got {_type_name(value)}")
+    compiled = []
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            raise ValueError(f"item {index} must be a string, got {_type_name(item)}")
+        try:
+            compiled.append(re.compile(item))
+        except re.error as exc:
+            raise ValueError(f"item {index} {item!r} is not a valid regex: {exc}") from None
+    return tuple(compiled)
+
+
+SCHEMA: dict[str, dict[str, Parser] | Parser] = {
+    "gateway": {
+        "command": command,
+        "port": integer(1, 65535),
+        "bind": choice(BINDS),
+        "state_dir": path,
+        "env": env_map,
+        "adopt_existing": boolean,
+        "start_timeout": duration(),
+        "stop_timeout": duration(),
+    },
+    "auth": {"token_file": optional(path)},
+    "providers": providers,
+    "connection": {
+        "path": ws_path,
+        "request_timeout": duration(),
+        "handshake_timeout": duration(),
+        "ping_interval": duration(allow_zero=True),
+    },
+    "health": {
+        "interval": duration(),
+        "timeout": duration(),
+        "failures": integer(1),
+        "tick_grace": number(1.0),
+    },
+    "reconnect": {
+        "base_delay": duration(allow_zero=True),
+        "max_delay": duration(),
+        "max_attempts": integer(0),
+        "stable_after": duration(allow_zero=True),
+    },
+    "control": {"socket": path, "group": optional(group_name)},
+    "logging": {
+        "level": choice(LEVELS),
+        "gateway_stdout": choice(LEVELS),
+        "gateway_stderr": choice(LEVELS),
+        "suppress": regex_list,
+    },
+}
+
+_SECTIONS: dict[str, type] = {
+    "gateway": GatewayConfig, "auth": AuthConfig, "connection": ConnectionConfig, "health": HealthConfig,
+    "reconnect": ReconnectConfig, "control": ControlConfig, "logging": LoggingConfig,
+}
+
+
+# ---------------------------------------------------------------- loading
+
+class _Reader:
+    """Walks the composed YAML node tree so every error can point at a line."""
+
+    def __init__(self, text: str, filename: str) -> None:
+        self.filename = filename
+        self.loader = yaml.SafeLoader(text)
+
+    def fail(self, node: yaml.Node | None, key: str, problem: str) -> ConfigError:
+        line = f":{node.start_mark.line + 1}" if node is not None else ""
+        where = f" {key}:" if key else ""
+        return ConfigError(f"{self.filename}{line}:{where} {problem}")
+
+    def root(self) -> yaml.Node | None:
+        try:
+            return self.loader.get_single_node()
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line = f":{mark.line + 1}" if mark else ""
+            raise ConfigError(f"{self.filename}{line}: YAML syntax error: {exc.problem or exc.context}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{self.filename}: YAML error: {exc}") from None
+
+    def value(self, node: yaml.Node) -> Any:
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except yaml.YAMLError as exc:
+            raise self.fail(node, "", f"cannot read value: {exc}") from None
+
+    def mapping(self, node: yaml.Node, key: str, allowed: Mapping[str, Any]) -> dict[str, yaml.Node]:
+        if not isinstance(node, yaml.MappingNode):
+            what = "a mapping of settings" if key else "a mapping of sections (gateway:, auth:, ...)"
+            raise self.fail(node, key, f"expected {what}, got {self._kind(node)}")
+        seen: dict[str, yaml.Node] = {}
+        for key_node, value_node in node.value:
+            name = self.value(key_node)
+            dotted = f"{key}.{name}" if key else str(name)
+            if not isinstance(name, str) or name not in allowed:
+                hint = difflib.get_close_matches(str(name), list(allowed), n=1)
+                suggestion = f" (did you mean {key + '.' if key else ''}{hint[0]}?)" if hint else ""
+                known = f"; known keys: {', '.join(allowed)}" if not hint else ""
+                raise self.fail(key_node, dotted, f"unknown key{suggestion}{known}")
+            if name in seen:
+                raise self.fail(key_node, dotted, f"duplicate key (first set on line "
+                                                  f"{seen[name].start_mark.line + 1})")
+            seen[name] = value_node
+        return seen
+
+    @staticmethod
+    def _kind(node: yaml.Node) -> str:
+        if isinstance(node, yaml.SequenceNode):
+            return "a list"
+        if isinstance(node, yaml.ScalarNode):
+            return f"the value {node.value!r}" if node.value else "an empty value"
+        return "a mapping"
+
+    def parse(self, node: yaml.Node, key: str, parser: Parser) -> Any:
+        try:
+            return parser(self.value(node))
+        except ValueError as exc:
+            raise self.fail(node, key, str(exc)) from None
+
+
+def parse_config(text: str, filename: str = "<config>") -> Config:
+    reader = _Reader(text, filename)
+    root = reader.root()
+    if root is None or (isinstance(root, yaml.ScalarNode) and root.value == "" and root.tag.endswith("null")):
+        return Config(source=Path(filename))
+    sections = reader.mapping(root, "", SCHEMA)
+    built: dict[str, Any] = {}
+    for name, node in sections.items():
+        spec = SCHEMA[name]
+        if not isinstance(spec, dict):
+            built[name] = reader.parse(node, name, spec)
+            continue
+        if isinstance(node, yaml.ScalarNode) and node.tag.endswith("null"):
+            continue  # "health:" with nothing under it means all defaults
+        values = {key: reader.parse(child, f"{name}.{key}", spec[key])
+                  for key, child in reader.mapping(node, name, spec).items()}
+        built[name] = _SECTIONS[name](**values)
+    config = Config(**built, source=Path(filename))
+    _check_relations(config, sections, reader)
+    return config
+
+
+def _check_relations(config: Config, sections: dict[str, yaml.Node], reader: _Reader) -> None:
+    rc = config.reconnect
+    if rc.max_delay < rc.base_delay:
+        node = sections.get("reconnect")
+        raise reader.fail(node, "reconnect.max_delay",
+                          f"must be at least reconnect.base_delay ({rc.base_delay:g}s), got {rc.max_delay:g}s")
+    hc = config.health
+    if hc.timeout > hc.interval:
+        raise reader.fail(sections.get("health"), "health.timeout",
+                          f"must not exceed health.interval ({hc.interval:g}s), got {hc.timeout:g}s")
+
+
+def load_config(path: Path | str | None = None) -> Config:
+    """Read and validate a config file; a missing file is an error only when it was named."""
+    explicit = path is not None or "CLAWSVC_CONFIG" in os.environ
+    target = Path(path) if path is not None else default_config_path()
+    try:
+        text = target.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"{target}: config file not found") from None
+        return Config(source=None)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{target}: cannot read config file: {exc.__class__.__name__}: "
+                          f"{getattr(exc, 'strerror', None) or exc}") from None
+    return parse_config(text, str(target))
+
+
+# ---------------------------------------------------------------- effective config
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, re.Pattern):
+        return value.pattern
+    if isinstance(value, tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
+
+
+def to_dict(config: Config, redact: bool = True) -> dict[str, Any]:
+    """The effective config as plain data; env values that look secret are redacted."""
+    out: dict[str, Any] = {}
+    for f in fields(config):
+        if f.name == "source":
+            continue
+        value = getattr(config, f.name)
+        if hasattr(value, "__dataclass_fields__"):
+            out[f.name] = {sub.name: _plain(getattr(value, sub.name)) for sub in fields(value)}
+        else:
+            out[f.name] = _plain(value)
+    if redact:
+        out["gateway"]["env"] = {key: REDACTED if SECRET_ENV.search(key) else item
+                                 for key, item in out["gateway"]["env"].items()}
+    return out
+
+
+def dump(config: Config) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False, default_flow_style=False)
+
+
+def gateway_affecting(old: Config, new: Config) -> list[str]:
+    """Dotted keys whose change needs the gateway restarted (the rest apply in place)."""
+    changed = [f"gateway.{f.name}" for f in fields(GatewayConfig)
+               if getattr(old.gateway, f.name) != getattr(new.gateway, f.name)]
+    if old.auth != new.auth:
+        changed.append("auth.token_file")
+    if old.providers != new.providers:
+        changed.append("providers")
+    if old.connection.path != new.connection.path:
+        changed.append("connection.path")
+    return changed
+
