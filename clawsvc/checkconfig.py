@@ -15,9 +15,10 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"clawsvc: {exc}", file=sys.stderr)
         return exitcodes.CONFIG
+    where = config.source or "built-in defaults (no config file)"
     if args.print:
+        print(f"# effective config from {where}; env values with secret-looking names are redacted")
         sys.stdout.write(dump(config))
     else:
-        where = config.source or "built-in defaults (no config file)"
         print(f"{where}: ok")
     return 0

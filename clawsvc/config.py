@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import shlex
@@ -18,10 +19,24 @@ BINDS = ("loopback", "lan", "tailnet", "auto")
 LEVELS = ("debug", "info", "warning", "error", "critical")
 SECRET_ENV = re.compile(r"TOKEN|KEY|SECRET|PASSW|CREDENTIAL", re.IGNORECASE)
 REDACTED = "<redacted>"
+TOKEN_ENV = "OPENCLAW_GATEWAY_TOKEN"
 
 
 class ConfigError(Exception):
     """A config file that cannot be used; str() is one line naming file:line and key."""
+
+
+class ItemError(ValueError):
+    """A problem with one element of a list or mapping value; the error then points at that element's line.
+
+    `item` is the list index or mapping key; `at_key` points at the mapping key itself (a bad name)
+    rather than at its value.
+    """
+
+    def __init__(self, item: int | str, message: str, at_key: bool = False) -> None:
+        super().__init__(message)
+        self.item = item
+        self.at_key = at_key
 
 
 def _is_root() -> bool:
@@ -153,6 +168,8 @@ def parse_duration(value: Any) -> float:
         if not match:
             raise ValueError(f"expected a duration like 250ms, 30s or 5m, got {value!r}")
         return float(match.group(1)) * _UNIT[match.group(2)]
+    if not math.isfinite(value):
+        raise ValueError(f"expected a finite number of seconds, got {value}")
     if value < 0:
         raise ValueError(f"must not be negative, got {value}")
     return float(value)
@@ -183,7 +200,7 @@ def number(low: float) -> Parser:
     def parse(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"expected a number, got {_type_name(value)} {value!r}")
-        if value < low:
+        if not math.isfinite(value) or value < low:
             raise ValueError(f"must be at least {low}, got {value}")
         return float(value)
     return parse
@@ -217,12 +234,15 @@ def optional(parser: Parser) -> Parser:
 
 def command(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
-        value = shlex.split(value)
+        try:
+            value = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot split the command string: {exc}") from None
     if not isinstance(value, list) or not value:
         raise ValueError("expected a non-empty list of strings (the argv that starts openclaw)")
-    for item in value:
+    for index, item in enumerate(value):
         if not isinstance(item, str) or not item:
-            raise ValueError(f"every item must be a non-empty string, got {_type_name(item)} {item!r}")
+            raise ItemError(index, f"expected a non-empty string, got {_type_name(item)} {item!r}")
     return tuple(os.path.expanduser(item) for item in value)
 
 
@@ -232,9 +252,12 @@ def env_map(value: Any) -> Mapping[str, str]:
     result: dict[str, str] = {}
     for key, item in value.items():
         if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-            raise ValueError(f"{key!r} is not a valid environment variable name")
+            raise ItemError(key, f"{key!r} is not a valid environment variable name", at_key=True)
+        if key == TOKEN_ENV:
+            raise ItemError(key, "the gateway token does not go here: use auth.token_file, the keyring "
+                                 "or $CREDENTIALS_DIRECTORY/gateway-token", at_key=True)
         if item is None or isinstance(item, dict | list):
-            raise ValueError(f"{key} must be a string, got {_type_name(item)}")
+            raise ItemError(key, f"expected a string, got {_type_name(item)}")
         result[key] = str(item).lower() if isinstance(item, bool) else str(item)
     return MappingProxyType(result)
 
@@ -242,9 +265,11 @@ def env_map(value: Any) -> Mapping[str, str]:
 def providers(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise ValueError(f"expected a list of provider names, got {_type_name(value)}")
-    for item in value:
+    for index, item in enumerate(value):
         if not isinstance(item, str) or not re.fullmatch(r"[a-z][a-z0-9_-]*", item):
-            raise ValueError(f"{item!r} is not a provider name (lowercase letters, digits, - and _)")
+            raise ItemError(index, f"{item!r} is not a provider name (lowercase letters, digits, - and _)")
+        if item in value[:index]:
+            raise ItemError(index, f"{item!r} is listed twice")
     return tuple(value)
 
 
@@ -266,11 +291,11 @@ def regex_list(value: Any) -> tuple[re.Pattern[str], ...]:
     compiled = []
     for index, item in enumerate(value):
         if not isinstance(item, str):
-            raise ValueError(f"item {index} must be a string, got {_type_name(item)}")
+            raise ItemError(index, f"expected a regex string, got {_type_name(item)} {item!r}")
         try:
             compiled.append(re.compile(item))
         except re.error as exc:
-            raise ValueError(f"item {index} {item!r} is not a valid regex: {exc}") from None
+            raise ItemError(index, f"{item!r} is not a valid regex: {exc}") from None
     return tuple(compiled)
 
 
@@ -338,25 +363,51 @@ class _Reader:
         try:
             return self.loader.get_single_node()
         except yaml.MarkedYAMLError as exc:
+            problem = exc.problem or ""
             mark = exc.problem_mark or exc.context_mark
+            if exc.context_mark is not None and ("stream end" in problem or "end of stream" in problem):
+                mark = exc.context_mark  # an unclosed bracket or quote: the line that opened it, not the file's end
             line = f":{mark.line + 1}" if mark else ""
-            raise ConfigError(f"{self.filename}{line}: YAML syntax error: {exc.problem or exc.context}") from None
+            raise ConfigError(f"{self.filename}{line}: YAML syntax error: {_syntax_problem(exc)}") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{self.filename}: YAML error: {exc}") from None
 
-    def value(self, node: yaml.Node) -> Any:
+    def value(self, node: yaml.Node, key: str) -> Any:
+        self._no_duplicates(node, key, set())
         try:
             return self.loader.construct_object(node, deep=True)
+        except yaml.MarkedYAMLError as exc:
+            raise self.fail(node, key, f"cannot read value: {exc.problem or exc.context}") from None
         except yaml.YAMLError as exc:
-            raise self.fail(node, "", f"cannot read value: {exc}") from None
+            raise self.fail(node, key, f"cannot read value: {str(exc).splitlines()[0]}") from None
+
+    def _no_duplicates(self, node: yaml.Node, key: str, seen: set[int]) -> None:
+        """PyYAML silently keeps the last of two equal keys; an admin who wrote both meant something."""
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for index, child in enumerate(node.value):
+                self._no_duplicates(child, f"{key}[{index}]", seen)
+        elif isinstance(node, yaml.MappingNode):
+            first: dict[str, yaml.Node] = {}
+            for key_node, child in node.value:
+                name = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else None
+                if name is not None and name in first:
+                    raise self.fail(key_node, f"{key}.{name}", f"duplicate key (first set on line "
+                                                               f"{first[name].start_mark.line + 1})")
+                if name is not None:
+                    first[name] = key_node
+                self._no_duplicates(child, f"{key}.{name}", seen)
 
     def mapping(self, node: yaml.Node, key: str, allowed: Mapping[str, Any]) -> dict[str, yaml.Node]:
+        """The settings of one section as name -> value node, each name checked against the schema."""
         if not isinstance(node, yaml.MappingNode):
             what = "a mapping of settings" if key else "a mapping of sections (gateway:, auth:, ...)"
             raise self.fail(node, key, f"expected {what}, got {self._kind(node)}")
         seen: dict[str, yaml.Node] = {}
         for key_node, value_node in node.value:
-            name = self.value(key_node)
+            name = self.value(key_node, key)
             dotted = f"{key}.{name}" if key else str(name)
             if not isinstance(name, str) or name not in allowed:
                 hint = difflib.get_close_matches(str(name), list(allowed), n=1)
@@ -379,18 +430,43 @@ class _Reader:
 
     def parse(self, node: yaml.Node, key: str, parser: Parser) -> Any:
         try:
-            return parser(self.value(node))
+            return parser(self.value(node, key))
+        except ItemError as exc:
+            child, dotted = self._item(node, key, exc)
+            raise self.fail(child, dotted, str(exc)) from None
         except ValueError as exc:
             raise self.fail(node, key, str(exc)) from None
 
+    def _item(self, node: yaml.Node, key: str, exc: ItemError) -> tuple[yaml.Node, str]:
+        """The node and dotted name of the list element or mapping entry an ItemError is about."""
+        if isinstance(node, yaml.SequenceNode) and isinstance(exc.item, int) and exc.item < len(node.value):
+            return node.value[exc.item], f"{key}[{exc.item}]"
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if self.loader.construct_object(key_node) == exc.item:
+                    return key_node if exc.at_key else value_node, f"{key}.{exc.item}"
+        return node, key
+
+
+def _syntax_problem(exc: yaml.MarkedYAMLError) -> str:
+    """One line from PyYAML's problem/context pair, e.g. an unclosed bracket names the line it opened on."""
+    problem = exc.problem or "malformed YAML"
+    if "'\\t'" in problem:
+        problem += " (YAML does not allow tabs for indentation: use spaces)"
+    if exc.context and exc.context.startswith("while") and exc.context_mark is not None:
+        return f"{problem} ({exc.context} started on line {exc.context_mark.line + 1})"
+    return f"{exc.context}, {problem}" if exc.context else problem
+
 
 def parse_config(text: str, filename: str = "<config>") -> Config:
+    """Parse config text; `filename` is only used in messages and as Config.source."""
     reader = _Reader(text, filename)
     root = reader.root()
     if root is None or (isinstance(root, yaml.ScalarNode) and root.value == "" and root.tag.endswith("null")):
         return Config(source=Path(filename))
     sections = reader.mapping(root, "", SCHEMA)
     built: dict[str, Any] = {}
+    written: dict[str, yaml.Node] = {}  # dotted key -> the node of each setting present in the file
     for name, node in sections.items():
         spec = SCHEMA[name]
         if not isinstance(spec, dict):
@@ -398,29 +474,42 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
             continue
         if isinstance(node, yaml.ScalarNode) and node.tag.endswith("null"):
             continue  # "health:" with nothing under it means all defaults
-        values = {key: reader.parse(child, f"{name}.{key}", spec[key])
-                  for key, child in reader.mapping(node, name, spec).items()}
+        children = reader.mapping(node, name, spec)
+        written.update({f"{name}.{key}": child for key, child in children.items()})
+        values = {key: reader.parse(child, f"{name}.{key}", spec[key]) for key, child in children.items()}
         built[name] = _SECTIONS[name](**values)
     config = Config(**built, source=Path(filename))
-    _check_relations(config, sections, reader)
+    _check_relations(config, written, reader)
     return config
 
 
-def _check_relations(config: Config, sections: dict[str, yaml.Node], reader: _Reader) -> None:
-    rc = config.reconnect
+Relation = tuple[str, float, str]  # dotted key, its value, how it must relate to the other key
+
+
+def _check_relations(config: Config, written: dict[str, yaml.Node], reader: _Reader) -> None:
+    """Settings that must agree; the error points at the offending key, or at its partner when only that is set."""
+    rc, hc = config.reconnect, config.health
     if rc.max_delay < rc.base_delay:
-        node = sections.get("reconnect")
-        raise reader.fail(node, "reconnect.max_delay",
-                          f"must be at least reconnect.base_delay ({rc.base_delay:g}s), got {rc.max_delay:g}s")
-    hc = config.health
+        raise _relation_error(reader, written, ("reconnect.max_delay", rc.max_delay, "must be at least"),
+                              ("reconnect.base_delay", rc.base_delay, "must not exceed"))
     if hc.timeout > hc.interval:
-        raise reader.fail(sections.get("health"), "health.timeout",
-                          f"must not exceed health.interval ({hc.interval:g}s), got {hc.timeout:g}s")
+        raise _relation_error(reader, written, ("health.timeout", hc.timeout, "must not exceed"),
+                              ("health.interval", hc.interval, "must be at least"))
+
+
+def _relation_error(reader: _Reader, written: dict[str, yaml.Node], offender: Relation,
+                    partner: Relation) -> ConfigError:
+    key, value, rule = offender
+    other_key, other_value, other_rule = partner
+    if key in written:
+        return reader.fail(written[key], key, f"{rule} {other_key} ({other_value:g}s), got {value:g}s")
+    return reader.fail(written.get(other_key), other_key,
+                       f"{other_rule} {key} ({value:g}s, the default), got {other_value:g}s")
 
 
 def load_config(path: Path | str | None = None) -> Config:
     """Read and validate a config file; a missing file is an error only when it was named."""
-    explicit = path is not None or "CLAWSVC_CONFIG" in os.environ
+    explicit = path is not None or bool(os.environ.get("CLAWSVC_CONFIG"))
     target = Path(path) if path is not None else default_config_path()
     try:
         text = target.read_text(encoding="utf-8")

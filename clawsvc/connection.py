@@ -1,0 +1,384 @@
+"""One WebSocket link to the gateway: handshake, RPC futures for many threads, events, liveness.
+
+Threads: the caller of connect() does the handshake; then one reader thread (clawsvc-ws-reader) receives
+every frame, resolves RPC futures by id, delivers events, sends pings and watches the deadlines (tick
+silence, pong). There is no timer thread: the reader waits on the socket with select() until the next
+deadline. Any thread may call rpc() and close().
+
+Callbacks run on the reader thread: on_event for every event except connect.challenge (hand it to a queue;
+while it runs no frame is read and no RPC answer is delivered), on_down exactly once per connection with
+the reason the link ended (remote close, socket error, tick silence, pong timeout, or our own close).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import select
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import websocket
+from websocket import ABNF
+
+from clawsvc.config import Config
+from clawsvc.logs import register_secret
+from clawsvc.protocol import (
+    ADMIN_SCOPE,
+    CHALLENGE_EVENT,
+    ConnectionLost,
+    GatewayError,
+    GatewayEvent,
+    HelloOk,
+    LinkDown,
+    MalformedFrame,
+    Response,
+    RpcTimeout,
+    TransportError,
+    connect_params,
+    encode_request,
+    error_from_close,
+    parse_close,
+    parse_frame,
+    parse_hello,
+)
+
+log = logging.getLogger("clawsvc.connection")
+
+SOCKET_TIMEOUT = 10.0     # bounds a blocked send or a half-received frame
+CLOSE_GRACE = 2.0         # how long close() waits for the gateway to answer our close frame
+PONG_TIMEOUT_MAX = 10.0
+WARN_BURST = 5            # malformed-frame warnings per WARN_WINDOW; the rest are summarised
+WARN_WINDOW = 60.0
+
+
+@dataclass
+class ConnectionStats:
+    """Counters over the life of this object (all connections); written by the reader thread only."""
+
+    events: int = 0
+    malformed: int = 0
+    seq_gaps: int = 0
+    unmatched: int = 0
+    pings: int = 0
+
+
+class _Throttle:
+    """At most `burst` log lines per `window` seconds; reports how many were held back."""
+
+    def __init__(self, burst: int = WARN_BURST, window: float = WARN_WINDOW) -> None:
+        self.burst, self.window = burst, window
+        self.started, self.count, self.held = -window, 0, 0
+
+    def allow(self, now: float) -> tuple[bool, int]:
+        """(may log now, how many were suppressed since the last allowed line)."""
+        if now - self.started >= self.window:
+            self.started, self.count = now, 0
+        self.count += 1
+        if self.count > self.burst:
+            self.held += 1
+            return False, 0
+        held, self.held = self.held, 0
+        return True, held
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class GatewayConnection:
+    """A client for the gateway's protocol; connect() once per link, reusable after the link is down."""
+
+    def __init__(self, url: str, token: str, *, handshake_timeout: float = 10.0, request_timeout: float = 30.0,
+                 ping_interval: float = 30.0, tick_grace: float = 2.0,
+                 on_event: Callable[[GatewayEvent], None] | None = None,
+                 on_down: Callable[[LinkDown], None] | None = None) -> None:
+        register_secret(token)
+        self.url = url
+        self._token = token
+        self.handshake_timeout = handshake_timeout
+        self.request_timeout = request_timeout
+        self.ping_interval = ping_interval
+        self.pong_timeout = min(PONG_TIMEOUT_MAX, ping_interval)
+        self.tick_grace = tick_grace
+        self.on_event = on_event
+        self.on_down = on_down
+        self.hello: HelloOk | None = None
+        self.stats = ConnectionStats()
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._pending: dict[str, tuple[str, Future[Any]]] = {}
+        self._ws: websocket.WebSocket | None = None
+        self._reader: threading.Thread | None = None
+        self._down: LinkDown | None = None
+        self._closing: tuple[int, str] | None = None
+        self._last_seq: int | None = None
+        self._throttle = _Throttle()
+
+    @classmethod
+    def from_config(cls, config: Config, token: str, **callbacks: Any) -> GatewayConnection:
+        conn, health = config.connection, config.health
+        return cls(config.url, token, handshake_timeout=conn.handshake_timeout,
+                   request_timeout=conn.request_timeout, ping_interval=conn.ping_interval,
+                   tick_grace=health.tick_grace, **callbacks)
+
+    @property
+    def connected(self) -> bool:
+        return self._ws is not None and self._down is None and self._closing is None
+
+    # ------------------------------------------------------------ connect
+
+    def connect(self) -> HelloOk:
+        """One attempt: TCP, WebSocket upgrade, challenge, connect, hello-ok. Raises a GatewayError subclass."""
+        with self._lock:
+            if self._ws is not None and self._down is None:
+                raise RuntimeError("GatewayConnection.connect() called while connected")
+        if self._reader is not None:
+            self._reader.join()
+        deadline = time.monotonic() + self.handshake_timeout
+        ws = websocket.WebSocket(enable_multithread=True)
+        try:
+            ws.connect(self.url, timeout=self.handshake_timeout, suppress_origin=True)
+        except (OSError, websocket.WebSocketException) as exc:
+            ws.shutdown()
+            raise TransportError("CONNECT_FAILED", f"cannot connect to {self.url}: {_describe(exc)}") from None
+        try:
+            hello = self._handshake(ws, deadline)
+        except BaseException:
+            ws.shutdown()
+            raise
+        ws.settimeout(SOCKET_TIMEOUT)
+        with self._lock:
+            self._ws, self.hello, self._down, self._closing, self._last_seq = ws, hello, None, None, None
+        self._reader = threading.Thread(target=self._read_loop, args=(ws, hello), name="clawsvc-ws-reader",
+                                        daemon=True)
+        self._reader.start()
+        self._log_hello(hello)
+        return hello
+
+    def _handshake(self, ws: websocket.WebSocket, deadline: float) -> HelloOk:
+        frame = self._handshake_frame(ws, deadline, "connect.challenge")
+        while not (isinstance(frame, GatewayEvent) and frame.name == CHALLENGE_EVENT):
+            frame = self._handshake_frame(ws, deadline, "connect.challenge")
+        request_id = f"connect-{next(self._ids)}"
+        try:
+            ws.send(encode_request(request_id, "connect", connect_params(self._token)))
+        except (OSError, websocket.WebSocketException) as exc:
+            raise TransportError("CONNECT_FAILED", f"sending connect to {self.url} failed: {_describe(exc)}") from None
+        while True:
+            frame = self._handshake_frame(ws, deadline, "connect answer")
+            if isinstance(frame, Response) and frame.id == request_id:
+                break
+        if frame.error is not None:
+            raise frame.error
+        return parse_hello(frame.payload)
+
+    def _handshake_frame(self, ws: websocket.WebSocket, deadline: float, waiting_for: str) -> Response | GatewayEvent:
+        """The next usable frame before hello-ok; a close or a timeout becomes the matching error."""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TransportError("HANDSHAKE_TIMEOUT", f"no {waiting_for} from {self.url} within "
+                                                          f"{self.handshake_timeout:g}s")
+            ws.settimeout(remaining)
+            try:
+                opcode, data = ws.recv_data(True)
+            except websocket.WebSocketTimeoutException:
+                continue
+            except (OSError, websocket.WebSocketException) as exc:
+                raise TransportError("CLOSED", f"{self.url} dropped the connection while waiting for "
+                                               f"{waiting_for}: {_describe(exc)}") from None
+            if opcode == ABNF.OPCODE_CLOSE:
+                raise error_from_close(*parse_close(data))
+            if opcode in (ABNF.OPCODE_TEXT, ABNF.OPCODE_BINARY):
+                frame = self._parse(opcode, data)
+                if frame is not None:
+                    return frame
+
+    def _log_hello(self, hello: HelloOk) -> None:
+        log.info("connected to gateway %s at %s (protocol %d, conn %s, role %s, scopes %s, tick %gs)",
+                 hello.server_version, self.url, hello.protocol, hello.conn_id or "?", hello.role or "?",
+                 ",".join(hello.scopes) or "none", hello.tick_interval)
+        if not hello.scopes:
+            log.warning("gateway at %s granted no scopes although %s was asked for; this usually means the "
+                        "request carried an Origin header (a reverse proxy adding one) or the token lacks "
+                        "operator scope; status and most RPCs will fail with FORBIDDEN", self.url, ADMIN_SCOPE)
+
+    # ------------------------------------------------------------ rpc
+
+    def rpc(self, method: str, params: Any = None, timeout: float | None = None) -> Any:
+        """Send one request and wait for its answer; safe to call from many threads at once."""
+        ws, hello = self._ws, self.hello
+        if ws is None or hello is None or not self.connected:
+            raise ConnectionLost("NOT_CONNECTED", f"cannot call {method}: not connected to the gateway")
+        request_id = f"r{next(self._ids)}"
+        text = encode_request(request_id, method, params)
+        size = len(text.encode("utf-8"))
+        if size > hello.max_payload:
+            raise GatewayError("PAYLOAD_TOO_LARGE", f"{method} request is {size} bytes, the gateway accepts at "
+                                                    f"most {hello.max_payload}; not sent")
+        future: Future[Any] = Future()
+        with self._lock:
+            if self._down is not None or self._closing is not None:
+                raise ConnectionLost("CONNECTION_LOST", f"cannot call {method}: connection lost")
+            self._pending[request_id] = (method, future)
+        try:
+            ws.send(text)
+        except (OSError, websocket.WebSocketException) as exc:
+            self._abort(ws)
+            self._link_down(LinkDown(None, f"sending {method} failed: {_describe(exc)}", False))
+        wait = self.request_timeout if timeout is None else timeout
+        try:
+            return future.result(wait)
+        except TimeoutError:
+            with self._lock:
+                self._pending.pop(request_id, None)
+            if future.done():
+                return future.result()
+            raise RpcTimeout("TIMEOUT", f"no answer to {method} within {wait:g}s") from None
+
+    # ------------------------------------------------------------ close
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Send a close frame, wait briefly for the answer, fail pending calls; safe to call twice."""
+        with self._lock:
+            ws, reader = self._ws, self._reader
+            if ws is None or self._closing is not None:
+                return
+            self._closing = (code, reason)
+        if self._down is None:
+            try:
+                ws.send_close(code, reason.encode("utf-8"))
+            except (OSError, websocket.WebSocketException) as exc:
+                log.debug("close frame to %s not sent: %s", self.url, _describe(exc))
+        if reader is not None and reader is not threading.current_thread():
+            reader.join(CLOSE_GRACE)
+            if reader.is_alive():
+                self._abort(ws)
+                reader.join(CLOSE_GRACE)
+        self._link_down(LinkDown(code, reason or "closed by clawsvc", True))
+
+    @staticmethod
+    def _abort(ws: websocket.WebSocket) -> None:
+        """Wake the reader out of any wait; it closes the socket itself on the way out."""
+        ws.abort()
+
+    def _link_down(self, down: LinkDown) -> None:
+        with self._lock:
+            if self._down is not None or self._ws is None:
+                return
+            self._down = down
+            pending, self._pending = self._pending, {}
+        for method, future in pending.values():
+            if not future.done():
+                future.set_exception(ConnectionLost("CONNECTION_LOST",
+                                                    f"connection lost: {down.reason or down.code} ({method})"))
+        level = logging.INFO if down.local else logging.WARNING
+        log.log(level, "connection to gateway at %s %s; %d pending request(s) failed", self.url, down, len(pending))
+        if self.on_down is not None:
+            try:
+                self.on_down(down)
+            except Exception:
+                log.exception("on_down callback failed")
+
+    # ------------------------------------------------------------ reader
+
+    def _read_loop(self, ws: websocket.WebSocket, hello: HelloOk) -> None:
+        silence_limit = self.tick_grace * hello.tick_interval
+        now = time.monotonic()
+        last_frame, next_ping, pong_due = now, now + self.ping_interval, None
+        try:
+            while self._down is None:
+                now = time.monotonic()
+                if now - last_frame > silence_limit:
+                    self._link_down(LinkDown(None, f"no tick for {now - last_frame:.1f}s (tickIntervalMs="
+                                                   f"{hello.tick_interval * 1000:.0f})", False))
+                    return
+                if pong_due is not None and now > pong_due:
+                    self._link_down(LinkDown(None, f"no pong within {self.pong_timeout:g}s", False))
+                    return
+                if self.ping_interval > 0 and now >= next_ping and self._closing is None:
+                    ws.ping()
+                    self.stats.pings += 1
+                    next_ping, pong_due = now + self.ping_interval, pong_due or now + self.pong_timeout
+                deadlines = [last_frame + silence_limit, pong_due or next_ping]
+                if self.ping_interval <= 0 and pong_due is None:
+                    deadlines.pop()
+                if not self._readable(ws, min(deadlines) - now):
+                    continue
+                opcode, data = ws.recv_data(True)
+                if opcode == ABNF.OPCODE_CLOSE:
+                    code, reason = parse_close(data)
+                    self._link_down(LinkDown(code, reason, self._closing is not None))
+                    return
+                if opcode == ABNF.OPCODE_PONG:
+                    pong_due = None
+                elif opcode in (ABNF.OPCODE_TEXT, ABNF.OPCODE_BINARY):
+                    last_frame = time.monotonic()
+                    self._dispatch(self._parse(opcode, data))
+        except websocket.WebSocketTimeoutException:
+            self._link_down(LinkDown(None, f"gateway stalled mid-frame for {SOCKET_TIMEOUT:g}s", False))
+        except (OSError, websocket.WebSocketException, ValueError) as exc:
+            local = self._closing is not None
+            self._link_down(LinkDown(None, "socket closed" if local else f"connection lost: {_describe(exc)}", local))
+        finally:
+            ws.shutdown()
+
+    @staticmethod
+    def _readable(ws: websocket.WebSocket, timeout: float) -> bool:
+        sock = ws.sock
+        if sock is None:
+            raise websocket.WebSocketConnectionClosedException("socket is already closed")
+        pending = getattr(sock, "pending", None)
+        if pending is not None and pending():
+            return True
+        readable, _, _ = select.select([sock], [], [], max(0.0, timeout))
+        return bool(readable)
+
+    def _parse(self, opcode: int, data: bytes) -> Response | GatewayEvent | None:
+        try:
+            return parse_frame(data.decode("utf-8") if opcode == ABNF.OPCODE_TEXT else data)
+        except MalformedFrame as exc:
+            self.stats.malformed += 1
+            allowed, held = self._throttle.allow(time.monotonic())
+            if allowed:
+                more = f" ({held} more since the last report)" if held else ""
+                log.warning("ignored a malformed frame from gateway at %s: %s%s; %d so far",
+                            self.url, exc, more, self.stats.malformed)
+            return None
+
+    def _dispatch(self, frame: Response | GatewayEvent | None) -> None:
+        if isinstance(frame, Response):
+            with self._lock:
+                entry = self._pending.pop(frame.id, None)
+            if entry is None:
+                self.stats.unmatched += 1
+                log.debug("answer for unknown or timed-out request %s ignored", frame.id[:40])
+            elif frame.error is not None:
+                entry[1].set_exception(frame.error)
+            else:
+                entry[1].set_result(frame.payload)
+        elif isinstance(frame, GatewayEvent) and frame.name != CHALLENGE_EVENT:
+            self._check_seq(frame)
+            self.stats.events += 1
+            if self.on_event is not None:
+                try:
+                    self.on_event(frame)
+                except Exception:
+                    log.exception("on_event callback failed for event %s", frame.name)
+
+    def _check_seq(self, event: GatewayEvent) -> None:
+        if event.seq is None:
+            return
+        last, self._last_seq = self._last_seq, event.seq
+        if last is not None and event.seq > last + 1:
+            self.stats.seq_gaps += 1
+            log.warning("gateway events %d..%d never arrived (before %s); state may be stale",
+                        last + 1, event.seq - 1, event.name)
+        elif last is not None and event.seq <= last:
+            log.info("gateway event sequence restarted at %d (was %d)", event.seq, last)

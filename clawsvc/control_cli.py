@@ -1,0 +1,148 @@
+"""`clawsvc status`, `clawsvc rpc`, `clawsvc restart-gateway`: ask the running service over its control socket."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from clawsvc import exitcodes
+from clawsvc.config import Config, ConfigError, load_config
+from clawsvc.control import ControlError, ServiceNotRunning, request
+from clawsvc.status import human_duration
+
+STATUS_TIMEOUT = 10.0
+MARGIN = 5.0  # the service's own timeout fires first, so its error (not ours) reaches the user
+
+
+def _fail(text: str) -> None:
+    print(f"clawsvc: {text}", file=sys.stderr)
+
+
+def _load(args: argparse.Namespace) -> Config | None:
+    try:
+        return load_config(args.config)
+    except ConfigError as exc:
+        _fail(str(exc))
+        return None
+
+
+def _ask(config: Config, message: dict[str, Any], timeout: float,
+         refused_exit: int = exitcodes.FAIL) -> tuple[int, Any]:
+    """(exit code, result); on failure the reason is already on stderr."""
+    try:
+        return exitcodes.OK, request(config.control.socket, message, timeout)
+    except ServiceNotRunning as exc:
+        _fail(f"{exc}; is the service started? (systemctl status clawsvc)")
+        return exitcodes.NOT_RUNNING, None
+    except ControlError as exc:
+        _fail(f"{exc.code}: {exc.message}")
+        if exc.details is not None:
+            print(json.dumps(exc.details, indent=2, ensure_ascii=False, default=str), file=sys.stderr)
+        return refused_exit, None
+
+
+def _bullet(running: bool) -> str:
+    bullet = "●" if running else "○"
+    try:
+        bullet.encode(sys.stdout.encoding or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return "*"
+    return bullet
+
+
+def _state_line(status: dict[str, Any], now: float) -> str:
+    state = str(status.get("state") or "unknown")
+    uptime, since = status.get("uptime"), status.get("connectedAt")
+    if state == "running" and isinstance(since, int | float):
+        stamp = time.strftime("%a %Y-%m-%d %H:%M:%S %Z", time.localtime(since))
+        return f"{state} since {stamp}; {human_duration(now - since)} ago"
+    if isinstance(uptime, int | float):
+        return f"{state} (gateway up {human_duration(uptime)})"
+    if state == "reconnecting" and status.get("reconnectAttempts"):
+        return f"{state} (attempt {status['reconnectAttempts']})"
+    return state
+
+
+def _gateway_line(status: dict[str, Any]) -> str:
+    parts = [f"pid {status['pid']}" if status.get("pid") else "no process",
+             f"port {status.get('port', '?')}"]
+    if status.get("gatewayVersion"):
+        parts.append(f"openclaw {status['gatewayVersion']}")
+    if status.get("pid") or status.get("state") == "running":
+        parts.append("started by clawsvc" if status.get("owned") else "adopted (clawsvc will not stop it)")
+    return ", ".join(parts)
+
+
+def render_status(status: dict[str, Any], socket_path: object, now: float | None = None) -> str:
+    """The human view of a status snapshot, in the spirit of `systemctl status`."""
+    now = time.time() if now is None else now
+    state = str(status.get("state") or "unknown")
+    rows = [("State", _state_line(status, now)), ("Gateway", _gateway_line(status)),
+            ("Restarts", f"{status.get('restarts', 0)}, reconnect attempts: {status.get('reconnectAttempts', 0)}")]
+    if status.get("cause") and state != "running":
+        rows.append(("Cause", str(status["cause"])))
+    if status.get("lastExit"):
+        rows.append(("Last exit", str(status["lastExit"])))
+    if status.get("error"):
+        rows.append(("Error", str(status["error"])))
+    service = f"pid {status.get('servicePid', '?')}"
+    if isinstance(status.get("serviceUptime"), int | float):
+        service += f", up {human_duration(status['serviceUptime'])}"
+    rows += [("Service", service), ("Config", str(status.get("config") or "built-in defaults")),
+             ("Control", str(socket_path))]
+    lines = [f"{_bullet(state == 'running')} clawsvc - OpenClaw gateway service: {state}"]
+    lines += [f"{label:>10}: {value}" for label, value in rows]
+    return "\n".join(lines)
+
+
+def status_main(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config is None:
+        return exitcodes.CONFIG
+    code, status = _ask(config, {"cmd": "status"}, STATUS_TIMEOUT, refused_exit=exitcodes.NOT_RUNNING)
+    if code != exitcodes.OK:
+        return code
+    if not isinstance(status, dict):
+        _fail(f"unexpected status reply: {status!r}")
+        return exitcodes.FAIL
+    if args.json:
+        print(json.dumps(status, indent=2, ensure_ascii=False))
+    else:
+        print(render_status(status, config.control.socket))
+    return exitcodes.OK if status.get("state") == "running" else exitcodes.NOT_RUNNING
+
+
+def rpc_main(args: argparse.Namespace) -> int:
+    params = None
+    if args.params is not None:
+        try:
+            params = json.loads(args.params)
+        except ValueError as exc:
+            _fail(f"PARAMS_JSON is not valid JSON: {exc}")
+            return exitcodes.USAGE
+    if args.timeout is not None and args.timeout <= 0:
+        _fail("--timeout must be a positive number of seconds")
+        return exitcodes.USAGE
+    config = _load(args)
+    if config is None:
+        return exitcodes.CONFIG
+    message = {"cmd": "rpc", "method": args.method, "params": params, "timeout": args.timeout}
+    code, result = _ask(config, message, (args.timeout or config.connection.request_timeout) + MARGIN)
+    if code == exitcodes.OK:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    return code
+
+
+def restart_main(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config is None:
+        return exitcodes.CONFIG
+    wait = config.gateway.stop_timeout + config.gateway.start_timeout + MARGIN
+    code, result = _ask(config, {"cmd": "restart-gateway"}, wait)
+    if code == exitcodes.OK:
+        message = result.get("message") if isinstance(result, dict) else None
+        print(message or "gateway restart requested; follow it with: clawsvc status")
+    return code

@@ -1,0 +1,88 @@
+"""Restart and readiness policies, built from config on top of tenacity's wait/stop strategies."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import tenacity
+
+from clawsvc.config import ReconnectConfig
+from clawsvc.protocol import GatewayError, RetryableError, TransportError
+
+Clock = Callable[[], float]
+
+
+def _state(attempt: int) -> tenacity.RetryCallState:
+    state = tenacity.RetryCallState(retry_object=tenacity.Retrying(), fn=None, args=(), kwargs={})
+    state.attempt_number = attempt
+    return state
+
+
+class RestartPolicy:
+    """Erlang-style intensity: the first failure restarts at once, later ones back off up to max_delay;
+    max_attempts consecutive failures give up; a run of stable_after seconds forgives the past."""
+
+    def __init__(self, config: ReconnectConfig) -> None:
+        self.config = config
+        self.attempts = 0
+        self._wait = tenacity.wait_random_exponential(multiplier=config.base_delay, max=config.max_delay)
+
+    def reconfigure(self, config: ReconnectConfig) -> None:
+        self.config = config
+        self._wait = tenacity.wait_random_exponential(multiplier=config.base_delay, max=config.max_delay)
+
+    def failure(self) -> float | None:
+        """Count one failure; return the delay before the next try, or None to give up."""
+        self.attempts += 1
+        if self.config.max_attempts and self.attempts > self.config.max_attempts:
+            return None
+        if self.attempts == 1:
+            return 0.0
+        return float(self._wait(_state(self.attempts - 1)))
+
+    def ran_for(self, seconds: float) -> bool:
+        """Forget earlier failures after a stable run; True when the counter was reset."""
+        if self.attempts and seconds >= self.config.stable_after:
+            self.attempts = 0
+            return True
+        return False
+
+
+def _readiness_wait(retry_state: tenacity.RetryCallState) -> float:
+    """Honour the gateway's retryAfterMs; otherwise probe fast at first (20 ms) and slow to 500 ms."""
+    outcome = retry_state.outcome
+    error = outcome.exception() if outcome is not None else None
+    if isinstance(error, RetryableError) and error.retry_after is not None:
+        return error.retry_after
+    return min(0.5, 0.02 * (1.5 ** (retry_state.attempt_number - 1)))
+
+
+RETRY_ON = (RetryableError, TransportError)
+
+
+def readiness_retrying(cancel: threading.Event, deadline: float, still_worth_it: Callable[[], bool],
+                       retry_on: tuple[type[GatewayError], ...] = RETRY_ON) -> tenacity.Retrying:
+    """Retry a handshake until hello-ok, the deadline, a cancel (stop) or the process dying.
+    Auth and protocol errors are never retried: the same token or version cannot start working."""
+
+    def retry_if(retry_state: tenacity.RetryCallState) -> bool:
+        outcome = retry_state.outcome
+        if outcome is None or not outcome.failed:
+            return False
+        error = outcome.exception()
+        return isinstance(error, retry_on) and still_worth_it()
+
+    return tenacity.Retrying(
+        retry=retry_if,
+        wait=_readiness_wait,
+        stop=tenacity.stop_after_delay(deadline) | tenacity.stop_when_event_set(cancel),
+        sleep=tenacity.sleep_using_event(cancel),
+        reraise=True,
+    )
+
+
+def describe_error(error: BaseException) -> str:
+    if isinstance(error, GatewayError):
+        return str(error)
+    return f"{error.__class__.__name__}: {error}"

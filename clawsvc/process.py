@@ -1,0 +1,305 @@
+"""Spawn, watch and stop the gateway process: own process group, parent-death signal, no orphans.
+
+One GatewayProcess is one spawn. Its waiter thread both starts the child and waits for it, so the
+parent-death signal (which Linux ties to the thread that forked) fires only if clawsvc itself dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from clawsvc import proctree
+from clawsvc.config import TOKEN_ENV, Config
+from clawsvc.gateway_output import OutputPump
+from clawsvc.logs import register_secret
+from clawsvc.provision import ProvisionError, node_problem
+
+log = logging.getLogger("clawsvc.process")
+
+GATEWAY_CONFIG = "openclaw.json"
+FIX = "run `clawsvc gateway-install` and set gateway.command to the paths it prints"
+# What belongs to clawsvc's own service manager, plus the hints OpenClaw reads to decide that systemd or
+# launchd supervises it directly (SUPERVISOR_HINTS in its dist): we are its supervisor, not them.
+STRIP_ENV = frozenset({
+    "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "INVOCATION_ID", "JOURNAL_STREAM", "NODE_OPTIONS",
+    "SYSTEMD_EXEC_PID", "MANAGERPID", "CREDENTIALS_DIRECTORY", "OPENCLAW_SYSTEMD_UNIT",
+    "LAUNCH_JOB_LABEL", "LAUNCH_JOB_NAME", "XPC_SERVICE_NAME", "OPENCLAW_LAUNCHD_LABEL",
+    "OPENCLAW_SERVICE_MARKER", "OPENCLAW_SERVICE_KIND",
+})
+STRIP_PREFIXES = ("LISTEN_",)
+EXTERNAL_SUPERVISOR_ENV = {"OPENCLAW_NO_RESPAWN": "1", "OPENCLAW_SUPERVISOR_MODE": "external",
+                           "OPENCLAW_SERVICE_REPAIR_POLICY": "external", "NO_COLOR": "1"}
+KILL_GRACE = 10.0  # after SIGKILL: only a process stuck in uninterruptible I/O takes longer
+PUMP_DRAIN = 1.0  # how long the waiter lets the pumps log the last lines before reporting the exit
+HELPER_GRACE = 3.0  # children outside the group (the spawn broker) exit by themselves ~1.6 s after it
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    returncode: int | None  # exit status, None if killed by a signal (or never started)
+    signal: int | None  # signal number if killed by one
+    forced: bool = False  # True when stop() had to SIGKILL
+
+    @classmethod
+    def from_returncode(cls, returncode: int, forced: bool = False) -> ExitInfo:
+        if returncode < 0:
+            return cls(None, -returncode, forced)
+        return cls(returncode, None, forced)
+
+    def describe(self) -> str:
+        if self.signal is not None:
+            try:
+                name = signal.Signals(self.signal).name
+            except ValueError:
+                name = f"signal {self.signal}"
+            text = f"killed by {name}"
+        elif self.returncode is not None:
+            text = f"exited with status {self.returncode}"
+        else:
+            return "did not exit even after SIGKILL" if self.forced else "never started"
+        return text + " (forced: it did not stop within stop_timeout)" if self.forced else text
+
+
+class SpawnError(Exception):
+    """The gateway cannot be started; str() is one line naming the path and the fix, never a secret."""
+
+
+def state_dir(config: Config) -> Path:
+    return config.gateway.state_dir.absolute()  # also the gateway's cwd: a relative path would nest
+
+
+def build_argv(config: Config) -> list[str]:
+    gw = config.gateway
+    argv = [*gw.command, "gateway", "run", "--port", str(gw.port), "--bind", gw.bind, "--auth", "token"]
+    if not (state_dir(config) / GATEWAY_CONFIG).exists():
+        argv.append("--allow-unconfigured")
+    return argv
+
+
+def build_env(config: Config, token: str, provider_env: Mapping[str, str],
+              base: Mapping[str, str] = os.environ) -> dict[str, str]:
+    env = {key: value for key, value in base.items()
+           if key not in STRIP_ENV and not key.startswith(STRIP_PREFIXES)}
+    env.update(provider_env)
+    env.update(EXTERNAL_SUPERVISOR_ENV)
+    env["OPENCLAW_STATE_DIR"] = str(state_dir(config))
+    env["OPENCLAW_CONFIG_PATH"] = str(state_dir(config) / GATEWAY_CONFIG)
+    env.update((key, value) for key, value in config.gateway.env.items() if key != TOKEN_ENV)
+    env[TOKEN_ENV] = token
+    return env
+
+
+def prepare_state_dir(config: Config) -> None:
+    """Create gateway.state_dir 0700; a pre-existing one open to other users is tightened (and logged)."""
+    path = state_dir(config)
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = path.stat()
+        if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+            os.chmod(path, 0o700)
+            log.warning("gateway.state_dir %s was accessible to other users (mode %04o); set it to 0700",
+                        path, st.st_mode & 0o7777)
+    except OSError as exc:
+        raise SpawnError(f"cannot create gateway.state_dir {path}: {exc.strerror}; create it (mode 0700) "
+                         "for the user clawsvc runs as") from None
+
+
+def _executable(name: str, path_env: str | None) -> str:
+    if os.sep not in name:
+        found = shutil.which(name, path=path_env)
+        if found is None:
+            raise SpawnError(f"gateway command {name!r} not found on PATH; {FIX}")
+        return os.path.abspath(found)
+    target = Path(name).absolute()
+    if not target.exists():
+        raise SpawnError(f"gateway command {target} does not exist; {FIX}")
+    if not target.is_file() or not os.access(target, os.X_OK):
+        raise SpawnError(f"gateway command {target} is not an executable file; {FIX}")
+    return str(target)
+
+
+def _is_node(executable: str) -> bool:
+    return Path(executable).name.startswith("node")
+
+
+def _node_and_entry(argv: list[str], path_env: str | None) -> tuple[str, Path] | None:
+    """(node, entry script) when argv is `node script ...` or a `#!/usr/bin/env node` script."""
+    if _is_node(argv[0]):
+        if len(argv) < 2 or argv[1].startswith("-"):
+            return None
+        entry = Path(argv[1])
+        if not entry.is_file():
+            raise SpawnError(f"gateway entry script {entry} does not exist; {FIX}")
+        return argv[0], entry
+    try:
+        with open(argv[0], "rb") as script:
+            shebang = script.readline(256).split()
+    except OSError:
+        return None
+    if shebang[:2] == [b"#!/usr/bin/env", b"node"] and (node := shutil.which("node", path=path_env)):
+        return node, Path(argv[0]).resolve()
+    return None
+
+
+def check_command(argv: list[str], env: Mapping[str, str]) -> list[str]:
+    """argv with an absolute executable (and entry script); SpawnError when it cannot run this gateway."""
+    argv = [_executable(argv[0], env.get("PATH")), *argv[1:]]
+    if _is_node(argv[0]) and len(argv) > 1 and not argv[1].startswith("-"):
+        argv[1] = os.path.abspath(argv[1])
+    found = _node_and_entry(argv, env.get("PATH"))
+    if found is None:
+        return argv
+    node, entry = found
+    try:
+        problem = node_problem(node, entry)
+    except ProvisionError as exc:
+        log.warning("cannot check node's version against the gateway's needs: %s", exc)
+        return argv
+    if problem:
+        raise SpawnError(f"{node}: {problem} and set gateway.command to the paths it prints")
+    return argv
+
+
+def _pdeathsig_prefix() -> list[str]:
+    """setpriv (util-linux) sets PR_SET_PDEATHSIG and execs: the gateway keeps its own PID."""
+    if sys.platform.startswith("linux") and (setpriv := shutil.which("setpriv")):
+        return [setpriv, "--pdeathsig", "KILL", "--"]
+    return []
+
+
+class GatewayProcess:
+    """One gateway child: start() once, stop() from any thread any number of times."""
+
+    def __init__(self, config: Config, token: str, provider_env: Mapping[str, str],
+                 on_exit: Callable[[ExitInfo], None]) -> None:
+        self.config = config
+        self._token = token
+        self._provider_env = dict(provider_env)
+        self._on_exit = on_exit
+        self._lock = threading.Lock()  # guards the fields below and every signal sent to the pid
+        self._stop_lock = threading.Lock()  # one stopper at a time; later ones get the same result
+        self._started = self._stop_requested = self._reaped = self._forced = False
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._spawn_error: SpawnError | None = None
+        self._info = ExitInfo(None, None)
+        self._spawned = threading.Event()
+        self._exited = threading.Event()
+        register_secret(token)
+
+    @property
+    def pid(self) -> int | None:
+        return self._popen.pid if self._popen is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._popen is not None and not self._exited.is_set()
+
+    def start(self) -> int:
+        with self._lock:
+            if self._started:
+                raise RuntimeError("GatewayProcess.start() called twice; make a new GatewayProcess")
+            self._started = True
+            cancelled = self._stop_requested
+        try:
+            if cancelled:
+                raise SpawnError("gateway start cancelled: stop was requested first")
+            env = build_env(self.config, self._token, self._provider_env)
+            argv = check_command(build_argv(self.config), env)
+            prepare_state_dir(self.config)
+        except SpawnError as exc:
+            self._spawn_error = exc
+            self._spawned.set()
+            raise
+        threading.Thread(target=self._spawn_and_wait, args=(_pdeathsig_prefix() + argv, env),
+                         name="clawsvc-waiter", daemon=True).start()
+        self._spawned.wait()
+        if self._spawn_error is not None:
+            raise self._spawn_error
+        assert self._popen is not None
+        log.info("started gateway pid %d: %s", self._popen.pid, " ".join(argv))
+        return self._popen.pid
+
+    def _spawn_and_wait(self, argv: list[str], env: dict[str, str]) -> None:
+        try:
+            popen = subprocess.Popen(argv, env=env, cwd=state_dir(self.config), stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        except OSError as exc:
+            self._spawn_error = SpawnError(f"cannot start gateway command {argv[0]}: {exc.strerror}; {FIX}")
+            self._spawned.set()
+            return
+        assert popen.stdout is not None and popen.stderr is not None
+        pumps = [OutputPump(popen.stdout, "stdout", self.config.logging),
+                 OutputPump(popen.stderr, "stderr", self.config.logging)]
+        for pump in pumps:
+            pump.start()
+        self._popen = popen
+        self._spawned.set()
+        with contextlib.suppress(ChildProcessError):  # exited; its zombie keeps the pid (= group id) ours
+            os.waitid(os.P_PID, popen.pid, os.WEXITED | os.WNOWAIT)
+        with self._lock:
+            self._signal_group(signal.SIGKILL)  # whatever of its group outlived it has no parent to serve
+            returncode = popen.wait()
+            self._reaped = True
+        for pump in pumps:
+            pump.join(PUMP_DRAIN)
+        self._info = ExitInfo.from_returncode(returncode, self._forced)
+        self._exited.set()
+        try:
+            self._on_exit(self._info)
+        except Exception:
+            log.exception("on_exit callback failed for gateway pid %d", popen.pid)
+
+    def _signal_group(self, sig: int) -> None:
+        """Caller holds self._lock; the unreaped pid is also the group id, so it cannot name a stranger."""
+        if self._popen is not None and not self._reaped:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._popen.pid, sig)
+
+    def send_signal(self, sig: int) -> None:
+        """Signal the gateway's main process only (e.g. SIGUSR2 = in-process restart); no-op once exited."""
+        with self._lock:
+            if self._popen is not None and not self._reaped:
+                os.kill(self._popen.pid, sig)  # not Popen.send_signal: its poll() could reap behind the waiter
+
+    def stop(self, timeout: float | None = None) -> ExitInfo:
+        """SIGTERM the group, wait `timeout` (gateway.stop_timeout), SIGKILL the group; always reaped."""
+        grace = self.config.gateway.stop_timeout if timeout is None else timeout
+        with self._lock:
+            self._stop_requested = True
+            if not self._started:
+                return self._info
+        self._spawned.wait()
+        if self._popen is None:
+            return self._info
+        with self._stop_lock:
+            if not self._exited.is_set() and not self._terminate(self._popen.pid, grace):
+                return ExitInfo(None, None, forced=True)
+        return self._info
+
+    def _terminate(self, pid: int, grace: float) -> bool:
+        """False when the process is still there after SIGKILL."""
+        family = proctree.pin_descendants(pid)
+        with self._lock:
+            self._signal_group(signal.SIGTERM)
+        log.info("stopping gateway pid %d: sent SIGTERM, SIGKILL in %gs if it is still running", pid, grace)
+        if not self._exited.wait(grace):
+            log.warning("gateway pid %d did not stop within %gs; sending SIGKILL to its process group", pid, grace)
+            with self._lock:
+                self._forced = True
+                self._signal_group(signal.SIGKILL)
+            if not self._exited.wait(KILL_GRACE):
+                log.error("gateway pid %d survived SIGKILL for %gs (stuck in the kernel?)", pid, KILL_GRACE)
+                proctree.kill_stragglers(family, 0)
+                return False
+        proctree.kill_stragglers(family, HELPER_GRACE)
+        return True

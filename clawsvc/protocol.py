@@ -1,0 +1,342 @@
+"""The gateway's WebSocket protocol (v3..v4) as plain data: frames, connect params, hello-ok, errors.
+
+Pure: no sockets, no threads. connection.py does the I/O and calls into this module.
+
+Frames (text, JSON, closed objects):
+  request  {"type":"req","id","method","params"?}
+  response {"type":"res","id","ok":true,"payload"} | {"type":"res","id","ok":false,"error":{...}}
+  event    {"type":"event","event","payload"?,"seq"?}
+Legacy JSON-RPC 2.0 frames, as the original manager accepted them:
+  {"jsonrpc":"2.0","id","result"|"error"}  -> a response for that id (error codes mapped by name)
+  {"jsonrpc":"2.0","method","params"}       -> an event named after the method, payload = params
+  (so "channel.status" -> event "channel.status", "chat" -> "chat", "error" -> "error"; seq is None)
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from clawsvc import __version__
+from clawsvc.logs import redact
+
+PROTOCOL_MIN = 3
+PROTOCOL_MAX = 4
+CLIENT_ID = "gateway-client"
+CLIENT_MODE = "backend"
+DISPLAY_NAME = "clawsvc"
+ROLE = "operator"
+ADMIN_SCOPE = "operator.admin"
+CHALLENGE_EVENT = "connect.challenge"
+DEFAULT_TICK_INTERVAL = 30.0
+DEFAULT_MAX_PAYLOAD = 25 * 1024 * 1024
+
+CLOSE_NORMAL = 1000
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_RESTART = 1012
+CLOSE_TRY_AGAIN = 1013
+CLOSE_AUTH_CHANGED = 4001
+
+_JSONRPC_CODES = {-32700: "PARSE_ERROR", -32600: "INVALID_REQUEST", -32601: "METHOD_NOT_FOUND",
+                  -32602: "INVALID_PARAMS", -32603: "INTERNAL_ERROR"}
+_AUTH_DETAIL_CODES = frozenset({"PAIRING_REQUIRED", "DEVICE_IDENTITY_REQUIRED", "CONTROL_UI_DEVICE_IDENTITY_REQUIRED",
+                                "CONTROL_UI_ORIGIN_NOT_ALLOWED", "CLIENT_VERSION_MISMATCH"})
+
+
+# ---------------------------------------------------------------- errors
+
+class GatewayError(Exception):
+    """An error from or about the gateway; str() is one line, secrets masked."""
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+        self.details = details
+
+    @property
+    def detail_code(self) -> str | None:
+        value = (self.details or {}).get("code")
+        return value if isinstance(value, str) else None
+
+    def __str__(self) -> str:
+        extra = f" [{self.detail_code}]" if self.detail_code and self.detail_code != self.code else ""
+        return redact(" ".join(f"{self.code}: {self.message}{extra}".split()))
+
+
+class RetryableError(GatewayError):
+    """The gateway cannot serve yet (starting, restarting); try again after retry_after seconds if given."""
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(code, message, details)
+        self.retry_after = retry_after
+
+
+class AuthError(GatewayError):
+    """The gateway refused our credentials; retrying with the same token cannot succeed."""
+
+
+class ProtocolMismatchError(GatewayError):
+    """The gateway and clawsvc share no protocol version; the message names both."""
+
+
+class TransportError(GatewayError):
+    """The link itself failed: refused, reset, timed out, closed unexpectedly."""
+
+
+class RpcError(GatewayError):
+    """The gateway answered a request with an error (unknown method, missing scope, bad params...)."""
+
+
+class ConnectionLost(TransportError):
+    """A pending request failed because the link went down before its answer came."""
+
+
+class RpcTimeout(TransportError):
+    """No answer to a request within its timeout (the link may still be up)."""
+
+
+class MalformedFrame(ValueError):
+    """A frame this client cannot use; the reader counts it and carries on."""
+
+
+# ---------------------------------------------------------------- values
+
+@dataclass(frozen=True)
+class HelloOk:
+    protocol: int
+    server_version: str
+    build_id: str | None
+    conn_id: str | None
+    methods: frozenset[str]
+    events: frozenset[str]
+    tick_interval: float
+    max_payload: int
+    role: str | None
+    scopes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class GatewayEvent:
+    name: str
+    payload: Any
+    seq: int | None
+
+
+@dataclass(frozen=True)
+class LinkDown:
+    """Why a connection ended: close code (None when there was no close frame), reason, who closed it."""
+
+    code: int | None
+    reason: str
+    local: bool
+
+    def __str__(self) -> str:
+        who = "closed by clawsvc" if self.local else "lost"
+        code = f" (code {self.code})" if self.code is not None else ""
+        return f"{who}{code}: {self.reason}" if self.reason else f"{who}{code}"
+
+
+@dataclass(frozen=True)
+class Response:
+    id: str
+    payload: Any
+    error: GatewayError | None
+
+
+Frame = Response | GatewayEvent
+
+
+# ---------------------------------------------------------------- outgoing
+
+def client_platform() -> str:
+    return "linux" if sys.platform.startswith("linux") else sys.platform
+
+
+def connect_params(token: str, scopes: tuple[str, ...] = (ADMIN_SCOPE,)) -> dict[str, Any]:
+    return {
+        "minProtocol": PROTOCOL_MIN,
+        "maxProtocol": PROTOCOL_MAX,
+        "client": {"id": CLIENT_ID, "displayName": DISPLAY_NAME, "version": __version__,
+                   "platform": client_platform(), "mode": CLIENT_MODE},
+        "auth": {"token": token},
+        "role": ROLE,
+        "scopes": list(scopes),
+        "caps": [],
+    }
+
+
+def encode_request(request_id: str, method: str, params: Any = None) -> str:
+    """The request as JSON text; params are left out when None (the gateway rejects null params)."""
+    frame: dict[str, Any] = {"type": "req", "id": request_id, "method": method}
+    if params is not None:
+        frame["params"] = params
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+
+
+# ---------------------------------------------------------------- incoming
+
+def parse_frame(data: str | bytes) -> Frame:
+    """One incoming frame; raises MalformedFrame with a short reason for anything unusable."""
+    if isinstance(data, bytes):
+        raise MalformedFrame(f"binary frame ({len(data)} bytes)")
+    try:
+        frame = json.loads(data)
+    except ValueError:
+        raise MalformedFrame(f"not JSON: {data[:60]!r}") from None
+    if not isinstance(frame, dict):
+        raise MalformedFrame(f"not a JSON object: {type(frame).__name__}")
+    if frame.get("jsonrpc") == "2.0":
+        return _parse_jsonrpc(frame)
+    kind = frame.get("type")
+    if kind == "res":
+        return _parse_response(frame)
+    if kind == "event":
+        name = frame.get("event")
+        if not isinstance(name, str) or not name:
+            raise MalformedFrame("event without a name")
+        seq = frame.get("seq")
+        return GatewayEvent(name, frame.get("payload"), seq if _is_int(seq) else None)
+    raise MalformedFrame(f"unknown frame type {str(kind)[:40]!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _frame_id(frame: dict[str, Any]) -> str:
+    value = frame.get("id")
+    if isinstance(value, str) and value:
+        return value
+    if _is_int(value):
+        return str(value)
+    raise MalformedFrame("response without an id")
+
+
+def _parse_response(frame: dict[str, Any]) -> Response:
+    request_id = _frame_id(frame)
+    if frame.get("ok") is True:
+        return Response(request_id, frame.get("payload"), None)
+    error = frame.get("error")
+    if frame.get("ok") is not False or not isinstance(error, dict):
+        raise MalformedFrame(f"response {request_id[:40]!r} has neither ok:true nor an error object")
+    return Response(request_id, None, error_from_reply(error))
+
+
+def _parse_jsonrpc(frame: dict[str, Any]) -> Frame:
+    method = frame.get("method")
+    if "id" not in frame or frame.get("id") is None:
+        if not isinstance(method, str) or not method:
+            raise MalformedFrame("JSON-RPC notification without a method")
+        return GatewayEvent(method, frame.get("params"), None)
+    if method is not None:
+        raise MalformedFrame(f"JSON-RPC request from the gateway ({str(method)[:40]!r}) is not supported")
+    request_id = _frame_id(frame)
+    if "result" in frame:
+        return Response(request_id, frame["result"], None)
+    error = frame.get("error")
+    if not isinstance(error, dict):
+        raise MalformedFrame(f"JSON-RPC response {request_id[:40]!r} has neither result nor error")
+    code = error.get("code")
+    name = code if isinstance(code, str) else _JSONRPC_CODES.get(code, f"JSONRPC_{code}")
+    data = error.get("data")
+    details = data if isinstance(data, dict) else ({"data": data} if data is not None else None)
+    return Response(request_id, None, RpcError(name, str(error.get("message") or "error"), details))
+
+
+def error_from_reply(error: dict[str, Any]) -> GatewayError:
+    """Classify a response's error object: protocol, retryable, auth, else a plain RpcError."""
+    code = str(error.get("code") or "ERROR")
+    message = str(error.get("message") or "gateway request failed")
+    details = error.get("details") if isinstance(error.get("details"), dict) else None
+    detail_code = (details or {}).get("code")
+    if "PROTOCOL_MISMATCH" in (code, detail_code):
+        server = (details or {}).get("expectedProtocol")
+        return ProtocolMismatchError(code, f"{message}: {versions(server)}", details)
+    if error.get("retryable") is True or code == "UNAVAILABLE":
+        after = error.get("retryAfterMs")
+        retry_after = after / 1000.0 if _is_number(after) and after >= 0 else None
+        return RetryableError(code, message, details, retry_after)
+    if _is_auth_code(code) or _is_auth_code(detail_code):
+        return AuthError(code, message, details)
+    return RpcError(code, message, details)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_auth_code(code: Any) -> bool:
+    return isinstance(code, str) and (code.startswith("AUTH_") or code in _AUTH_DETAIL_CODES
+                                      or code in ("UNAUTHORIZED", "UNAUTHENTICATED"))
+
+
+def versions(server: Any) -> str:
+    theirs = f"protocol {server}" if server is not None else "an unknown protocol version"
+    return f"gateway speaks {theirs}, clawsvc speaks {PROTOCOL_MIN}..{PROTOCOL_MAX}"
+
+
+def parse_close(data: bytes) -> tuple[int | None, str]:
+    """(code, reason) from a close frame's payload; (None, "") when it carries no code."""
+    if len(data) < 2:
+        return None, ""
+    return struct.unpack("!H", data[:2])[0], data[2:].decode("utf-8", "replace")
+
+
+def error_from_close(code: int | None, reason: str) -> GatewayError:
+    """The error for a close that came before hello-ok (or instead of an answer)."""
+    said = f"gateway closed the connection ({code}{': ' + reason if reason else ''})"
+    if code == CLOSE_TRY_AGAIN:
+        return RetryableError("UNAVAILABLE", f"{said}; it is starting, retry shortly")
+    if code == CLOSE_RESTART:
+        return RetryableError("RESTARTING", f"{said}; it is restarting")
+    if code in (CLOSE_POLICY, CLOSE_AUTH_CHANGED):
+        return AuthError("AUTH_REJECTED", f"{said}; check the gateway token")
+    if code == CLOSE_PROTOCOL_ERROR:
+        return ProtocolMismatchError("PROTOCOL_MISMATCH", f"{said}; {versions(None)}")
+    return TransportError("CLOSED", said)
+
+
+def parse_hello(payload: Any) -> HelloOk:
+    """The connect response's payload; raises ProtocolMismatchError or GatewayError("BAD_HELLO")."""
+    if not isinstance(payload, dict) or payload.get("type") != "hello-ok":
+        raise GatewayError("BAD_HELLO", "connect answer is not a hello-ok")
+    protocol = payload.get("protocol")
+    if not _is_int(protocol):
+        raise GatewayError("BAD_HELLO", f"hello-ok without a protocol version ({protocol!r})")
+    if not PROTOCOL_MIN <= protocol <= PROTOCOL_MAX:
+        raise ProtocolMismatchError("PROTOCOL_MISMATCH", f"hello-ok chose an unsupported version: {versions(protocol)}")
+    server, features = _section(payload, "server"), _section(payload, "features")
+    auth, policy = _section(payload, "auth"), _section(payload, "policy")
+    tick_ms, max_payload = policy.get("tickIntervalMs"), policy.get("maxPayload")
+    return HelloOk(
+        protocol=protocol,
+        server_version=str(server.get("version") or "unknown"),
+        build_id=_opt_str(server.get("buildId")),
+        conn_id=_opt_str(server.get("connId")),
+        methods=_names(features.get("methods")),
+        events=_names(features.get("events")),
+        tick_interval=tick_ms / 1000.0 if _is_number(tick_ms) and tick_ms > 0 else DEFAULT_TICK_INTERVAL,
+        max_payload=max_payload if _is_int(max_payload) and max_payload > 0 else DEFAULT_MAX_PAYLOAD,
+        role=_opt_str(auth.get("role")),
+        scopes=tuple(item for item in auth.get("scopes") or () if isinstance(item, str)),
+    )
+
+
+def _section(payload: dict[str, Any], key: str) -> dict[str, Any]:
+    value = payload.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _opt_str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _names(value: Any) -> frozenset[str]:
+    return frozenset(item for item in value if isinstance(item, str)) if isinstance(value, list) else frozenset()

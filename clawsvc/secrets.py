@@ -1,0 +1,302 @@
+"""Gateway token and provider API keys from the keyring, systemd credentials and files.
+
+Every secret this module returns has been passed to `register_secret()`, so no later log line shows it.
+Keyring calls run on a helper thread with a deadline: a Secret Service that never answers (a locked
+collection waiting for a GUI prompt on a headless box) must not hang the service.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import stat
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import keyring
+import keyring.backends.fail
+import keyring.backends.null
+import keyring.errors
+
+from clawsvc.config import Config
+from clawsvc.logs import register_secret
+
+log = logging.getLogger("clawsvc.secrets")
+
+KEYRING_SERVICE = "clawsvc"
+TOKEN_USERNAME = "gateway-token"
+TOKEN_CREDENTIAL = "gateway-token"
+GENERATED_TOKEN_NAME = "gateway-token"
+KEYRING_TIMEOUT = 10.0
+MIN_TOKEN_LENGTH = 6  # shorter values cannot be masked in logs (see logs.register_secret)
+WEAK_TOKEN_LENGTH = 16
+
+# provider -> the environment variable OpenClaw 2026.9 reads (its docs/providers/*.md); others get NAME_API_KEY.
+PROVIDER_ENV: dict[str, str] = {
+    "anthropic": "ANTHROPIC_API_KEY",
+    "openai": "OPENAI_API_KEY",
+    "google": "GEMINI_API_KEY",  # OpenClaw accepts GEMINI_API_KEY or GOOGLE_API_KEY for google/*
+    "openrouter": "OPENROUTER_API_KEY",
+    "xai": "XAI_API_KEY",
+    "mistral": "MISTRAL_API_KEY",
+    "groq": "GROQ_API_KEY",
+    "deepseek": "DEEPSEEK_API_KEY",
+    "together": "TOGETHER_API_KEY",
+    "cerebras": "CEREBRAS_API_KEY",
+    "fireworks": "FIREWORKS_API_KEY",
+    "moonshot": "MOONSHOT_API_KEY",
+    "perplexity": "PERPLEXITY_API_KEY",
+    "cohere": "COHERE_API_KEY",
+}
+
+
+class SecretError(Exception):
+    """A secret that cannot be loaded or stored; str() is one line and never contains the secret."""
+
+
+class KeyringUnavailable(SecretError):
+    """No usable keyring backend (normal on a headless server)."""
+
+
+def provider_env_name(provider: str) -> str:
+    return PROVIDER_ENV.get(provider, provider.upper().replace("-", "_") + "_API_KEY")
+
+
+# ---------------------------------------------------------------- keyring access with a deadline
+
+class _Call:
+    """Runs one keyring call on a daemon thread so the caller can stop waiting for it."""
+
+    def __init__(self, func: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.func, self.args = func, args
+        self.done = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.value = self.func(*self.args)
+        except BaseException as exc:  # handed to the caller's thread
+            self.error = exc
+        finally:
+            self.done.set()
+
+
+class _KeyringState:
+    lock = threading.Lock()
+    broken: str | None = None  # why the keyring is unusable for the rest of this process
+    warned = False
+
+
+def _keyring_call(func: Callable[..., Any], *args: Any) -> Any:
+    if _KeyringState.broken:
+        raise KeyringUnavailable(_KeyringState.broken)
+    call = _Call(func, args)
+    threading.Thread(target=call.run, name="clawsvc-keyring", daemon=True).start()
+    if not call.done.wait(KEYRING_TIMEOUT):
+        _KeyringState.broken = (f"the keyring did not answer within {KEYRING_TIMEOUT:g}s "
+                                "(a locked or unreachable Secret Service?)")
+        raise KeyringUnavailable(_KeyringState.broken)
+    if isinstance(call.error, keyring.errors.NoKeyringError):
+        raise KeyringUnavailable("no keyring backend is available")
+    if isinstance(call.error, keyring.errors.PasswordDeleteError):
+        raise call.error
+    if call.error is not None:
+        raise KeyringUnavailable(f"the keyring failed: {call.error.__class__.__name__}: "
+                                 f"{str(call.error).splitlines()[0] if str(call.error) else ''}".rstrip(": "))
+    return call.value
+
+
+def _backend_name(backend: object) -> str:
+    cls = type(backend)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def keyring_status() -> tuple[bool, str]:
+    """(usable, backend description); no backend on a headless box is normal, not an error."""
+    try:
+        backend = _keyring_call(keyring.get_keyring)
+    except KeyringUnavailable as exc:
+        return False, str(exc)
+    name = _backend_name(backend)
+    if isinstance(backend, keyring.backends.fail.Keyring | keyring.backends.null.Keyring):
+        return False, f"no keyring backend ({name})"
+    return True, name
+
+
+def _keyring_get(username: str) -> str | None:
+    """The stored value, or None when absent or when the keyring is unusable (warned about once)."""
+    try:
+        usable, why = keyring_status()
+        if not usable:
+            raise KeyringUnavailable(why)
+        value = _keyring_call(keyring.get_password, KEYRING_SERVICE, username)
+    except KeyringUnavailable as exc:
+        with _KeyringState.lock:
+            first, _KeyringState.warned = not _KeyringState.warned, True
+        if first:
+            log.warning("keyring not used: %s; reading secrets from $CREDENTIALS_DIRECTORY and files instead", exc)
+        return None
+    return value or None
+
+
+# ---------------------------------------------------------------- files and credentials
+
+def _read_secret_file(path: Path, what: str) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SecretError(f"cannot read {what} {path}: {exc.strerror or exc.__class__.__name__}") from None
+    except UnicodeDecodeError:
+        raise SecretError(f"cannot read {what} {path}: not UTF-8 text") from None
+    value = text.strip()
+    if not value:
+        raise SecretError(f"{what} {path} is empty")
+    if any(ch.isspace() for ch in value):
+        raise SecretError(f"{what} {path} must hold a single value on one line")
+    register_secret(value)
+    return value
+
+
+def _credential(name: str) -> tuple[str, Path] | None:
+    """$CREDENTIALS_DIRECTORY/<name> (systemd LoadCredential=), if present."""
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return None
+    path = Path(directory) / name
+    if not path.exists():
+        return None
+    return _read_secret_file(path, f"credential {name}"), path
+
+
+def _check_token(token: str, source: str) -> str:
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise SecretError(f"gateway token from {source} is too short to be safe (use at least "
+                          f"{WEAK_TOKEN_LENGTH} characters)")
+    if len(token) < WEAK_TOKEN_LENGTH:
+        log.warning("gateway token from %s is short (%d characters); use at least %d", source, len(token),
+                    WEAK_TOKEN_LENGTH)
+    register_secret(token)
+    return token
+
+
+def _warn_if_exposed(path: Path) -> None:
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("auth.token_file %s is accessible to other users (mode %04o); run: chmod 600 %s",
+                    path, stat.S_IMODE(mode), path)
+
+
+def _generated_token(state_dir: Path) -> tuple[str, Path]:
+    """The token stored under the state dir, created once (0600, atomically) if absent."""
+    path = state_dir / GENERATED_TOKEN_NAME
+    if path.exists():
+        return _read_secret_file(path, "generated gateway token"), path
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".gateway-token.", dir=state_dir)  # mkstemp creates it 0600
+        try:
+            token = secrets.token_urlsafe(32)
+            register_secret(token)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(token + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(tmp, path)  # fails if another process created it first: then use theirs
+            except FileExistsError:
+                return _read_secret_file(path, "generated gateway token"), path
+        finally:
+            os.unlink(tmp)
+    except OSError as exc:
+        raise SecretError(f"cannot store a generated gateway token in {path}: "
+                          f"{exc.strerror or exc.__class__.__name__}") from None
+    log.info("generated a new gateway token and stored it in %s (mode 0600)", path)
+    return token, path
+
+
+# ---------------------------------------------------------------- public API
+
+def load_gateway_token(config: Config) -> tuple[str, str]:
+    """(token, source): auth.token_file, else keyring, else $CREDENTIALS_DIRECTORY, else generated once."""
+    token_file = config.auth.token_file
+    if token_file is not None:
+        _warn_if_exposed(token_file)
+        source = f"file {token_file}"
+        return _check_token(_read_secret_file(token_file, "auth.token_file"), source), source
+    value = _keyring_get(TOKEN_USERNAME)
+    if value is not None:
+        return _check_token(value, "keyring"), "keyring"
+    found = _credential(TOKEN_CREDENTIAL)
+    if found is not None:
+        source = f"credential {TOKEN_CREDENTIAL}"
+        return _check_token(found[0], source), source
+    token, path = _generated_token(config.gateway.state_dir)
+    source = f"generated {path}"
+    return _check_token(token, source), source
+
+
+def provider_key(provider: str) -> tuple[str, str] | None:
+    """(key, source) for one provider: keyring, else $CREDENTIALS_DIRECTORY/<provider>-api-key."""
+    value = _keyring_get(provider)
+    if value is not None:
+        register_secret(value)
+        return value, "keyring"
+    found = _credential(f"{provider}-api-key")
+    if found is not None:
+        return found[0], f"credential {provider}-api-key"
+    return None
+
+
+def provider_env(config: Config) -> dict[str, str]:
+    """{"ANTHROPIC_API_KEY": ...} for each configured provider whose key was found."""
+    env: dict[str, str] = {}
+    found: list[str] = []
+    for provider in config.providers:
+        key = provider_key(provider)
+        if key is not None:
+            env[provider_env_name(provider)] = key[0]
+            found.append(f"{provider} ({key[1]})")
+    missing = [p for p in config.providers if provider_env_name(p) not in env]
+    log.info("provider API keys: %s%s", ", ".join(found) or "none found",
+             f"; none for {', '.join(missing)}" if found and missing else "")
+    return env
+
+
+def _require_keyring() -> None:
+    usable, why = keyring_status()
+    if not usable:
+        raise KeyringUnavailable(f"{why}; on a headless server put the key in a systemd credential "
+                                 "instead (LoadCredential=<provider>-api-key:/path/to/file)")
+
+
+def set_key(provider: str, value: str) -> None:
+    value = value.strip()
+    if not value:
+        raise SecretError(f"empty key for {provider}: nothing stored")
+    register_secret(value)
+    _require_keyring()
+    _keyring_call(keyring.set_password, KEYRING_SERVICE, provider, value)
+
+
+def delete_key(provider: str) -> bool:
+    """Remove a stored key; False when none was stored."""
+    _require_keyring()
+    try:
+        _keyring_call(keyring.delete_password, KEYRING_SERVICE, provider)
+    except keyring.errors.PasswordDeleteError:
+        return False
+    return True
+
+
+def stored_providers(config: Config) -> list[str]:
+    """Configured providers that have a key in the keyring."""
+    _require_keyring()
+    return [p for p in config.providers if _keyring_call(keyring.get_password, KEYRING_SERVICE, p)]

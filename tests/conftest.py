@@ -1,0 +1,34 @@
+"""Shared fixtures: the provisioned real gateway (`gateway_install`) and a running one (`real_gateway`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from realgw import RealGateway, cache_dir, provision
+
+from clawsvc.provision import Installation, ProvisionError
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def gateway_install() -> Installation:
+    """Node + openclaw provisioned by `ensure_installed` into the test cache (reused across runs).
+    In CI a provisioning failure fails the test; locally (e.g. offline) it skips with the reason."""
+    try:
+        return provision()
+    except ProvisionError as exc:
+        if in_ci():
+            pytest.fail(f"provisioning the real gateway into {cache_dir()} failed: {exc}")
+        pytest.skip(f"real gateway unavailable (provisioning into {cache_dir()} failed: {exc})")
+
+
+@pytest.fixture(scope="module")
+def real_gateway(gateway_install: Installation) -> Iterator[RealGateway]:
+    """A running real gateway on a free loopback port, ready (hello-ok seen); stopped and cleaned up after."""
+    with RealGateway(gateway_install) as gateway:
+        yield gateway

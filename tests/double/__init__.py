@@ -1,0 +1,147 @@
+"""Start and stop the gateway double (gateway_double.py) as a real child process in its own process group.
+
+    with start_double(tmp_path, env={"DOUBLE_TICK_MS": "200"}) as gw:
+        ws = websocket.create_connection(gw.url, suppress_origin=True)
+
+For clawsvc itself, use `double_command()` as gateway.command: clawsvc appends `gateway run --port P ...`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+DOUBLE_SCRIPT = Path(__file__).with_name("gateway_double.py")
+
+
+def double_command() -> tuple[str, ...]:
+    return (sys.executable, str(DOUBLE_SCRIPT))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pid_alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@dataclass
+class DoubleProcess:
+    """A running double: its Popen, port and token; stdout/stderr go to files under the test's tmp_path."""
+
+    popen: subprocess.Popen[bytes]
+    port: int
+    token: str = field(repr=False)
+    stdout_path: Path
+    stderr_path: Path
+    _files: list[IO[bytes]] = field(default_factory=list, repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def wait_for_output(self, pattern: str, timeout: float = 10.0, stream: str = "stdout") -> re.Match[str]:
+        """Poll the captured output until `pattern` (a regex) shows up; AssertionError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.stdout() if stream == "stdout" else self.stderr()
+            match = re.search(pattern, text)
+            if match:
+                return match
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{pattern!r} not in the double's {stream} after {timeout}s:\n{text[-2000:]}")
+            time.sleep(0.02)
+
+    def accepts_tcp(self) -> bool:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+            return True
+        return False
+
+    def wait_listening(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.accepts_tcp():
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"gateway double exited with {self.popen.returncode}:\n{self.stderr()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"gateway double not listening on port {self.port} after {timeout}s")
+            time.sleep(0.02)
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """SIGTERM, wait up to `timeout`, then SIGKILL the whole process group (grandchildren included).
+
+        Returns the double's exit status (negative for a signal), as Popen.returncode."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait()
+        for fh in self._files:
+            fh.close()
+        self._files.clear()
+        return self.popen.returncode
+
+    def __enter__(self) -> DoubleProcess:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def start_double(tmp_path: Path, *, port: int | None = None, token: str | None = None,
+                 env: dict[str, str] | None = None, args: tuple[str, ...] = (), wait: bool = True,
+                 timeout: float = 10.0) -> DoubleProcess:
+    """Spawn the double as `gateway run --port P --bind loopback --auth token --allow-unconfigured` + args.
+
+    Waits until it accepts TCP (not the same as accepting `connect`, see DOUBLE_UNAVAILABLE_FOR) unless
+    wait=False. DOUBLE_* variables of the calling environment are not inherited; pass them in `env`."""
+    port = port or free_port()
+    token = token or secrets.token_urlsafe(24)
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith(("DOUBLE_", "OPENCLAW_"))}
+    child_env.update({"OPENCLAW_GATEWAY_TOKEN": token, "PYTHONUNBUFFERED": "1", **(env or {})})
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    stdout_path, stderr_path = tmp_path / f"double-{port}.out", tmp_path / f"double-{port}.err"
+    out, err = stdout_path.open("wb"), stderr_path.open("wb")
+    argv = [*double_command(), "gateway", "run", "--port", str(port), "--bind", "loopback", "--auth", "token",
+            "--allow-unconfigured", *args]
+    popen = subprocess.Popen(argv, env=child_env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                             start_new_session=True)
+    proc = DoubleProcess(popen, port, token, stdout_path, stderr_path, [out, err])
+    if wait:
+        try:
+            proc.wait_listening(timeout)
+        except BaseException:
+            proc.stop()
+            raise
+    return proc

@@ -1,0 +1,103 @@
+"""`clawsvc check-config` as an admin runs it: the real command in a subprocess, exit codes and output."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "etc" / "clawsvc.yaml"
+
+
+def check_config(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k != "CLAWSVC_CONFIG"}
+    return subprocess.run([sys.executable, "-m", "clawsvc", "check-config", *map(str, args)],
+                          capture_output=True, text=True, timeout=60, env={**base, **(env or {})}, check=False)
+
+
+def test_example_is_valid():
+    done = check_config("-c", EXAMPLE)
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"{EXAMPLE}: ok\n", "")
+
+
+def test_dev_config_is_valid():
+    done = check_config("-c", REPO / "etc" / "clawsvc-dev.yaml")
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(("text", "line", "key"), [
+    ("gateway:\n  port: 70000\n", 2, "gateway.port"),
+    ("# comment\nlogging:\n  levle: debug\n", 3, "logging.levle"),
+    ("reconnect:\n  base_delay: 5s\n  max_delay: 2s\n", 3, "reconnect.max_delay"),
+    ("gateway:\n  env:\n    MY_API_KEY: [sk-live-123456]\n", 3, "gateway.env.MY_API_KEY"),
+    ("providers:\n  - openai\n  - 'Open AI'\n", 3, "providers[1]"),
+])
+@pytest.mark.parametrize("extra", [[], ["--print"]])
+def test_bad_config_exits_78_with_one_line(tmp_path, text, line, key, extra):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    done = check_config("-c", path, *extra)
+    assert done.returncode == 78
+    assert done.stdout == ""
+    assert done.stderr.startswith(f"clawsvc: {path}:{line}: {key}: ")
+    assert done.stderr.count("\n") == 1 and done.stderr.endswith("\n")
+    assert "Traceback" not in done.stderr and "sk-live-123456" not in done.stderr
+
+
+def test_yaml_syntax_error_exits_78_with_the_line(tmp_path):
+    path = tmp_path / "tab.yaml"
+    path.write_text("gateway:\n  port: 1\n\tbind: lan\n")
+    done = check_config("-c", path)
+    assert done.returncode == 78
+    assert done.stderr.startswith(f"clawsvc: {path}:3: YAML syntax error")
+    assert done.stderr.count("\n") == 1
+
+
+def test_print_shows_effective_config_with_secrets_redacted(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("gateway:\n  port: 4242\n  env:\n    MY_API_KEY: sk-live-123456\n    SLACK_TOKEN: xoxb-998877\n"
+                    "    LOG_FORMAT: json\nhealth:\n  interval: 1m\n")
+    done = check_config("-c", path, "--print")
+    assert done.returncode == 0, done.stderr
+    assert "sk-live-123456" not in done.stdout + done.stderr
+    assert "xoxb-998877" not in done.stdout + done.stderr
+    shown = yaml.safe_load(done.stdout)
+    assert shown["gateway"]["port"] == 4242
+    assert shown["gateway"]["env"] == {"MY_API_KEY": "<redacted>", "SLACK_TOKEN": "<redacted>", "LOG_FORMAT": "json"}
+    assert shown["health"] == {"interval": 60.0, "timeout": 5.0, "failures": 3, "tick_grace": 2.0}
+    assert shown["providers"] == ["anthropic", "openai", "google", "openrouter"]  # defaults filled in
+    assert str(path) in done.stdout.splitlines()[0]
+    # what --print shows is itself a valid config
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(done.stdout)
+    assert check_config("-c", printed).returncode == 0
+
+
+def test_missing_named_file(tmp_path):
+    path = tmp_path / "nope.yaml"
+    done = check_config("-c", path)
+    assert done.returncode == 78
+    assert done.stderr == f"clawsvc: {path}: config file not found\n"
+
+
+def test_unreadable_path(tmp_path):
+    done = check_config("-c", tmp_path)  # a directory: unreadable as a file even for root
+    assert done.returncode == 78
+    assert done.stderr.startswith(f"clawsvc: {tmp_path}: cannot read config file: ")
+    assert "Is a directory" in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_config_from_environment(tmp_path):
+    path = tmp_path / "env.yaml"
+    path.write_text("gateway:\n  bind: moon\n")
+    done = check_config(env={"CLAWSVC_CONFIG": str(path)})
+    assert done.returncode == 78
+    assert done.stderr.startswith(f"clawsvc: {path}:2: gateway.bind: ")
+    path.write_text("gateway:\n  bind: lan\n")
+    assert check_config(env={"CLAWSVC_CONFIG": str(path)}).stdout == f"{path}: ok\n"
+    assert check_config("-c", EXAMPLE, env={"CLAWSVC_CONFIG": str(tmp_path / "missing.yaml")}).returncode == 0

@@ -1,0 +1,290 @@
+"""GatewayConnection against the gateway double (a real child process speaking protocol 4)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from double import DoubleProcess, free_port, start_double
+
+from clawsvc.connection import WARN_BURST, GatewayConnection
+from clawsvc.protocol import (
+    AuthError,
+    ConnectionLost,
+    GatewayError,
+    GatewayEvent,
+    LinkDown,
+    ProtocolMismatchError,
+    RetryableError,
+    RpcError,
+    RpcTimeout,
+    TransportError,
+)
+
+TICK_MS = 400
+MAX_PAYLOAD = 65536
+
+
+class Recorder:
+    """Collects what the connection reports; wait() polls a condition with a deadline."""
+
+    def __init__(self) -> None:
+        self.events: list[GatewayEvent] = []
+        self.downs: list[LinkDown] = []
+        self.lock = threading.Lock()
+
+    def on_event(self, event: GatewayEvent) -> None:
+        with self.lock:
+            self.events.append(event)
+
+    def on_down(self, down: LinkDown) -> None:
+        with self.lock:
+            self.downs.append(down)
+
+    def named(self, name: str) -> list[GatewayEvent]:
+        with self.lock:
+            return [event for event in self.events if event.name == name]
+
+    @staticmethod
+    def wait(condition: Callable[[], object], timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        pause = threading.Event()
+        while not condition():
+            assert time.monotonic() < deadline, "condition not met before the deadline"
+            pause.wait(0.01)
+
+
+@pytest.fixture(scope="module")
+def double(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DoubleProcess]:
+    env = {"DOUBLE_TICK_MS": str(TICK_MS), "DOUBLE_MAX_PAYLOAD": str(MAX_PAYLOAD)}
+    with start_double(tmp_path_factory.mktemp("double"), env=env) as proc:
+        yield proc
+
+
+@pytest.fixture
+def connect() -> Iterator[Callable[..., tuple[GatewayConnection, Recorder]]]:
+    """Connect to a double (default: the module one); every connection is closed in teardown."""
+    made: list[GatewayConnection] = []
+
+    def make(proc: DoubleProcess, token: str | None = None, **options: float) -> tuple[GatewayConnection, Recorder]:
+        recorder = Recorder()
+        conn = GatewayConnection(proc.url, token or proc.token, handshake_timeout=10.0,
+                                 on_event=recorder.on_event, on_down=recorder.on_down, **options)
+        made.append(conn)
+        conn.connect()
+        return conn, recorder
+
+    yield make
+    for conn in made:
+        conn.close()
+
+
+def own_double(tmp_path: Path, request: pytest.FixtureRequest, **env: str) -> DoubleProcess:
+    proc = start_double(tmp_path, env={"DOUBLE_TICK_MS": str(TICK_MS), **env})
+    request.addfinalizer(proc.stop)
+    return proc
+
+
+# ---------------------------------------------------------------- handshake and errors
+
+def test_handshake_rpc_and_clean_close(double, connect):
+    conn, rec = connect(double)
+    hello = conn.hello
+    assert hello is not None and conn.connected
+    assert (hello.protocol, hello.server_version, hello.role) == (4, "double-1", "operator")
+    assert hello.scopes == ("operator.admin",) and "health" in hello.methods
+    assert (hello.tick_interval, hello.max_payload) == (TICK_MS / 1000, MAX_PAYLOAD)
+    assert conn.rpc("health")["ok"] is True
+    assert conn.rpc("status")["runtimeVersion"] == "double-1"
+    conn.close()
+    conn.close()
+    assert len(rec.downs) == 1 and rec.downs[0].local and rec.downs[0].code == 1000
+    assert not conn.connected
+    with pytest.raises(ConnectionLost):
+        conn.rpc("health")
+
+
+def test_gateway_error_reply_raises_with_code_and_message(double, connect):
+    conn, _ = connect(double)
+    with pytest.raises(RpcError) as info:
+        conn.rpc("no.such.method", {"a": 1})
+    assert (info.value.code, info.value.message) == ("INVALID_REQUEST", "unknown method: no.such.method")
+    assert conn.rpc("health")["ok"] is True
+
+
+def test_wrong_token_is_an_auth_error_without_the_token(double):
+    conn = GatewayConnection(double.url, "wrong-token-0123456789")
+    with pytest.raises(AuthError) as info:
+        conn.connect()
+    assert "token mismatch" in str(info.value) and info.value.detail_code == "AUTH_TOKEN_MISMATCH"
+    assert "wrong-token-0123456789" not in str(info.value) and not conn.connected
+
+
+def test_startup_window_is_retryable_with_retry_after(tmp_path, request):
+    proc = own_double(tmp_path, request, DOUBLE_UNAVAILABLE_FOR="60")
+    with pytest.raises(RetryableError) as info:
+        GatewayConnection(proc.url, proc.token).connect()
+    assert info.value.code == "UNAVAILABLE" and info.value.retry_after == 0.5
+
+
+def test_protocol_mismatch_names_both_versions(tmp_path, request):
+    proc = own_double(tmp_path, request, DOUBLE_PROTOCOL="5")
+    with pytest.raises(ProtocolMismatchError) as info:
+        GatewayConnection(proc.url, proc.token).connect()
+    assert "gateway speaks protocol 5" in str(info.value) and "clawsvc speaks 3..4" in str(info.value)
+
+
+def test_refused_port_is_a_transport_error():
+    url = f"ws://127.0.0.1:{free_port()}/"
+    with pytest.raises(TransportError, match="refused"):
+        GatewayConnection(url, "some-token-value").connect()
+
+
+def test_silent_server_is_a_handshake_timeout():
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        url = f"ws://127.0.0.1:{server.getsockname()[1]}/"
+        started = time.monotonic()
+        with pytest.raises(TransportError):
+            GatewayConnection(url, "some-token-value", handshake_timeout=0.5).connect()
+        assert time.monotonic() - started < 5
+
+
+# ---------------------------------------------------------------- rpc
+
+def test_responses_out_of_order_reach_their_callers(double, connect):
+    conn, _ = connect(double)
+    with ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(conn.rpc, "double.sleep", {"ms": 3000})
+        fast = pool.submit(conn.rpc, "double.sleep", {"ms": 10})
+        assert fast.result(10) == {"sleptMs": 10}
+        assert not slow.done()
+        assert slow.result(10) == {"sleptMs": 3000}
+
+
+def test_many_threads_share_one_connection(double, connect):
+    conn, _ = connect(double)
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda i: conn.rpc("double.sleep", {"ms": i * 7 % 50}), range(32)))
+    assert results == [{"sleptMs": i * 7 % 50} for i in range(32)]
+
+
+def test_rpc_timeout_leaves_the_link_up(double, connect):
+    conn, _ = connect(double)
+    with pytest.raises(RpcTimeout, match=r"double\.sleep"):
+        conn.rpc("double.sleep", {"ms": 1500}, timeout=0.2)
+    Recorder.wait(lambda: conn.stats.unmatched == 1)
+    assert conn.connected and conn.rpc("health")["ok"] is True
+
+
+def test_oversize_request_is_refused_before_sending(double, connect):
+    conn, _ = connect(double)
+    with pytest.raises(GatewayError) as info:
+        conn.rpc("health", {"pad": "x" * MAX_PAYLOAD})
+    assert info.value.code == "PAYLOAD_TOO_LARGE" and str(MAX_PAYLOAD) in str(info.value)
+    assert conn.connected and conn.rpc("health")["ok"] is True
+
+
+def test_link_drop_fails_every_pending_call_at_once(double, connect):
+    conn, rec = connect(double)
+    with ThreadPoolExecutor(4) as pool:
+        pending = [pool.submit(conn.rpc, "double.sleep", {"ms": 20000}) for _ in range(3)]
+        Recorder.wait(lambda: len(conn._pending) == 3)
+        started = time.monotonic()
+        conn.rpc("double.close", {"code": 4001, "reason": "token rotated"})
+        for future in pending:
+            with pytest.raises(ConnectionLost, match="connection lost: token rotated"):
+                future.result(10)
+        assert time.monotonic() - started < 5
+    assert rec.downs == [LinkDown(4001, "token rotated", False)]
+
+
+# ---------------------------------------------------------------- events and odd frames
+
+def test_seq_gap_is_counted_and_events_keep_flowing(double, connect):
+    conn, rec = connect(double)
+    conn.rpc("double.event", {"event": "probe", "payload": {"n": 1}})
+    assert conn.stats.seq_gaps == 0
+    conn.rpc("double.seqgap", {"skip": 5})
+    conn.rpc("double.event", {"event": "probe", "payload": {"n": 2}})
+    conn.rpc("double.event", {"event": "probe", "payload": {"n": 3}})
+    assert conn.stats.seq_gaps == 1
+    assert [event.payload for event in rec.named("probe")] == [{"n": 1}, {"n": 2}, {"n": 3}]
+
+
+def test_garbage_frames_are_counted_and_the_reader_survives(double, connect, caplog):
+    conn, _ = connect(double)
+    caplog.set_level(logging.WARNING, logger="clawsvc.connection")
+    for _ in range(3):
+        assert conn.rpc("double.garbage") == {"sent": 5}
+    assert conn.stats.malformed == 15
+    warnings = [r for r in caplog.records if "malformed frame" in r.getMessage()]
+    assert 1 <= len(warnings) <= WARN_BURST
+    assert conn.rpc("health")["ok"] is True
+
+
+def test_legacy_jsonrpc_frames(double, connect):
+    conn, rec = connect(double)
+    conn.rpc("double.legacy")
+    assert [e.payload for e in rec.named("channel.status")] == [{"channel": "telegram", "status": "connected"}]
+    assert rec.named("chat")[0].payload == {"text": "hello from a legacy gateway"}
+    assert conn.stats.unmatched == 2 and conn.stats.malformed == 0
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(conn.rpc, "double.sleep", {"ms": 20000})
+        Recorder.wait(lambda: len(conn._pending) == 1)
+        (request_id,) = list(conn._pending)
+        legacy = {"jsonrpc": "2.0", "id": request_id, "result": {"legacy": True}}
+        conn.rpc("double.garbage", {"frames": [legacy]})
+        assert waiting.result(10) == {"legacy": True}
+
+
+def test_a_failing_event_callback_does_not_stop_the_reader(double):
+    def explode(event: GatewayEvent) -> None:
+        raise RuntimeError("callback bug")
+
+    conn = GatewayConnection(double.url, double.token, on_event=explode)
+    try:
+        conn.connect()
+        conn.rpc("double.event", {"event": "probe"})
+        assert conn.rpc("health")["ok"] is True and conn.stats.events >= 1
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------- liveness and shutdown
+
+def test_tick_silence_declares_the_link_dead(double, connect):
+    conn, rec = connect(double, tick_grace=2.0, ping_interval=0)
+    conn.rpc("double.silence")
+    with pytest.raises(ConnectionLost, match="no tick"):
+        conn.rpc("health", timeout=30)
+    assert len(rec.downs) == 1
+    down = rec.downs[0]
+    assert down.code is None and not down.local
+    assert f"tickIntervalMs={TICK_MS}" in down.reason and not conn.connected
+
+
+def test_frozen_peer_is_caught_by_the_pong_timeout(double, connect):
+    conn, rec = connect(double, tick_grace=1000.0, ping_interval=0.3)
+    conn.rpc("double.freeze")
+    Recorder.wait(lambda: rec.downs)
+    assert rec.downs == [LinkDown(None, "no pong within 0.3s", False)]
+    assert conn.stats.pings >= 1
+
+
+def test_sigterm_sends_shutdown_then_1012(tmp_path, request, connect):
+    proc = own_double(tmp_path, request, DOUBLE_TICK_MS="30000", DOUBLE_RESTART_EXPECTED_MS="1500")
+    _conn, rec = connect(proc)
+    proc.popen.terminate()
+    Recorder.wait(lambda: rec.downs)
+    assert rec.downs == [LinkDown(1012, "gateway stopping", False)]
+    shutdown = rec.named("shutdown")
+    assert [event.payload for event in shutdown] == [{"reason": "gateway stopping", "restartExpectedMs": 1500}]
+    assert proc.popen.wait(10) == 0

@@ -1,0 +1,455 @@
+"""ControlServer / request over real unix sockets, peer checks across uids, and the status/rpc/restart CLI."""
+
+from __future__ import annotations
+
+import argparse
+import grp
+import json
+import logging
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clawsvc import control, control_cli, exitcodes
+from clawsvc.control import ControlError, ControlServer, ControlSocketError, ServiceNotRunning, request
+
+NOBODY = 65534
+
+
+class FakeGatewayError(Exception):
+    """Shaped like clawsvc.protocol.GatewayError: code, message, details."""
+
+    def __init__(self, code: str, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.details = code, message, details
+
+
+class FakeHandler:
+    def __init__(self, state: str = "running") -> None:
+        self.snapshot: dict[str, Any] = {
+            "state": state, "pid": 4242, "port": 18789, "owned": True, "gatewayVersion": "2026.9.6",
+            "uptime": 7380.0, "connectedAt": time.time() - 7380, "error": None, "reconnectAttempts": 0,
+            "restarts": 2, "lastExit": "killed by SIGKILL", "servicePid": os.getpid(), "serviceUptime": 90000.0,
+            "config": "/etc/clawsvc/clawsvc.yaml"}
+        self.calls: list[tuple[Any, ...]] = []
+        self.rpc_behaviour: Any = None  # callable(method, params, timeout) -> result
+
+    def status(self) -> dict[str, Any]:
+        self.calls.append(("status",))
+        return self.snapshot
+
+    def rpc(self, method: str, params: Any, timeout: float | None) -> Any:
+        self.calls.append(("rpc", method, params, timeout))
+        if self.rpc_behaviour is not None:
+            return self.rpc_behaviour(method, params, timeout)
+        return {"method": method, "params": params, "timeout": timeout}
+
+    def restart_gateway(self) -> dict[str, Any]:
+        self.calls.append(("restart-gateway",))
+        return {"message": "restarting gateway pid 4242"}
+
+
+@pytest.fixture
+def handler() -> FakeHandler:
+    return FakeHandler()
+
+
+@pytest.fixture
+def sock_path(tmp_path) -> Path:
+    return tmp_path / "run" / "control.sock"
+
+
+@pytest.fixture
+def server(sock_path, handler) -> Iterator[ControlServer]:
+    srv = ControlServer(sock_path, handler)
+    srv.start()
+    yield srv
+    srv.close()
+
+
+def raw_exchange(path: Path, payload: bytes) -> dict[str, Any]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        s.sendall(payload)
+        return json.loads(control.read_line(s, None, time.monotonic() + 10))
+
+
+# ---------------------------------------------------------------- round trips
+
+def test_status_round_trip(server, handler, sock_path):
+    assert request(sock_path, {"cmd": "status"}, 5) == json.loads(json.dumps(handler.snapshot))
+
+
+def test_rpc_passes_method_params_and_timeout(server, handler, sock_path):
+    result = request(sock_path, {"cmd": "rpc", "method": "health", "params": {"deep": [1, "ü"]}, "timeout": 2}, 5)
+    assert result == {"method": "health", "params": {"deep": [1, "ü"]}, "timeout": 2.0}
+    assert request(sock_path, {"cmd": "rpc", "method": "health", "params": None, "timeout": None}, 5)["timeout"] is None
+
+
+def test_restart_gateway(server, handler, sock_path):
+    assert request(sock_path, {"cmd": "restart-gateway"}, 5) == {"message": "restarting gateway pid 4242"}
+    assert handler.calls == [("restart-gateway",)]
+
+
+def test_gateway_error_keeps_code_message_details(server, handler, sock_path):
+    def fail(method, params, timeout):
+        raise FakeGatewayError("INVALID_REQUEST", "unknown method: nope", {"method": "nope"})
+    handler.rpc_behaviour = fail
+    with pytest.raises(ControlError) as err:
+        request(sock_path, {"cmd": "rpc", "method": "nope", "params": None, "timeout": None}, 5)
+    assert (err.value.code, err.value.message, err.value.details) == (
+        "INVALID_REQUEST", "unknown method: nope", {"method": "nope"})
+
+
+def test_unexpected_handler_error_is_internal_and_logged(server, handler, sock_path, caplog):
+    def boom(method, params, timeout):
+        raise RuntimeError("queue exploded")
+    handler.rpc_behaviour = boom
+    with caplog.at_level(logging.ERROR, logger="clawsvc.control"), pytest.raises(ControlError) as err:
+        request(sock_path, {"cmd": "rpc", "method": "health", "params": None, "timeout": None}, 5)
+    assert err.value.code == "INTERNAL"
+    assert "RuntimeError: queue exploded" in err.value.message
+    assert any("failed with an unexpected error" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(("payload", "needle"), [
+    (b"{not json\n", "not valid JSON"),
+    (b"[1, 2]\n", "JSON object"),
+    (b'{"cmd": "reboot"}\n', "unknown command 'reboot'"),
+    (b'{"cmd": "rpc", "params": {}}\n', "method name"),
+    (b'{"cmd": "rpc", "method": "health", "timeout": -1}\n', "positive number"),
+    (b'{"cmd": "rpc", "method": "health", "timeout": true}\n', "positive number"),
+])
+def test_bad_requests(server, handler, sock_path, payload, needle):
+    reply = raw_exchange(sock_path, payload)
+    assert reply["ok"] is False
+    assert reply["error"]["code"] == "BAD_REQUEST"
+    assert needle in reply["error"]["message"]
+    assert not [c for c in handler.calls if c[0] == "rpc"]
+
+
+def test_oversized_request_is_refused_and_server_keeps_serving(server, sock_path):
+    reply = raw_exchange(sock_path, b"x" * (control.MAX_REQUEST + 10) + b"\n")
+    assert reply["error"]["code"] == "BAD_REQUEST"
+    assert "longer than" in reply["error"]["message"]
+    assert request(sock_path, {"cmd": "status"}, 5)["state"] == "running"
+
+
+def test_large_reply_arrives_whole(server, handler, sock_path):
+    handler.rpc_behaviour = lambda method, params, timeout: {"blob": "y" * (3 << 20)}
+    result = request(sock_path, {"cmd": "rpc", "method": "big", "params": None, "timeout": None}, 10)
+    assert len(result["blob"]) == 3 << 20
+
+
+def test_silent_client_is_timed_out_without_blocking_others(server, sock_path, monkeypatch):
+    monkeypatch.setattr(control, "READ_TIMEOUT", 0.5)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as silent:
+        silent.connect(str(sock_path))
+        assert request(sock_path, {"cmd": "status"}, 5)["state"] == "running"
+        reply = json.loads(control.read_line(silent, None, time.monotonic() + 10))
+    assert reply["error"]["code"] == "BAD_REQUEST"
+    assert "no request line" in reply["error"]["message"]
+
+
+def test_twenty_concurrent_rpc_callers_all_get_their_own_answer(server, handler, sock_path):
+    callers = 20
+    barrier = threading.Barrier(callers, timeout=30)
+
+    def slow_echo(method, params, timeout):
+        barrier.wait()  # only passes when all 20 are inside the handler at once
+        return {"echo": params}
+
+    handler.rpc_behaviour = slow_echo
+    with ThreadPoolExecutor(callers) as pool:
+        futures = [pool.submit(request, sock_path, {"cmd": "rpc", "method": "health", "params": {"n": n},
+                                                    "timeout": None}, 60) for n in range(callers)]
+        results = [f.result(timeout=90) for f in futures]
+    assert results == [{"echo": {"n": n}} for n in range(callers)]
+
+
+# ---------------------------------------------------------------- socket file lifecycle and permissions
+
+def test_socket_and_created_directory_are_owner_only(server, sock_path):
+    assert stat.S_IMODE(sock_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(sock_path.parent.stat().st_mode) == 0o700
+    assert stat.S_ISSOCK(sock_path.stat().st_mode)
+
+
+def test_existing_directory_is_left_alone(tmp_path, handler):
+    tmp_path.chmod(0o755)
+    srv = ControlServer(tmp_path / "c.sock", handler)
+    srv.start()
+    try:
+        assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o755
+    finally:
+        srv.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chgrp to an arbitrary group needs root")
+def test_group_access_modes(sock_path, handler):
+    srv = ControlServer(sock_path, handler, group="users")
+    srv.start()
+    try:
+        gid = grp.getgrnam("users").gr_gid
+        assert stat.S_IMODE(sock_path.stat().st_mode) == 0o660
+        assert stat.S_IMODE(sock_path.parent.stat().st_mode) == 0o750
+        assert sock_path.stat().st_gid == gid and sock_path.parent.stat().st_gid == gid
+    finally:
+        srv.close()
+
+
+def test_unknown_group_is_a_clear_error(sock_path, handler):
+    with pytest.raises(ControlSocketError, match="no group named 'no-such-group-xyz'"):
+        ControlServer(sock_path, handler, group="no-such-group-xyz").start()
+
+
+def test_close_removes_the_socket(sock_path, handler):
+    srv = ControlServer(sock_path, handler)
+    srv.start()
+    srv.close()
+    assert not sock_path.exists()
+    with pytest.raises(ServiceNotRunning, match="no control socket"):
+        request(sock_path, {"cmd": "status"}, 5)
+    srv.close()  # idempotent
+
+
+def test_close_leaves_a_socket_that_is_no_longer_ours(sock_path, handler):
+    srv = ControlServer(sock_path, handler)
+    srv.start()
+    sock_path.unlink()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as other:
+        other.bind(str(sock_path))
+        srv.close()
+        assert sock_path.exists()
+
+
+def test_stale_socket_is_replaced(sock_path, handler):
+    sock_path.parent.mkdir(mode=0o700)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as crashed:
+        crashed.bind(str(sock_path))  # a socket file nobody listens on, as after a SIGKILL
+    with pytest.raises(ServiceNotRunning, match="stale socket"):
+        request(sock_path, {"cmd": "status"}, 5)
+    srv = ControlServer(sock_path, handler)
+    srv.start()
+    try:
+        assert request(sock_path, {"cmd": "status"}, 5)["state"] == "running"
+    finally:
+        srv.close()
+
+
+def test_live_socket_is_never_stolen(server, sock_path):
+    second = ControlServer(sock_path, FakeHandler(state="stopped"))
+    with pytest.raises(ControlSocketError, match=rf"another clawsvc is serving .*control.sock \(pid {os.getpid()}\)"):
+        second.start()
+    assert request(sock_path, {"cmd": "status"}, 5)["state"] == "running"
+
+
+def test_a_file_that_is_not_a_socket_is_not_deleted(sock_path, handler):
+    sock_path.parent.mkdir()
+    sock_path.write_text("precious")
+    with pytest.raises(ControlSocketError, match="not a socket"):
+        ControlServer(sock_path, handler).start()
+    assert sock_path.read_text() == "precious"
+
+
+# ---------------------------------------------------------------- other users
+
+CLIENT = """
+import json, sys
+from pathlib import Path
+from clawsvc.control import ControlError, request
+try:
+    print(json.dumps({"result": request(Path(sys.argv[1]), {"cmd": "status"}, 10)}))
+except ControlError as exc:
+    print(json.dumps({"code": exc.code, "message": exc.message}))
+"""
+
+needs_root_and_setpriv = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                                            reason="needs root and setpriv to act as another uid")
+
+
+def as_nobody(path: Path, groups: str | None = None, gid: int = NOBODY) -> dict[str, Any]:
+    group_args = [f"--groups={groups}"] if groups else ["--clear-groups"]
+    argv = ["setpriv", f"--reuid={NOBODY}", f"--regid={gid}", *group_args, sys.executable, "-c", CLIENT, str(path)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd="/")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.fixture
+def public_dir() -> Iterator[Path]:
+    """A directory other users can traverse (pytest's tmp_path is root-only)."""
+    path = Path(tempfile.mkdtemp(prefix="clawsvc-ctl-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+@needs_root_and_setpriv
+def test_another_uid_is_refused_by_the_peer_check(public_dir, handler):
+    path = public_dir / "control.sock"
+    srv = ControlServer(path, handler)
+    srv.start()
+    try:
+        path.chmod(0o666)  # take the file mode out of the way: SO_PEERCRED alone must refuse
+        reply = as_nobody(path)
+    finally:
+        srv.close()
+    assert reply["code"] == "EACCES"
+    assert reply["message"].startswith(f"uid {NOBODY} is not allowed to control clawsvc")
+    assert handler.calls == []
+
+
+@needs_root_and_setpriv
+def test_another_uid_cannot_even_open_the_default_socket(public_dir, handler):
+    path = public_dir / "run" / "control.sock"
+    srv = ControlServer(path, handler)
+    srv.start()
+    try:
+        reply = as_nobody(path)
+    finally:
+        srv.close()
+    assert reply["code"] == "EACCES"
+    assert "permission denied opening" in reply["message"]
+
+
+@needs_root_and_setpriv
+def test_member_of_the_control_group_is_allowed(public_dir, handler):
+    path = public_dir / "run" / "control.sock"
+    srv = ControlServer(path, handler, group="users")
+    srv.start()
+    try:
+        users = grp.getgrnam("users").gr_gid
+        member = as_nobody(path, groups=str(users))
+        primary = as_nobody(path, gid=users)
+        path.parent.chmod(0o755)
+        path.chmod(0o666)  # the outsider reaches the server: the peer check must refuse it
+        outsider = as_nobody(path)
+    finally:
+        srv.close()
+    assert member["result"]["state"] == "running"
+    assert primary["result"]["state"] == "running"
+    assert outsider["code"] == "EACCES"
+    assert outsider["message"] == (f"uid {NOBODY} is not allowed to control clawsvc "
+                                   f"(allowed: root, uid 0 and group users; see control.group)")
+
+
+# ---------------------------------------------------------------- CLI
+
+@pytest.fixture
+def config_file(tmp_path, sock_path) -> Path:
+    path = tmp_path / "clawsvc.yaml"
+    path.write_text(f"control:\n  socket: {sock_path}\ngateway:\n  start_timeout: 5s\n")
+    return path
+
+
+def ns(config: Path, **kw: Any) -> argparse.Namespace:
+    return argparse.Namespace(config=str(config), **kw)
+
+
+def test_status_human_view(server, config_file, capsys):
+    assert control_cli.status_main(ns(config_file, json=False)) == exitcodes.OK
+    out = capsys.readouterr().out
+    assert "clawsvc - OpenClaw gateway service: running" in out
+    assert "State: running since" in out and "2h 3min ago" in out
+    assert "pid 4242, port 18789, openclaw 2026.9.6, started by clawsvc" in out
+    assert "Restarts: 2, reconnect attempts: 0" in out
+    assert "Last exit: killed by SIGKILL" in out
+    assert "up 1d 1h" in out
+
+
+def test_status_json(server, handler, config_file, capsys):
+    assert control_cli.status_main(ns(config_file, json=True)) == exitcodes.OK
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(handler.snapshot))
+
+
+def test_status_not_running_state_exits_3(server, handler, config_file, capsys):
+    handler.snapshot.update(state="reconnecting", uptime=None, connectedAt=None, pid=None, reconnectAttempts=4,
+                            error="gateway closed the connection (1012 service restart)", cause="link lost")
+    assert control_cli.status_main(ns(config_file, json=False)) == exitcodes.NOT_RUNNING
+    out = capsys.readouterr().out
+    assert "State: reconnecting (attempt 4)" in out
+    assert "Error: gateway closed the connection" in out
+    assert "Cause: link lost" in out
+    assert "Gateway: no process, port 18789" in out
+
+
+def test_status_without_service_exits_3(config_file, capsys):
+    assert control_cli.status_main(ns(config_file, json=False)) == exitcodes.NOT_RUNNING
+    assert "not running (no control socket at" in capsys.readouterr().err
+
+
+def test_bad_config_exits_78(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("control:\n  sockett: /x\n")
+    assert control_cli.status_main(ns(bad, json=False)) == exitcodes.CONFIG
+    assert control_cli.rpc_main(ns(bad, method="health", params=None, timeout=None)) == exitcodes.CONFIG
+    assert "control.sockett" in capsys.readouterr().err
+
+
+def test_rpc_prints_payload(server, handler, config_file, capsys):
+    code = control_cli.rpc_main(ns(config_file, method="health", params='{"probe": true}', timeout=3.0))
+    assert code == exitcodes.OK
+    out = capsys.readouterr().out
+    assert json.loads(out) == {"method": "health", "params": {"probe": True}, "timeout": 3.0}
+    assert out.startswith('{\n  "method"')
+
+
+def test_rpc_gateway_error_exits_1(server, handler, config_file, capsys):
+    def fail(method, params, timeout):
+        raise FakeGatewayError("UNAVAILABLE", "gateway starting", {"retryAfterMs": 500})
+    handler.rpc_behaviour = fail
+    assert control_cli.rpc_main(ns(config_file, method="health", params=None, timeout=None)) == exitcodes.FAIL
+    err = capsys.readouterr().err
+    assert err.startswith("clawsvc: UNAVAILABLE: gateway starting\n")
+    assert '"retryAfterMs": 500' in err
+
+
+def test_rpc_usage_errors(config_file, capsys):
+    assert control_cli.rpc_main(ns(config_file, method="x", params="{oops", timeout=None)) == exitcodes.USAGE
+    assert control_cli.rpc_main(ns(config_file, method="x", params=None, timeout=0.0)) == exitcodes.USAGE
+    assert "PARAMS_JSON is not valid JSON" in capsys.readouterr().err
+
+
+def test_rpc_and_restart_without_service_exit_3(config_file):
+    assert control_cli.rpc_main(ns(config_file, method="health", params=None, timeout=None)) == 3
+    assert control_cli.restart_main(ns(config_file)) == 3
+
+
+def test_restart_gateway_cli(server, handler, config_file, capsys):
+    assert control_cli.restart_main(ns(config_file)) == exitcodes.OK
+    assert handler.calls == [("restart-gateway",)]
+    assert "restarting gateway pid 4242" in capsys.readouterr().out
+
+
+def test_cli_subprocess_end_to_end(server, config_file):
+    run = [sys.executable, "-m", "clawsvc"]
+    done = subprocess.run([*run, "status", "-c", str(config_file)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "port 18789" in done.stdout
+    done = subprocess.run([*run, "rpc", "status", "[1]", "-c", str(config_file)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["params"] == [1]
+
+
+def test_render_adopted_gateway_and_missing_fields():
+    text = control_cli.render_status({"state": "running", "pid": 77, "port": 18790, "owned": False,
+                                      "uptime": 30.0, "connectedAt": None}, "/run/x.sock", now=0)
+    assert "State: running (gateway up 30s)" in text
+    assert "pid 77, port 18790, adopted (clawsvc will not stop it)" in text
+    assert "Last exit" not in text and "Error" not in text
+    assert "Config: built-in defaults" in text

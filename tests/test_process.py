@@ -1,0 +1,410 @@
+"""GatewayProcess against real children: a small fake gateway, the double, and the real gateway."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import MappingProxyType
+
+import pytest
+from double import double_command, free_port, pid_alive
+from realgw import connect, gateway_env
+
+from clawsvc import proctree
+from clawsvc.config import TOKEN_ENV, Config, GatewayConfig, LoggingConfig
+from clawsvc.process import ExitInfo, GatewayProcess, SpawnError, build_argv, build_env, check_command
+
+HELPERS = Path(__file__).parent / "helpers"
+FAKE = (sys.executable, str(HELPERS / "fake_gateway.py"))
+TOKEN = "tok-" + "Zq9" * 12
+
+
+def make_config(tmp_path: Path, command: tuple[str, ...] = FAKE, env: dict[str, str] | None = None,
+                stop_timeout: float = 5.0, port: int = 18789, **logging: object) -> Config:
+    gateway = GatewayConfig(command=command, port=port, state_dir=tmp_path / "state",
+                            env=MappingProxyType(env or {}), stop_timeout=stop_timeout)
+    return Config(gateway=gateway, logging=LoggingConfig(**logging))  # type: ignore[arg-type]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 15.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        pause.wait(0.02)
+
+
+def gateway_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "clawsvc.gateway"]
+
+
+def logged_pid(caplog: pytest.LogCaptureFixture, label: str) -> int:
+    pattern = re.compile(rf"{label} pid (\d+)")
+    wait_for(lambda: any(pattern.search(r.getMessage()) for r in gateway_lines(caplog)), what=f"'{label} pid'")
+    return next(int(m.group(1)) for r in gateway_lines(caplog) if (m := pattern.search(r.getMessage())))
+
+
+class Spawned:
+    """A GatewayProcess plus every ExitInfo its on_exit received."""
+
+    def __init__(self, config: Config, token: str = TOKEN, provider_env: dict[str, str] | None = None) -> None:
+        self.exits: list[ExitInfo] = []
+        self.exited = threading.Event()
+        self.process = GatewayProcess(config, token, provider_env or {}, self._on_exit)
+
+    def _on_exit(self, info: ExitInfo) -> None:
+        assert threading.current_thread().name == "clawsvc-waiter"
+        self.exits.append(info)
+        self.exited.set()
+
+
+@pytest.fixture
+def spawn(caplog: pytest.LogCaptureFixture) -> Iterator[Callable[..., Spawned]]:
+    caplog.set_level(logging.DEBUG)
+    made: list[Spawned] = []
+
+    def factory(config: Config, **kwargs: object) -> Spawned:
+        made.append(Spawned(config, **kwargs))  # type: ignore[arg-type]
+        return made[-1]
+
+    yield factory
+    for item in made:
+        item.process.stop(timeout=2.0)
+
+
+# ---------------------------------------------------------------- argv and environment
+
+def test_argv_adds_allow_unconfigured_only_without_gateway_config(tmp_path: Path) -> None:
+    config = make_config(tmp_path, command=("/opt/node", "/opt/openclaw.mjs"), port=4242)
+    assert build_argv(config) == ["/opt/node", "/opt/openclaw.mjs", "gateway", "run", "--port", "4242",
+                                  "--bind", "loopback", "--auth", "token", "--allow-unconfigured"]
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "openclaw.json").write_text("{}")
+    assert "--allow-unconfigured" not in build_argv(config)
+
+
+def test_env_strips_service_manager_vars_and_never_lets_config_replace_the_token(tmp_path: Path) -> None:
+    base = {"PATH": "/usr/bin", "NOTIFY_SOCKET": "/run/n", "WATCHDOG_USEC": "1", "WATCHDOG_PID": "1",
+            "LISTEN_FDS": "1", "LISTEN_PID": "1", "LISTEN_FDNAMES": "x", "INVOCATION_ID": "i",
+            "JOURNAL_STREAM": "8:9", "NODE_OPTIONS": "--inspect", "SYSTEMD_EXEC_PID": "1",
+            TOKEN_ENV: "inherited-token", "KEEP_ME": "yes"}
+    config = make_config(tmp_path, env={TOKEN_ENV: "from-config", "EXTRA": "1", "NO_COLOR": "0"})
+    env = build_env(config, TOKEN, {"ANTHROPIC_API_KEY": "sk-a"}, base=base)
+    assert not set(env) & {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
+                           "LISTEN_FDNAMES", "INVOCATION_ID", "JOURNAL_STREAM", "NODE_OPTIONS", "SYSTEMD_EXEC_PID"}
+    state = tmp_path / "state"
+    assert env[TOKEN_ENV] == TOKEN
+    assert env["OPENCLAW_STATE_DIR"] == str(state)
+    assert env["OPENCLAW_CONFIG_PATH"] == str(state / "openclaw.json")
+    assert env["OPENCLAW_NO_RESPAWN"] == "1"
+    assert env["OPENCLAW_SUPERVISOR_MODE"] == env["OPENCLAW_SERVICE_REPAIR_POLICY"] == "external"
+    assert env["ANTHROPIC_API_KEY"] == "sk-a"
+    assert (env["KEEP_ME"], env["EXTRA"], env["NO_COLOR"]) == ("yes", "1", "0")  # gateway.env is merged last
+
+
+# ---------------------------------------------------------------- spawn errors
+
+def test_command_not_on_path_names_it_and_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(SpawnError, match=r"'openclaw-nope' not found on PATH.*clawsvc gateway-install"):
+        Spawned(make_config(tmp_path, command=("openclaw-nope",))).process.start()
+
+
+def test_missing_and_non_executable_command(tmp_path: Path) -> None:
+    with pytest.raises(SpawnError, match=rf"{tmp_path}/missing/node does not exist.*gateway-install"):
+        Spawned(make_config(tmp_path, command=(str(tmp_path / "missing/node"), "x.mjs"))).process.start()
+    plain = tmp_path / "openclaw"
+    plain.write_text("not a program")
+    with pytest.raises(SpawnError, match=rf"{plain} is not an executable file"):
+        Spawned(make_config(tmp_path, command=(str(plain),))).process.start()
+
+
+def _fake_node(directory: Path, version: str) -> Path:
+    node = directory / "bin" / "node"
+    node.parent.mkdir(parents=True)
+    node.write_text(f"#!/bin/sh\necho v{version}\n")
+    node.chmod(0o755)
+    return node
+
+
+def _fake_entry(directory: Path) -> Path:
+    package = directory / "openclaw"
+    package.mkdir()
+    (package / "package.json").write_text('{"name": "openclaw", "engines": {"node": ">=24.16.0 <25 || >=26.1.0"}}')
+    entry = package / "openclaw.mjs"
+    entry.write_text("#!/usr/bin/env node\n")
+    entry.chmod(0o755)
+    return entry
+
+
+def test_missing_entry_script(tmp_path: Path) -> None:
+    node = _fake_node(tmp_path, "24.21.0")
+    with pytest.raises(SpawnError, match=rf"entry script {tmp_path}/nowhere.mjs does not exist.*gateway-install"):
+        Spawned(make_config(tmp_path, command=(str(node), str(tmp_path / "nowhere.mjs")))).process.start()
+
+
+def test_node_too_old_names_node_versions_and_fix(tmp_path: Path) -> None:
+    node, entry = _fake_node(tmp_path, "20.20.2"), _fake_entry(tmp_path)
+    with pytest.raises(SpawnError) as caught:
+        Spawned(make_config(tmp_path, command=(str(node), str(entry)))).process.start()
+    message = str(caught.value)
+    assert str(node) in message and "too old" in message and "20.20.2" in message and ">=24.16.0" in message
+    assert "clawsvc gateway-install" in message and "\n" not in message
+    # the npm bin shim (#!/usr/bin/env node) is checked against the node found on PATH
+    with pytest.raises(SpawnError, match="too old"):
+        check_command([str(entry), "gateway", "run"], {"PATH": str(node.parent)})
+
+
+def test_good_node_passes_and_paths_become_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    node, entry = _fake_node(tmp_path, "24.21.0"), _fake_entry(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    argv = check_command(["bin/node", "openclaw/openclaw.mjs", "gateway"], {"PATH": "/usr/bin"})
+    assert argv == [str(node), str(entry), "gateway"]
+
+
+# ---------------------------------------------------------------- running
+
+def test_token_only_in_environ_never_in_cmdline_or_logs(tmp_path: Path, spawn, caplog, monkeypatch) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", "/run/clawsvc-test-notify")
+    monkeypatch.setenv("LISTEN_FDS", "3")
+    item = spawn(make_config(tmp_path, env={"FAKE_PRINT_TOKEN": "1"}), provider_env={"OPENAI_API_KEY": "sk-o"})
+    pid = item.process.start()
+    wait_for(lambda: any("my token is" in r.getMessage() for r in gateway_lines(caplog)), what="token line")
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    environ = dict(var.split(b"=", 1) for var in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if var)
+    assert TOKEN.encode() not in cmdline
+    assert environ[TOKEN_ENV.encode()] == TOKEN.encode()
+    assert environ[b"OPENAI_API_KEY"] == b"sk-o"
+    assert b"NOTIFY_SOCKET" not in environ and b"LISTEN_FDS" not in environ
+    assert Path(os.readlink(f"/proc/{pid}/cwd")) == tmp_path / "state"
+    assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
+    assert TOKEN not in caplog.text
+    assert any(r.getMessage() == "my token is ***" for r in gateway_lines(caplog))
+
+
+def test_exit_reported_once_from_waiter_with_status(tmp_path: Path, spawn) -> None:
+    item = spawn(make_config(tmp_path, env={"FAKE_EXIT": "3"}))
+    item.process.start()
+    assert item.exited.wait(15)
+    assert item.exits == [ExitInfo(returncode=3, signal=None)]
+    assert item.exits[0].describe() == "exited with status 3"
+    assert not item.process.running
+    assert item.process.stop() == ExitInfo(3, None)  # after exit: nothing to do, same answer
+    assert len(item.exits) == 1
+
+
+def test_sigterm_ignored_means_sigkill_after_stop_timeout_and_group_gone(tmp_path: Path, spawn, caplog) -> None:
+    item = spawn(make_config(tmp_path, env={"FAKE_IGNORE_TERM": "1", "FAKE_GRANDCHILD": "1"}, stop_timeout=1.0))
+    pid = item.process.start()
+    grandchild = logged_pid(caplog, "grandchild")
+    wait_for(lambda: any(r.getMessage() == "ready" for r in gateway_lines(caplog)), what="ready")
+    started = time.monotonic()
+    info = item.process.stop()
+    elapsed = time.monotonic() - started
+    assert info == ExitInfo(None, signal.SIGKILL, forced=True)
+    assert info.describe().startswith("killed by SIGKILL")
+    assert 1.0 <= elapsed < 10.0
+    assert not pid_alive(pid) and not pid_alive(grandchild)
+    assert item.exits == [info]
+
+
+def test_stop_is_idempotent_and_safe_from_many_threads(tmp_path: Path, spawn, caplog) -> None:
+    item = spawn(make_config(tmp_path))
+    item.process.start()
+    wait_for(lambda: any(r.getMessage() == "ready" for r in gateway_lines(caplog)), what="ready")
+    results: list[ExitInfo] = []
+    threads = [threading.Thread(target=lambda: results.append(item.process.stop())) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert results == [ExitInfo(0, None)] * 6
+    assert item.exits == [ExitInfo(0, None)]
+
+
+def _start_unless_cancelled(process: GatewayProcess, pids: list[int]) -> None:
+    try:
+        pids.append(process.start())
+    except SpawnError as exc:
+        assert "cancelled" in str(exc)
+
+
+def test_stop_racing_start_leaves_nothing_running(tmp_path: Path, spawn) -> None:
+    for _ in range(5):
+        item = spawn(make_config(tmp_path, env={"FAKE_GRANDCHILD": "1"}))
+        pids: list[int] = []
+        starter = threading.Thread(target=_start_unless_cancelled, args=(item.process, pids))
+        starter.start()
+        info = item.process.stop(timeout=5.0)
+        starter.join(30)
+        assert not item.process.running
+        if pids:  # the start won: the stop must have ended that very process
+            assert item.exits == [info] and not pid_alive(pids[0])
+
+
+def test_stop_before_start_cancels_the_start(tmp_path: Path) -> None:
+    item = Spawned(make_config(tmp_path))
+    assert item.process.stop() == ExitInfo(None, None)
+    with pytest.raises(SpawnError, match="cancelled"):
+        item.process.start()
+    assert item.process.pid is None
+
+
+def test_gateway_survives_the_thread_that_started_it(tmp_path: Path, spawn, caplog) -> None:
+    # Linux sends the parent-death signal when the *thread* that forked exits: the waiter does the fork.
+    item = spawn(make_config(tmp_path))
+    starter = threading.Thread(target=item.process.start)
+    starter.start()
+    starter.join(30)
+    wait_for(lambda: any(r.getMessage() == "ready" for r in gateway_lines(caplog)), what="ready")
+    pid = item.process.pid
+    assert pid is not None
+    assert not item.exited.wait(0.5) and pid_alive(pid)
+
+
+def test_send_signal_reaches_the_main_process(tmp_path: Path, spawn, caplog) -> None:
+    item = spawn(make_config(tmp_path))
+    item.process.start()
+    wait_for(lambda: any(r.getMessage() == "ready" for r in gateway_lines(caplog)), what="ready")
+    item.process.send_signal(signal.SIGUSR2)
+    wait_for(lambda: any(r.getMessage() == "got SIGUSR2" for r in gateway_lines(caplog)), what="SIGUSR2 line")
+
+
+def test_helper_in_its_own_session_is_killed_when_it_outlives_the_gateway(tmp_path: Path, spawn, caplog) -> None:
+    item = spawn(make_config(tmp_path, env={"FAKE_ESCAPEE": "1"}))
+    pid = item.process.start()
+    escapee = logged_pid(caplog, "escapee")
+    wait_for(lambda: escapee in proctree.descendants(pid), what="escapee to be a descendant")
+    assert item.process.stop() == ExitInfo(0, None)
+    assert not pid_alive(escapee)
+    assert any("helper process" in r.getMessage() and str(escapee) in r.getMessage() for r in caplog.records)
+
+
+def test_output_levels_suppression_binary_and_long_lines(tmp_path: Path, spawn, caplog) -> None:
+    stdout = r"plain stdout\nERROR broken thing\nnoise: heartbeat\n\xff\xfe\x00bin\n"
+    stderr = r'plain stderr\n[gateway] [info] calm\n{"level":"error","msg":"json"}\n'
+    env = {"FAKE_STDOUT": stdout, "FAKE_STDERR": stderr, "FAKE_HUGE": str(200 * 1024)}
+    config = make_config(tmp_path, env=env, suppress=(re.compile(r"^noise:"),))
+    item = spawn(config)
+    item.process.start()
+    wait_for(lambda: sum(r.getMessage() in ("ready", '{"level":"error","msg":"json"}')
+                         for r in gateway_lines(caplog)) == 2, what="all lines")
+    levels = {r.getMessage()[:40]: r.levelno for r in gateway_lines(caplog)}
+    assert levels["plain stdout"] == logging.DEBUG
+    assert levels["plain stderr"] == logging.WARNING
+    assert levels["ERROR broken thing"] == logging.ERROR
+    assert levels["[gateway] [info] calm"] == logging.INFO
+    assert levels['{"level":"error","msg":"json"}'] == logging.ERROR
+    assert not any(m.startswith("noise") for m in levels)
+    long_line = next(r.getMessage() for r in gateway_lines(caplog) if r.getMessage().startswith("xxx"))
+    assert long_line.endswith("[... line truncated at 64 KiB]") and len(long_line) < 70 * 1024
+    assert "ready" in levels  # the line after the huge one is intact
+    assert "\ufffd\ufffd\\x00bin" in levels  # invalid UTF-8 replaced, NUL escaped; the pump kept going
+
+
+# ---------------------------------------------------------------- the double and clawsvc being SIGKILLed
+
+def test_double_starts_with_token_from_env_and_stops_cleanly(tmp_path: Path, spawn) -> None:
+    port = free_port()
+    item = spawn(make_config(tmp_path, command=double_command(), port=port))
+    pid = item.process.start()
+    wait_for(lambda: _hello(f"ws://127.0.0.1:{port}/", TOKEN), what="hello-ok from the double")
+    assert TOKEN.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert item.process.stop() == ExitInfo(0, None)
+
+
+def _hello(url: str, token: str) -> bool:
+    try:
+        ws, hello = connect(url, token, timeout=5.0)
+    except Exception:  # refused, UNAVAILABLE while starting, closed early: not ready yet
+        return False
+    ws.close()
+    return hello.get("type") == "hello-ok"
+
+
+def _write_config(tmp_path: Path, command: tuple[str, ...], port: int, env: dict[str, str]) -> Path:
+    import yaml
+    path = tmp_path / "clawsvc.yaml"
+    path.write_text(yaml.safe_dump({"gateway": {"command": list(command), "port": port, "env": env,
+                                                "state_dir": str(tmp_path / "state")}}))
+    return path
+
+
+def _run_spawner(config_file: Path) -> tuple[subprocess.Popen[str], int]:
+    spawner = subprocess.Popen([sys.executable, str(HELPERS / "spawner.py"), str(config_file)],
+                               env={**os.environ, "SPAWNER_TOKEN": TOKEN}, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
+    assert spawner.stdout is not None
+    line = spawner.stdout.readline()
+    assert line.startswith("gateway pid "), line
+    return spawner, int(line.split()[-1])
+
+
+def test_sigkill_of_clawsvc_leaves_no_gateway(tmp_path: Path) -> None:
+    spawner, pid = _run_spawner(_write_config(tmp_path, FAKE, 18789, {}))
+    try:
+        wait_for(lambda: pid_alive(pid), what="gateway")
+        spawner.kill()
+        spawner.wait(30)
+        wait_for(lambda: not pid_alive(pid), timeout=10, what="gateway to die with its parent")
+    finally:
+        spawner.kill()
+        spawner.wait(30)
+        if pid_alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------- the real gateway
+
+def _gateway_family(pid: int) -> list[int]:
+    return [pid, *proctree.descendants(pid)]
+
+
+@pytest.mark.realgateway
+def test_real_gateway_starts_answers_hello_ok_and_stops_with_everything_gone(gateway_install, tmp_path, spawn,
+                                                                            caplog) -> None:
+    port = free_port()
+    env = gateway_env(tmp_path / "state", port)
+    env = {k: v for k, v in env.items() if k not in ("OPENCLAW_STATE_DIR", "OPENCLAW_CONFIG_PATH")}
+    item = spawn(make_config(tmp_path, command=gateway_install.command, env=env, port=port, stop_timeout=30.0))
+    pid = item.process.start()
+    wait_for(lambda: _hello(f"ws://127.0.0.1:{port}/", TOKEN), timeout=90, what="hello-ok from the real gateway")
+    wait_for(lambda: len(_gateway_family(pid)) >= 3, timeout=30, what="the gateway's two helper processes")
+    family = _gateway_family(pid)
+    for member in family:
+        assert TOKEN.encode() not in Path(f"/proc/{member}/cmdline").read_bytes()
+    assert f"{TOKEN_ENV}={TOKEN}".encode() in Path(f"/proc/{pid}/environ").read_bytes()
+    info = item.process.stop()
+    assert info == ExitInfo(0, None), info.describe()
+    assert [p for p in family if pid_alive(p)] == []
+    assert TOKEN not in caplog.text
+    assert any("[gateway] ready" in r.getMessage() for r in gateway_lines(caplog))
+
+
+@pytest.mark.realgateway
+def test_real_gateway_dies_with_a_sigkilled_clawsvc(gateway_install, tmp_path) -> None:
+    port = free_port()
+    env = gateway_env(tmp_path / "state", port)
+    spawner, pid = _run_spawner(_write_config(tmp_path, gateway_install.command, port, env))
+    family: list[int] = []
+    try:
+        wait_for(lambda: len(_gateway_family(pid)) >= 3, timeout=60, what="the gateway's helper processes")
+        family = _gateway_family(pid)
+        spawner.kill()
+        spawner.wait(30)
+        wait_for(lambda: not any(pid_alive(p) for p in family), timeout=30, what="all gateway processes to exit")
+    finally:
+        spawner.kill()
+        spawner.wait(30)
+        for member in [pid, *family]:
+            if pid_alive(member):
+                os.kill(member, signal.SIGKILL)
