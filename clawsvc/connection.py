@@ -48,12 +48,12 @@ from clawsvc.protocol import (
 )
 
 log = logging.getLogger("clawsvc.connection")
+# websocket-client logs every abnormal close at ERROR itself; this module reports each close once, classified.
+logging.getLogger("websocket").setLevel(logging.CRITICAL)
 
 SOCKET_TIMEOUT = 10.0     # bounds a blocked send or a half-received frame
 CLOSE_GRACE = 2.0         # how long close() waits for the gateway to answer our close frame
 PONG_TIMEOUT_MAX = 10.0
-WARN_BURST = 5            # malformed-frame warnings per WARN_WINDOW; the rest are summarised
-WARN_WINDOW = 60.0
 
 
 @dataclass
@@ -67,28 +67,46 @@ class ConnectionStats:
     pings: int = 0
 
 
-class _Throttle:
-    """At most `burst` log lines per `window` seconds; reports how many were held back."""
-
-    def __init__(self, burst: int = WARN_BURST, window: float = WARN_WINDOW) -> None:
-        self.burst, self.window = burst, window
-        self.started, self.count, self.held = -window, 0, 0
-
-    def allow(self, now: float) -> tuple[bool, int]:
-        """(may log now, how many were suppressed since the last allowed line)."""
-        if now - self.started >= self.window:
-            self.started, self.count = now, 0
-        self.count += 1
-        if self.count > self.burst:
-            self.held += 1
-            return False, 0
-        held, self.held = self.held, 0
-        return True, held
-
-
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@dataclass
+class Liveness:
+    """The reader's deadlines: tick silence and, with pings on, the pong answer."""
+
+    last_frame: float
+    silence_limit: float
+    ping_interval: float
+    pong_timeout: float
+    tick_interval: float
+    pong_due: float | None = None
+    last_ping: float | None = None
+
+    def check(self, now: float) -> str | None:
+        """Why the link is dead, or None."""
+        if now - self.last_frame > self.silence_limit:
+            return f"no tick for {now - self.last_frame:.1f}s (tickIntervalMs={self.tick_interval * 1000:.0f})"
+        if self.pong_due is not None and now > self.pong_due:
+            return f"no pong within {self.pong_timeout:g}s"
+        return None
+
+    def ping_due(self, now: float) -> bool:
+        """True (and the pong clock started) when a ping should go out now."""
+        if self.ping_interval <= 0 or (self.last_ping is not None and now < self.last_ping + self.ping_interval):
+            return False
+        self.last_ping = now
+        self.pong_due = self.pong_due or now + self.pong_timeout
+        return True
+
+    def next_deadline(self) -> float:
+        deadlines = [self.last_frame + self.silence_limit]
+        if self.pong_due is not None:
+            deadlines.append(self.pong_due)
+        if self.ping_interval > 0 and self.last_ping is not None:
+            deadlines.append(self.last_ping + self.ping_interval)
+        return min(deadlines)
 
 
 class GatewayConnection:
@@ -118,7 +136,6 @@ class GatewayConnection:
         self._down: LinkDown | None = None
         self._closing: tuple[int, str] | None = None
         self._last_seq: int | None = None
-        self._throttle = _Throttle()
 
     @classmethod
     def from_config(cls, config: Config, token: str, **callbacks: Any) -> GatewayConnection:
@@ -138,8 +155,8 @@ class GatewayConnection:
         with self._lock:
             if self._ws is not None and self._down is None:
                 raise RuntimeError("GatewayConnection.connect() called while connected")
-        if self._reader is not None:
-            self._reader.join()
+        if self._reader is not None and self._reader is not threading.current_thread():
+            self._reader.join(CLOSE_GRACE)
         deadline = time.monotonic() + self.handshake_timeout
         ws = websocket.WebSocket(enable_multithread=True)
         try:
@@ -230,7 +247,7 @@ class GatewayConnection:
         try:
             ws.send(text)
         except (OSError, websocket.WebSocketException) as exc:
-            self._abort(ws)
+            ws.abort()
             self._link_down(LinkDown(None, f"sending {method} failed: {_describe(exc)}", False))
         wait = self.request_timeout if timeout is None else timeout
         try:
@@ -259,14 +276,9 @@ class GatewayConnection:
         if reader is not None and reader is not threading.current_thread():
             reader.join(CLOSE_GRACE)
             if reader.is_alive():
-                self._abort(ws)
+                ws.abort()  # the gateway did not answer our close frame: wake the reader
                 reader.join(CLOSE_GRACE)
         self._link_down(LinkDown(code, reason or "closed by clawsvc", True))
-
-    @staticmethod
-    def _abort(ws: websocket.WebSocket) -> None:
-        """Wake the reader out of any wait; it closes the socket itself on the way out."""
-        ws.abort()
 
     def _link_down(self, down: LinkDown) -> None:
         with self._lock:
@@ -278,8 +290,7 @@ class GatewayConnection:
             if not future.done():
                 future.set_exception(ConnectionLost("CONNECTION_LOST",
                                                     f"connection lost: {down.reason or down.code} ({method})"))
-        level = logging.INFO if down.local else logging.WARNING
-        log.log(level, "connection to gateway at %s %s; %d pending request(s) failed", self.url, down, len(pending))
+        log.info("connection to gateway at %s %s; %d pending request(s) failed", self.url, down, len(pending))
         if self.on_down is not None:
             try:
                 self.on_down(down)
@@ -289,45 +300,40 @@ class GatewayConnection:
     # ------------------------------------------------------------ reader
 
     def _read_loop(self, ws: websocket.WebSocket, hello: HelloOk) -> None:
-        silence_limit = self.tick_grace * hello.tick_interval
-        now = time.monotonic()
-        last_frame, next_ping, pong_due = now, now + self.ping_interval, None
+        live = Liveness(time.monotonic(), self.tick_grace * hello.tick_interval, self.ping_interval,
+                         self.pong_timeout, hello.tick_interval)
         try:
             while self._down is None:
                 now = time.monotonic()
-                if now - last_frame > silence_limit:
-                    self._link_down(LinkDown(None, f"no tick for {now - last_frame:.1f}s (tickIntervalMs="
-                                                   f"{hello.tick_interval * 1000:.0f})", False))
+                dead = live.check(now)
+                if dead is not None:
+                    self._link_down(LinkDown(None, dead, False))
                     return
-                if pong_due is not None and now > pong_due:
-                    self._link_down(LinkDown(None, f"no pong within {self.pong_timeout:g}s", False))
-                    return
-                if self.ping_interval > 0 and now >= next_ping and self._closing is None:
+                if live.ping_due(now) and self._closing is None:
                     ws.ping()
                     self.stats.pings += 1
-                    next_ping, pong_due = now + self.ping_interval, pong_due or now + self.pong_timeout
-                deadlines = [last_frame + silence_limit, pong_due or next_ping]
-                if self.ping_interval <= 0 and pong_due is None:
-                    deadlines.pop()
-                if not self._readable(ws, min(deadlines) - now):
+                if not self._readable(ws, live.next_deadline() - now):
                     continue
                 opcode, data = ws.recv_data(True)
                 if opcode == ABNF.OPCODE_CLOSE:
-                    code, reason = parse_close(data)
-                    self._link_down(LinkDown(code, reason, self._closing is not None))
+                    self._remote_down(*parse_close(data))
                     return
                 if opcode == ABNF.OPCODE_PONG:
-                    pong_due = None
+                    live.pong_due = None
                 elif opcode in (ABNF.OPCODE_TEXT, ABNF.OPCODE_BINARY):
-                    last_frame = time.monotonic()
+                    live.last_frame = time.monotonic()
                     self._dispatch(self._parse(opcode, data))
         except websocket.WebSocketTimeoutException:
-            self._link_down(LinkDown(None, f"gateway stalled mid-frame for {SOCKET_TIMEOUT:g}s", False))
+            self._remote_down(None, f"gateway stalled mid-frame for {SOCKET_TIMEOUT:g}s")
         except (OSError, websocket.WebSocketException, ValueError) as exc:
-            local = self._closing is not None
-            self._link_down(LinkDown(None, "socket closed" if local else f"connection lost: {_describe(exc)}", local))
+            self._remote_down(None, f"connection lost: {_describe(exc)}")
         finally:
             ws.shutdown()
+
+    def _remote_down(self, code: int | None, reason: str) -> None:
+        """The reader saw the link end; after our own close frame, close() reports it instead."""
+        if self._closing is None:
+            self._link_down(LinkDown(code, reason, False))
 
     @staticmethod
     def _readable(ws: websocket.WebSocket, timeout: float) -> bool:
@@ -345,11 +351,10 @@ class GatewayConnection:
             return parse_frame(data.decode("utf-8") if opcode == ABNF.OPCODE_TEXT else data)
         except MalformedFrame as exc:
             self.stats.malformed += 1
-            allowed, held = self._throttle.allow(time.monotonic())
-            if allowed:
-                more = f" ({held} more since the last report)" if held else ""
-                log.warning("ignored a malformed frame from gateway at %s: %s%s; %d so far",
-                            self.url, exc, more, self.stats.malformed)
+            count = self.stats.malformed
+            if count & (count - 1) == 0:  # 1st, 2nd, 4th, 8th...: a flood cannot flood the journal
+                log.warning("ignored a malformed frame from gateway at %s: %s (%d so far; the next report "
+                            "comes at %d)", self.url, exc, count, count * 2)
             return None
 
     def _dispatch(self, frame: Response | GatewayEvent | None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from clawsvc import exitcodes
@@ -85,6 +86,7 @@ class Connector:
         retry_on = (RetryableError,) if stranger is not None else (RetryableError, TransportError)
         retrying = readiness_retrying(cancel, timeout, alive, retry_on)
         connection: GatewayConnection | None = None
+        started = time.monotonic()
         try:
             for attempt in retrying:
                 with attempt:
@@ -104,6 +106,9 @@ class Connector:
                 message = (f"port {config.gateway.port} is held by {stranger}, which does not answer as an "
                            f"OpenClaw gateway ({describe_error(exc)}); stop it or change gateway.port")
                 self._report(cancel, ConnectFailed(gen, message, fatal=True))
+            elif isinstance(exc, retry_on) and time.monotonic() - started >= timeout:
+                self._report(cancel, ConnectFailed(gen, f"no hello-ok within {timeout:g}s (last answer: "
+                                                        f"{describe_error(exc)})", fatal=False))
             else:
                 self._report(cancel, ConnectFailed(gen, describe_error(exc), fatal=False))
             return

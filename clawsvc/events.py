@@ -68,9 +68,11 @@ class GatewayShutdown:
 
 @dataclass(frozen=True)
 class HealthChecked:
+    """The answer to one health RPC on `connection` (a result for an already dropped link is ignored)."""
     gen: int
     ok: bool
     error: str | None
+    connection: GatewayConnection | None = None
 
 
 @dataclass(frozen=True)

@@ -114,7 +114,10 @@ def render_unit(template: str, command: Sequence[str], config: Path | None) -> s
 
 def render_plist(template: str, command: Sequence[str], config: Path, home: Path) -> str:
     """The shipped plist with absolute paths (launchd expands neither ~ nor $HOME)."""
-    plist: dict[str, Any] = plistlib.loads(template.encode("utf-8"))
+    try:
+        plist: dict[str, Any] = plistlib.loads(template.encode("utf-8"))
+    except Exception as exc:  # plistlib raises expat, ValueError or its own errors for a broken file
+        raise InstallError(f"the shipped launchd plist is not valid: {exc}") from None
 
     def expand(value: str) -> str:
         return str(home) + value[1:] if value == "~" or value.startswith("~/") else value
@@ -129,9 +132,31 @@ def render_plist(template: str, command: Sequence[str], config: Path, home: Path
     return plistlib.dumps(plist, sort_keys=False).decode("utf-8")
 
 
-def _hidden_paths(command: Sequence[str]) -> list[str]:
-    return [p for p in command if p.startswith("/") and any(
-        p == h or p.startswith(h + "/") for h in HIDDEN_FROM_SYSTEM_UNIT)]
+def _interpreter(path: Path) -> Path | None:
+    """The program a `#!` script runs (pip's console scripts point at their venv's python)."""
+    try:
+        with path.open("rb") as script:
+            first = script.readline(4096)
+    except OSError:
+        return None
+    words = first[2:].decode(errors="replace").split() if first.startswith(b"#!") else []
+    return Path(words[0]) if words else None
+
+
+def hidden_paths(command: Sequence[str]) -> list[str]:
+    """Programs in `command` (and the interpreters behind them) a hardened system unit cannot see."""
+    hidden = []
+    for word in command:
+        if not word.startswith("/"):
+            continue
+        candidates = [Path(word), Path(os.path.realpath(word))]
+        interpreter = _interpreter(Path(word))
+        if interpreter is not None:
+            candidates += [interpreter, Path(os.path.realpath(interpreter))]
+        for path in dict.fromkeys(candidates):
+            if any(path == Path(h) or Path(h) in path.parents for h in HIDDEN_FROM_SYSTEM_UNIT):
+                hidden.append(str(path))
+    return hidden
 
 
 def _config_file(path: Path, kind: str) -> InstallFile:
@@ -184,8 +209,9 @@ def _system_plan(command: tuple[str, ...], config: Path, shown_config: str) -> P
         _config_file(config, "system"),
     )
     warnings = tuple(
-        f"{path} is not visible to the service (ProtectHome=/PrivateTmp=): install clawsvc system-wide, "
-        f"e.g. `pipx install --global` or a venv under /opt" for path in _hidden_paths(command))
+        f"{path} is not visible to the service (ProtectHome=yes, PrivateTmp=yes hide /home, /root and /tmp): "
+        "install clawsvc system-wide, e.g. in a venv under /opt with a Python outside /root"
+        for path in hidden_paths(command))
     steps = (
         f"clawsvc check-config -c {shown_config}    # set gateway.command (see `clawsvc gateway-install`)",
         "systemctl daemon-reload",

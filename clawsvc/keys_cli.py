@@ -10,11 +10,11 @@ import sys
 from clawsvc import exitcodes
 from clawsvc.config import Config, ConfigError, load_config
 from clawsvc.secrets import (
-    KeyringUnavailable,
     SecretError,
     delete_key,
     keyring_status,
     provider_env_name,
+    require_keyring,
     set_key,
     stored_providers,
 )
@@ -36,9 +36,7 @@ def _read_value(provider: str) -> str:
 
 
 def _set(config: Config, provider: str) -> int:
-    usable, why = keyring_status()
-    if not usable:
-        raise KeyringUnavailable(why)
+    require_keyring()  # before prompting for a value that could not be stored
     set_key(provider, _read_value(provider))
     print(f"stored the API key for {provider} in the keyring; clawsvc exports it as {provider_env_name(provider)} "
           "on the next gateway start (`clawsvc restart-gateway`)")

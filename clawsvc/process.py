@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -19,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clawsvc import proctree
-from clawsvc.config import TOKEN_ENV, Config
+from clawsvc.config import Config
+from clawsvc.configvalues import TOKEN_ENV
 from clawsvc.gateway_output import OutputPump
 from clawsvc.logs import register_secret
 from clawsvc.provision import ProvisionError, node_problem
@@ -209,13 +211,13 @@ class GatewayProcess:
             if self._started:
                 raise RuntimeError("GatewayProcess.start() called twice; make a new GatewayProcess")
             self._started = True
-            cancelled = self._stop_requested
         try:
-            if cancelled:
-                raise SpawnError("gateway start cancelled: stop was requested first")
             env = build_env(self.config, self._token, self._provider_env)
             argv = check_command(build_argv(self.config), env)
             prepare_state_dir(self.config)
+            with self._lock:
+                if self._stop_requested:
+                    raise SpawnError("gateway start cancelled: stop was requested first")
         except SpawnError as exc:
             self._spawn_error = exc
             self._spawned.set()
@@ -226,7 +228,7 @@ class GatewayProcess:
         if self._spawn_error is not None:
             raise self._spawn_error
         assert self._popen is not None
-        log.info("started gateway pid %d: %s", self._popen.pid, " ".join(argv))
+        log.info("started gateway pid %d: %s", self._popen.pid, shlex.join(argv))
         return self._popen.pid
 
     def _spawn_and_wait(self, argv: list[str], env: dict[str, str]) -> None:
@@ -244,8 +246,11 @@ class GatewayProcess:
             pump.start()
         self._popen = popen
         self._spawned.set()
-        with contextlib.suppress(ChildProcessError):  # exited; its zombie keeps the pid (= group id) ours
-            os.waitid(os.P_PID, popen.pid, os.WEXITED | os.WNOWAIT)
+        if hasattr(os, "waitid"):  # until reaped, its zombie keeps the pid (= its group's id) ours
+            with contextlib.suppress(ChildProcessError):
+                os.waitid(os.P_PID, popen.pid, os.WEXITED | os.WNOWAIT)
+        else:  # macOS has no waitid: reap first (the group id stays reserved while the group has members)
+            popen.wait()
         with self._lock:
             self._signal_group(signal.SIGKILL)  # whatever of its group outlived it has no parent to serve
             returncode = popen.wait()

@@ -102,19 +102,19 @@ def ensure_installed(prefix: Path, version: str = DEFAULT_VERSION, node_version:
     npm = shutil.which("npm", path=env.get("PATH", os.defpath))
     if npm is None:
         raise ProvisionError("npm not found on PATH: install npm (e.g. `apt install npm`) and run this again")
+    installer = _Installer(prefix, npm, env, report)
     try:
         prefix.mkdir(parents=True, exist_ok=True)
+        with _locked(prefix, report):
+            if found := find_installation(prefix, version):
+                return _already(found, prefix, report)
+            installer.clean_stale()
+            exact = version if EXACT_VERSION.match(version) else installer.resolve("openclaw", version)
+            if exact != version and (found := find_installation(prefix, exact)):
+                return _already(found, prefix, report)
+            found = installer.install(exact, package, node_version)
     except OSError as exc:
-        raise ProvisionError(f"cannot create {prefix}: {exc.strerror}") from None
-    installer = _Installer(prefix, npm, env, report)
-    with _locked(prefix, report):
-        if found := find_installation(prefix, version):
-            return _already(found, prefix, report)
-        installer.clean_stale()
-        exact = version if EXACT_VERSION.match(version) else installer.resolve("openclaw", version)
-        if exact != version and (found := find_installation(prefix, exact)):
-            return _already(found, prefix, report)
-        found = installer.install(exact, package, node_version)
+        raise ProvisionError(f"cannot install into {prefix}: {exc}") from None
     report(f"installed openclaw {found.version} with node {found.node_version} in {prefix}")
     return found
 
@@ -144,7 +144,7 @@ class _Installer:
 
     def clean_stale(self) -> None:
         for stale in [*self.prefix.glob(".*.partial-*"), *self.prefix.glob(".*.stale-*")]:
-            self.report(f"removing {stale} left by an interrupted install")
+            self.report(f"removing {stale}, left by an interrupted or replaced install")
             shutil.rmtree(stale, ignore_errors=True)
 
     def resolve(self, name: str, spec: str) -> str:
@@ -180,6 +180,7 @@ class _Installer:
             self._npm(["install", "--prefix", str(tmp), *NPM_FLAGS, spec], spec, env)
             if check:
                 check(tmp)
+            os.sync()  # the marker must not reach the disk before the files it vouches for
             marker = dict(marker, installed=datetime.now(UTC).isoformat(timespec="seconds"))
             (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
             tmp.chmod(0o755)  # mkdtemp made it 0700; the service may run as another user

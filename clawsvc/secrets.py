@@ -14,6 +14,7 @@ import stat
 import tempfile
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -173,25 +174,40 @@ def _credential(name: str) -> tuple[str, Path] | None:
     return _read_secret_file(path, f"credential {name}"), path
 
 
-def _check_token(token: str, source: str) -> str:
+def _token_verdict(token: str, source: str) -> tuple[str | None, str | None]:
+    """(problem, warning) about a token's length; a problem means the service refuses it."""
     if len(token) < MIN_TOKEN_LENGTH:
-        raise SecretError(f"gateway token from {source} is too short to be safe (use at least "
-                          f"{WEAK_TOKEN_LENGTH} characters)")
+        return (f"gateway token from {source} is too short to be safe (use at least "
+                f"{WEAK_TOKEN_LENGTH} characters)"), None
     if len(token) < WEAK_TOKEN_LENGTH:
-        log.warning("gateway token from %s is short (%d characters); use at least %d", source, len(token),
-                    WEAK_TOKEN_LENGTH)
+        return None, f"gateway token from {source} is short ({len(token)} characters); use at least {WEAK_TOKEN_LENGTH}"
+    return None, None
+
+
+def _check_token(token: str, source: str) -> str:
+    problem, warning = _token_verdict(token, source)
+    if problem:
+        raise SecretError(problem)
+    if warning:
+        log.warning("%s", warning)
     register_secret(token)
     return token
 
 
-def _warn_if_exposed(path: Path) -> None:
+def _exposure(path: Path) -> str | None:
     try:
         mode = path.stat().st_mode
     except OSError:
-        return
+        return None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning("auth.token_file %s is accessible to other users (mode %04o); run: chmod 600 %s",
-                    path, stat.S_IMODE(mode), path)
+        return (f"auth.token_file {path} is accessible to other users (mode {stat.S_IMODE(mode):04o}); "
+                f"run: chmod 600 {path}")
+    return None
+
+
+def _warn_if_exposed(path: Path) -> None:
+    if exposure := _exposure(path):
+        log.warning("%s", exposure)
 
 
 def _generated_token(state_dir: Path) -> tuple[str, Path]:
@@ -243,6 +259,43 @@ def load_gateway_token(config: Config) -> tuple[str, str]:
     return _check_token(token, source), source
 
 
+@dataclass(frozen=True)
+class TokenSource:
+    source: str  # "file PATH", "keyring", "credential gateway-token", "generated PATH" or "none yet: ..."
+    problem: str | None = None  # why the service would refuse to start with it
+    warning: str | None = None
+
+
+def _token_source(token: str, source: str, warning: str | None = None) -> TokenSource:
+    problem, weak = _token_verdict(token, source)
+    return TokenSource(source, problem, weak or warning)
+
+
+def describe_token_source(config: Config) -> TokenSource:
+    """Where load_gateway_token(config) would take the token from; generates, stores and logs nothing."""
+    token_file = config.auth.token_file
+    try:
+        if token_file is not None:
+            value = _read_secret_file(token_file, "auth.token_file")
+            return _token_source(value, f"file {token_file}", _exposure(token_file))
+        try:
+            usable, _ = keyring_status()
+            value = _keyring_call(keyring.get_password, KEYRING_SERVICE, TOKEN_USERNAME) if usable else None
+        except KeyringUnavailable:
+            value = None  # the service falls through to the next source the same way
+        if value:
+            return _token_source(value, "keyring")
+        found = _credential(TOKEN_CREDENTIAL)
+        if found is not None:
+            return _token_source(found[0], f"credential {TOKEN_CREDENTIAL}")
+        path = config.gateway.state_dir / GENERATED_TOKEN_NAME
+        if path.exists():
+            return _token_source(_read_secret_file(path, "generated gateway token"), f"generated {path}")
+        return TokenSource(f"none yet: will be generated on first start at {path}")
+    except SecretError as exc:
+        return TokenSource("unreadable", problem=str(exc))
+
+
 def provider_key(provider: str) -> tuple[str, str] | None:
     """(key, source) for one provider: keyring, else $CREDENTIALS_DIRECTORY/<provider>-api-key."""
     value = _keyring_get(provider)
@@ -270,7 +323,7 @@ def provider_env(config: Config) -> dict[str, str]:
     return env
 
 
-def _require_keyring() -> None:
+def require_keyring() -> None:
     usable, why = keyring_status()
     if not usable:
         raise KeyringUnavailable(f"{why}; on a headless server put the key in a systemd credential "
@@ -282,13 +335,13 @@ def set_key(provider: str, value: str) -> None:
     if not value:
         raise SecretError(f"empty key for {provider}: nothing stored")
     register_secret(value)
-    _require_keyring()
+    require_keyring()
     _keyring_call(keyring.set_password, KEYRING_SERVICE, provider, value)
 
 
 def delete_key(provider: str) -> bool:
     """Remove a stored key; False when none was stored."""
-    _require_keyring()
+    require_keyring()
     try:
         _keyring_call(keyring.delete_password, KEYRING_SERVICE, provider)
     except keyring.errors.PasswordDeleteError:
@@ -298,5 +351,5 @@ def delete_key(provider: str) -> bool:
 
 def stored_providers(config: Config) -> list[str]:
     """Configured providers that have a key in the keyring."""
-    _require_keyring()
+    require_keyring()
     return [p for p in config.providers if _keyring_call(keyring.get_password, KEYRING_SERVICE, p)]

@@ -35,6 +35,7 @@ from clawsvc.notify import Notifier
 from clawsvc.policy import RestartPolicy, describe_error
 from clawsvc.process import ExitInfo, GatewayProcess, SpawnError
 from clawsvc.protocol import GatewayError
+from clawsvc.secrets import SecretError
 from clawsvc.status import Snapshot, status_line
 
 log = logging.getLogger("clawsvc.supervisor")
@@ -111,7 +112,8 @@ class Supervisor:
             if message is not None:
                 self._dispatch(message)
             self._run_timers()
-        self._set_state(State.STOPPED)
+        if self.state is not State.ERROR:  # keep the reason on `systemctl status` of a failed unit
+            self._set_state(State.STOPPED)
         return self.exit_code
 
     def _dispatch(self, message: Message) -> None:
@@ -125,7 +127,7 @@ class Supervisor:
         if handler is None:
             log.debug("%s ignored in state %s", type(message).__name__, self.state.value)
             if isinstance(message, Connected):
-                message.connection.close()
+                _close_in_background(message.connection)
             return
         getattr(self, handler)(message)
 
@@ -237,9 +239,9 @@ class Supervisor:
             return
         if self.process is not None and self.process.running:
             self._replace(f"gateway did not answer a handshake: {message.error}")
-        elif self.process is None:
-            self._schedule_restart(f"gateway unreachable: {message.error}")
-        # else: the process died; its ProcessExited is on the way and decides what happens next
+        elif self.adopted and self.restart_at is None:
+            self._schedule_restart(f"adopted gateway unreachable: {message.error}")
+        # else: our process died; its ProcessExited (on the way, or already handled) decides what happens next
 
     # ------------------------------------------------------------------ running
 
@@ -285,6 +287,8 @@ class Supervisor:
                          name="clawsvc-health", daemon=True).start()
 
     def _on_health(self, message: HealthChecked) -> None:
+        if message.connection is not self.connection:
+            return  # the answer (usually "connection lost") of a link we already dropped
         self.health_busy = False
         self.health_at = self.clock() + self.config.health.interval
         if message.ok:
@@ -395,24 +399,26 @@ class Supervisor:
         self.health_busy = False
         self.health_at = None
         if connection is not None:
-            connection.close()
+            _close_in_background(connection)
 
     def _reload(self) -> None:
         self.notifier.reloading()
         try:
             new = load_config(self.config.source)
-        except ConfigError as exc:
+            changed = gateway_affecting(self.config, new)
+            if changed and not self.exiting:
+                token, provider_env = self.secrets(new)
+        except (ConfigError, SecretError) as exc:
             log.error("reload failed, still running on the previous config: %s", exc)
             self.notifier.ready(f"{status_line(self.snapshot, self.clock())} (reload failed: {exc})")
             return
         old, self.config = self.config, new
         set_level(new.logging.level)
         self.policy.reconfigure(new.reconnect)
-        changed = gateway_affecting(old, new)
         if self.on_reload is not None:
             self.on_reload(old, new)
         if changed and not self.exiting:
-            self.token, self.provider_env = self.secrets(new)
+            self.token, self.provider_env = token, provider_env
             log.info("reloaded %s; %s changed, restarting the gateway", new.source, ", ".join(changed))
             self.post(RestartRequested(f"config reload changed {', '.join(changed)}"))
         else:
@@ -443,11 +449,18 @@ def _always() -> bool:
     return True
 
 
+def _close_in_background(connection: GatewayConnection) -> None:
+    """close() waits for the gateway's answer (seconds when it is hung or stopped): never on the loop.
+    A link we dropped on purpose reports nothing more: no LinkLost, no late events."""
+    connection.on_down = connection.on_event = None
+    threading.Thread(target=connection.close, name="clawsvc-closer", daemon=True).start()
+
+
 def _health_probe(connection: GatewayConnection, gen: int, timeout: float,
                   post: Callable[[Message], None]) -> None:
     try:
         connection.rpc("health", None, timeout=timeout)
     except Exception as exc:  # any failure is a failed check; the loop decides
-        post(HealthChecked(gen, False, describe_error(exc)))
+        post(HealthChecked(gen, False, describe_error(exc), connection))
     else:
-        post(HealthChecked(gen, True, None))
+        post(HealthChecked(gen, True, None, connection))

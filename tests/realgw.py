@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -197,7 +198,8 @@ class RealGateway:
             return "(no gateway output)"
 
     def stop(self) -> None:
-        """SIGTERM the group, wait, SIGKILL what is left; assert no process of the group survives."""
+        """SIGTERM the group, wait, SIGKILL what is left; assert no process of this gateway survives (its spawn
+        broker runs in a session of its own, so survivors are found by group and by their OPENCLAW_STATE_DIR)."""
         if self.popen is not None:
             pgid = self.popen.pid
             _signal_group(pgid, signal.SIGTERM)
@@ -206,11 +208,19 @@ class RealGateway:
             except subprocess.TimeoutExpired:
                 _signal_group(pgid, signal.SIGKILL)
                 self.popen.wait(STOP_TIMEOUT)
-            if not _wait_group_gone(pgid, 10.0):
-                _signal_group(pgid, signal.SIGKILL)
-            assert _wait_group_gone(pgid, 10.0), f"gateway processes survive: {group_members(pgid)}"
+            if not _wait_gone(self.leftovers, 10.0):
+                for pid in self.leftovers():
+                    _signal_pid(pid, signal.SIGKILL)
+            assert _wait_gone(self.leftovers, 10.0), f"gateway processes survive: {self.leftovers()}"
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
+
+    def leftovers(self) -> list[int]:
+        """Live processes of this gateway: its process group plus anything running with its state dir."""
+        if self.popen is None:
+            return []
+        return sorted(set(group_members(self.popen.pid)) | set(processes_with_env("OPENCLAW_STATE_DIR",
+                                                                                   str(self.state_dir))))
 
     def __enter__(self) -> RealGateway:
         try:
@@ -224,17 +234,31 @@ class RealGateway:
         self.stop()
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in a process group."""
-    members = []
+def _live_processes() -> Iterator[tuple[int, list[str]]]:
+    """(pid, fields of /proc/pid/stat after the command name) of every non-zombie process."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(stat.parent.name))
-    return members
+        if fields[0] != "Z":
+            yield int(stat.parent.name), fields
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in a process group."""
+    return [pid for pid, fields in _live_processes() if int(fields[2]) == pgid]
+
+
+def processes_with_env(name: str, value: str) -> list[int]:
+    """Live processes whose environment has name=value (e.g. OPENCLAW_STATE_DIR of one test gateway)."""
+    wanted = f"{name}={value}".encode()
+    found = []
+    for pid, _fields in _live_processes():
+        with contextlib.suppress(OSError):
+            if wanted in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                found.append(pid)
+    return found
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
@@ -242,10 +266,15 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-def _wait_group_gone(pgid: int, timeout: float) -> bool:
+def _signal_pid(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _wait_gone(alive: Callable[[], list[int]], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     pause = threading.Event()
-    while group_members(pgid):
+    while alive():
         if time.monotonic() > deadline:
             return False
         pause.wait(0.05)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from double import DoubleProcess, free_port, start_double
 
-from clawsvc.connection import WARN_BURST, GatewayConnection
+from clawsvc.connection import GatewayConnection, Liveness
 from clawsvc.protocol import (
     AuthError,
     ConnectionLost,
@@ -25,6 +25,7 @@ from clawsvc.protocol import (
     RpcError,
     RpcTimeout,
     TransportError,
+    parse_hello,
 )
 
 TICK_MS = 400
@@ -108,6 +109,25 @@ def test_handshake_rpc_and_clean_close(double, connect):
     assert not conn.connected
     with pytest.raises(ConnectionLost):
         conn.rpc("health")
+
+
+def test_token_never_reaches_the_log(double, connect, caplog):
+    caplog.set_level(logging.DEBUG)
+    conn, _ = connect(double)
+    conn.rpc("health")
+    with pytest.raises(AuthError):
+        GatewayConnection(double.url, double.token + "-wrong").connect()
+    conn.close()
+    assert "connected to gateway double-1" in caplog.text
+    assert double.token not in caplog.text
+
+
+def test_no_granted_scopes_is_explained_in_a_warning(double, caplog):
+    conn = GatewayConnection(double.url, double.token)
+    no_scopes = {"type": "hello-ok", "protocol": 4, "auth": {"role": "operator", "scopes": []}}
+    with caplog.at_level(logging.WARNING, logger="clawsvc.connection"):
+        conn._log_hello(parse_hello(no_scopes))
+    assert "granted no scopes" in caplog.text and "Origin header" in caplog.text
 
 
 def test_gateway_error_reply_raises_with_code_and_message(double, connect):
@@ -222,11 +242,11 @@ def test_seq_gap_is_counted_and_events_keep_flowing(double, connect):
 def test_garbage_frames_are_counted_and_the_reader_survives(double, connect, caplog):
     conn, _ = connect(double)
     caplog.set_level(logging.WARNING, logger="clawsvc.connection")
-    for _ in range(3):
+    for _ in range(4):
         assert conn.rpc("double.garbage") == {"sent": 5}
-    assert conn.stats.malformed == 15
+    assert conn.stats.malformed == 20
     warnings = [r for r in caplog.records if "malformed frame" in r.getMessage()]
-    assert 1 <= len(warnings) <= WARN_BURST
+    assert len(warnings) == 5  # frames 1, 2, 4, 8 and 16
     assert conn.rpc("health")["ok"] is True
 
 
@@ -288,3 +308,23 @@ def test_sigterm_sends_shutdown_then_1012(tmp_path, request, connect):
     shutdown = rec.named("shutdown")
     assert [event.payload for event in shutdown] == [{"reason": "gateway stopping", "restartExpectedMs": 1500}]
     assert proc.popen.wait(10) == 0
+
+
+# ---------------------------------------------------------------- liveness rules (no clock, no sleeping)
+
+def test_liveness_pings_on_schedule_and_waits_for_the_pong():
+    live = Liveness(last_frame=100.0, silence_limit=60.0, ping_interval=30.0, pong_timeout=10.0, tick_interval=30.0)
+    assert live.ping_due(100.0) and live.pong_due == 110.0
+    assert not live.ping_due(105.0)
+    assert live.next_deadline() == 110.0
+    assert live.check(109.0) is None
+    assert live.check(110.5) == "no pong within 10s"
+    live.pong_due = None
+    assert live.next_deadline() == 130.0 and live.ping_due(130.0)
+
+
+def test_liveness_declares_tick_silence():
+    live = Liveness(last_frame=0.0, silence_limit=60.0, ping_interval=0.0, pong_timeout=0.0, tick_interval=30.0)
+    assert not live.ping_due(0.0) and live.next_deadline() == 60.0
+    assert live.check(59.0) is None
+    assert live.check(61.0) == "no tick for 61.0s (tickIntervalMs=30000)"

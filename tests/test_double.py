@@ -350,6 +350,13 @@ def test_bad_control_params(gw):
     assert res["error"]["code"] == "INVALID_REQUEST" and "count" in res["error"]["message"]
 
 
+def test_log_lines_on_demand(gw):
+    ws, _ = handshake(gw)
+    with closing(ws):
+        assert call(ws, "double.log", {"stream": "stderr", "lines": ["WARN one on demand", "two"]})["ok"]
+    gw.wait_for_output(r"(?m)^WARN one on demand\ntwo$", stream="stderr")
+
+
 def test_port_in_use_exits_1(gw, tmp_path):
     second = start_double(tmp_path, port=gw.port, wait=False)
     try:
@@ -390,6 +397,17 @@ def test_startup_delay_then_unavailable_window(tmp_path):
             assert res["error"]["code"] == "UNAVAILABLE" and time.monotonic() < deadline
             time.sleep(res["error"]["retryAfterMs"] / 1000)
         assert res["payload"]["type"] == "hello-ok"
+
+
+def test_protocol_and_max_payload_knobs(tmp_path):
+    with start_double(tmp_path, env={"DOUBLE_PROTOCOL": "5", "DOUBLE_MAX_PAYLOAD": "4096"}) as proc:
+        res, (code, _) = rejected(proc, connect_params(proc.token))
+        assert res["error"]["details"]["expectedProtocol"] == 5 and code == 1002
+        ws, hello = handshake(proc, maxProtocol=5)
+        with closing(ws):
+            assert hello["protocol"] == 5 and hello["policy"]["maxPayload"] == 4096
+            request(ws, "health", {"padding": "x" * 8192})
+            assert close_frame(ws)[0] == 1009
 
 
 def test_exit_after_with_config_class_code(tmp_path):

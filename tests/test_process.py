@@ -20,7 +20,9 @@ from double import double_command, free_port, pid_alive
 from realgw import connect, gateway_env
 
 from clawsvc import proctree
-from clawsvc.config import TOKEN_ENV, Config, GatewayConfig, LoggingConfig
+from clawsvc.config import Config, GatewayConfig, LoggingConfig
+from clawsvc.configvalues import TOKEN_ENV
+from clawsvc.gateway_output import clean, line_level
 from clawsvc.process import ExitInfo, GatewayProcess, SpawnError, build_argv, build_env, check_command
 
 HELPERS = Path(__file__).parent / "helpers"
@@ -309,6 +311,31 @@ def test_output_levels_suppression_binary_and_long_lines(tmp_path: Path, spawn, 
     assert long_line.endswith("[... line truncated at 64 KiB]") and len(long_line) < 70 * 1024
     assert "ready" in levels  # the line after the huge one is intact
     assert "\ufffd\ufffd\\x00bin" in levels  # invalid UTF-8 replaced, NUL escaped; the pump kept going
+
+
+@pytest.mark.parametrize(("line", "level"), [
+    ("[gateway] ready", None),  # what OpenClaw 2026.9 prints off-TTY: no level, the stream decides
+    ("[gateway] remote model catalog refresh failed", None),
+    ("model: error-free run, 0 ERRORS", None),
+    ("ERROR: cannot bind", logging.ERROR),
+    ("[gateway] WARN received SIGTERM", logging.WARNING),
+    ("[heartbeat] [debug] tick", logging.DEBUG),
+    ("(warn) low disk", logging.WARNING),
+    ('ts=1 level=error msg="boom"', logging.ERROR),
+    ("(node:4242) ExperimentalWarning: SQLite is an experimental feature", logging.WARNING),
+    ('{"level":"warn","msg":"x"}', logging.WARNING),
+    ('{"level":50,"msg":"pino"}', logging.ERROR),
+    ('{"_meta":{"logLevelName":"FATAL"},"message":"tslog"}', logging.CRITICAL),
+    ('{"msg":"no level"}', None),
+    ("{not json", None),
+])
+def test_line_level(line: str, level: int | None) -> None:
+    assert line_level(line) == level
+
+
+def test_clean_drops_timestamp_and_colour_escapes_control_bytes() -> None:
+    raw = b"2026-11-26T01:14:10.431+00:00 \x1b[31m[gateway]\x1b[0m loading\x07 \xff\r\n"
+    assert clean(raw) == "[gateway] loading\\x07 \ufffd"
 
 
 # ---------------------------------------------------------------- the double and clawsvc being SIGKILLed

@@ -125,7 +125,7 @@ def test_killed_install_is_not_taken_as_complete_and_is_cleaned_up(tmp_path: Pat
 
     again = run_install(prefix, fake_npm)
     assert again.returncode == 0, again.stderr
-    assert "interrupted install" in again.stderr
+    assert "left by an interrupted" in again.stderr
     assert not list(prefix.glob(".*.partial-*"))
     assert find_installation(prefix, DEFAULT_VERSION) is not None
     assert installed_specs(fake_npm).count(f"{node_package()}@{NODE_VERSION}") == 1, "complete node was reused"
@@ -177,6 +177,14 @@ def test_npm_failure_is_one_clear_line_with_the_log_path(tmp_path: Path, fake_np
     assert "notarget No matching version found" in (prefix / provision.LOG_NAME).read_text()
     assert find_installation(prefix, DEFAULT_VERSION) is None
     assert not list(prefix.glob(".*.partial-*"))
+
+
+def test_unwritable_prefix_is_a_clear_error(tmp_path: Path, fake_npm: dict[str, str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run_install(blocker / "prefix", fake_npm)
+    assert result.returncode == 1
+    assert f"cannot install into {blocker / 'prefix'}" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_npm_missing(tmp_path: Path) -> None:

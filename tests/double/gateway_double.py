@@ -21,15 +21,21 @@ Env knobs (all optional):
     DOUBLE_STDOUT_LINES / DOUBLE_STDERR_LINES   lines (\\n-separated) printed verbatim at startup
     DOUBLE_EVENT_FILE=PATH       append one JSON line per received request (tokens masked)
 
+Protocol (as openclaw@2026.9.6): connect.challenge first (no seq); `connect` checked in the real order (first
+request must be connect → 1008; startup window → UNAVAILABLE/1013; client.id/mode enums → 1008; protocol range
+→ PROTOCOL_MISMATCH/1002; token → AUTH_TOKEN_MISMATCH/1008); an Origin header grants no scopes (then `status`
+fails FORBIDDEN/MISSING_SCOPE). After hello-ok every event has seq 1, 2, ... per connection. Methods: health,
+status, double.*; anything else → INVALID_REQUEST "unknown method: X". Frames over DOUBLE_MAX_PAYLOAD → 1009.
+SIGTERM/SIGINT: event shutdown {reason:"gateway stopping"} to connected clients, close 1012, exit 0.
 HTTP on the same port: GET /healthz → 200, /readyz and /startupz → 200 once connect would succeed, else 503.
 
 Control methods (after connect; all reply ok unless noted):
     double.garbage {frames?}     send frames (str as-is, others JSON-encoded); default: non-JSON text, a JSON
                                  array, an unknown type, a res without id, a binary frame
-    double.silence {}            send nothing more on this connection (pings still answered by the library)
-    double.freeze {}             like silence, and stop reading the socket: pings go unanswered
+    double.silence {}            reply, then send nothing more on this connection (the library still answers pings)
+    double.freeze {}             reply, then like silence and stop reading the socket: pings go unanswered
     double.flood {count, event?} send `count` events (default name "flood") back to back, then reply
-    double.seqgap {skip}         the next event's seq jumps by `skip`
+    double.seqgap {skip}         the next event's seq is the last one + 1 + skip
     double.huge {bytes}          reply {"data": "x" * bytes}
     double.legacy {}             send JSON-RPC 2.0 frames: notifications and responses to ids never asked for
     double.sleep {ms}            reply after ms, without holding up other requests

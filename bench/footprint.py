@@ -1,0 +1,55 @@
+"""Footprint: clawsvc's RSS and idle CPU over a window, next to its gateway's (every process of it)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+
+from bench.common import Context, Row, Section, cpu_seconds, gateway_processes, mib, pss_bytes, rss_bytes
+from bench.service import ServiceRun
+
+RSS_TARGET = 30 * 1000 * 1000  # 30 MB (decimal; 28.6 MiB), the stricter reading
+CPU_TARGET = 0.1  # percent of one core
+
+
+def total(pids: list[int], measure: Callable[[int], float]) -> float:
+    """Sum over the processes still alive."""
+    value = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            value += measure(pid)
+    return value
+
+
+def run(ctx: Context) -> Section:
+    window = ctx.reps(60, 10)
+    settle = ctx.reps(10, 2)
+    pause = threading.Event()
+    with ServiceRun(ctx.backend()) as run:
+        run.start()
+        run.wait_ready()
+        pause.wait(settle)  # let the gateway's post-start work (catalog refresh, first events) pass
+        gateway = gateway_processes(run.state_dir)
+        mine0, gw0, t0 = cpu_seconds(run.pid), total(gateway, cpu_seconds), time.monotonic()
+        pause.wait(window)
+        mine1, gw1, t1 = cpu_seconds(run.pid), total(gateway, cpu_seconds), time.monotonic()
+        rss, pss = rss_bytes(run.pid), pss_bytes(run.pid)
+        gw_rss = total(gateway, rss_bytes)
+    elapsed = t1 - t0
+    cpu, gw_cpu = 100 * (mine1 - mine0) / elapsed, 100 * (gw1 - gw0) / elapsed
+    section = Section("footprint", f"Footprint (idle, {elapsed:.0f} s window, {ctx.backend().version})")
+    section.add(Row("RSS", mib(rss), f"{mib(gw_rss)} gateway ({len(gateway)} processes)",
+                    f"{rss / gw_rss:.1%} of it", "<= 30 MB", rss <= RSS_TARGET),
+                why_missed="the Python interpreter with PyYAML, websocket-client, keyring and tenacity loaded.")
+    if pss is not None:
+        section.add(Row("  PSS (shared pages split)", mib(pss)))
+    section.add(Row("idle CPU", f"{cpu:.3f} %", f"{gw_cpu:.2f} % gateway", "", f"<= {CPU_TARGET} %",
+                     cpu <= CPU_TARGET),
+                why_missed="health checks and WebSocket pings every 30 s, plus the watchdog/deadline wake-ups.")
+    section.notes.append(f"CPU is utime+stime from /proc over the window after a {settle} s settle, as % of one "
+                         f"core ({mine1 - mine0:.2f} s of CPU for clawsvc, {gw1 - gw0:.2f} s for the gateway); "
+                         "defaults for health.interval and connection.ping_interval (30 s). RSS target read as "
+                         "30 x 10^6 bytes.")
+    return section

@@ -1,0 +1,352 @@
+"""`clawsvc doctor`: one line per check of what the service needs, from the same code the service runs.
+
+Lines start with `ok`, `warn`, `FAIL` or `skip` (plain ASCII: journals, dumb terminals, grep). Exit 0 when no
+check failed (warnings allowed: no keyring backend is normal on a headless server), 1 when any failed, 78
+(like `check-config`) when the config is invalid: its error is the first FAIL, and the checks that do not
+need a config (keyring, installed units) still run. Nothing is created or changed; no secret is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import stat
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from clawsvc import exitcodes, install
+from clawsvc.config import Config, ConfigError, default_config_path, load_config
+from clawsvc.control import ControlError, ServiceNotRunning, request
+from clawsvc.logs import redact
+from clawsvc.ports import port_holder
+from clawsvc.process import SpawnError, check_command
+from clawsvc.proctree import descendants
+from clawsvc.provision import ProvisionError, node_version_of, required_node
+from clawsvc.secrets import describe_token_source, keyring_status, provider_env_name, provider_key
+
+STATUS_TIMEOUT = 3.0
+UNIT_NAMES = {"system": "clawsvc.service", "user": "clawsvc.service", "launchd": "ai.openclaw.clawsvc.plist"}
+CREDENTIAL_KEYS = ("LoadCredential=", "LoadCredentialEncrypted=", "SetCredential=", "SetCredentialEncrypted=")
+
+
+class Level(Enum):
+    OK = "ok"
+    WARN = "warn"
+    FAIL = "FAIL"
+    SKIP = "skip"
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: Level
+    topic: str
+    text: str
+
+    def line(self) -> str:
+        return f"{self.level.value:<4}  {self.topic}: {redact(self.text)}"
+
+
+@dataclass
+class Doctor:
+    """The facts several checks share, each looked up once."""
+
+    units: dict[str, Path] = field(default_factory=dict)  # kind -> installed unit file
+    unit_configs: dict[str, Path] = field(default_factory=dict)  # kind -> the unit's `run -c FILE`
+    credentials: dict[str, str | None] = field(default_factory=dict)  # credential id -> source file (units)
+    status: dict[str, Any] | None = None  # the running service's status reply
+    unreachable: str | None = None  # why a control socket that is there did not answer
+    keyring_usable: bool = False
+
+
+class _Collect(logging.Handler):
+    """Hands each warning the reused service code logs to the innermost capture."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.sinks: list[list[str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.sinks:
+            self.sinks[-1].append(record.getMessage())
+
+
+_COLLECT = _Collect()
+
+
+@contextlib.contextmanager
+def _captured_warnings() -> Iterator[list[str]]:
+    """Warnings logged under "clawsvc", as text for the report instead of stray stderr lines."""
+    sink: list[str] = []
+    _COLLECT.sinks.append(sink)
+    logging.getLogger("clawsvc").addHandler(_COLLECT)  # adding it twice is a no-op
+    try:
+        yield sink
+    finally:
+        _COLLECT.sinks.pop()
+        if not _COLLECT.sinks:
+            logging.getLogger("clawsvc").removeHandler(_COLLECT)
+
+
+# ---------------------------------------------------------------- checks that need no config
+
+def check_keyring(doc: Doctor) -> list[Finding]:
+    usable, backend = keyring_status()
+    doc.keyring_usable = usable
+    if usable:
+        return [Finding(Level.OK, "keyring", backend)]
+    return [Finding(Level.WARN, "keyring", f"{backend}; normal on a headless server: give the service its "
+                    "token and API keys as systemd credentials (LoadCredential=, see the unit) or auth.token_file")]
+
+
+def _unit_path(kind: str) -> Path | None:
+    try:
+        planned = install.plan(kind, config=Path("/dev/null"), command=("clawsvc",))
+    except install.InstallError:
+        return None
+    found = next((f.path for f in planned.files if f.path.name == UNIT_NAMES[kind]), None)
+    return install.install_root() / found.relative_to(found.anchor) if found else None
+
+
+def _read_unit(doc: Doctor, kind: str, unit: Path) -> list[Finding]:
+    """Note the unit's config file and credentials; a LoadCredential= file that is missing is a problem."""
+    findings, lines = [], []
+    for path in [unit, *sorted(unit.parent.glob(f"{unit.name}.d/*.conf"))]:  # drop-ins override, in order
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            lines += path.read_text(encoding="utf-8").splitlines()
+    for line in lines:
+        words = line.removeprefix("ExecStart=").split() if line.startswith("ExecStart=") else []
+        if "-c" in words[:-1]:
+            doc.unit_configs[kind] = Path(words[words.index("-c") + 1])
+        key = next((k for k in CREDENTIAL_KEYS if line.startswith(k)), None)
+        if key is None:
+            continue
+        name, _, source = line.removeprefix(key).strip().partition(":")
+        doc.credentials[name] = source if key.startswith("Load") and source.startswith("/") else None
+        if key.startswith("Load") and source.startswith("/") and not os.path.exists(source):
+            findings.append(Finding(Level.FAIL, "units", f"{unit} loads credential {name} from {source}, which "
+                                    "does not exist: systemd will refuse to start the unit"))
+    return findings
+
+
+def check_units(doc: Doctor) -> list[Finding]:
+    kinds = ("launchd",) if sys.platform == "darwin" else ("system", "user")
+    paths = {kind: _unit_path(kind) for kind in kinds}
+    doc.units = {kind: path for kind, path in paths.items() if path is not None and path.is_file()}
+    if not doc.units:
+        looked = ", ".join(str(p) for p in paths.values() if p is not None)
+        return [Finding(Level.WARN, "units", f"none installed (looked for {looked}); run `clawsvc install`")]
+    findings = []
+    for kind, path in doc.units.items():
+        problems = _read_unit(doc, kind, path) if kind != "launchd" else []
+        config = doc.unit_configs.get(kind)
+        findings += [Finding(Level.OK, "units", f"{kind} unit {path}" + (f" (config {config})" if config else "")),
+                     *problems]
+    return findings
+
+
+# ---------------------------------------------------------------- checks that need the config
+
+def _gateway_version(entry: Path) -> str:
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        return str(json.loads((entry.parent / "package.json").read_text()).get("version") or "?")
+    return "?"
+
+
+def check_command_line(doc: Doctor, config: Config) -> list[Finding]:
+    env = {**os.environ, **config.gateway.env}
+    try:
+        argv = check_command(list(config.gateway.command), env)
+    except SpawnError as exc:
+        return [Finding(Level.FAIL, "gateway.command", str(exc))]
+    findings = []
+    if Path(argv[0]).name.startswith("node") and len(argv) > 1 and not argv[1].startswith("-"):
+        entry = Path(argv[1])
+        try:
+            text = (f"node {node_version_of(argv[0])} ({argv[0]}) runs openclaw {_gateway_version(entry)} "
+                    f"({entry}), which needs node {required_node(entry)}")
+        except ProvisionError as exc:
+            text = f"{' '.join(argv)} (versions not checked: {exc})"
+        findings.append(Finding(Level.OK, "gateway.command", text))
+    else:
+        findings.append(Finding(Level.OK, "gateway.command", f"{argv[0]} found"))
+    if config.source is not None and doc.unit_configs.get("system") == config.source:
+        findings += [Finding(Level.FAIL, "gateway.command", f"{path} is not visible to the system unit "
+                             "(ProtectHome=yes, PrivateTmp=yes hide /home, /root and /tmp); "
+                             "run `clawsvc gateway-install` as root to get it under /opt")
+                     for path in install.hidden_paths(argv)]
+    return findings
+
+
+def ask_service(doc: Doctor, config: Config) -> None:
+    try:
+        reply = request(config.control.socket, {"cmd": "status"}, STATUS_TIMEOUT)
+    except ServiceNotRunning:
+        return
+    except ControlError as exc:
+        doc.unreachable = f"cannot ask clawsvc: {exc.message}"
+        return
+    if isinstance(reply, dict):
+        doc.status = reply
+    else:
+        doc.unreachable = f"unexpected status reply from {config.control.socket}"
+
+
+def _ours(doc: Doctor, pid: int | None) -> bool:
+    """Whether pid is the running service's gateway (or, when the OS does not name the holder, the service
+    reports that its gateway is running on this port)."""
+    status = doc.status or {}
+    if pid is None:
+        return status.get("state") == "running"
+    service = status.get("servicePid")
+    return pid == status.get("pid") or (isinstance(service, int) and pid in descendants(service))
+
+
+def check_port(doc: Doctor, config: Config) -> list[Finding]:
+    port = config.gateway.port
+    holder = port_holder(port)
+    if holder is None:
+        return [Finding(Level.OK, "gateway.port", f"{port} is free")]
+    if doc.status is not None and doc.status.get("port") == port and _ours(doc, holder.pid):
+        return [Finding(Level.OK, "gateway.port", f"{port} is held by {holder.describe()}, the gateway of the "
+                        f"running clawsvc (pid {doc.status.get('servicePid')})")]
+    text = f"{port} is held by {holder.describe()}"
+    if doc.unreachable:
+        return [Finding(Level.WARN, "gateway.port", f"{text}; whether by clawsvc's gateway is unknown: "
+                        f"{doc.unreachable}")]
+    if config.gateway.adopt_existing and (holder.name or "").startswith(("node", "openclaw")):
+        return [Finding(Level.WARN, "gateway.port", f"{text}; clawsvc will adopt it if it is an OpenClaw "
+                        "gateway that accepts clawsvc's token (gateway.adopt_existing), else fail to start")]
+    return [Finding(Level.FAIL, "gateway.port", f"{text}, not by clawsvc's gateway: stop that process or "
+                    "set gateway.port")]
+
+
+def check_token(doc: Doctor, config: Config) -> list[Finding]:
+    found = describe_token_source(config)
+    source = found.source
+    if source.startswith("none yet") and "gateway-token" in doc.credentials:
+        where = doc.credentials["gateway-token"]
+        source = f"credential gateway-token (from the unit{f', file {where}' if where else ''})"
+    if found.problem:
+        return [Finding(Level.FAIL, "token", found.problem)]
+    findings = [Finding(Level.OK, "token", source)]
+    if found.warning:
+        findings.append(Finding(Level.WARN, "token", found.warning))
+    return findings
+
+
+def check_provider_keys(doc: Doctor, config: Config) -> list[Finding]:
+    if not config.providers:
+        return [Finding(Level.OK, "provider keys", "none configured (providers: [])")]
+    found: dict[str, str] = {}
+    with _captured_warnings() as keyring_warnings:
+        for provider in config.providers:
+            key = provider_key(provider)
+            if key is not None:
+                found[provider] = key[1]
+            elif provider_env_name(provider) in config.gateway.env:
+                found[provider] = "gateway.env"
+            elif f"{provider}-api-key" in doc.credentials:
+                found[provider] = "credential in the unit"
+    findings = [Finding(Level.WARN, "provider keys", text) for text in keyring_warnings if doc.keyring_usable]
+    missing = [p for p in config.providers if p not in found]
+    if not found:
+        return [*findings, Finding(Level.WARN, "provider keys", f"none found for {', '.join(missing)}; "
+                                   "the gateway starts but cannot call a model: `clawsvc keys set PROVIDER` or "
+                                   "LoadCredential=PROVIDER-api-key:FILE")]
+    names = ", ".join(f"{p} ({where})" for p, where in found.items())
+    rest = f"; none for {', '.join(missing)}" if missing else ""
+    return [*findings, Finding(Level.OK, "provider keys", names + rest)]
+
+
+def _directory(topic: str, path: Path, private: bool) -> Finding:
+    path = path.absolute()
+    if path.is_dir():
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if not os.access(path, os.W_OK | os.X_OK):
+            return Finding(Level.FAIL, topic, f"{path} is not writable by uid {os.geteuid()} (run doctor as the "
+                           "service's user, or give that user the directory)")
+        if private and mode & 0o077:
+            return Finding(Level.WARN, topic, f"{path} is open to other users (mode {mode:04o}): chmod 700 {path}")
+        return Finding(Level.OK, topic, f"{path} (mode {mode:04o})")
+    if path.exists():
+        return Finding(Level.FAIL, topic, f"{path} exists and is not a directory")
+    parent = next(p for p in path.parents if p.exists())
+    if parent.is_dir() and os.access(parent, os.W_OK | os.X_OK):
+        return Finding(Level.OK, topic, f"{path} does not exist yet; clawsvc creates it at start")
+    return Finding(Level.FAIL, topic, f"{path} does not exist and {parent} is not writable by uid {os.geteuid()}: "
+                   "create it for the user clawsvc runs as (the system unit's StateDirectory=/RuntimeDirectory= "
+                   "do that for /var/lib/clawsvc and /run/clawsvc)")
+
+
+def check_dirs(doc: Doctor, config: Config) -> list[Finding]:
+    findings = [_directory("state dir", config.gateway.state_dir, private=True)]
+    socket = config.control.socket
+    if doc.status is not None:
+        state = doc.status.get("state")
+        findings.append(Finding(Level.OK, "control socket", f"{socket}: clawsvc is running (pid "
+                                f"{doc.status.get('servicePid')}, gateway {state})"))
+    elif doc.unreachable:
+        findings.append(Finding(Level.WARN, "control socket", f"{socket}: {doc.unreachable}"))
+    else:
+        found = _directory("control socket", socket.parent, private=False)
+        findings.append(Finding(found.level, found.topic, f"clawsvc is not running; {found.text}"))
+    return findings
+
+
+# ---------------------------------------------------------------- running it
+
+def _run(check: Callable[[], list[Finding]], topic: str) -> list[Finding]:
+    with _captured_warnings() as warnings:
+        findings = check()
+    return findings + [Finding(Level.WARN, topic, text) for text in warnings]
+
+
+def diagnose(config_path: str | None) -> tuple[list[Finding], bool]:
+    """(findings in report order, whether the config was valid)."""
+    doc = Doctor()
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        return [Finding(Level.FAIL, "config", str(exc)),
+                Finding(Level.SKIP, "gateway.command, port, token, provider keys, directories",
+                        "need a valid config"),
+                *_run(lambda: check_keyring(doc), "keyring"), *_run(lambda: check_units(doc), "units")], False
+    if config.source is None:
+        head = Finding(Level.WARN, "config", f"no file at {default_config_path()}; using built-in defaults "
+                       "(`clawsvc install` writes a commented one)")
+    else:
+        head = Finding(Level.OK, "config", f"{config.source} is valid")
+    units = _run(lambda: check_units(doc), "units")
+    ask_service(doc, config)
+    return [head,
+            *_run(lambda: check_command_line(doc, config), "gateway.command"),
+            *_run(lambda: check_port(doc, config), "gateway.port"),
+            *_run(lambda: check_dirs(doc, config), "directories"),
+            *_run(lambda: check_token(doc, config), "token"),
+            *_run(lambda: check_keyring(doc), "keyring"),
+            *_run(lambda: check_provider_keys(doc, config), "provider keys"),
+            *units], True
+
+
+def summary(findings: list[Finding]) -> str:
+    problems = sum(f.level is Level.FAIL for f in findings)
+    warnings = sum(f.level is Level.WARN for f in findings)
+    counts = f"{problems or 'no'} problem{'s' * (problems != 1)}, {warnings} warning{'s' * (warnings != 1)}"
+    return f"{counts}: fix the FAIL lines above" if problems else counts
+
+
+def main(args: argparse.Namespace) -> int:
+    findings, config_valid = diagnose(args.config)
+    for finding in findings:
+        print(finding.line())
+    print(summary(findings))
+    if not config_valid:
+        return exitcodes.CONFIG
+    return exitcodes.FAIL if any(f.level is Level.FAIL for f in findings) else exitcodes.OK

@@ -1,0 +1,111 @@
+"""A fake systemd notify endpoint: a real AF_UNIX datagram socket whose datagrams a reader thread collects.
+
+    with NotifyPeer(tmp_path / "notify.sock") as peer:
+        env = {"NOTIFY_SOCKET": peer.address, "WATCHDOG_USEC": "1000000"}
+        ...  # start the process under test with env
+        peer.wait_for(r"^READY=1", timeout=30)
+
+Every datagram is kept with the monotonic time it arrived, so tests can order and count them
+(e.g. WATCHDOG=1 over a window). `address` may be a path or an abstract name spelled "@name".
+"""
+
+from __future__ import annotations
+
+import re
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+
+@dataclass(frozen=True)
+class Datagram:
+    at: float  # time.monotonic() when it was read
+    text: str
+
+    def fields(self) -> dict[str, str]:
+        """KEY=VALUE lines as a dict (a later duplicate key wins, as in systemd)."""
+        return dict(line.split("=", 1) for line in self.text.split("\n") if "=" in line)
+
+
+Match = str | re.Pattern[str] | Callable[[Datagram], bool]
+
+
+def _predicate(match: Match) -> Callable[[Datagram], bool]:
+    if callable(match) and not isinstance(match, re.Pattern):
+        return match
+    pattern = re.compile(match, re.MULTILINE) if isinstance(match, str) else match
+    return lambda datagram: pattern.search(datagram.text) is not None
+
+
+class NotifyPeer:
+    """Binds the socket at once; the reader thread runs until close()."""
+
+    def __init__(self, address: str | Path) -> None:
+        self.address = str(address)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind("\0" + self.address[1:] if self.address.startswith("@") else self.address)
+        self._datagrams: list[Datagram] = []
+        self._changed = threading.Condition()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._read, name="clawsvc-test-notify", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._closed.is_set():
+            readable, _, _ = select.select([self._sock], [], [], 0.1)
+            if not readable:
+                continue
+            data = self._sock.recv(65536)
+            with self._changed:
+                self._datagrams.append(Datagram(time.monotonic(), data.decode("utf-8", "replace")))
+                self._changed.notify_all()
+
+    def datagrams(self) -> list[Datagram]:
+        with self._changed:
+            return list(self._datagrams)
+
+    def messages(self) -> list[str]:
+        return [datagram.text for datagram in self.datagrams()]
+
+    def mark(self) -> int:
+        """An index to pass as `since`: only datagrams arriving after this call are considered."""
+        with self._changed:
+            return len(self._datagrams)
+
+    def find(self, match: Match, since: int = 0) -> list[Datagram]:
+        test = _predicate(match)
+        return [datagram for datagram in self.datagrams()[since:] if test(datagram)]
+
+    def wait_for(self, match: Match, timeout: float, since: int = 0) -> Datagram:
+        """The first datagram at index >= since that matches (a regex searched per line, or a predicate)."""
+        test = _predicate(match)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for datagram in self._datagrams[since:]:
+                    if test(datagram):
+                        return datagram
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    tail = "\n---\n".join(d.text for d in self._datagrams[-15:])
+                    raise AssertionError(f"no notify datagram matching {match!r} within {timeout}s; last ones:\n{tail}")
+                self._changed.wait(remaining)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(5)
+        self._sock.close()
+        if not self.address.startswith("@"):
+            Path(self.address).unlink(missing_ok=True)
+
+    def __enter__(self) -> NotifyPeer:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

@@ -1,0 +1,221 @@
+"""Gateway token and provider keys: order of sources, generation, redaction, keyring trouble on headless boxes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import keyring
+import keyring.backends.fail
+import pytest
+from helpers.keyring_file_backend import FileKeyring, HangingKeyring
+
+from clawsvc import secrets
+from clawsvc.config import AuthConfig, Config, GatewayConfig
+from clawsvc.logs import MASK, redact
+from clawsvc.secrets import SecretError
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """No inherited credentials, a fresh keyring state, and the test's choice of backend restored afterwards."""
+    caplog.set_level(logging.INFO)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.setenv("KEYRING_FILE", str(tmp_path / "keyring.json"))
+    previous = keyring.get_keyring()
+    monkeypatch.setattr(secrets._KeyringState, "broken", None)
+    monkeypatch.setattr(secrets._KeyringState, "warned", False)
+    yield
+    keyring.set_keyring(previous)
+
+
+@pytest.fixture
+def no_keyring() -> None:
+    keyring.set_keyring(keyring.backends.fail.Keyring())
+
+
+@pytest.fixture
+def file_keyring() -> FileKeyring:
+    backend = FileKeyring()
+    keyring.set_keyring(backend)
+    return backend
+
+
+@pytest.fixture
+def credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    directory = tmp_path / "credentials"
+    directory.mkdir()
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(directory))
+    return directory
+
+
+def config_for(tmp_path: Path, token_file: Path | None = None,
+               providers: tuple[str, ...] = ("anthropic", "openai", "google", "openrouter")) -> Config:
+    return Config(gateway=GatewayConfig(state_dir=tmp_path / "state"), auth=AuthConfig(token_file=token_file),
+                  providers=providers)
+
+
+def test_token_file_wins_and_is_redacted(tmp_path: Path, file_keyring: FileKeyring) -> None:
+    file_keyring.set_password("clawsvc", "gateway-token", "keyring-token-value-0001")
+    token_file = tmp_path / "token"
+    token_file.write_text("file-token-value-0000000001\n")
+    token_file.chmod(0o600)
+    assert secrets.load_gateway_token(config_for(tmp_path, token_file)) == ("file-token-value-0000000001",
+                                                                             f"file {token_file}")
+    assert redact("x file-token-value-0000000001 y") == f"x {MASK} y"
+
+
+def test_token_file_problems_are_one_line_errors(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(SecretError, match=rf"cannot read auth.token_file {tmp_path}/absent: No such file"):
+        secrets.load_gateway_token(config_for(tmp_path, tmp_path / "absent"))
+    with pytest.raises(SecretError, match="Is a directory"):
+        secrets.load_gateway_token(config_for(tmp_path, tmp_path))
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(SecretError, match="is empty"):
+        secrets.load_gateway_token(config_for(tmp_path, empty))
+    short = tmp_path / "short"
+    short.write_text("abc")
+    with pytest.raises(SecretError, match="too short") as caught:
+        secrets.load_gateway_token(config_for(tmp_path, short))
+    assert "abc" not in str(caught.value)
+    loose = tmp_path / "loose"
+    loose.write_text("loose-token-value-0000000001")
+    loose.chmod(0o644)
+    secrets.load_gateway_token(config_for(tmp_path, loose))
+    assert f"chmod 600 {loose}" in caplog.text and "loose-token-value" not in caplog.text
+
+
+def test_keyring_before_credentials(tmp_path: Path, file_keyring: FileKeyring, credentials: Path) -> None:
+    (credentials / "gateway-token").write_text("credential-token-000000001")
+    file_keyring.set_password("clawsvc", "gateway-token", "keyring-token-value-0001")
+    assert secrets.load_gateway_token(config_for(tmp_path)) == ("keyring-token-value-0001", "keyring")
+
+
+def test_credentials_dir_when_no_keyring_backend_with_one_warning(tmp_path: Path, no_keyring: None,
+                                                                  credentials: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    (credentials / "gateway-token").write_text("credential-token-000000001\n")
+    (credentials / "anthropic-api-key").write_text("sk-ant-credential-0001")
+    config = config_for(tmp_path)
+    assert secrets.load_gateway_token(config) == ("credential-token-000000001", "credential gateway-token")
+    assert secrets.provider_env(config) == {"ANTHROPIC_API_KEY": "sk-ant-credential-0001"}
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "keyring not used" in warnings[0] and "CREDENTIALS_DIRECTORY" in warnings[0]
+    assert "sk-ant-credential-0001" not in caplog.text
+    assert redact("sk-ant-credential-0001") == MASK
+
+
+def test_generated_once_0600_and_reused(tmp_path: Path, no_keyring: None) -> None:
+    config = config_for(tmp_path)
+    token, source = secrets.load_gateway_token(config)
+    path = tmp_path / "state" / "gateway-token"
+    assert source == f"generated {path}"
+    assert len(token) >= 40 and path.read_text().strip() == token
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert secrets.load_gateway_token(config) == (token, source)
+    assert [p.name for p in path.parent.iterdir()] == ["gateway-token"]  # no temp file left
+
+
+def test_concurrent_first_starts_agree_on_one_token(tmp_path: Path, no_keyring: None) -> None:
+    config = config_for(tmp_path)
+    tokens: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def load() -> None:
+        barrier.wait()
+        tokens.append(secrets.load_gateway_token(config)[0])
+
+    threads = [threading.Thread(target=load) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(tokens) == 8 and len(set(tokens)) == 1
+
+
+def test_unwritable_state_dir_is_a_clear_error(tmp_path: Path, no_keyring: None) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    config = Config(gateway=GatewayConfig(state_dir=blocker / "state"))
+    with pytest.raises(SecretError, match=rf"cannot store a generated gateway token in {blocker}/state"):
+        secrets.load_gateway_token(config)
+
+
+def test_provider_keys_keyring_then_credentials_under_openclaw_names(tmp_path: Path, file_keyring: FileKeyring,
+                                                                    credentials: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    file_keyring.set_password("clawsvc", "anthropic", "sk-ant-keyring-0001")
+    file_keyring.set_password("clawsvc", "google", "gem-keyring-0001")
+    (credentials / "anthropic-api-key").write_text("sk-ant-credential-0001")
+    (credentials / "openrouter-api-key").write_text("sk-or-credential-0001\n")
+    (credentials / "my-llm-api-key").write_text("custom-credential-0001")
+    env = secrets.provider_env(config_for(tmp_path, providers=("anthropic", "openai", "google", "openrouter",
+                                                                "my-llm")))
+    assert env == {"ANTHROPIC_API_KEY": "sk-ant-keyring-0001", "GEMINI_API_KEY": "gem-keyring-0001",
+                   "OPENROUTER_API_KEY": "sk-or-credential-0001", "MY_LLM_API_KEY": "custom-credential-0001"}
+    summary = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("provider API keys"))
+    assert "anthropic (keyring)" in summary and "none for openai" in summary
+    for value in env.values():
+        assert value not in caplog.text and redact(value) == MASK
+
+
+def test_hanging_keyring_times_out_and_falls_back(tmp_path: Path, credentials: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    backend = HangingKeyring()
+    keyring.set_keyring(backend)
+    monkeypatch.setattr(secrets, "KEYRING_TIMEOUT", 0.3)
+    (credentials / "gateway-token").write_text("credential-token-000000001")
+    try:
+        assert secrets.load_gateway_token(config_for(tmp_path))[1] == "credential gateway-token"
+        assert secrets.provider_env(config_for(tmp_path)) == {}  # no second wait: the keyring is marked broken
+        assert "did not answer within 0.3s" in caplog.text
+        assert secrets.keyring_status() == (False, "the keyring did not answer within 0.3s "
+                                                   "(a locked or unreachable Secret Service?)")
+    finally:
+        backend.release.set()
+
+
+def test_keyring_status_and_key_management(tmp_path: Path, file_keyring: FileKeyring) -> None:
+    assert secrets.keyring_status() == (True, f"{FileKeyring.__module__}.FileKeyring")
+    secrets.set_key("openai", "  sk-openai-0001\n")
+    assert file_keyring.get_password("clawsvc", "openai") == "sk-openai-0001"
+    assert secrets.stored_providers(config_for(tmp_path)) == ["openai"]
+    assert secrets.delete_key("openai") is True
+    assert secrets.delete_key("openai") is False
+    assert secrets.stored_providers(config_for(tmp_path)) == []
+
+
+def test_key_management_without_backend_says_what_to_do(no_keyring: None) -> None:
+    usable, description = secrets.keyring_status()
+    assert not usable and "keyring.backends.fail.Keyring" in description
+    with pytest.raises(secrets.KeyringUnavailable, match="LoadCredential=") as caught:
+        secrets.set_key("anthropic", "sk-ant-never-stored-0001")
+    assert "sk-ant-never-stored-0001" not in str(caught.value)
+
+
+def test_keyring_lookup_in_a_fresh_process_does_not_hang_without_a_session_bus(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DBUS", "PYTHON_KEYRING", "CREDENTIALS"))}
+    code = ("from clawsvc import secrets; from clawsvc.config import Config, GatewayConfig; "
+            f"c = Config(gateway=GatewayConfig(state_dir=__import__('pathlib').Path({str(tmp_path)!r})));"
+            "print(secrets.load_gateway_token(c)[1])")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"generated {tmp_path}/gateway-token"
+
+
+@pytest.mark.realgateway
+def test_provider_env_names_are_the_ones_openclaw_reads(gateway_install) -> None:
+    docs = gateway_install.entry.parent / "docs" / "providers"
+    for provider in ("anthropic", "openai", "google", "openrouter"):
+        name = secrets.provider_env_name(provider)
+        assert name in (docs / f"{provider}.md").read_text(), (provider, name)
