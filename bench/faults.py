@@ -68,7 +68,7 @@ def crash(ctx: Context) -> Section:
     respawn = median([r.spawned for r in recoveries])
     section = Section("crash", f"Crash recovery (SIGKILL of the gateway, {reps}x, every one a first crash)")
     section.add(Row("SIGKILL → running again (median)", ms(recovered), ms(cold) + " cold start",
-                    signed_ms(overhead), "≤ +100 ms", overhead <= CRASH_TARGET),
+                    signed_ms(overhead), "<= +100 ms", overhead <= CRASH_TARGET),
                 why_missed=f"the new gateway is spawned {ms(respawn)} after the kill (exit noticed after "
                            f"{ms(median([r.noticed for r in recoveries]))}); the rest is the readiness lag of a "
                            "normal start (see Start overhead).")
@@ -102,7 +102,7 @@ def hang(ctx: Context) -> Section:
     detected = median(decided) if decided else median([r.noticed for r in results])
     section = Section("hang", f"Hang detection (SIGSTOP of the gateway's main process, {reps}x)")
     section.add(Row("SIGSTOP → hang detected (median)", ms(detected), f"{low:g}..{high:g} s by the limits",
-                    signed_ms(detected - high) + " vs bound", f"≤ {high:g} s", detected <= high + 0.1),
+                    signed_ms(detected - high) + " vs bound", f"<= {high:g} s", detected <= high + 0.1),
                 why_missed="detection took longer than the configured health limits allow.")
     noticed = median([r.noticed for r in results])
     section.add(Row("  SIGSTOP → STATUS reconnecting", ms(noticed), ms(detected) + " detected",

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 
 from bench.common import Context, Row, Section, cpu_seconds, gateway_processes, mib, pss_bytes, rss_bytes
 from bench.service import ServiceRun
+from clawsvc.config import DEFAULT_PROVIDERS
 
 RSS_TARGET = 30 * 1000 * 1000  # 30 MB (decimal; 28.6 MiB), the stricter reading
 CPU_TARGET = 0.1  # percent of one core
@@ -23,11 +26,27 @@ def total(pids: list[int], measure: Callable[[int], float]) -> float:
     return value
 
 
+IMPORTS = {
+    "python": "pass",
+    "no keyring": "import clawsvc.config, clawsvc.connection, clawsvc.control, clawsvc.notify, clawsvc.policy, yaml",
+    "modules": "import clawsvc.service",
+    "backend": "import clawsvc.service, keyring; keyring.get_keyring()",
+}
+
+
+def import_rss(code: str) -> int:
+    """RSS of a fresh interpreter after running `code` (what an import costs before any work)."""
+    probe = f"{code}\nimport os\nprint(int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE'))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    return int(done.stdout.split()[-1])
+
+
 def run(ctx: Context) -> Section:
     window = ctx.reps(60, 10)
     settle = ctx.reps(10, 2)
     pause = threading.Event()
-    with ServiceRun(ctx.backend()) as run:
+    # the default providers: a stock install asks the keyring for their keys (which loads its backends)
+    with ServiceRun(ctx.backend(), {"providers": list(DEFAULT_PROVIDERS)}) as run:
         run.start()
         run.wait_ready()
         pause.wait(settle)  # let the gateway's post-start work (catalog refresh, first events) pass
@@ -40,16 +59,25 @@ def run(ctx: Context) -> Section:
     elapsed = t1 - t0
     cpu, gw_cpu = 100 * (mine1 - mine0) / elapsed, 100 * (gw1 - gw0) / elapsed
     section = Section("footprint", f"Footprint (idle, {elapsed:.0f} s window, {ctx.backend().version})")
+    base = {name: import_rss(code) for name, code in IMPORTS.items()}
+    keyring_cost = base["modules"] - base["no keyring"] + base["backend"] - base["modules"]
     section.add(Row("RSS", mib(rss), f"{mib(gw_rss)} gateway ({len(gateway)} processes)",
                     f"{rss / gw_rss:.1%} of it", "<= 30 MB", rss <= RSS_TARGET),
-                why_missed="the Python interpreter with PyYAML, websocket-client, keyring and tenacity loaded.")
+                why_missed=f"{mib(base['backend'])} of it is there before clawsvc does any work (the import rows): "
+                           f"the interpreter {mib(base['python'])}, the keyring {mib(keyring_cost)} (its import and "
+                           "backend discovery pull in importlib.metadata, email, http.client, ssl), the rest "
+                           "PyYAML, websocket-client, tenacity and clawsvc itself.")
     if pss is not None:
         section.add(Row("  PSS (shared pages split)", mib(pss)))
+    section.add(Row("  fresh python, nothing imported", mib(base["python"])))
+    section.add(Row("  + clawsvc's modules except keyring", mib(base["no keyring"])))
+    section.add(Row("  + keyring imported, backend resolved", mib(base["backend"])))
     section.add(Row("idle CPU", f"{cpu:.3f} %", f"{gw_cpu:.2f} % gateway", "", f"<= {CPU_TARGET} %",
                      cpu <= CPU_TARGET),
                 why_missed="health checks and WebSocket pings every 30 s, plus the watchdog/deadline wake-ups.")
     section.notes.append(f"CPU is utime+stime from /proc over the window after a {settle} s settle, as % of one "
                          f"core ({mine1 - mine0:.2f} s of CPU for clawsvc, {gw1 - gw0:.2f} s for the gateway); "
-                         "defaults for health.interval and connection.ping_interval (30 s). RSS target read as "
-                         "30 x 10^6 bytes.")
+                         "defaults for health.interval and connection.ping_interval (30 s) and for providers (so "
+                         "the keyring is asked, as on a stock install). RSS target read as 30 x 10^6 bytes. The "
+                         "import rows are fresh interpreters that import the same modules and report their RSS.")
     return section

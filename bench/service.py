@@ -85,6 +85,9 @@ class ServiceRun:
         assert self.popen is not None, "service not started"
         return self.popen.pid
 
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
     def start(self) -> ServiceRun:
         env = {k: v for k, v in os.environ.items() if not k.startswith(CHILD_ENV_DROP)}
         env["NOTIFY_SOCKET"] = str(self.notify.path)

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import websocket
@@ -37,17 +38,20 @@ class ReferenceStart:
 class ServiceStart:
     gateway_spawned: float  # clawsvc exec → its gateway child exists (STATUS "starting pid=…")
     ready: float            # clawsvc exec → READY=1
+    side: ReferenceStart    # the 10 ms prober against this very gateway, also from clawsvc's exec
 
 
-def probe_until_hello(url: str, token: str, popen: subprocess.Popen[bytes], t0: float) -> ReferenceStart:
-    """Try the full handshake every PROBE_EVERY seconds; record when the port opens and when hello-ok comes."""
+def probe_until_hello(url: str, token: str, alive: Callable[[], bool], t0: float,
+                      stop: threading.Event | None = None) -> ReferenceStart:
+    """Try the full handshake every PROBE_EVERY seconds; record when the port opens and when hello-ok comes
+    (both relative to t0)."""
     port_open: float | None = None
     unavailable = 0
-    pause = threading.Event()
+    pause = stop or threading.Event()
     deadline = t0 + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if popen.poll() is not None:
-            raise RuntimeError(f"reference gateway exited with status {popen.returncode} before hello-ok")
+    while time.monotonic() < deadline and not pause.is_set():
+        if not alive():
+            raise RuntimeError("the gateway (or clawsvc) exited before hello-ok")
         try:
             ws, _hello = realgw.connect(url, token, timeout=10.0)
         except ConnectionRefusedError:
@@ -64,7 +68,32 @@ def probe_until_hello(url: str, token: str, popen: subprocess.Popen[bytes], t0: 
             ws.close()
             return ReferenceStart(port_open or hello, hello, unavailable)
         pause.wait(PROBE_EVERY)
-    raise TimeoutError(f"reference gateway gave no hello-ok within {READY_TIMEOUT:g}s")
+    raise TimeoutError(f"no hello-ok from {url} within {READY_TIMEOUT:g}s")
+
+
+class SideProber:
+    """The 10 ms prober on a thread, against the gateway clawsvc itself spawns (same port, same token)."""
+
+    def __init__(self, run: ServiceRun, t0: float) -> None:
+        self.result: ReferenceStart | None = None
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._args = (f"ws://127.0.0.1:{run.port}/", run.token, run.alive, t0, self._stop)
+        self._thread = threading.Thread(target=self._probe, name="clawsvc-bench-prober", daemon=True)
+        self._thread.start()
+
+    def _probe(self) -> None:
+        try:
+            self.result = probe_until_hello(*self._args)
+        except BaseException as exc:
+            self.error = exc
+
+    def join(self, timeout: float = READY_TIMEOUT) -> ReferenceStart:
+        self._thread.join(timeout)
+        self._stop.set()
+        if self.result is None:
+            raise RuntimeError(f"side prober got no hello-ok: {self.error}")
+        return self.result
 
 
 def reference_start(ctx: Context) -> ReferenceStart:
@@ -79,7 +108,7 @@ def reference_start(ctx: Context) -> ReferenceStart:
             popen = subprocess.Popen(argv, env=env, cwd=config.gateway.state_dir, stdin=subprocess.DEVNULL,
                                      stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            return probe_until_hello(config.url, run.token, popen, t0)
+            return probe_until_hello(config.url, run.token, lambda: popen.poll() is None, t0)
         finally:
             stop_group(popen)
             kill_leftovers(run.state_dir)
@@ -99,9 +128,10 @@ def stop_group(popen: subprocess.Popen[bytes], grace: float = 20.0) -> None:
 def service_start(ctx: Context) -> ServiceStart:
     with ServiceRun(ctx.backend()) as run:
         run.start()
+        prober = SideProber(run, run.started_at)
         spawned = run.wait_for(lambda n: spawned_pid(n) is not None)
         ready = run.wait_ready()
-        return ServiceStart(spawned.at - run.started_at, ready.at - run.started_at)
+        return ServiceStart(spawned.at - run.started_at, ready.at - run.started_at, prober.join())
 
 
 def run(ctx: Context) -> Section:
@@ -122,20 +152,28 @@ def report(ctx: Context, refs: list[ReferenceStart], svcs: list[ServiceStart]) -
     ready = median([s.ready for s in svcs])
     boot = median([s.gateway_spawned for s in svcs])
     handshake = median([s.ready - s.gateway_spawned for s in svcs])
+    lag = median([s.ready - s.side.hello for s in svcs])
     overhead = ready - ref_hello
+    why = (f"clawsvc's own start (python, imports, port probe, spawn) takes {ms(boot)}; after that it reaches "
+           f"READY=1 {signed_ms(lag)} after the first hello-ok a 10 ms prober gets from the same gateway: its "
+           "readiness polling backs off to 500 ms between tries while the port is closed (policy._readiness_wait) "
+           "and sleeps the gateway's retryAfterMs=500 after each UNAVAILABLE answer.")
     section = Section("start", f"Start overhead ({ctx.backend().version}, {len(svcs)} alternating pairs)")
     section.add(Row("spawn → READY=1 (median)", ms(ready), ms(ref_hello) + " to first hello-ok",
-                    signed_ms(overhead), "≤ +50 ms", overhead <= TARGET),
-                why_missed=f"clawsvc's own start (python, imports, port probe, spawn) takes {ms(boot)}; from the "
-                           f"gateway's spawn to READY=1 it lags the 10 ms prober by {signed_ms(handshake - ref_hello)}"
-                           " (readiness polling backs off to 500 ms while the port is closed and honours "
-                           "retryAfterMs=500 during the UNAVAILABLE window).")
-    section.add(Row("  of which clawsvc exec → gateway spawned", ms(boot)))
-    section.add(Row("  gateway spawned → READY=1", ms(handshake), ms(ref_hello), signed_ms(handshake - ref_hello)))
+                    signed_ms(overhead), "<= +50 ms", overhead <= TARGET), why_missed=why)
+    section.add(Row("  same run: READY=1 after the prober's hello-ok", signed_ms(lag), "10 ms prober, same gateway",
+                    "", "<= +50 ms", lag <= TARGET), why_missed=why)
+    section.add(Row("  clawsvc exec → gateway spawned", ms(boot)))
+    section.add(Row("  gateway spawned → READY=1", ms(handshake), ms(ref_hello) + " reference",
+                    signed_ms(handshake - ref_hello)))
     unavailable = median([r.unavailable for r in refs])
     section.notes.append(
-        f"Reference: gateway spawned with clawsvc's argv and environment, full handshake tried every "
-        f"{PROBE_EVERY * 1000:.0f} ms: port open after {spread([r.port_open for r in refs])}, hello-ok after "
-        f"{spread([r.hello for r in refs])} ({unavailable:.0f} UNAVAILABLE answers in between, median). "
-        f"clawsvc READY=1 after {spread([s.ready for s in svcs])} from its own exec.")
+        f"Reference runs: the gateway spawned with clawsvc's argv and environment (process.build_argv/build_env), "
+        f"full handshake tried every {PROBE_EVERY * 1000:.0f} ms: port open after "
+        f"{spread([r.port_open for r in refs])}, hello-ok after {spread([r.hello for r in refs])} "
+        f"({unavailable:.0f} UNAVAILABLE answers in between, median). clawsvc runs: READY=1 after "
+        f"{spread([s.ready for s in svcs])} from clawsvc's exec. Runs alternate (ref, clawsvc, clawsvc, ref, ...), "
+        "fresh state dir and port each. The gateway's own start varies by seconds between runs, so the second row "
+        "is the precise one: during every clawsvc run the same 10 ms prober also runs against the gateway clawsvc "
+        "spawned, and READY=1 is compared with that prober's first hello-ok from the very same gateway.")
     return section

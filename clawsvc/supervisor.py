@@ -354,8 +354,9 @@ class Supervisor:
     def _on_restart_requested(self, message: RestartRequested) -> None:
         log.info("gateway restart requested (%s)", message.reason)
         self.restart_at = None
-        if self.process is None:
+        if self.process is None:  # adopted, or between a crash and its scheduled restart
             self.restarts += 1
+            self._drop_connection()
             self._start_gateway()
             return
         self.planned_restart = True

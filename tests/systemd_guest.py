@@ -148,6 +148,7 @@ class Guest:
     """A booted guest systemd: `pid` is its PID 1 as the host sees it."""
 
     pid: int
+    cgroup: str  # its subtree below /sys/fs/cgroup/unified
     binds: Mapping[Path, Path] = field(default_factory=dict)
 
     def run(self, *argv: str, check: bool = False, timeout: float = 120.0, user: str | None = None,
@@ -229,8 +230,8 @@ def _remove_cgroup(name: str) -> None:
     deadline = time.monotonic() + 30.0
     pause = threading.Event()
     while root.exists():
-        for directory in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts),
-                                reverse=True) + [root]:
+        deepest_first = sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
+        for directory in [*deepest_first, root]:
             with contextlib.suppress(OSError):
                 for pid in (directory / "cgroup.procs").read_text().split():
                     with contextlib.suppress(ProcessLookupError):
@@ -279,7 +280,7 @@ def booted_systemd(tmp_path: Path, units: Mapping[str, str] | None = None,
     pid1 = None
     try:
         pid1 = _find_pid1(popen, log)
-        guest = Guest(pid1, all_binds)
+        guest = Guest(pid1, name, all_binds)
         _wait_booted(guest)
         yield guest
     finally:
