@@ -156,14 +156,16 @@ class Supervisor:
 
     # ------------------------------------------------------------------ state
 
-    def _set_state(self, state: State, cause: str | None = None) -> None:
+    def _set_state(self, state: State, cause: str | None = None, notify: bool = True) -> None:
         if state is not self.state:
-            log.info("state %s -> %s%s", self.state.value, state.value, f" ({cause})" if cause else "")
+            # an error was already logged with its full story by _fail
+            why = f" ({cause})" if cause and state is not State.ERROR else ""
+            log.info("state %s -> %s%s", self.state.value, state.value, why)
         self.state = state
         self.cause = cause
-        self._publish()
+        self._publish(notify)
 
-    def _publish(self) -> None:
+    def _publish(self, notify: bool = True) -> None:
         self.snapshot = Snapshot(
             state=self.state.value, pid=self.process.pid if self.process else None, port=self.config.gateway.port,
             owned=not self.adopted, gateway_version=self.version, ready_at=self.ready_at,
@@ -173,7 +175,8 @@ class Supervisor:
             config=str(self.config.source) if self.config.source else None,
             max_attempts=self.config.reconnect.max_attempts,
         )
-        self.notifier.status(status_line(self.snapshot, self.clock()))
+        if notify:
+            self.notifier.status(status_line(self.snapshot, self.clock()))
 
     # ------------------------------------------------------------------ starting
 
@@ -228,9 +231,10 @@ class Supervisor:
         log.info("%s is ready on port %d (version %s, protocol %d)%s",
                  how, self.config.gateway.port, hello.server_version, hello.protocol, took)
         self.spawned_at = None
-        self._set_state(State.RUNNING)
-        if not self.ready_sent:
-            self.ready_sent = True
+        first = not self.ready_sent
+        self.ready_sent = True
+        self._set_state(State.RUNNING, notify=not first)
+        if first:
             self.notifier.ready(status_line(self.snapshot, now))
 
     def _on_connect_failed(self, message: ConnectFailed) -> None:
@@ -403,7 +407,8 @@ class Supervisor:
             _close_in_background(connection)
 
     def _reload(self) -> None:
-        self.notifier.reloading()
+        if self.ready_sent:  # before READY=1 systemd is still waiting for the start, not for a reload
+            self.notifier.reloading()
         try:
             new = load_config(self.config.source)
             changed = gateway_affecting(self.config, new)
@@ -411,7 +416,7 @@ class Supervisor:
                 token, provider_env = self.secrets(new)
         except (ConfigError, SecretError) as exc:
             log.error("reload failed, still running on the previous config: %s", exc)
-            self.notifier.ready(f"{status_line(self.snapshot, self.clock())} (reload failed: {exc})")
+            self._reload_done(f"{status_line(self.snapshot, self.clock())} (reload failed: {exc})")
             return
         old, self.config = self.config, new
         set_level(new.logging.level)
@@ -424,8 +429,15 @@ class Supervisor:
             self.post(RestartRequested(f"config reload changed {', '.join(changed)}"))
         else:
             log.info("reloaded %s; no gateway restart needed", new.source)
-        self._publish()
-        self.notifier.ready(status_line(self.snapshot, self.clock()))
+        self._publish(notify=False)
+        self._reload_done(status_line(self.snapshot, self.clock()))
+
+    def _reload_done(self, status: str) -> None:
+        """Close the RELOADING=1 cycle; before the first hello-ok there is no readiness to re-announce."""
+        if self.ready_sent:
+            self.notifier.ready(status)
+        else:
+            self.notifier.status(status)
 
     # ------------------------------------------------------------------ control socket (called from its threads)
 

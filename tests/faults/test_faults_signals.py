@@ -27,7 +27,7 @@ from service_proc import ServiceProcess, merge, poll
 LONG_BACKOFF = {"reconnect": {"base_delay": 30.0, "max_delay": 30.0, "max_attempts": 0}}
 
 
-def kill_until_backing_off(svc: ServiceProcess, pid: int, at_least: float = 2.0) -> float:
+def kill_until_backing_off(svc: ServiceProcess, pid: int, at_least: float = 5.0) -> float:
     """SIGKILL the gateway until clawsvc schedules a restart at least `at_least` seconds away.
 
     The first crash restarts at once and later delays are jittered in [0, base_delay]; a short draw just
