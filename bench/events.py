@@ -134,6 +134,13 @@ def run(ctx: Context) -> Section:
     return report(results, count)
 
 
+def capped(bare_rate: float) -> str:
+    if bare_rate >= TARGET_RATE:
+        return ""
+    return (f"The double itself delivers only {bare_rate:,.0f} events/s to a bare loop on this machine, so the "
+            "target cannot be shown here; read the ratio. ")
+
+
 def report(results: dict[str, list[Flood]], count: int) -> Section:
     bare_rate = median([f.rate for f in results["bare"]])
     mine = results["direct"] + results["queued"]
@@ -143,14 +150,15 @@ def report(results: dict[str, list[Flood]], count: int) -> Section:
     rate = median([f.rate for f in results["direct"]])
     section.add(Row("events dispatched to on_event", f"{rate:,.0f} /s", f"{bare_rate:,.0f} /s bare",
                     f"{rate / bare_rate:.2f}x", f">= {TARGET_RATE:,} /s", rate >= TARGET_RATE),
-                why_missed="the bare loop on the same double shows how fast the double can send; clawsvc's "
-                           "reader also select()s before each frame, parses it into a GatewayEvent and checks "
-                           "its seq.")
+                why_missed=capped(bare_rate) + "clawsvc's reader also select()s before each frame, parses it "
+                           "into a GatewayEvent and checks its seq; websocket-client validates UTF-8 in pure Python "
+                           "on both sides.")
     queued = median([f.rate for f in results["queued"]])
     section.add(Row("  handed on through a queue (supervisor's path)", f"{queued:,.0f} /s",
                     f"{bare_rate:,.0f} /s bare", f"{queued / bare_rate:.2f}x", f">= {TARGET_RATE:,} /s",
                     queued >= TARGET_RATE),
-                why_missed="the reader thread and the consuming thread take turns on the GIL for every event.")
+                why_missed=capped(bare_rate) + "the reader thread and the consuming thread take turns on the GIL "
+                           "for every event.")
     section.add(Row("events lost", f"{lost}", f"{sum(f.sent - f.received for f in results['bare'])} bare", "",
                     "0", lost == 0), why_missed=f"{gaps} gap(s) in seq were seen.")
     section.add(Row("seq gaps seen", f"{gaps}", f"{sum(f.gaps for f in results['bare'])} bare"))

@@ -21,8 +21,8 @@ from typing import Any
 import yaml
 
 from bench.common import Backend, gateway_processes, realgw
-from bench.notify import Notice, NotifyPeer
 from clawsvc import control
+from tests.notify_peer import Datagram, NotifyPeer
 
 READY_TIMEOUT = 180.0  # the real gateway needs ~7 s idle, much more on a loaded 2-core machine
 STOP_TIMEOUT = 30.0
@@ -32,13 +32,17 @@ LOG_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 SPAWNED_PID = re.compile(r"^starting pid=(\d+) .*waiting for hello-ok")
 
 
-def running_pid(notice: Notice) -> int | None:
-    match = RUNNING_PID.match(notice.status or "")
+def status(datagram: Datagram) -> str:
+    return datagram.fields().get("STATUS", "")
+
+
+def running_pid(datagram: Datagram) -> int | None:
+    match = RUNNING_PID.match(status(datagram))
     return int(match.group(1)) if match else None
 
 
-def spawned_pid(notice: Notice) -> int | None:
-    match = SPAWNED_PID.match(notice.status or "")
+def spawned_pid(datagram: Datagram) -> int | None:
+    match = SPAWNED_PID.match(status(datagram))
     return int(match.group(1)) if match else None
 
 
@@ -90,7 +94,7 @@ class ServiceRun:
 
     def start(self) -> ServiceRun:
         env = {k: v for k, v in os.environ.items() if not k.startswith(CHILD_ENV_DROP)}
-        env["NOTIFY_SOCKET"] = str(self.notify.path)
+        env["NOTIFY_SOCKET"] = self.notify.address
         with open(self.log_path, "ab") as log:
             self.started_at = time.monotonic()
             self.popen = subprocess.Popen([sys.executable, "-m", "clawsvc", "run", "-c", str(self.config_path)],
@@ -98,16 +102,17 @@ class ServiceRun:
                                           stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
-    def wait_for(self, match: Callable[[Notice], bool], timeout: float = READY_TIMEOUT, start: int = 0) -> Notice:
+    def wait_for(self, match: Callable[[Datagram], bool], timeout: float = READY_TIMEOUT,
+                 start: int = 0) -> Datagram:
         try:
-            return self.notify.wait_for(match, timeout, start)
-        except TimeoutError as exc:
+            return self.notify.wait_for(match, timeout, since=start)
+        except AssertionError as exc:
             raise TimeoutError(f"{exc}; clawsvc log:\n{self.log_tail()}") from None
 
-    def wait_ready(self, timeout: float = READY_TIMEOUT) -> Notice:
-        return self.wait_for(lambda n: n.ready, timeout)
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> Datagram:
+        return self.wait_for(lambda d: d.fields().get("READY") == "1", timeout)
 
-    def wait_running(self, start: int, not_pid: int | None = None, timeout: float = READY_TIMEOUT) -> Notice:
+    def wait_running(self, start: int, not_pid: int | None = None, timeout: float = READY_TIMEOUT) -> Datagram:
         """The first `running pid=N` STATUS after index `start` with a pid other than `not_pid`."""
         return self.wait_for(lambda n: running_pid(n) not in (None, not_pid), timeout, start)
 

@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +40,7 @@ class ServiceStart:
     gateway_spawned: float  # clawsvc exec → its gateway child exists (STATUS "starting pid=…")
     ready: float            # clawsvc exec → READY=1
     side: ReferenceStart    # the 10 ms prober against this very gateway, also from clawsvc's exec
+    imports: float          # a fresh interpreter importing clawsvc.service, timed just before this run
 
 
 def probe_until_hello(url: str, token: str, alive: Callable[[], bool], t0: float,
@@ -126,12 +128,13 @@ def stop_group(popen: subprocess.Popen[bytes], grace: float = 20.0) -> None:
 
 
 def service_start(ctx: Context) -> ServiceStart:
+    imports = import_time()
     with ServiceRun(ctx.backend()) as run:
         run.start()
         prober = SideProber(run, run.started_at)
         spawned = run.wait_for(lambda n: spawned_pid(n) is not None)
         ready = run.wait_ready()
-        return ServiceStart(spawned.at - run.started_at, ready.at - run.started_at, prober.join())
+        return ServiceStart(spawned.at - run.started_at, ready.at - run.started_at, prober.join(), imports)
 
 
 def run(ctx: Context) -> Section:
@@ -145,6 +148,13 @@ def run(ctx: Context) -> Section:
             (refs if isinstance(result, ReferenceStart) else svcs).append(result)
     ctx.cold_starts.extend(r.hello for r in refs)
     return report(ctx, refs, svcs)
+
+
+def import_time() -> float:
+    """Wall time of a fresh interpreter that imports what `clawsvc run` imports, then exits."""
+    t0 = time.monotonic()
+    subprocess.run([sys.executable, "-c", "import clawsvc.service"], check=True, timeout=60)
+    return time.monotonic() - t0
 
 
 def report(ctx: Context, refs: list[ReferenceStart], svcs: list[ServiceStart]) -> Section:
@@ -164,6 +174,7 @@ def report(ctx: Context, refs: list[ReferenceStart], svcs: list[ServiceStart]) -
     section.add(Row("  same run: READY=1 after the prober's hello-ok", signed_ms(lag), "10 ms prober, same gateway",
                     "", "<= +50 ms", lag <= TARGET), why_missed=why)
     section.add(Row("  clawsvc exec → gateway spawned", ms(boot)))
+    section.add(Row("    of which python start + imports", ms(median([s.imports for s in svcs])), "fresh interpreter"))
     section.add(Row("  gateway spawned → READY=1", ms(handshake), ms(ref_hello) + " reference",
                     signed_ms(handshake - ref_hello)))
     unavailable = median([r.unavailable for r in refs])
@@ -175,5 +186,7 @@ def report(ctx: Context, refs: list[ReferenceStart], svcs: list[ServiceStart]) -
         f"{spread([s.ready for s in svcs])} from clawsvc's exec. Runs alternate (ref, clawsvc, clawsvc, ref, ...), "
         "fresh state dir and port each. The gateway's own start varies by seconds between runs, so the second row "
         "is the precise one: during every clawsvc run the same 10 ms prober also runs against the gateway clawsvc "
-        "spawned, and READY=1 is compared with that prober's first hello-ok from the very same gateway.")
+        "spawned, and READY=1 is compared with that prober's first hello-ok from the very same gateway."
+        + (" PYTHONDONTWRITEBYTECODE is set here, so clawsvc's modules are compiled at every start."
+           if os.environ.get("PYTHONDONTWRITEBYTECODE") else ""))
     return section

@@ -158,7 +158,8 @@ class GatewayConnection:
         if self._reader is not None and self._reader is not threading.current_thread():
             self._reader.join(CLOSE_GRACE)
         deadline = time.monotonic() + self.handshake_timeout
-        ws = websocket.WebSocket(enable_multithread=True)
+        # frames are decoded (and so UTF-8-checked) once in _parse; websocket-client's own check is pure Python
+        ws = websocket.WebSocket(enable_multithread=True, skip_utf8_validation=True)
         try:
             ws.connect(self.url, timeout=self.handshake_timeout, suppress_origin=True)
         except (OSError, websocket.WebSocketException) as exc:
@@ -348,14 +349,21 @@ class GatewayConnection:
 
     def _parse(self, opcode: int, data: bytes) -> Response | GatewayEvent | None:
         try:
-            return parse_frame(data.decode("utf-8") if opcode == ABNF.OPCODE_TEXT else data)
-        except MalformedFrame as exc:
-            self.stats.malformed += 1
-            count = self.stats.malformed
-            if count & (count - 1) == 0:  # 1st, 2nd, 4th, 8th...: a flood cannot flood the journal
-                log.warning("ignored a malformed frame from gateway at %s: %s (%d so far; the next report "
-                            "comes at %d)", self.url, exc, count, count * 2)
-            return None
+            text = data.decode("utf-8") if opcode == ABNF.OPCODE_TEXT else data
+            return parse_frame(text)
+        except UnicodeDecodeError:
+            exc = MalformedFrame("text frame is not valid UTF-8")
+        except MalformedFrame as caught:
+            exc = caught
+        self._count_malformed(exc)
+        return None
+
+    def _count_malformed(self, exc: MalformedFrame) -> None:
+        self.stats.malformed += 1
+        count = self.stats.malformed
+        if count & (count - 1) == 0:  # 1st, 2nd, 4th, 8th...: a flood cannot flood the journal
+            log.warning("ignored a malformed frame from gateway at %s: %s (%d so far; the next report "
+                        "comes at %d)", self.url, exc, count, count * 2)
 
     def _dispatch(self, frame: Response | GatewayEvent | None) -> None:
         if isinstance(frame, Response):

@@ -83,7 +83,7 @@ def clawsvc_command(argv0: str | None = None) -> tuple[str, ...]:
 def default_config(kind: str, home: Path) -> Path:
     if kind == "system":
         return Path("/etc/clawsvc/clawsvc.yaml")
-    if kind == "user" and os.environ.get("XDG_CONFIG_HOME"):
+    if os.environ.get("XDG_CONFIG_HOME"):
         return Path(os.environ["XDG_CONFIG_HOME"]) / "clawsvc" / "clawsvc.yaml"
     return home / ".config" / "clawsvc" / "clawsvc.yaml"
 

@@ -153,11 +153,16 @@ def _node_and_entry(argv: list[str], path_env: str | None) -> tuple[str, Path] |
     return None
 
 
+SCRIPT_SUFFIXES = (".mjs", ".cjs", ".js", ".py")
+
+
 def check_command(argv: list[str], env: Mapping[str, str]) -> list[str]:
     """argv with an absolute executable (and entry script); SpawnError when it cannot run this gateway."""
     argv = [_executable(argv[0], env.get("PATH")), *argv[1:]]
     if _is_node(argv[0]) and len(argv) > 1 and not argv[1].startswith("-"):
         argv[1] = os.path.abspath(argv[1])
+    if len(argv) > 1 and argv[1].endswith(SCRIPT_SUFFIXES) and not os.path.isfile(argv[1]):
+        raise SpawnError(f"gateway entry script {argv[1]} does not exist; {FIX}")
     found = _node_and_entry(argv, env.get("PATH"))
     if found is None:
         return argv
@@ -215,6 +220,10 @@ class GatewayProcess:
             env = build_env(self.config, self._token, self._provider_env)
             argv = check_command(build_argv(self.config), env)
             prepare_state_dir(self.config)
+            if leftovers := proctree.kill_leftovers(state_dir(self.config)):
+                log.warning("killed %d process(es) left over from an earlier gateway of %s (pids %s); their "
+                            "clawsvc must have been killed without a chance to stop them",
+                            len(leftovers), state_dir(self.config), ", ".join(map(str, leftovers)))
             with self._lock:
                 if self._stop_requested:
                     raise SpawnError("gateway start cancelled: stop was requested first")

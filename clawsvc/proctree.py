@@ -27,6 +27,30 @@ def _start_time(pid: int) -> int | None:
         return None
 
 
+def processes_with_env(name: str, value: str) -> list[int]:
+    """Live processes (not zombies) whose environment holds name=value, e.g. one gateway's OPENCLAW_STATE_DIR."""
+    wanted = f"{name}={value}".encode()
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pid = int(environ.parent.name)
+            if pid == os.getpid() or wanted not in environ.read_bytes().split(b"\0"):
+                continue
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                found.append(pid)
+    return found
+
+
+def kill_leftovers(state_dir: Path) -> list[int]:
+    """SIGKILL what an earlier gateway of this state dir left running (its clawsvc was SIGKILLed and the
+    parent-death signal reached only the gateway's main process); returns their pids."""
+    pids = processes_with_env("OPENCLAW_STATE_DIR", str(state_dir))
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
+
+
 def descendants(pid: int) -> list[int]:
     found: list[int] = []
     pending = [pid]

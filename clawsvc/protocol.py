@@ -188,6 +188,8 @@ def parse_frame(data: str | bytes) -> Frame:
         frame = json.loads(data)
     except ValueError:
         raise MalformedFrame(f"not JSON: {data[:60]!r}") from None
+    except RecursionError:
+        raise MalformedFrame("JSON nested too deeply") from None
     if not isinstance(frame, dict):
         raise MalformedFrame(f"not a JSON object: {type(frame).__name__}")
     if frame.get("jsonrpc") == "2.0":

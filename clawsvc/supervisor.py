@@ -79,6 +79,7 @@ class Supervisor:
         self.exiting = False
         self.ready_sent = False
         self.planned_restart = False
+        self.replacing: str | None = None
         self.restarts = 0
         self.health_failures = 0
         self.health_busy = False
@@ -313,7 +314,7 @@ class Supervisor:
     def _replace(self, cause: str) -> None:
         """Stop a misbehaving owned gateway; its exit is then handled like a crash."""
         log.error("replacing gateway pid %s: %s", self.process.pid if self.process else "?", cause)
-        self.error = cause
+        self.error = self.replacing = cause
         self._drop_connection()
         self._set_state(State.RECONNECTING, cause)
         self._stop_process()
@@ -342,7 +343,9 @@ class Supervisor:
                        "see its last log lines above)", exitcodes.CONFIG)
             return
         self.policy.ran_for(ran)
-        self._schedule_restart(f"gateway pid {message.pid} {self.last_exit}")
+        why, self.replacing = self.replacing, None
+        what = f"gateway pid {message.pid} replaced ({why})" if why else f"gateway pid {message.pid} {self.last_exit}"
+        self._schedule_restart(what)
 
     def _schedule_restart(self, cause: str) -> None:
         delay = self.policy.failure()

@@ -24,6 +24,7 @@ from typing import Any
 
 import websocket
 
+from clawsvc.proctree import processes_with_env
 from clawsvc.provision import DEFAULT_VERSION, Installation, ensure_installed
 
 QUIET_ENV = {
@@ -248,17 +249,6 @@ def _live_processes() -> Iterator[tuple[int, list[str]]]:
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes in a process group."""
     return [pid for pid, fields in _live_processes() if int(fields[2]) == pgid]
-
-
-def processes_with_env(name: str, value: str) -> list[int]:
-    """Live processes whose environment has name=value (e.g. OPENCLAW_STATE_DIR of one test gateway)."""
-    wanted = f"{name}={value}".encode()
-    found = []
-    for pid, _fields in _live_processes():
-        with contextlib.suppress(OSError):
-            if wanted in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
-                found.append(pid)
-    return found
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

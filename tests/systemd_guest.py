@@ -26,11 +26,14 @@ import sys
 import sysconfig
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
+
+T = TypeVar("T")
 
 CGROUP2 = Path("/sys/fs/cgroup/unified")
 REPO = Path(__file__).resolve().parent.parent
@@ -154,7 +157,7 @@ class Guest:
     def run(self, *argv: str, check: bool = False, timeout: float = 120.0, user: str | None = None,
             input: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run a command inside the guest (all namespaces, its root and cwd), optionally as `user`."""
-        prefix = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups"] if user else []
+        prefix = ["runuser", "-u", user, "--"] if user else []
         env = {"PATH": GUEST_PATH, "LANG": "C.UTF-8", "SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": "", "TERM": "dumb"}
         result = subprocess.run(["nsenter", "-t", str(self.pid), "-a", "-r", "-w", *prefix, *argv], env=env,
                                 input=input, capture_output=True, text=True, timeout=timeout, check=False)
@@ -186,12 +189,12 @@ class Guest:
         target.write_text(content)
         target.chmod(mode)
 
-    def wait_for(self, what: str, predicate: object, timeout: float = 60.0, interval: float = 0.2) -> object:
+    def wait_for(self, what: str, predicate: Callable[[], T], timeout: float = 60.0, interval: float = 0.2) -> T:
         """Poll predicate() until it returns something truthy; AssertionError naming `what` on timeout."""
         deadline = time.monotonic() + timeout
         pause = threading.Event()
         while True:
-            value = predicate()  # type: ignore[operator]
+            value = predicate()
             if value:
                 return value
             if time.monotonic() > deadline:
@@ -217,7 +220,7 @@ def _wait_booted(guest: Guest) -> str:
     def settled() -> str | None:
         state = guest.systemctl("is-system-running", timeout=30).stdout.strip()
         return state if state in ("running", "degraded") else None
-    state = str(guest.wait_for("the guest to finish booting", settled, timeout=BOOT_TIMEOUT))
+    state = guest.wait_for("the guest to finish booting", settled, timeout=BOOT_TIMEOUT)
     if state == "degraded":
         failed = guest.systemctl("--failed", "--plain", "--no-legend").stdout.strip()
         print(f"guest systemd is degraded; failed units:\n{failed}", file=sys.stderr)

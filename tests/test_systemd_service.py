@@ -174,6 +174,7 @@ def ensure_running(guest: Guest) -> dict[str, str]:
 
 
 def clawsvc_as(guest: Guest, user: str, *args: str) -> tuple[int, str, str]:
+    """`clawsvc ARGS -c CONFIG` as an admin runs it: `runuser -u USER`, no login session (no XDG_RUNTIME_DIR)."""
     result = guest.run("clawsvc", *args, "-c", CONFIG, user=user, timeout=60)
     return result.returncode, result.stdout, result.stderr
 
@@ -199,6 +200,9 @@ def test_start_returns_after_ready_and_the_gateway_answers(clawsvc_guest):
     assert (props["ActiveState"], props["SubState"]) == ("active", "running")
     assert props["StatusText"].startswith("running"), props["StatusText"]
     assert 'Status: "running' in clawsvc_guest.systemctl("status", "clawsvc.service").stdout
+    # The defaults of the installed config land in the unit's StateDirectory= and RuntimeDirectory=.
+    assert clawsvc_guest.path("/var/lib/clawsvc/openclaw").is_dir()
+    assert clawsvc_guest.path("/run/clawsvc/control.sock").is_socket()
     # READY=1 was sent after hello-ok, so the gateway answers right now, without any waiting.
     code, out, err = clawsvc_as(clawsvc_guest, "clawsvc", "rpc", "health")
     assert code == 0, err
@@ -256,10 +260,12 @@ def test_reload_applies_and_broken_yaml_keeps_the_service_up(clawsvc_guest):
         after = clawsvc_guest.show("clawsvc.service", "ActiveState", "SubState", "MainPID", "NRestarts")
         assert after == {"ActiveState": "active", "SubState": "running", "MainPID": props["MainPID"],
                          "NRestarts": props["NRestarts"]}
-        assert clawsvc_as(clawsvc_guest, "clawsvc", "rpc", "health")[0] == 0
     finally:
         config.write_text(good)
         clawsvc_guest.systemctl("reload", "clawsvc.service", timeout=120)
+    code, _, err = clawsvc_as(clawsvc_guest, "clawsvc", "rpc", "health")  # the CLI needs the good file, too
+    assert code == 0, err
+    assert clawsvc_guest.show("clawsvc.service", "MainPID")["MainPID"] == props["MainPID"]
 
 
 @pytest.mark.realgateway

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
-import pytest
 from faultkit import (
     Callers,
     Services,
@@ -18,12 +18,12 @@ from faultkit import (
     spawned,
     stops_clean,
 )
-from service_proc import poll
+from service_proc import ServiceProcess, poll
 
 from clawsvc import exitcodes
 
 
-def assert_same_link(svc, status: dict, mark: int) -> None:
+def assert_same_link(svc: ServiceProcess, status: dict[str, Any], mark: int) -> None:
     """No reconnect since `mark`: same gateway pid, same connection, still running."""
     now = svc.status()
     assert now["state"] == "running" and now["pid"] == status["pid"], now
@@ -52,9 +52,6 @@ def test_garbage_frames_are_skipped_and_a_call_in_flight_still_gets_its_answer(s
     stops_clean(svc)
 
 
-@pytest.mark.xfail(strict=True, reason="connection.py GatewayConnection._parse: json.loads raises RecursionError "
-                                       "(not ValueError) on deeply nested JSON; it escapes _read_loop, the reader "
-                                       "thread dies and pending calls wait for their timeout")
 def test_deeply_nested_json_is_just_another_malformed_frame(services: Services, callers: Callers) -> None:
     svc = services.start(events=True, extra={"health": {"interval": 5.0}})
     status = ready(svc)
@@ -109,11 +106,6 @@ def test_a_reply_far_over_max_payload_is_delivered_whole(services: Services) -> 
     huge_reply(services, 300_000)  # 70 x the granted maxPayload, which limits what we send, not what we get
 
 
-@pytest.mark.xfail(strict=True, reason="connection.py GatewayConnection.connect: websocket.WebSocket is built "
-                                       "without skip_utf8_validation=True, so websocket-client validates every "
-                                       "text frame in pure Python (~0.6-0.9 s per MB) on the reader thread; an "
-                                       "8 MB reply blocks all answers and ticks for seconds, the call times out "
-                                       "and health checks fail")
 def test_a_multi_megabyte_reply_does_not_stall_the_link(services: Services) -> None:
     huge_reply(services, 8_000_000)  # a third of the real gateway's 25 MB maxPayload
 

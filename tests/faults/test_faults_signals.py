@@ -8,7 +8,6 @@ import re
 import signal
 from pathlib import Path
 
-import pytest
 from faultkit import (
     Callers,
     Services,
@@ -124,10 +123,6 @@ def test_sigkill_of_clawsvc_leaves_no_gateway_behind(services: Services, tmp_pat
     stops_clean(again)
 
 
-@pytest.mark.xfail(strict=True, reason="process.py: only the gateway's main process gets the parent-death signal; "
-                                       "when clawsvc is SIGKILLed outside systemd, a child the gateway left in its "
-                                       "process group survives, and the next start does not clean it up (e.g. "
-                                       "record the group id under state_dir and killpg it before spawning)")
 def test_after_sigkill_of_clawsvc_the_next_start_leaves_no_gateway_child_behind(services: Services,
                                                                                  tmp_path: Path) -> None:
     svc = services.start(double_env={"DOUBLE_SPAWN_CHILD": "1"})

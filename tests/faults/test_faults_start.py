@@ -7,9 +7,9 @@ import stat
 import sys
 from pathlib import Path
 
-import pytest
 from double import pid_alive
 from faultkit import Services, error_lines, health_ok, last_status, ready, spawned, stops_clean
+from service_proc import ServiceProcess
 
 from clawsvc import exitcodes
 
@@ -29,16 +29,13 @@ def test_a_start_slower_than_start_timeout_is_replaced_never_ready_then_given_up
     assert svc.leftovers() == []
 
 
-@pytest.mark.xfail(strict=True, reason="supervisor.py Supervisor._on_exit: after _replace() stopped the gateway, "
-                                       "the exit is reported as its own cause ('exited with status 0; gave up "
-                                       "...'), so STATUS and the final ERROR hide the real reason (no hello-ok)")
 def test_giving_up_on_a_slow_start_says_why_in_status(services: Services) -> None:
     svc = services.start(double_env={"DOUBLE_STARTUP_DELAY": "30"}, extra=SLOW_START)
     assert svc.wait(60) == exitcodes.FAIL
     assert "no hello-ok within 1s" in last_status(svc)
 
 
-def assert_refused_to_start(svc, path: str) -> None:
+def assert_refused_to_start(svc: ServiceProcess, path: str) -> None:
     """Exit 78 with one ERROR line naming `path` and the fix; nothing was spawned."""
     assert svc.wait(30) == exitcodes.CONFIG
     lines = error_lines(svc, path)
@@ -65,9 +62,6 @@ def test_missing_entry_script_for_node_is_a_config_error_naming_the_path(service
     assert_refused_to_start(svc, str(entry))
 
 
-@pytest.mark.xfail(strict=True, reason="process.py check_command: only `node SCRIPT` commands get their entry "
-                                       "script checked; `python missing.py` is spawned, exits 2 and is retried "
-                                       "as a crash loop (exit 1) instead of exit 78 naming the script")
 def test_missing_entry_script_for_another_interpreter_is_a_config_error(services: Services, tmp_path: Path) -> None:
     entry = tmp_path / "missing.py"
     svc = services.start(extra={"gateway": {"command": [sys.executable, str(entry)]},
