@@ -66,9 +66,12 @@ def default_state_dir() -> Path:
     return _xdg("XDG_STATE_HOME", ".local/state") / "clawsvc" / "openclaw"
 
 
+SYSTEM_CONTROL_SOCKET = Path("/run/clawsvc/control.sock")
+
+
 def default_control_socket() -> Path:
     if _is_root():
-        return Path("/run/clawsvc/control.sock")
+        return SYSTEM_CONTROL_SOCKET
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     base = Path(runtime) if runtime else Path(f"/tmp/clawsvc-{os.getuid()}")
     return base / "clawsvc" / "control.sock"

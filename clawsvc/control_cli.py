@@ -6,10 +6,11 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from clawsvc import exitcodes
-from clawsvc.config import Config, ConfigError, load_config
+from clawsvc.config import SYSTEM_CONTROL_SOCKET, Config, ConfigError, default_control_socket, load_config
 from clawsvc.control import ControlError, ServiceNotRunning, request
 from clawsvc.status import human_duration
 
@@ -29,11 +30,20 @@ def _load(args: argparse.Namespace) -> Config | None:
         return None
 
 
+def client_socket(config: Config) -> Path:
+    """The configured socket; for a user with no session of its own (`sudo -u clawsvc clawsvc status`) whose
+    default points nowhere, the system service's socket."""
+    path = config.control.socket
+    if not path.exists() and path == default_control_socket() and SYSTEM_CONTROL_SOCKET.exists():
+        return SYSTEM_CONTROL_SOCKET
+    return path
+
+
 def _ask(config: Config, message: dict[str, Any], timeout: float,
          refused_exit: int = exitcodes.FAIL) -> tuple[int, Any]:
     """(exit code, result); on failure the reason is already on stderr."""
     try:
-        return exitcodes.OK, request(config.control.socket, message, timeout)
+        return exitcodes.OK, request(client_socket(config), message, timeout)
     except ServiceNotRunning as exc:
         _fail(f"{exc}; is the service started? (systemctl status clawsvc)")
         return exitcodes.NOT_RUNNING, None
@@ -111,7 +121,7 @@ def status_main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status, indent=2, ensure_ascii=False))
     else:
-        print(render_status(status, config.control.socket))
+        print(render_status(status, client_socket(config)))
     return exitcodes.OK if status.get("state") == "running" else exitcodes.NOT_RUNNING
 
 

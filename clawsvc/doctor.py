@@ -24,6 +24,7 @@ from typing import Any
 from clawsvc import exitcodes, install
 from clawsvc.config import Config, ConfigError, default_config_path, load_config
 from clawsvc.control import ControlError, ServiceNotRunning, request
+from clawsvc.control_cli import client_socket
 from clawsvc.logs import redact
 from clawsvc.ports import port_holder
 from clawsvc.process import SpawnError, check_command
@@ -186,7 +187,7 @@ def check_command_line(doc: Doctor, config: Config) -> list[Finding]:
 
 def ask_service(doc: Doctor, config: Config) -> None:
     try:
-        reply = request(config.control.socket, {"cmd": "status"}, STATUS_TIMEOUT)
+        reply = request(client_socket(config), {"cmd": "status"}, STATUS_TIMEOUT)
     except ServiceNotRunning:
         return
     except ControlError as exc:
