@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,7 +35,7 @@ def client_socket(config: Config) -> Path:
     """The configured socket; for a user with no session of its own (`sudo -u clawsvc clawsvc status`) whose
     default points nowhere, the system service's socket."""
     path = config.control.socket
-    if not path.exists() and path == default_control_socket() and SYSTEM_CONTROL_SOCKET.exists():
+    if path == default_control_socket() and not os.path.exists(path) and SYSTEM_CONTROL_SOCKET.parent.is_dir():
         return SYSTEM_CONTROL_SOCKET
     return path
 
