@@ -117,16 +117,6 @@ def thread_count(pid: int) -> int:
     return int(_stat_fields(pid)[17])
 
 
-def thread_names(pid: int) -> list[str]:
-    names = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            names.append(task.joinpath("comm").read_text().strip())
-        except OSError:
-            continue
-    return sorted(names)
-
-
 def mib(n: float) -> str:
     return f"{n / 1048576:.1f} MiB"
 

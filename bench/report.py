@@ -61,7 +61,10 @@ def machine() -> dict[str, str]:
 
 
 def markdown_cell(text: str) -> str:
-    return text.replace("|", "\\|").strip() or " "
+    """Escape pipes; the table's leading-space indentation of sub-rows becomes non-breaking spaces."""
+    body = text.lstrip(" ")
+    indent = "&nbsp;" * (len(text) - len(body))
+    return indent + body.replace("|", "\\|").strip() or " "
 
 
 def markdown(sections: list[Section], command: str, seconds: float) -> str:

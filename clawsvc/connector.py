@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import http.client
 import logging
 import threading
 import time
@@ -22,6 +23,18 @@ Post = Callable[[Message], None]
 
 def _always() -> bool:
     return True
+
+
+def readyz(port: int) -> bool:
+    """The gateway's own HTTP readiness probe on its WebSocket port (200 once it can serve)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=0.5)
+    try:
+        connection.request("GET", "/readyz")
+        return connection.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        connection.close()
 
 
 def _forward_event(post: Post, gen: int, event: GatewayEvent) -> None:
@@ -84,7 +97,8 @@ class Connector:
     def _wait_ready(self, cancel: threading.Event, config: Config, token: str, gen: int, timeout: float,
                     alive: Callable[[], bool], adopted: bool, stranger: str | None = None) -> None:
         retry_on = (RetryableError,) if stranger is not None else (RetryableError, TransportError)
-        retrying = readiness_retrying(cancel, timeout, alive, retry_on)
+        ready = functools.partial(readyz, config.gateway.port)
+        retrying = readiness_retrying(cancel, timeout, alive, retry_on, ready)
         connection: GatewayConnection | None = None
         started = time.monotonic()
         try:

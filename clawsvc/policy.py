@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import tenacity
@@ -49,20 +50,45 @@ class RestartPolicy:
         return False
 
 
+PROBE_EVERY = 0.025  # a refused loopback connect or a /readyz GET costs well under a millisecond
+
+
 def _readiness_wait(retry_state: tenacity.RetryCallState) -> float:
-    """Honour the gateway's retryAfterMs; otherwise probe fast at first (20 ms) and slow to 500 ms."""
+    """The gateway's retryAfterMs when it gave one (a gated sleep may end it early, see ReadyGate);
+    otherwise probe fast at first (25 ms) and slow to 100 ms while nothing listens yet."""
     outcome = retry_state.outcome
     error = outcome.exception() if outcome is not None else None
     if isinstance(error, RetryableError) and error.retry_after is not None:
         return error.retry_after
-    return min(0.5, 0.02 * (1.5 ** (retry_state.attempt_number - 1)))
+    return min(0.1, PROBE_EVERY * (1.25 ** (retry_state.attempt_number - 1)))
+
+
+class ReadyGate:
+    """tenacity's sleep between handshakes: ends early on a stop, or as soon as the gateway's own readiness
+    probe says yes. retryAfterMs=500 paces clients that cannot know better; a supervisor that can ask
+    /readyz (200 about 70 ms before a handshake succeeds, measured) should not add half a second to every
+    start and crash recovery."""
+
+    def __init__(self, cancel: threading.Event, ready: Callable[[], bool] | None = None) -> None:
+        self.cancel = cancel
+        self.ready = ready
+
+    def __call__(self, seconds: float) -> None:
+        if self.ready is None or seconds <= PROBE_EVERY:
+            self.cancel.wait(seconds)
+            return
+        end = time.monotonic() + seconds
+        while not self.cancel.wait(min(PROBE_EVERY, max(0.0, end - time.monotonic()))):
+            if time.monotonic() >= end or self.ready():
+                return
 
 
 RETRY_ON = (RetryableError, TransportError)
 
 
 def readiness_retrying(cancel: threading.Event, deadline: float, still_worth_it: Callable[[], bool],
-                       retry_on: tuple[type[GatewayError], ...] = RETRY_ON) -> tenacity.Retrying:
+                       retry_on: tuple[type[GatewayError], ...] = RETRY_ON,
+                       ready: Callable[[], bool] | None = None) -> tenacity.Retrying:
     """Retry a handshake until hello-ok, the deadline, a cancel (stop) or the process dying.
     Auth and protocol errors are never retried: the same token or version cannot start working."""
 
@@ -77,7 +103,7 @@ def readiness_retrying(cancel: threading.Event, deadline: float, still_worth_it:
         retry=retry_if,
         wait=_readiness_wait,
         stop=tenacity.stop_after_delay(deadline) | tenacity.stop_when_event_set(cancel),
-        sleep=tenacity.sleep_using_event(cancel),
+        sleep=ReadyGate(cancel, ready),
         reraise=True,
     )
 

@@ -1,30 +1,30 @@
 """Gateway token and provider API keys from the keyring, systemd credentials and files.
 
 Every secret this module returns has been passed to `register_secret()`, so no later log line shows it.
-Keyring calls run on a helper thread with a deadline: a Secret Service that never answers (a locked
-collection waiting for a GUI prompt on a headless box) must not hang the service.
+Every keyring call runs in a short-lived child (clawsvc.keyring_child), killed at KEYRING_TIMEOUT: the
+service never imports `keyring` (~13 MiB for good), and a Secret Service that never answers (a locked
+collection waiting for a GUI prompt on a headless box) cannot hang it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
+import signal
 import stat
+import subprocess
+import sys
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import keyring
-import keyring.backends.fail
-import keyring.backends.null
-import keyring.errors
+from typing import Any, ClassVar
 
 from clawsvc.config import Config
-from clawsvc.logs import register_secret
+from clawsvc.logs import redact, register_secret
 
 log = logging.getLogger("clawsvc.secrets")
 
@@ -67,25 +67,7 @@ def provider_env_name(provider: str) -> str:
     return PROVIDER_ENV.get(provider, provider.upper().replace("-", "_") + "_API_KEY")
 
 
-# ---------------------------------------------------------------- keyring access with a deadline
-
-class _Call:
-    """Runs one keyring call on a daemon thread so the caller can stop waiting for it."""
-
-    def __init__(self, func: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        self.func, self.args = func, args
-        self.done = threading.Event()
-        self.value: Any = None
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self.value = self.func(*self.args)
-        except BaseException as exc:  # handed to the caller's thread
-            self.error = exc
-        finally:
-            self.done.set()
-
+# ---------------------------------------------------------------- keyring access in a child process
 
 class _KeyringState:
     lock = threading.Lock()
@@ -93,56 +75,78 @@ class _KeyringState:
     warned = False
 
 
-def _keyring_call(func: Callable[..., Any], *args: Any) -> Any:
+def _first_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return redact(lines[-1].strip())[:200] if lines else ""
+
+
+def _keyring_child(op: str, usernames: Sequence[str] = (), value: str | None = None) -> dict[str, Any]:
+    """Runs one operation in clawsvc.keyring_child; KeyringUnavailable when the keyring cannot serve it."""
     if _KeyringState.broken:
         raise KeyringUnavailable(_KeyringState.broken)
-    call = _Call(func, args)
-    threading.Thread(target=call.run, name="clawsvc-keyring", daemon=True).start()
-    if not call.done.wait(KEYRING_TIMEOUT):
-        _KeyringState.broken = (f"the keyring did not answer within {KEYRING_TIMEOUT:g}s "
-                                "(a locked or unreachable Secret Service?)")
-        raise KeyringUnavailable(_KeyringState.broken)
-    if isinstance(call.error, keyring.errors.NoKeyringError):
-        raise KeyringUnavailable("no keyring backend is available")
-    if isinstance(call.error, keyring.errors.PasswordDeleteError):
-        raise call.error
-    if call.error is not None:
-        raise KeyringUnavailable(f"the keyring failed: {call.error.__class__.__name__}: "
-                                 f"{str(call.error).splitlines()[0] if str(call.error) else ''}".rstrip(": "))
-    return call.value
-
-
-def _backend_name(backend: object) -> str:
-    cls = type(backend)
-    return f"{cls.__module__}.{cls.__qualname__}"
+    request = json.dumps({"op": op, "service": KEYRING_SERVICE, "usernames": list(usernames), "value": value})
+    with subprocess.Popen([sys.executable, "-m", "clawsvc.keyring_child"], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True) as child:
+        try:
+            out, err = child.communicate(request.encode(), timeout=KEYRING_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)  # the group: a D-Bus helper it started goes too
+            child.communicate()
+            _KeyringState.broken = (f"the keyring did not answer within {KEYRING_TIMEOUT:g}s "
+                                    "(a locked or unreachable Secret Service?)")
+            raise KeyringUnavailable(_KeyringState.broken) from None
+    try:
+        reply: dict[str, Any] = json.loads(out)
+    except ValueError:
+        why = _first_line(err.decode(errors="replace"))
+        raise KeyringUnavailable(f"the keyring helper ({sys.executable} -m clawsvc.keyring_child) failed with "
+                                 f"exit status {child.returncode}{': ' + why if why else ''}") from None
+    for found in reply["values"].values():
+        if found:
+            register_secret(found)
+    if reply["error"]:
+        raise KeyringUnavailable(reply["error"])
+    return reply
 
 
 def keyring_status() -> tuple[bool, str]:
     """(usable, backend description); no backend on a headless box is normal, not an error."""
     try:
-        backend = _keyring_call(keyring.get_keyring)
+        return True, _keyring_child("status")["backend"]
     except KeyringUnavailable as exc:
         return False, str(exc)
-    name = _backend_name(backend)
-    if isinstance(backend, keyring.backends.fail.Keyring | keyring.backends.null.Keyring):
-        return False, f"no keyring backend ({name})"
-    return True, name
 
 
-def _keyring_get(username: str) -> str | None:
-    """The stored value, or None when absent or when the keyring is unusable (warned about once)."""
+def _keyring_values(usernames: Sequence[str]) -> dict[str, str]:
+    """The stored values found, all in one child; {} when the keyring is unusable (warned about once)."""
+    if not usernames:
+        return {}
     try:
-        usable, why = keyring_status()
-        if not usable:
-            raise KeyringUnavailable(why)
-        value = _keyring_call(keyring.get_password, KEYRING_SERVICE, username)
+        values = _keyring_child("get", usernames)["values"]
     except KeyringUnavailable as exc:
         with _KeyringState.lock:
             first, _KeyringState.warned = not _KeyringState.warned, True
         if first:
-            log.warning("keyring not used: %s; reading secrets from $CREDENTIALS_DIRECTORY and files instead", exc)
-        return None
-    return value or None
+            log.warning("keyring not used: %s; reading secrets from $CREDENTIALS_DIRECTORY and files instead "
+                        "(auth.token_file, else a token generated under gateway.state_dir)", exc)
+        return {}
+    return {name: found for name, found in values.items() if found}
+
+
+class _Prefetched:
+    """Provider keys read with the gateway token, kept for the provider_env() call of the same load."""
+
+    lock = threading.Lock()
+    config: Config | None = None
+    values: ClassVar[dict[str, str]] = {}
+
+
+def _keyring_for(config: Config, usernames: Sequence[str]) -> dict[str, str]:
+    with _Prefetched.lock:
+        if _Prefetched.config is config:
+            values, _Prefetched.config, _Prefetched.values = _Prefetched.values, None, {}
+            return values
+    return _keyring_values(usernames)
 
 
 # ---------------------------------------------------------------- files and credentials
@@ -241,13 +245,20 @@ def _generated_token(state_dir: Path) -> tuple[str, Path]:
 # ---------------------------------------------------------------- public API
 
 def load_gateway_token(config: Config) -> tuple[str, str]:
-    """(token, source): auth.token_file, else keyring, else $CREDENTIALS_DIRECTORY, else generated once."""
+    """(token, source): auth.token_file, else keyring, else $CREDENTIALS_DIRECTORY, else generated once.
+
+    When it asks the keyring it reads the configured providers' keys in the same child process and keeps
+    them for the next provider_env(config) with this very config object: one child per (re)load.
+    """
     token_file = config.auth.token_file
     if token_file is not None:
         _warn_if_exposed(token_file)
         source = f"file {token_file}"
         return _check_token(_read_secret_file(token_file, "auth.token_file"), source), source
-    value = _keyring_get(TOKEN_USERNAME)
+    found_in_keyring = _keyring_values([TOKEN_USERNAME, *config.providers])
+    with _Prefetched.lock:
+        _Prefetched.config, _Prefetched.values = config, found_in_keyring
+    value = found_in_keyring.get(TOKEN_USERNAME)
     if value is not None:
         return _check_token(value, "keyring"), "keyring"
     found = _credential(TOKEN_CREDENTIAL)
@@ -279,8 +290,7 @@ def describe_token_source(config: Config) -> TokenSource:
             value = _read_secret_file(token_file, "auth.token_file")
             return _token_source(value, f"file {token_file}", _exposure(token_file))
         try:
-            usable, _ = keyring_status()
-            value = _keyring_call(keyring.get_password, KEYRING_SERVICE, TOKEN_USERNAME) if usable else None
+            value = _keyring_child("get", [TOKEN_USERNAME])["values"].get(TOKEN_USERNAME)
         except KeyringUnavailable:
             value = None  # the service falls through to the next source the same way
         if value:
@@ -296,38 +306,48 @@ def describe_token_source(config: Config) -> TokenSource:
         return TokenSource("unreadable", problem=str(exc))
 
 
-def provider_key(provider: str) -> tuple[str, str] | None:
-    """(key, source) for one provider: keyring, else $CREDENTIALS_DIRECTORY/<provider>-api-key."""
-    value = _keyring_get(provider)
-    if value is not None:
-        register_secret(value)
-        return value, "keyring"
+def _provider_key(provider: str, in_keyring: dict[str, str]) -> tuple[str, str] | None:
+    if provider in in_keyring:
+        return in_keyring[provider], "keyring"
     found = _credential(f"{provider}-api-key")
     if found is not None:
         return found[0], f"credential {provider}-api-key"
     return None
 
 
+def provider_keys(config: Config) -> dict[str, tuple[str, str]]:
+    """{provider: (key, source)} for the configured providers with a key: keyring, else
+    $CREDENTIALS_DIRECTORY/<provider>-api-key. The keyring is read once for all of them."""
+    in_keyring = _keyring_for(config, config.providers)
+    keys = {p: _provider_key(p, in_keyring) for p in config.providers}
+    return {p: key for p, key in keys.items() if key is not None}
+
+
+def provider_key(provider: str) -> tuple[str, str] | None:
+    """(key, source) for one provider; for several, provider_keys() costs one keyring child instead of many."""
+    return _provider_key(provider, _keyring_values([provider]))
+
+
 def provider_env(config: Config) -> dict[str, str]:
     """{"ANTHROPIC_API_KEY": ...} for each configured provider whose key was found."""
-    env: dict[str, str] = {}
-    found: list[str] = []
-    for provider in config.providers:
-        key = provider_key(provider)
-        if key is not None:
-            env[provider_env_name(provider)] = key[0]
-            found.append(f"{provider} ({key[1]})")
-    missing = [p for p in config.providers if provider_env_name(p) not in env]
-    log.info("provider API keys: %s%s", ", ".join(found) or "none found",
-             f"; none for {', '.join(missing)}" if found and missing else "")
+    keys = provider_keys(config)
+    env = {provider_env_name(p): key for p, (key, _) in keys.items()}
+    missing = [p for p in config.providers if p not in keys]
+    log.info("provider API keys: %s%s", ", ".join(f"{p} ({source})" for p, (_, source) in keys.items())
+             or "none found", f"; none for {', '.join(missing)}" if keys and missing else "")
     return env
 
 
+def _managing(op: str, usernames: Sequence[str], value: str | None = None) -> dict[str, Any]:
+    try:
+        return _keyring_child(op, usernames, value)
+    except KeyringUnavailable as exc:
+        raise KeyringUnavailable(f"{exc}; on a headless server put the key in a systemd credential "
+                                 "instead (LoadCredential=<provider>-api-key:/path/to/file)") from None
+
+
 def require_keyring() -> None:
-    usable, why = keyring_status()
-    if not usable:
-        raise KeyringUnavailable(f"{why}; on a headless server put the key in a systemd credential "
-                                 "instead (LoadCredential=<provider>-api-key:/path/to/file)")
+    _managing("status", ())
 
 
 def set_key(provider: str, value: str) -> None:
@@ -335,21 +355,15 @@ def set_key(provider: str, value: str) -> None:
     if not value:
         raise SecretError(f"empty key for {provider}: nothing stored")
     register_secret(value)
-    require_keyring()
-    _keyring_call(keyring.set_password, KEYRING_SERVICE, provider, value)
+    _managing("set", [provider], value)
 
 
 def delete_key(provider: str) -> bool:
     """Remove a stored key; False when none was stored."""
-    require_keyring()
-    try:
-        _keyring_call(keyring.delete_password, KEYRING_SERVICE, provider)
-    except keyring.errors.PasswordDeleteError:
-        return False
-    return True
+    return bool(_managing("delete", [provider])["deleted"])
 
 
 def stored_providers(config: Config) -> list[str]:
     """Configured providers that have a key in the keyring."""
-    require_keyring()
-    return [p for p in config.providers if _keyring_call(keyring.get_password, KEYRING_SERVICE, p)]
+    values = _managing("get", config.providers)["values"]
+    return [p for p in config.providers if values.get(p)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import signal
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -26,7 +27,7 @@ from clawsvc.events import (
     State,
 )
 from clawsvc.notify import Notifier
-from clawsvc.policy import RestartPolicy, readiness_retrying
+from clawsvc.policy import ReadyGate, RestartPolicy, readiness_retrying
 from clawsvc.process import ExitInfo
 from clawsvc.protocol import AuthError, GatewayEvent, HelloOk, LinkDown, RetryableError, TransportError
 from clawsvc.supervisor import TRANSITIONS, Supervisor
@@ -246,7 +247,7 @@ def test_readiness_probes_fast_first_and_honours_retry_after() -> None:
     retrying = readiness_retrying(cancel, 30.0, lambda: True)
     refused = TransportError("CONNECT_FAILED", "refused")
     waits = [retrying.wait(retry_state(retrying, n, refused)) for n in range(1, 30)]
-    assert waits[0] <= 0.05 and waits == sorted(waits) and max(waits) <= 0.5
+    assert waits[0] <= 0.05 and waits == sorted(waits) and max(waits) <= 0.1
     starting = RetryableError("UNAVAILABLE", "gateway starting", retry_after=0.75)
     assert retrying.wait(retry_state(retrying, 1, starting)) == 0.75
 
@@ -268,3 +269,26 @@ def test_readiness_stops_when_cancelled() -> None:
     assert not retrying.stop(state)
     cancel.set()
     assert retrying.stop(state)
+
+
+def test_ready_gate_ends_a_retry_after_wait_when_readyz_says_yes() -> None:
+    answers = iter([False, False, True])
+    calls: list[float] = []
+
+    def ready() -> bool:
+        calls.append(time.monotonic())
+        return next(answers)
+
+    gate = ReadyGate(threading.Event(), ready)
+    started = time.monotonic()
+    gate(30.0)
+    assert len(calls) == 3, "the gate returns on the first yes, not after the 30 s wait"
+    assert calls[-1] - started < 5.0
+
+
+def test_ready_gate_returns_at_once_on_cancel_and_never_probes_without_a_probe() -> None:
+    cancel = threading.Event()
+    cancel.set()
+    probed: list[bool] = []
+    ReadyGate(cancel, lambda: probed.append(True) or False)(30.0)
+    assert probed == []
