@@ -8,6 +8,7 @@ collection waiting for a GUI prompt on a headless box) cannot hang it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -75,7 +76,7 @@ class _KeyringState:
     warned = False
 
 
-def _first_line(text: str) -> str:
+def _last_line(text: str) -> str:
     lines = text.strip().splitlines()
     return redact(lines[-1].strip())[:200] if lines else ""
 
@@ -85,21 +86,27 @@ def _keyring_child(op: str, usernames: Sequence[str] = (), value: str | None = N
     if _KeyringState.broken:
         raise KeyringUnavailable(_KeyringState.broken)
     request = json.dumps({"op": op, "service": KEYRING_SERVICE, "usernames": list(usernames), "value": value})
-    with subprocess.Popen([sys.executable, "-m", "clawsvc.keyring_child"], stdin=subprocess.PIPE,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True) as child:
+    command = [sys.executable, "-m", "clawsvc.keyring_child"]
+    try:
+        child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 start_new_session=True)
+    except OSError as exc:
+        raise KeyringUnavailable(f"cannot start {' '.join(command)}: {exc.strerror or exc}") from None
+    with child:
         try:
             out, err = child.communicate(request.encode(), timeout=KEYRING_TIMEOUT)
         except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)  # the group: a D-Bus helper it started goes too
-            child.communicate()
+            os.killpg(child.pid, signal.SIGKILL)  # the whole group: a D-Bus helper it started goes too
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.communicate(timeout=KEYRING_TIMEOUT)
             _KeyringState.broken = (f"the keyring did not answer within {KEYRING_TIMEOUT:g}s "
                                     "(a locked or unreachable Secret Service?)")
             raise KeyringUnavailable(_KeyringState.broken) from None
     try:
         reply: dict[str, Any] = json.loads(out)
     except ValueError:
-        why = _first_line(err.decode(errors="replace"))
-        raise KeyringUnavailable(f"the keyring helper ({sys.executable} -m clawsvc.keyring_child) failed with "
+        why = _last_line(err.decode(errors="replace"))
+        raise KeyringUnavailable(f"the keyring helper ({' '.join(command)}) failed with "
                                  f"exit status {child.returncode}{': ' + why if why else ''}") from None
     for found in reply["values"].values():
         if found:

@@ -18,8 +18,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,24 +26,12 @@ from typing import IO, Any
 import yaml
 from notify_peer import NotifyPeer
 from realgw import processes_with_env
+from waiting import poll
 
 from clawsvc import control
 
 STRIPPED = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM", "LISTEN_PID", "LISTEN_FDS",
             "CLAWSVC_CONFIG", "CREDENTIALS_DIRECTORY")
-
-
-def poll(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
-    """Call condition until it returns something truthy; AssertionError naming `what` after timeout."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        pause.wait(every)
 
 
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

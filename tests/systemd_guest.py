@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from waiting import poll
 
 T = TypeVar("T")
 
@@ -190,16 +191,7 @@ class Guest:
         target.chmod(mode)
 
     def wait_for(self, what: str, predicate: Callable[[], T], timeout: float = 60.0, interval: float = 0.2) -> T:
-        """Poll predicate() until it returns something truthy; AssertionError naming `what` on timeout."""
-        deadline = time.monotonic() + timeout
-        pause = threading.Event()
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-            pause.wait(interval)
+        return poll(predicate, timeout, what, interval)
 
 
 def _find_pid1(popen: subprocess.Popen[bytes], log: Path) -> int:

@@ -18,6 +18,7 @@ from types import MappingProxyType
 import pytest
 from double import double_command, free_port, pid_alive
 from realgw import connect, gateway_env
+from waiting import poll
 
 from clawsvc import proctree
 from clawsvc.config import Config, GatewayConfig, LoggingConfig
@@ -38,12 +39,7 @@ def make_config(tmp_path: Path, command: tuple[str, ...] = FAKE, env: dict[str, 
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        pause.wait(0.02)
+    poll(predicate, timeout, what, 0.02)
 
 
 def gateway_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

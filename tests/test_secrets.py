@@ -1,50 +1,71 @@
-"""Gateway token and provider keys: order of sources, generation, redaction, keyring trouble on headless boxes."""
+"""Gateway token and provider keys: order of sources, generation, redaction, keyring trouble on headless boxes.
+
+The keyring is only ever touched in clawsvc.keyring_child processes, so the tests choose its backend the way
+an admin would, through PYTHON_KEYRING_BACKEND (test backends in tests/helpers/keyring_file_backend.py).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import stat
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-import keyring
-import keyring.backends.fail
 import pytest
-from helpers.keyring_file_backend import FileKeyring, HangingKeyring
 
 from clawsvc import secrets
 from clawsvc.config import AuthConfig, Config, GatewayConfig
 from clawsvc.logs import MASK, redact
 from clawsvc.secrets import SecretError
 
+HELPERS = Path(__file__).parent / "helpers"
+FILE_BACKEND = "keyring_file_backend.FileKeyring"
+
+Store = Callable[[str, str], None]
+
 
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    """No inherited credentials, a fresh keyring state, and the test's choice of backend restored afterwards."""
+    """No inherited credentials, a fresh keyring state, no keyring backend unless the test picks one."""
     caplog.set_level(logging.INFO)
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     monkeypatch.setenv("KEYRING_FILE", str(tmp_path / "keyring.json"))
-    previous = keyring.get_keyring()
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(HELPERS), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
     monkeypatch.setattr(secrets._KeyringState, "broken", None)
     monkeypatch.setattr(secrets._KeyringState, "warned", False)
+    monkeypatch.setattr(secrets._Prefetched, "config", None)
     yield
-    keyring.set_keyring(previous)
 
 
 @pytest.fixture
 def no_keyring() -> None:
-    keyring.set_keyring(keyring.backends.fail.Keyring())
+    """The autouse default: keyring.backends.fail.Keyring, what a headless server without a backend gets."""
 
 
 @pytest.fixture
-def file_keyring() -> FileKeyring:
-    backend = FileKeyring()
-    keyring.set_keyring(backend)
-    return backend
+def file_keyring(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Store:
+    """Selects the JSON-file backend; returns a function that stores a value the way that backend does."""
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", FILE_BACKEND)
+    path = tmp_path / "keyring.json"
+
+    def store(username: str, value: str) -> None:
+        data = json.loads(path.read_text()) if path.exists() else {}
+        path.write_text(json.dumps({**data, f"clawsvc/{username}": value}))
+
+    return store
+
+
+def stored(tmp_path: Path) -> dict[str, str]:
+    path = tmp_path / "keyring.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 @pytest.fixture
@@ -55,14 +76,28 @@ def credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return directory
 
 
+@pytest.fixture
+def children(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The argv of every process secrets.py starts."""
+    started: list[list[str]] = []
+    real_popen = subprocess.Popen
+
+    def popen(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        started.append(list(args))
+        return real_popen(args, **kwargs)
+
+    monkeypatch.setattr(secrets.subprocess, "Popen", popen)
+    return started
+
+
 def config_for(tmp_path: Path, token_file: Path | None = None,
                providers: tuple[str, ...] = ("anthropic", "openai", "google", "openrouter")) -> Config:
     return Config(gateway=GatewayConfig(state_dir=tmp_path / "state"), auth=AuthConfig(token_file=token_file),
                   providers=providers)
 
 
-def test_token_file_wins_and_is_redacted(tmp_path: Path, file_keyring: FileKeyring) -> None:
-    file_keyring.set_password("clawsvc", "gateway-token", "keyring-token-value-0001")
+def test_token_file_wins_and_is_redacted(tmp_path: Path, file_keyring: Store) -> None:
+    file_keyring("gateway-token", "keyring-token-value-0001")
     token_file = tmp_path / "token"
     token_file.write_text("file-token-value-0000000001\n")
     token_file.chmod(0o600)
@@ -92,9 +127,9 @@ def test_token_file_problems_are_one_line_errors(tmp_path: Path, caplog: pytest.
     assert f"chmod 600 {loose}" in caplog.text and "loose-token-value" not in caplog.text
 
 
-def test_keyring_before_credentials(tmp_path: Path, file_keyring: FileKeyring, credentials: Path) -> None:
+def test_keyring_before_credentials(tmp_path: Path, file_keyring: Store, credentials: Path) -> None:
     (credentials / "gateway-token").write_text("credential-token-000000001")
-    file_keyring.set_password("clawsvc", "gateway-token", "keyring-token-value-0001")
+    file_keyring("gateway-token", "keyring-token-value-0001")
     assert secrets.load_gateway_token(config_for(tmp_path)) == ("keyring-token-value-0001", "keyring")
 
 
@@ -150,11 +185,11 @@ def test_unwritable_state_dir_is_a_clear_error(tmp_path: Path, no_keyring: None)
         secrets.load_gateway_token(config)
 
 
-def test_provider_keys_keyring_then_credentials_under_openclaw_names(tmp_path: Path, file_keyring: FileKeyring,
+def test_provider_keys_keyring_then_credentials_under_openclaw_names(tmp_path: Path, file_keyring: Store,
                                                                     credentials: Path,
                                                                     caplog: pytest.LogCaptureFixture) -> None:
-    file_keyring.set_password("clawsvc", "anthropic", "sk-ant-keyring-0001")
-    file_keyring.set_password("clawsvc", "google", "gem-keyring-0001")
+    file_keyring("anthropic", "sk-ant-keyring-0001")
+    file_keyring("google", "gem-keyring-0001")
     (credentials / "anthropic-api-key").write_text("sk-ant-credential-0001")
     (credentials / "openrouter-api-key").write_text("sk-or-credential-0001\n")
     (credentials / "my-llm-api-key").write_text("custom-credential-0001")
@@ -168,27 +203,43 @@ def test_provider_keys_keyring_then_credentials_under_openclaw_names(tmp_path: P
         assert value not in caplog.text and redact(value) == MASK
 
 
-def test_hanging_keyring_times_out_and_falls_back(tmp_path: Path, credentials: Path,
-                                                  monkeypatch: pytest.MonkeyPatch,
-                                                  caplog: pytest.LogCaptureFixture) -> None:
-    backend = HangingKeyring()
-    keyring.set_keyring(backend)
-    monkeypatch.setattr(secrets, "KEYRING_TIMEOUT", 0.3)
+def keyring_children_of(tmp_path: Path) -> list[int]:
+    """Live keyring children started for this test (found by the test's own KEYRING_FILE in their env)."""
+    marker = f"KEYRING_FILE={tmp_path}/keyring.json".encode()
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if b"clawsvc.keyring_child" in (proc / "cmdline").read_bytes() and \
+                    marker in (proc / "environ").read_bytes().split(b"\0"):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_hanging_keyring_is_killed_at_the_deadline_and_falls_back(tmp_path: Path, credentials: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   children: list[list[str]],
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring_file_backend.HangingKeyring")
+    monkeypatch.setattr(secrets, "KEYRING_TIMEOUT", 3.0)  # well above a child's start-up on a busy box
     (credentials / "gateway-token").write_text("credential-token-000000001")
-    try:
-        assert secrets.load_gateway_token(config_for(tmp_path))[1] == "credential gateway-token"
-        assert secrets.provider_env(config_for(tmp_path)) == {}  # no second wait: the keyring is marked broken
-        assert "did not answer within 0.3s" in caplog.text
-        assert secrets.keyring_status() == (False, "the keyring did not answer within 0.3s "
-                                                   "(a locked or unreachable Secret Service?)")
-    finally:
-        backend.release.set()
+    started = time.monotonic()
+    assert secrets.load_gateway_token(config_for(tmp_path))[1] == "credential gateway-token"
+    assert time.monotonic() - started < 30
+    assert keyring_children_of(tmp_path) == []  # killed, not left waiting for a prompt
+    assert secrets.provider_env(config_for(tmp_path)) == {}  # no second wait: the keyring is marked broken
+    assert len(children) == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "did not answer within 3s" in warnings[0]
+    assert secrets.keyring_status() == (False, "the keyring did not answer within 3s "
+                                               "(a locked or unreachable Secret Service?)")
 
 
-def test_keyring_status_and_key_management(tmp_path: Path, file_keyring: FileKeyring) -> None:
-    assert secrets.keyring_status() == (True, f"{FileKeyring.__module__}.FileKeyring")
+def test_keyring_status_and_key_management(tmp_path: Path, file_keyring: Store) -> None:
+    assert secrets.keyring_status() == (True, FILE_BACKEND)
     secrets.set_key("openai", "  sk-openai-0001\n")
-    assert file_keyring.get_password("clawsvc", "openai") == "sk-openai-0001"
+    assert stored(tmp_path) == {"clawsvc/openai": "sk-openai-0001"}
     assert secrets.stored_providers(config_for(tmp_path)) == ["openai"]
     assert secrets.delete_key("openai") is True
     assert secrets.delete_key("openai") is False
@@ -201,6 +252,55 @@ def test_key_management_without_backend_says_what_to_do(no_keyring: None) -> Non
     with pytest.raises(secrets.KeyringUnavailable, match="LoadCredential=") as caught:
         secrets.set_key("anthropic", "sk-ant-never-stored-0001")
     assert "sk-ant-never-stored-0001" not in str(caught.value)
+
+
+def test_a_broken_backend_is_one_warning_not_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "no_such_module.Keyring")
+    config = config_for(tmp_path)
+    assert secrets.load_gateway_token(config)[1] == f"generated {tmp_path}/state/gateway-token"
+    assert secrets.provider_env(config) == {}
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "keyring not used: the keyring failed" in warnings[0], warnings
+
+
+def test_one_keyring_child_per_load_and_no_secret_in_its_argv(tmp_path: Path, file_keyring: Store,
+                                                               children: list[list[str]]) -> None:
+    file_keyring("gateway-token", "keyring-token-value-0001")
+    file_keyring("anthropic", "sk-ant-keyring-0001")
+    file_keyring("openai", "sk-openai-keyring-0001")
+    config = config_for(tmp_path)
+    assert secrets.load_gateway_token(config) == ("keyring-token-value-0001", "keyring")
+    assert secrets.provider_env(config) == {"ANTHROPIC_API_KEY": "sk-ant-keyring-0001",
+                                            "OPENAI_API_KEY": "sk-openai-keyring-0001"}
+    assert children == [[sys.executable, "-m", "clawsvc.keyring_child"]]
+    file_keyring("anthropic", "sk-ant-rotated-0002")  # the hand-over is used once: a later load reads afresh
+    assert secrets.provider_env(config)["ANTHROPIC_API_KEY"] == "sk-ant-rotated-0002"
+    assert len(children) == 2
+
+
+LOAD_IN_A_SERVICE_PROCESS = """
+import json, sys
+from pathlib import Path
+from clawsvc import service
+from clawsvc.config import AuthConfig, Config, GatewayConfig
+config = Config(gateway=GatewayConfig(state_dir=Path(sys.argv[1])), auth=AuthConfig(token_file=None),
+                providers=("anthropic", "openai"))
+token, env = service.load_secrets(config)
+print(json.dumps({"keyring_imported": sorted(m for m in sys.modules if m.split(".")[0] == "keyring"),
+                  "token_is_from_keyring": token == "keyring-token-value-0001", "env": sorted(env)}))
+"""
+
+
+def test_the_service_process_never_imports_keyring(tmp_path: Path, file_keyring: Store) -> None:
+    file_keyring("gateway-token", "keyring-token-value-0001")
+    file_keyring("openai", "sk-openai-keyring-0001")
+    done = subprocess.run([sys.executable, "-c", LOAD_IN_A_SERVICE_PROCESS, str(tmp_path / "state")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"keyring_imported": [], "token_is_from_keyring": True,
+                                       "env": ["OPENAI_API_KEY"]}
+    assert "keyring-token-value-0001" not in done.stderr and "sk-openai-keyring-0001" not in done.stderr
 
 
 def test_keyring_lookup_in_a_fresh_process_does_not_hang_without_a_session_bus(tmp_path: Path) -> None:
