@@ -12,9 +12,11 @@ the reason the link ended (remote close, socket error, tick silence, pong timeou
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import select
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -52,7 +54,9 @@ log = logging.getLogger("clawsvc.connection")
 logging.getLogger("websocket").setLevel(logging.CRITICAL)
 
 SOCKET_TIMEOUT = 10.0     # bounds a blocked send or a half-received frame
-CLOSE_GRACE = 2.0         # how long close() waits for the gateway to answer our close frame
+CLOSE_REPLY_WAIT = 0.25   # how long close() waits for the gateway to answer our close frame
+CLOSE_SEND_TIMEOUT = 0.5  # bounds sending our close frame to a peer that stopped reading
+CLOSE_GRACE = 2.0         # how long to wait for the reader thread once its socket is shut down
 PONG_TIMEOUT_MAX = 10.0
 
 
@@ -263,23 +267,36 @@ class GatewayConnection:
     # ------------------------------------------------------------ close
 
     def close(self, code: int = 1000, reason: str = "") -> None:
-        """Send a close frame, wait briefly for the answer, fail pending calls; safe to call twice."""
+        """Fail pending calls, send a close frame, give the gateway a moment to answer, then shut the socket.
+
+        Bounded (well under a second) even against a hung or stopped gateway; safe to call twice.
+        """
         with self._lock:
             ws, reader = self._ws, self._reader
             if ws is None or self._closing is not None:
                 return
             self._closing = (code, reason)
-        if self._down is None:
+            link_up = self._down is None
+        self._link_down(LinkDown(code, reason or "closed by clawsvc", True))
+        if link_up:
             try:
+                ws.settimeout(CLOSE_SEND_TIMEOUT)
                 ws.send_close(code, reason.encode("utf-8"))
             except (OSError, websocket.WebSocketException) as exc:
                 log.debug("close frame to %s not sent: %s", self.url, _describe(exc))
         if reader is not None and reader is not threading.current_thread():
-            reader.join(CLOSE_GRACE)
+            reader.join(CLOSE_REPLY_WAIT)
             if reader.is_alive():
-                ws.abort()  # the gateway did not answer our close frame: wake the reader
+                self._shutdown_socket(ws)  # no answer to our close frame: wake the reader now
                 reader.join(CLOSE_GRACE)
-        self._link_down(LinkDown(code, reason or "closed by clawsvc", True))
+
+    @staticmethod
+    def _shutdown_socket(ws: websocket.WebSocket) -> None:
+        """ws.abort() is a no-op once send_close() has cleared `connected`, so shut the raw socket down."""
+        sock = ws.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):  # already closed by the reader
+                sock.shutdown(socket.SHUT_RDWR)
 
     def _link_down(self, down: LinkDown) -> None:
         with self._lock:

@@ -299,6 +299,22 @@ def test_frozen_peer_is_caught_by_the_pong_timeout(double, connect):
     assert conn.stats.pings >= 1
 
 
+def test_close_against_a_frozen_peer_is_prompt_and_fails_pending_calls(double, connect):
+    conn, rec = connect(double, tick_grace=1000.0, ping_interval=1000.0)
+    conn.rpc("double.freeze")
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(conn.rpc, "health", None, 60)
+        Recorder.wait(lambda: conn._pending)
+        started = time.monotonic()
+        conn.close()
+        took = time.monotonic() - started
+        with pytest.raises(ConnectionLost, match="closed by clawsvc"):
+            pending.result(10)
+    assert took < 1.5, f"close() took {took:.2f}s against a frozen peer"
+    assert conn._reader is not None and not conn._reader.is_alive()
+    assert rec.downs == [LinkDown(1000, "closed by clawsvc", True)]
+
+
 def test_sigterm_sends_shutdown_then_1012(tmp_path, request, connect):
     proc = own_double(tmp_path, request, DOUBLE_TICK_MS="30000", DOUBLE_RESTART_EXPECTED_MS="1500")
     _conn, rec = connect(proc)
