@@ -30,7 +30,7 @@ from clawsvc.ports import port_holder
 from clawsvc.process import SpawnError, check_command
 from clawsvc.proctree import descendants
 from clawsvc.provision import ProvisionError, node_version_of, required_node
-from clawsvc.secrets import describe_token_source, keyring_status, provider_env_name, provider_key
+from clawsvc.secrets import describe_token_source, keyring_status, provider_env_name, provider_keys
 
 STATUS_TIMEOUT = 3.0
 UNIT_NAMES = {"system": "clawsvc.service", "user": "clawsvc.service", "launchd": "ai.openclaw.clawsvc.plist"}
@@ -247,10 +247,10 @@ def check_provider_keys(doc: Doctor, config: Config) -> list[Finding]:
         return [Finding(Level.OK, "provider keys", "none configured (providers: [])")]
     found: dict[str, str] = {}
     with _captured_warnings() as keyring_warnings:
+        stored = provider_keys(config)
         for provider in config.providers:
-            key = provider_key(provider)
-            if key is not None:
-                found[provider] = key[1]
+            if provider in stored:
+                found[provider] = stored[provider][1]
             elif provider_env_name(provider) in config.gateway.env:
                 found[provider] = "gateway.env"
             elif f"{provider}-api-key" in doc.credentials:

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from clawsvc.config import Config
 from clawsvc.logs import redact, register_secret
@@ -140,22 +140,6 @@ def _keyring_values(usernames: Sequence[str]) -> dict[str, str]:
     return {name: found for name, found in values.items() if found}
 
 
-class _Prefetched:
-    """Provider keys read with the gateway token, kept for the provider_env() call of the same load."""
-
-    lock = threading.Lock()
-    config: Config | None = None
-    values: ClassVar[dict[str, str]] = {}
-
-
-def _keyring_for(config: Config, usernames: Sequence[str]) -> dict[str, str]:
-    with _Prefetched.lock:
-        if _Prefetched.config is config:
-            values, _Prefetched.config, _Prefetched.values = _Prefetched.values, None, {}
-            return values
-    return _keyring_values(usernames)
-
-
 # ---------------------------------------------------------------- files and credentials
 
 def _read_secret_file(path: Path, what: str) -> str:
@@ -252,20 +236,26 @@ def _generated_token(state_dir: Path) -> tuple[str, Path]:
 # ---------------------------------------------------------------- public API
 
 def load_gateway_token(config: Config) -> tuple[str, str]:
-    """(token, source): auth.token_file, else keyring, else $CREDENTIALS_DIRECTORY, else generated once.
+    """(token, source): auth.token_file, else keyring, else $CREDENTIALS_DIRECTORY, else generated once."""
+    in_keyring = _keyring_values([TOKEN_USERNAME]) if config.auth.token_file is None else {}
+    return _gateway_token(config, in_keyring)
 
-    When it asks the keyring it reads the configured providers' keys in the same child process and keeps
-    them for the next provider_env(config) with this very config object: one child per (re)load.
-    """
+
+def load_all(config: Config) -> tuple[str, str, dict[str, str]]:
+    """(token, its source, provider env) with one keyring child for all of them: what a (re)load needs."""
+    wanted = [*([TOKEN_USERNAME] if config.auth.token_file is None else []), *config.providers]
+    in_keyring = _keyring_values(wanted)
+    token, source = _gateway_token(config, in_keyring)
+    return token, source, _provider_env(config, in_keyring)
+
+
+def _gateway_token(config: Config, in_keyring: dict[str, str]) -> tuple[str, str]:
     token_file = config.auth.token_file
     if token_file is not None:
         _warn_if_exposed(token_file)
         source = f"file {token_file}"
         return _check_token(_read_secret_file(token_file, "auth.token_file"), source), source
-    found_in_keyring = _keyring_values([TOKEN_USERNAME, *config.providers])
-    with _Prefetched.lock:
-        _Prefetched.config, _Prefetched.values = config, found_in_keyring
-    value = found_in_keyring.get(TOKEN_USERNAME)
+    value = in_keyring.get(TOKEN_USERNAME)
     if value is not None:
         return _check_token(value, "keyring"), "keyring"
     found = _credential(TOKEN_CREDENTIAL)
@@ -322,22 +312,22 @@ def _provider_key(provider: str, in_keyring: dict[str, str]) -> tuple[str, str] 
     return None
 
 
-def provider_keys(config: Config) -> dict[str, tuple[str, str]]:
+def provider_keys(config: Config, in_keyring: dict[str, str] | None = None) -> dict[str, tuple[str, str]]:
     """{provider: (key, source)} for the configured providers with a key: keyring, else
     $CREDENTIALS_DIRECTORY/<provider>-api-key. The keyring is read once for all of them."""
-    in_keyring = _keyring_for(config, config.providers)
+    if in_keyring is None:
+        in_keyring = _keyring_values(config.providers)
     keys = {p: _provider_key(p, in_keyring) for p in config.providers}
     return {p: key for p, key in keys.items() if key is not None}
 
 
-def provider_key(provider: str) -> tuple[str, str] | None:
-    """(key, source) for one provider; for several, provider_keys() costs one keyring child instead of many."""
-    return _provider_key(provider, _keyring_values([provider]))
-
-
 def provider_env(config: Config) -> dict[str, str]:
     """{"ANTHROPIC_API_KEY": ...} for each configured provider whose key was found."""
-    keys = provider_keys(config)
+    return _provider_env(config, _keyring_values(config.providers))
+
+
+def _provider_env(config: Config, in_keyring: dict[str, str]) -> dict[str, str]:
+    keys = provider_keys(config, in_keyring)
     env = {provider_env_name(p): key for p, (key, _) in keys.items()}
     missing = [p for p in config.providers if p not in keys]
     log.info("provider API keys: %s%s", ", ".join(f"{p} ({source})" for p, (_, source) in keys.items())

@@ -16,7 +16,7 @@ from clawsvc.control import ControlServer
 from clawsvc.events import Message, SignalReceived
 from clawsvc.logs import set_level, setup_logging
 from clawsvc.notify import Notifier
-from clawsvc.secrets import SecretError, load_gateway_token, provider_env
+from clawsvc.secrets import SecretError, load_all
 from clawsvc.supervisor import Supervisor
 
 log = logging.getLogger("clawsvc")
@@ -24,9 +24,9 @@ HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def load_secrets(config: Config) -> tuple[str, Mapping[str, str]]:
-    token, source = load_gateway_token(config)
+    token, source, provider_env = load_all(config)
     log.info("gateway token from %s", source)
-    return token, provider_env(config)
+    return token, provider_env
 
 
 def _on_signal(inbox: queue.SimpleQueue[Message], signum: int, frame: FrameType | None) -> None:

@@ -466,7 +466,7 @@ def _always() -> bool:
 
 
 def _close_in_background(connection: GatewayConnection) -> None:
-    """close() waits for the gateway's answer (seconds when it is hung or stopped): never on the loop.
+    """close() waits up to ~0.75 s for the gateway to answer the close frame: never on the loop.
     A link we dropped on purpose reports nothing more: no LinkLost, no late events."""
     connection.on_down = connection.on_event = None
     threading.Thread(target=connection.close, name="clawsvc-closer", daemon=True).start()

@@ -41,7 +41,6 @@ def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.Log
     monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
     monkeypatch.setattr(secrets._KeyringState, "broken", None)
     monkeypatch.setattr(secrets._KeyringState, "warned", False)
-    monkeypatch.setattr(secrets._Prefetched, "config", None)
     yield
 
 
@@ -270,12 +269,12 @@ def test_one_keyring_child_per_load_and_no_secret_in_its_argv(tmp_path: Path, fi
     file_keyring("anthropic", "sk-ant-keyring-0001")
     file_keyring("openai", "sk-openai-keyring-0001")
     config = config_for(tmp_path)
-    assert secrets.load_gateway_token(config) == ("keyring-token-value-0001", "keyring")
-    assert secrets.provider_env(config) == {"ANTHROPIC_API_KEY": "sk-ant-keyring-0001",
-                                            "OPENAI_API_KEY": "sk-openai-keyring-0001"}
+    assert secrets.load_all(config) == ("keyring-token-value-0001", "keyring",
+                                        {"ANTHROPIC_API_KEY": "sk-ant-keyring-0001",
+                                         "OPENAI_API_KEY": "sk-openai-keyring-0001"})
     assert children == [[sys.executable, "-m", "clawsvc.keyring_child"]]
-    file_keyring("anthropic", "sk-ant-rotated-0002")  # the hand-over is used once: a later load reads afresh
-    assert secrets.provider_env(config)["ANTHROPIC_API_KEY"] == "sk-ant-rotated-0002"
+    file_keyring("anthropic", "sk-ant-rotated-0002")  # nothing is cached: a later load reads afresh
+    assert secrets.load_all(config)[2]["ANTHROPIC_API_KEY"] == "sk-ant-rotated-0002"
     assert len(children) == 2
 
 
