@@ -138,7 +138,7 @@ def test_teardown_leaves_no_process_cgroup_or_mount(tmp_path):
 
 # ---------------------------------------------------------------- clawsvc.service with the real gateway
 
-def test_config(command: tuple[str, ...]) -> str:
+def guest_config(command: tuple[str, ...]) -> str:
     env = "".join(f"    {key}: \"{value}\"\n" for key, value in QUIET_ENV.items())
     return (f"gateway:\n  command: {json.dumps(list(command))}\n  port: {PORT}\n  start_timeout: 180s\n"
             f"  stop_timeout: 10s\n  env:\n{env}"
@@ -146,7 +146,6 @@ def test_config(command: tuple[str, ...]) -> str:
             "reconnect:\n  base_delay: 500ms\n  max_delay: 5s\n")
 
 
-test_config.__test__ = False  # a helper, not a test
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +154,7 @@ def clawsvc_guest(tmp_path_factory: pytest.TempPathFactory, gateway_install) -> 
     gateway_root = Path(os.path.commonpath([gateway_install.node, gateway_install.entry]))
     guest_root = guest_path_for(gateway_root, "gateway")
     command = tuple(str(guest_root / Path(p).relative_to(gateway_root)) for p in gateway_install.command)
-    with booted_systemd(tmp_path_factory.mktemp("clawsvc-guest"), files={CONFIG: test_config(command)},
+    with booted_systemd(tmp_path_factory.mktemp("clawsvc-guest"), files={CONFIG: guest_config(command)},
                         binds={gateway_root: guest_root}) as guest:
         installed = guest.run("clawsvc", "install", "--system", check=True)
         assert f"kept     {CONFIG}" in installed.stdout, installed.stdout
