@@ -309,9 +309,10 @@ class GatewayConnection:
                 future.set_exception(ConnectionLost("CONNECTION_LOST",
                                                     f"connection lost: {down.reason or down.code} ({method})"))
         log.info("connection to gateway at %s %s; %d pending request(s) failed", self.url, down, len(pending))
-        if self.on_down is not None:
+        on_down = self.on_down  # the supervisor clears it from its own thread when it drops a link
+        if on_down is not None:
             try:
-                self.on_down(down)
+                on_down(down)
             except Exception:
                 log.exception("on_down callback failed")
 
@@ -345,6 +346,9 @@ class GatewayConnection:
             self._remote_down(None, f"gateway stalled mid-frame for {SOCKET_TIMEOUT:g}s")
         except (OSError, websocket.WebSocketException, ValueError) as exc:
             self._remote_down(None, f"connection lost: {_describe(exc)}")
+        except Exception as exc:  # a bug here must still fail pending calls and tell the supervisor
+            log.exception("gateway reader for %s failed", self.url)
+            self._remote_down(None, f"reader failed: {_describe(exc)}")
         finally:
             ws.shutdown()
 
@@ -396,9 +400,10 @@ class GatewayConnection:
         elif isinstance(frame, GatewayEvent) and frame.name != CHALLENGE_EVENT:
             self._check_seq(frame)
             self.stats.events += 1
-            if self.on_event is not None:
+            on_event = self.on_event
+            if on_event is not None:
                 try:
-                    self.on_event(frame)
+                    on_event(frame)
                 except Exception:
                     log.exception("on_event callback failed for event %s", frame.name)
 

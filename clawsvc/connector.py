@@ -21,7 +21,7 @@ log = logging.getLogger("clawsvc.connector")
 Post = Callable[[Message], None]
 
 
-def _always() -> bool:
+def always() -> bool:
     return True
 
 
@@ -92,7 +92,7 @@ class Connector:
             return
         log.info("port %d is in use by %s; trying to adopt it as an existing gateway", port, who)
         self._wait_ready(cancel, config, token, gen, config.connection.handshake_timeout * 2,
-                         _always, True, who)
+                         always, True, who)
 
     def _wait_ready(self, cancel: threading.Event, config: Config, token: str, gen: int, timeout: float,
                     alive: Callable[[], bool], adopted: bool, stranger: str | None = None) -> None:

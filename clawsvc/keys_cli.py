@@ -39,7 +39,7 @@ def _set(config: Config, provider: str) -> int:
     require_keyring()  # before prompting for a value that could not be stored
     set_key(provider, _read_value(provider))
     print(f"stored the API key for {provider} in the keyring; clawsvc exports it as {provider_env_name(provider)} "
-          "on the next gateway start (`clawsvc restart-gateway`)")
+          "after `systemctl reload clawsvc` (the gateway is restarted with it)")
     if provider not in config.providers:
         _err(f"note: {provider} is not listed under providers: in {config.source or 'the config'}, "
              "so clawsvc will not export it until you add it")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clawsvc import proctree
-from clawsvc.config import Config
+from clawsvc.config import SECRET_ENV, Config
 from clawsvc.configvalues import TOKEN_ENV
 from clawsvc.gateway_output import OutputPump
 from clawsvc.logs import register_secret
@@ -96,7 +96,11 @@ def build_env(config: Config, token: str, provider_env: Mapping[str, str],
     env.update(EXTERNAL_SUPERVISOR_ENV)
     env["OPENCLAW_STATE_DIR"] = str(state_dir(config))
     env["OPENCLAW_CONFIG_PATH"] = str(state_dir(config) / GATEWAY_CONFIG)
-    env.update((key, value) for key, value in config.gateway.env.items() if key != TOKEN_ENV)
+    for key, value in config.gateway.env.items():
+        if key != TOKEN_ENV:
+            env[key] = value
+            if SECRET_ENV.search(key):
+                register_secret(value)
     env[TOKEN_ENV] = token
     return env
 

@@ -81,6 +81,9 @@ def _last_line(text: str) -> str:
     return redact(lines[-1].strip())[:200] if lines else ""
 
 
+PACKAGE_PARENT = Path(__file__).resolve().parent.parent
+
+
 def _keyring_child(op: str, usernames: Sequence[str] = (), value: str | None = None) -> dict[str, Any]:
     """Runs one operation in clawsvc.keyring_child; KeyringUnavailable when the keyring cannot serve it."""
     if _KeyringState.broken:
@@ -88,8 +91,10 @@ def _keyring_child(op: str, usernames: Sequence[str] = (), value: str | None = N
     request = json.dumps({"op": op, "service": KEYRING_SERVICE, "usernames": list(usernames), "value": value})
     command = [sys.executable, "-m", "clawsvc.keyring_child"]
     try:
+        # `-m` puts the working directory first on sys.path: run from the one holding this very clawsvc, so
+        # a keyring.py lying in the caller's directory (say /tmp) can never see the keys
         child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 start_new_session=True)
+                                 start_new_session=True, cwd=PACKAGE_PARENT)
     except OSError as exc:
         raise KeyringUnavailable(f"cannot start {' '.join(command)}: {exc.strerror or exc}") from None
     with child:
@@ -330,8 +335,13 @@ def _provider_env(config: Config, in_keyring: dict[str, str]) -> dict[str, str]:
     keys = provider_keys(config, in_keyring)
     env = {provider_env_name(p): key for p, (key, _) in keys.items()}
     missing = [p for p in config.providers if p not in keys]
-    log.info("provider API keys: %s%s", ", ".join(f"{p} ({source})" for p, (_, source) in keys.items())
-             or "none found", f"; none for {', '.join(missing)}" if keys and missing else "")
+    if config.providers and not keys:
+        log.warning("no provider API key found for %s: the gateway starts but cannot call a model; store one "
+                    "with `clawsvc keys set PROVIDER` or pass LoadCredential=PROVIDER-api-key:FILE, then "
+                    "`systemctl reload clawsvc`", ", ".join(config.providers))
+    elif keys:
+        log.info("provider API keys: %s%s", ", ".join(f"{p} ({source})" for p, (_, source) in keys.items()),
+                 f"; none for {', '.join(missing)}" if missing else "")
     return env
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from clawsvc import exitcodes
 from clawsvc.config import Config, ConfigError, gateway_affecting, load_config
 from clawsvc.connection import GatewayConnection
-from clawsvc.connector import Connector
+from clawsvc.connector import Connector, always
 from clawsvc.events import (
     Connected,
     ConnectFailed,
@@ -123,6 +123,8 @@ class Supervisor:
             return
         if getattr(message, "gen", self.gen) != self.gen:
             log.debug("dropping %s from an earlier gateway generation", type(message).__name__)
+            if isinstance(message, Connected):
+                _close_in_background(message.connection)
             return
         handler = TRANSITIONS.get(type(message), {}).get(self.state)
         if handler is None:
@@ -280,7 +282,7 @@ class Supervisor:
     def _reconnect(self, cause: str, timeout: float) -> None:
         self._drop_connection()
         self._set_state(State.RECONNECTING, cause)
-        alive = self._process_alive if not self.adopted else _always
+        alive = self._process_alive if not self.adopted else always
         self.connector.wait_ready(self.config, self.token, self.gen, timeout, alive, self.adopted)
 
     def _check_health(self) -> None:
@@ -315,6 +317,7 @@ class Supervisor:
         """Stop a misbehaving owned gateway; its exit is then handled like a crash."""
         log.error("replacing gateway pid %s: %s", self.process.pid if self.process else "?", cause)
         self.error = self.replacing = cause
+        self.connector.abort()
         self._drop_connection()
         self._set_state(State.RECONNECTING, cause)
         self._stop_process()
@@ -334,6 +337,7 @@ class Supervisor:
         self.ready_at = None
         if self.planned_restart:
             self.planned_restart = False
+            self.replacing = None
             log.info("gateway pid %d %s; starting it again as asked", message.pid, self.last_exit)
             self.restarts += 1
             self._start_gateway()
@@ -367,6 +371,7 @@ class Supervisor:
             self._start_gateway()
             return
         self.planned_restart = True
+        self.connector.abort()
         self._drop_connection()
         self._set_state(State.STARTING, f"restarting gateway ({message.reason})")
         self._stop_process()
@@ -415,8 +420,11 @@ class Supervisor:
         try:
             new = load_config(self.config.source)
             changed = gateway_affecting(self.config, new)
-            if changed and not self.exiting:
-                token, provider_env = self.secrets(new)
+            # read again every time: a rotated token file or a key stored with `clawsvc keys set` must reach
+            # the gateway on `systemctl reload` even when the YAML did not change
+            token, provider_env = self.secrets(new) if not self.exiting else (self.token, self.provider_env)
+            if (token, dict(provider_env)) != (self.token, dict(self.provider_env)):
+                changed.append("the gateway token or provider keys")
         except (ConfigError, SecretError) as exc:
             log.error("reload failed, still running on the previous config: %s", exc)
             self._reload_done(f"{status_line(self.snapshot, self.clock())} (reload failed: {exc})")
@@ -459,10 +467,6 @@ class Supervisor:
                                             "it was started")
         self.post(RestartRequested("asked over the control socket"))
         return {"restarting": True}
-
-
-def _always() -> bool:
-    return True
 
 
 def _close_in_background(connection: GatewayConnection) -> None:

@@ -24,6 +24,7 @@ from clawsvc import proctree
 from clawsvc.config import Config, GatewayConfig, LoggingConfig
 from clawsvc.configvalues import TOKEN_ENV
 from clawsvc.gateway_output import clean, line_level
+from clawsvc.logs import redact
 from clawsvc.process import ExitInfo, GatewayProcess, SpawnError, build_argv, build_env, check_command
 
 HELPERS = Path(__file__).parent / "helpers"
@@ -431,3 +432,10 @@ def test_real_gateway_dies_with_a_sigkilled_clawsvc(gateway_install, tmp_path) -
         for member in [pid, *family]:
             if pid_alive(member):
                 os.kill(member, signal.SIGKILL)
+
+
+def test_secret_looking_gateway_env_values_are_masked_in_logs(tmp_path: Path) -> None:
+    config = make_config(tmp_path, env={"MY_SERVICE_API_KEY": "sk-typed-into-yaml-0001", "PLAIN": "visible-0001"})
+    build_env(config, TOKEN, {}, base={})
+    line = redact("gateway said: invalid key sk-typed-into-yaml-0001 (visible-0001)")
+    assert "sk-typed-into-yaml-0001" not in line and "visible-0001" in line

@@ -318,3 +318,14 @@ def test_provider_env_names_are_the_ones_openclaw_reads(gateway_install) -> None
     for provider in ("anthropic", "openai", "google", "openrouter"):
         name = secrets.provider_env_name(provider)
         assert name in (docs / f"{provider}.md").read_text(), (provider, name)
+
+
+def test_the_keyring_child_ignores_a_keyring_module_in_the_callers_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trap = tmp_path / "cwd"
+    trap.mkdir()
+    marker = tmp_path / "imported-from-cwd"
+    (trap / "keyring.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.chdir(trap)
+    secrets.keyring_status()
+    assert not marker.exists(), "`python -m` in the caller's directory imported its keyring.py"
