@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -188,6 +189,20 @@ def test_reload_with_an_unreadable_token_file_keeps_running(services: list[Servi
     svc.peer.wait_for(r"^READY=1\nSTATUS=.*reload failed", 10, since=mark)
     assert svc.popen.poll() is None and svc.status()["pid"] == pid
     assert "reload failed" in svc.log() and "missing-token" in svc.log()
+
+
+def test_reload_after_a_token_rotation_restarts_the_gateway_with_the_new_token(services: list[ServiceProcess],
+                                                                             tmp_path: Path) -> None:
+    svc = run_service(services, tmp_path)
+    svc.peer.wait_for("^READY=1", 20)
+    pid = svc.status()["pid"]
+    Path(svc.config["auth"]["token_file"]).write_text(secrets.token_urlsafe(32) + "\n")
+    svc.send_signal(signal.SIGHUP)
+    status = running_with(svc, 20, not_pid=pid)
+    assert "the gateway token or provider keys changed" in svc.log()
+    environ = Path(f"/proc/{status['pid']}/environ").read_bytes().split(b"\0")
+    assert f"OPENCLAW_GATEWAY_TOKEN={svc.token}".encode() in environ, "the new gateway got the rotated token"
+    assert cli(svc, "rpc", "health").returncode == 0
 
 
 def test_adopts_an_existing_gateway_and_leaves_it_running(services: list[ServiceProcess], tmp_path: Path) -> None:
