@@ -62,6 +62,11 @@ def file_keyring(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Store:
     return store
 
 
+def keyring_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The warnings about the keyring itself (a missing provider key is reported on its own)."""
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "keyring" in r.getMessage()]
+
+
 def stored(tmp_path: Path) -> dict[str, str]:
     path = tmp_path / "keyring.json"
     return json.loads(path.read_text()) if path.exists() else {}
@@ -229,7 +234,7 @@ def test_hanging_keyring_is_killed_at_the_deadline_and_falls_back(tmp_path: Path
     assert keyring_children_of(tmp_path) == []  # killed, not left waiting for a prompt
     assert secrets.provider_env(config_for(tmp_path)) == {}  # no second wait: the keyring is marked broken
     assert len(children) == 1
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = keyring_warnings(caplog)
     assert len(warnings) == 1 and "did not answer within 3s" in warnings[0]
     assert secrets.keyring_status() == (False, "the keyring did not answer within 3s "
                                                "(a locked or unreachable Secret Service?)")
@@ -259,8 +264,9 @@ def test_a_broken_backend_is_one_warning_not_a_crash(tmp_path: Path, monkeypatch
     config = config_for(tmp_path)
     assert secrets.load_gateway_token(config)[1] == f"generated {tmp_path}/state/gateway-token"
     assert secrets.provider_env(config) == {}
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = keyring_warnings(caplog)
     assert len(warnings) == 1 and "keyring not used: the keyring failed" in warnings[0], warnings
+    assert "no provider API key found for anthropic, openai" in caplog.text  # its own warning, with the fix
 
 
 def test_one_keyring_child_per_load_and_no_secret_in_its_argv(tmp_path: Path, file_keyring: Store,
