@@ -42,6 +42,7 @@ from clawsvc.protocol import (
     RpcTimeout,
     TransportError,
     connect_params,
+    describe_error,
     encode_request,
     error_from_close,
     parse_close,
@@ -69,11 +70,6 @@ class ConnectionStats:
     seq_gaps: int = 0
     unmatched: int = 0
     pings: int = 0
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @dataclass
@@ -168,7 +164,7 @@ class GatewayConnection:
             ws.connect(self.url, timeout=self.handshake_timeout, suppress_origin=True)
         except (OSError, websocket.WebSocketException) as exc:
             ws.shutdown()
-            raise TransportError("CONNECT_FAILED", f"cannot connect to {self.url}: {_describe(exc)}") from None
+            raise TransportError("CONNECT_FAILED", f"cannot connect to {self.url}: {describe_error(exc)}") from None
         try:
             hello = self._handshake(ws, deadline)
         except BaseException:
@@ -191,7 +187,8 @@ class GatewayConnection:
         try:
             ws.send(encode_request(request_id, "connect", connect_params(self._token)))
         except (OSError, websocket.WebSocketException) as exc:
-            raise TransportError("CONNECT_FAILED", f"sending connect to {self.url} failed: {_describe(exc)}") from None
+            raise TransportError("CONNECT_FAILED",
+                                 f"sending connect to {self.url} failed: {describe_error(exc)}") from None
         while True:
             frame = self._handshake_frame(ws, deadline, "connect answer")
             if isinstance(frame, Response) and frame.id == request_id:
@@ -214,7 +211,7 @@ class GatewayConnection:
                 continue
             except (OSError, websocket.WebSocketException) as exc:
                 raise TransportError("CLOSED", f"{self.url} dropped the connection while waiting for "
-                                               f"{waiting_for}: {_describe(exc)}") from None
+                                               f"{waiting_for}: {describe_error(exc)}") from None
             if opcode == ABNF.OPCODE_CLOSE:
                 raise error_from_close(*parse_close(data))
             if opcode in (ABNF.OPCODE_TEXT, ABNF.OPCODE_BINARY):
@@ -253,7 +250,7 @@ class GatewayConnection:
             ws.send(text)
         except (OSError, websocket.WebSocketException) as exc:
             ws.abort()
-            self._link_down(LinkDown(None, f"sending {method} failed: {_describe(exc)}", False))
+            self._link_down(LinkDown(None, f"sending {method} failed: {describe_error(exc)}", False))
         wait = self.request_timeout if timeout is None else timeout
         try:
             return future.result(wait)
@@ -283,7 +280,7 @@ class GatewayConnection:
                 ws.settimeout(CLOSE_SEND_TIMEOUT)
                 ws.send_close(code, reason.encode("utf-8"))
             except (OSError, websocket.WebSocketException) as exc:
-                log.debug("close frame to %s not sent: %s", self.url, _describe(exc))
+                log.debug("close frame to %s not sent: %s", self.url, describe_error(exc))
         if reader is not None and reader is not threading.current_thread():
             reader.join(CLOSE_REPLY_WAIT)
             if reader.is_alive():
@@ -345,10 +342,10 @@ class GatewayConnection:
         except websocket.WebSocketTimeoutException:
             self._remote_down(None, f"gateway stalled mid-frame for {SOCKET_TIMEOUT:g}s")
         except (OSError, websocket.WebSocketException, ValueError) as exc:
-            self._remote_down(None, f"connection lost: {_describe(exc)}")
+            self._remote_down(None, f"connection lost: {describe_error(exc)}")
         except Exception as exc:  # a bug here must still fail pending calls and tell the supervisor
             log.exception("gateway reader for %s failed", self.url)
-            self._remote_down(None, f"reader failed: {_describe(exc)}")
+            self._remote_down(None, f"reader failed: {describe_error(exc)}")
         finally:
             ws.shutdown()
 

@@ -13,9 +13,17 @@ from clawsvc import exitcodes
 from clawsvc.config import Config
 from clawsvc.connection import GatewayConnection
 from clawsvc.events import Connected, ConnectFailed, GatewayEventSeen, LinkLost, Message, PortFree
-from clawsvc.policy import describe_error, readiness_retrying
+from clawsvc.policy import readiness_retrying
 from clawsvc.ports import port_holder, port_in_use
-from clawsvc.protocol import AuthError, GatewayEvent, LinkDown, ProtocolMismatchError, RetryableError, TransportError
+from clawsvc.protocol import (
+    AuthError,
+    GatewayEvent,
+    LinkDown,
+    ProtocolMismatchError,
+    RetryableError,
+    TransportError,
+    describe_error,
+)
 
 log = logging.getLogger("clawsvc.connector")
 Post = Callable[[Message], None]

@@ -106,9 +106,3 @@ def readiness_retrying(cancel: threading.Event, deadline: float, still_worth_it:
         sleep=ReadyGate(cancel, ready),
         reraise=True,
     )
-
-
-def describe_error(error: BaseException) -> str:
-    if isinstance(error, GatewayError):
-        return str(error)
-    return f"{error.__class__.__name__}: {error}"

@@ -67,6 +67,14 @@ class GatewayError(Exception):
         return redact(" ".join(f"{self.code}: {self.message}{extra}".split()))
 
 
+def describe_error(error: BaseException) -> str:
+    """One line for a log or a status: a GatewayError as it prints itself, anything else as "Type: text"."""
+    if isinstance(error, GatewayError):
+        return str(error)
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 class RetryableError(GatewayError):
     """The gateway cannot serve yet (starting, restarting); try again after retry_after seconds if given."""
 

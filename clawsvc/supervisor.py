@@ -32,9 +32,9 @@ from clawsvc.events import (
 )
 from clawsvc.logs import set_level
 from clawsvc.notify import Notifier
-from clawsvc.policy import RestartPolicy, describe_error
+from clawsvc.policy import RestartPolicy
 from clawsvc.process import ExitInfo, GatewayProcess, SpawnError
-from clawsvc.protocol import GatewayError
+from clawsvc.protocol import GatewayError, describe_error
 from clawsvc.secrets import SecretError
 from clawsvc.status import Snapshot, status_line
 
