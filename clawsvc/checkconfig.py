@@ -1,4 +1,5 @@
-"""`clawsvc check-config`: validate, optionally print the effective config with secrets redacted."""
+"""`clawsvc check-config`: the validation `run` does before it starts (same code), optionally printing the
+effective config with secrets redacted and very long strings cut."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import sys
 
 from clawsvc import exitcodes
 from clawsvc.config import ConfigError, dump, load_config
+from clawsvc.preflight import preflight
 
 
 def main(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
+        preflight(config)
     except ConfigError as exc:
         print(f"clawsvc: {exc}", file=sys.stderr)
         return exitcodes.CONFIG

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -16,6 +17,7 @@ import yaml
 from clawsvc.configvalues import (
     BINDS,
     LEVELS,
+    MAX_DIGITS,
     ItemError,
     Parser,
     boolean,
@@ -30,11 +32,18 @@ from clawsvc.configvalues import (
     path,
     providers,
     regex_list,
+    shown,
+    socket_path,
     ws_path,
 )
 
 SECRET_ENV = re.compile(r"TOKEN|KEY|SECRET|PASSW|CREDENTIAL", re.IGNORECASE)
 REDACTED = "<redacted>"
+MAX_CONFIG_BYTES = 1 << 20
+MAX_NODES = 10_000  # values in the document, counted again for every *alias that repeats them
+MAX_CHARS = 2 * MAX_CONFIG_BYTES  # characters of all scalars, counted the same way
+MAX_DEPTH = 64  # nesting levels; a real config has four
+PRINT_MAX = 4096  # `check-config --print` shows longer strings cut
 
 
 class ConfigError(Exception):
@@ -174,16 +183,16 @@ SCHEMA: dict[str, dict[str, Parser] | Parser] = {
     "health": {
         "interval": duration(),
         "timeout": duration(),
-        "failures": integer(1),
-        "tick_grace": number(1.0),
+        "failures": integer(1, 100),
+        "tick_grace": number(1.0, 100.0),
     },
     "reconnect": {
         "base_delay": duration(allow_zero=True),
         "max_delay": duration(),
-        "max_attempts": integer(0),
+        "max_attempts": integer(0, 10_000),
         "stable_after": duration(allow_zero=True),
     },
-    "control": {"socket": path, "group": optional(group_name)},
+    "control": {"socket": socket_path, "group": optional(group_name)},
     "logging": {
         "level": choice(LEVELS),
         "gateway_stdout": choice(LEVELS),
@@ -200,12 +209,49 @@ _SECTIONS: dict[str, type] = {
 
 # ---------------------------------------------------------------- loading
 
+class _Refused(yaml.YAMLError):
+    """A document over one of the bounds, found while composing it (before anything is constructed)."""
+
+    def __init__(self, problem: str, mark: yaml.Mark | None) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.mark = mark
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that stops composing at MAX_NODES nodes or MAX_DEPTH levels (instead of RecursionError)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.nodes = 0
+        self.depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self.nodes += 1
+        self.depth += 1
+        try:
+            if self.nodes > MAX_NODES:
+                raise _Refused(f"more than {MAX_NODES} values in one config", self.peek_event().start_mark)
+            if self.depth > MAX_DEPTH:
+                raise _Refused(f"nested more than {MAX_DEPTH} levels deep", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+
+
 class _Reader:
     """Walks the composed YAML node tree so every error can point at a line."""
 
     def __init__(self, text: str, filename: str) -> None:
         self.filename = filename
-        self.loader = yaml.SafeLoader(text)
+        try:
+            self.loader = _BoundedLoader(text)
+        except yaml.reader.ReaderError as exc:  # a control character such as NUL in the file itself
+            line = text.count("\n", 0, max(exc.position, 0)) + 1
+            raise ConfigError(f"{filename}:{line}: YAML syntax error: {str(exc).splitlines()[0]}") from None
 
     def fail(self, node: yaml.Node | None, key: str, problem: str) -> ConfigError:
         line = f":{node.start_mark.line + 1}" if node is not None else ""
@@ -213,17 +259,62 @@ class _Reader:
         return ConfigError(f"{self.filename}{line}:{where} {problem}")
 
     def root(self) -> yaml.Node | None:
+        """The document's node graph, refused when it is too big, too deep or expands too far through aliases."""
         try:
-            return self.loader.get_single_node()
+            node = self.loader.get_single_node()
+        except _Refused as exc:
+            line = f":{exc.mark.line + 1}" if exc.mark else ""
+            raise ConfigError(f"{self.filename}{line}: {exc.problem}; write a smaller config") from None
+        except RecursionError:
+            raise ConfigError(f"{self.filename}: nested too deeply; write a smaller config") from None
         except yaml.MarkedYAMLError as exc:
             problem = exc.problem or ""
             mark = exc.problem_mark or exc.context_mark
             if exc.context_mark is not None and ("stream end" in problem or "end of stream" in problem):
                 mark = exc.context_mark  # an unclosed bracket or quote: the line that opened it, not the file's end
             line = f":{mark.line + 1}" if mark else ""
-            raise ConfigError(f"{self.filename}{line}: YAML syntax error: {_syntax_problem(exc)}") from None
+            raise ConfigError(f"{self.filename}{line}: YAML syntax error: {_cut(_syntax_problem(exc), 160)}") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{self.filename}: YAML error: {exc}") from None
+            raise ConfigError(f"{self.filename}: YAML error: {_cut(str(exc).splitlines()[0], 160)}") from None
+        if node is not None:
+            self._measure(node, "", {}, set(), 0)
+        return node
+
+    def _measure(self, node: yaml.Node, key: str, sizes: dict[int, tuple[int, int]], active: set[int],
+                 depth: int) -> tuple[int, int]:
+        """(values, characters) the node stands for with every alias expanded; memoised, so linear in the
+        file however far the aliases multiply it (a "billion laughs" is refused here, before anything is built)."""
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        if id(node) in active:
+            raise self.fail(node, key, "an alias refers to a collection it is part of (a recursive structure); "
+                                       "write the values out")
+        if depth > MAX_DEPTH:
+            raise self.fail(node, key, f"nested (through aliases) more than {MAX_DEPTH} levels deep; write the "
+                                       "values out")
+        if isinstance(node, yaml.ScalarNode):
+            self._check_number(node, key)
+            sizes[id(node)] = (1, len(node.value))
+            return sizes[id(node)]
+        active.add(id(node))
+        count, chars = 1, 0
+        for child, child_key in _children(node, key):
+            more, longer = self._measure(child, child_key, sizes, active, depth + 1)
+            count, chars = count + more, chars + longer
+            if count > MAX_NODES or chars > MAX_CHARS:
+                raise self.fail(node, key, f"expands through YAML aliases to more than {MAX_NODES} values or "
+                                           f"{MAX_CHARS // MAX_CONFIG_BYTES} MiB; write the values out")
+        active.discard(id(node))
+        sizes[id(node)] = (count, chars)
+        return sizes[id(node)]
+
+    def _check_number(self, node: yaml.ScalarNode, key: str) -> None:
+        """Refuse a number with absurdly many digits before int() or float() is asked to build it."""
+        if node.tag in _NUMBER_TAGS:
+            digits = sum(ch.isalnum() for ch in node.value)
+            if digits > MAX_DIGITS:
+                raise self.fail(node, key, f"a number of {digits} digits is out of range")
 
     def value(self, node: yaml.Node, key: str) -> Any:
         self._no_duplicates(node, key, set())
@@ -232,7 +323,9 @@ class _Reader:
         except yaml.MarkedYAMLError as exc:
             raise self.fail(node, key, f"cannot read value: {exc.problem or exc.context}") from None
         except yaml.YAMLError as exc:
-            raise self.fail(node, key, f"cannot read value: {str(exc).splitlines()[0]}") from None
+            raise self.fail(node, key, f"cannot read value: {_cut(str(exc).splitlines()[0], 200)}") from None
+        except (ValueError, ArithmeticError) as exc:  # e.g. !!int abc, !!timestamp 2024-13-45
+            raise self.fail(node, key, f"cannot read value: {_cut(str(exc), 200)}") from None
 
     def _no_duplicates(self, node: yaml.Node, key: str, seen: set[int]) -> None:
         """PyYAML silently keeps the last of two equal keys; an admin who wrote both meant something."""
@@ -247,11 +340,11 @@ class _Reader:
             for key_node, child in node.value:
                 name = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else None
                 if name is not None and name in first:
-                    raise self.fail(key_node, f"{key}.{name}", f"duplicate key (first set on line "
+                    raise self.fail(key_node, f"{key}.{_cut(name)}", f"duplicate key (first set on line "
                                                                f"{first[name].start_mark.line + 1})")
                 if name is not None:
                     first[name] = key_node
-                self._no_duplicates(child, f"{key}.{name}", seen)
+                self._no_duplicates(child, f"{key}.{_cut(str(name))}", seen)
 
     def mapping(self, node: yaml.Node, key: str, allowed: Mapping[str, Any]) -> dict[str, yaml.Node]:
         """The settings of one section as name -> value node, each name checked against the schema."""
@@ -261,9 +354,9 @@ class _Reader:
         seen: dict[str, yaml.Node] = {}
         for key_node, value_node in node.value:
             name = self.value(key_node, key)
-            dotted = f"{key}.{name}" if key else str(name)
+            dotted = f"{key}.{_cut(str(name))}" if key else _cut(str(name))
             if not isinstance(name, str) or name not in allowed:
-                hint = difflib.get_close_matches(str(name), list(allowed), n=1)
+                hint = difflib.get_close_matches(_cut(str(name)), list(allowed), n=1)
                 suggestion = f" (did you mean {key + '.' if key else ''}{hint[0]}?)" if hint else ""
                 known = f"; known keys: {', '.join(allowed)}" if not hint else ""
                 raise self.fail(key_node, dotted, f"unknown key{suggestion}{known}")
@@ -278,7 +371,7 @@ class _Reader:
         if isinstance(node, yaml.SequenceNode):
             return "a list"
         if isinstance(node, yaml.ScalarNode):
-            return f"the value {node.value!r}" if node.value else "an empty value"
+            return f"the value {shown(node.value)}" if node.value else "an empty value"
         return "a mapping"
 
     def parse(self, node: yaml.Node, key: str, parser: Parser) -> Any:
@@ -288,7 +381,7 @@ class _Reader:
             child, dotted = self._item(node, key, exc)
             raise self.fail(child, dotted, str(exc)) from None
         except ValueError as exc:
-            raise self.fail(node, key, str(exc)) from None
+            raise self.fail(node, key, _cut(str(exc), 300)) from None
 
     def _item(self, node: yaml.Node, key: str, exc: ItemError) -> tuple[yaml.Node, str]:
         """The node and dotted name of the list element or mapping entry an ItemError is about."""
@@ -299,6 +392,26 @@ class _Reader:
                 if self.loader.construct_object(key_node) == exc.item:
                     return key_node if exc.at_key else value_node, f"{key}.{exc.item}"
         return node, key
+
+
+def _cut(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _key_name(node: yaml.Node) -> str | None:
+    return _cut(str(node.value)) if isinstance(node, yaml.ScalarNode) else None
+
+
+def _children(node: yaml.Node, key: str) -> list[tuple[yaml.Node, str]]:
+    """The nodes directly under a collection node (mapping keys too), each with its dotted name."""
+    if isinstance(node, yaml.SequenceNode):
+        return [(child, f"{key}[{index}]") for index, child in enumerate(node.value)]
+    pairs: list[tuple[yaml.Node, str]] = []
+    for key_node, child in node.value:
+        name = _key_name(key_node)
+        dotted = key if name is None else f"{key}.{name}" if key else name
+        pairs += [(key_node, dotted), (child, dotted)]
+    return pairs
 
 
 def _syntax_problem(exc: yaml.MarkedYAMLError) -> str:
@@ -360,18 +473,46 @@ def _relation_error(reader: _Reader, written: dict[str, yaml.Node], offender: Re
                        f"{other_rule} {key} ({value:g}s, the default), got {other_value:g}s")
 
 
+_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISSOCK, "a socket"))
+
+
+def _read_config_file(target: Path) -> str:
+    """The file's text: a regular file of at most MAX_CONFIG_BYTES, opened without blocking (a FIFO cannot
+    hang us, /dev/zero cannot fill memory)."""
+    fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(21, "Is a directory")
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+            raise ConfigError(f"{target}: cannot read config file: it is {kind}; name a regular YAML file")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_CONFIG_BYTES and (chunk := os.read(fd, MAX_CONFIG_BYTES + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{target}: config file is larger than {MAX_CONFIG_BYTES // 1024} KiB; a clawsvc config "
+                          "is a few KiB: is this the right file?")
+    return b"".join(chunks).decode("utf-8")
+
+
 def load_config(path: Path | str | None = None) -> Config:
     """Read and validate a config file; a missing file is an error only when it was named."""
     explicit = path is not None or bool(os.environ.get("CLAWSVC_CONFIG"))
     target = Path(path) if path is not None else default_config_path()
     try:
-        text = target.read_text(encoding="utf-8")
+        text = _read_config_file(target)
     except FileNotFoundError:
         if explicit:
             raise ConfigError(f"{target}: config file not found") from None
         return Config(source=None)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{target}: cannot read config file: {exc.__class__.__name__}: "
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"{_cut(str(target), 300)}: cannot read config file: {exc.__class__.__name__}: "
                           f"{getattr(exc, 'strerror', None) or exc}") from None
     return parse_config(text, str(target))
 
@@ -407,8 +548,19 @@ def to_dict(config: Config, redact: bool = True) -> dict[str, Any]:
     return out
 
 
+def _cut_long(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > PRINT_MAX:
+        return f"{value[:60]}… ({len(value)} characters, cut)"
+    if isinstance(value, list):
+        return [_cut_long(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _cut_long(item) for key, item in value.items()}
+    return value
+
+
 def dump(config: Config) -> str:
-    return yaml.safe_dump(to_dict(config), sort_keys=False, default_flow_style=False)
+    """The effective config as YAML for people: secrets redacted, strings over PRINT_MAX characters cut."""
+    return yaml.safe_dump(_cut_long(to_dict(config)), sort_keys=False, default_flow_style=False)
 
 
 def gateway_affecting(old: Config, new: Config) -> list[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import reprlib
 import shlex
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -15,6 +16,12 @@ from typing import Any
 BINDS = ("loopback", "lan", "tailnet", "auto")
 LEVELS = ("debug", "info", "warning", "error", "critical")
 TOKEN_ENV = "OPENCLAW_GATEWAY_TOKEN"
+DAY = 86400.0  # no duration makes sense beyond a day; larger ones overflow timers or mean "never"
+MAX_DIGITS = 30  # a number written with more digits is out of every range here
+SHOWN = 60  # characters of a value an error message quotes
+PATH_MAX = 4095  # bytes of a path, without the NUL (Linux PATH_MAX is 4096 with it)
+SUN_PATH_MAX = 107  # bytes of a unix socket path, without the NUL (sun_path is 108 bytes)
+ARG_MAX_STRLEN = 131071  # bytes of one argv or environment string, without the NUL (MAX_ARG_STRLEN)
 
 
 class ItemError(ValueError):
@@ -42,70 +49,116 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = SHOWN + 2
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 2, 4, 4
+
+
+def shown(value: Any) -> str:
+    """repr() of a value for an error message, cut to about SHOWN characters however big the value is."""
+    if isinstance(value, int) and value.bit_length() > 4 * MAX_DIGITS:
+        return f"a number of about {int(value.bit_length() * 0.30103)} digits"  # repr() would cost or raise
+    if isinstance(value, str):
+        return repr(value) if len(value) <= SHOWN else repr(value[:SHOWN]) + "…"
+    text = _REPR.repr(value)
+    return text if len(text) <= SHOWN else text[:SHOWN] + "…"
+
+
+def _plain_text(value: str, what: str, newline: bool = True) -> None:
+    """The kernel takes no NUL in a path, argv or environment; a newline in a path is never what was meant."""
+    if "\0" in value:
+        raise ValueError(f"{what} must not contain a NUL character, got {shown(value)}")
+    if newline and ("\n" in value or "\r" in value):
+        raise ValueError(f"{what} must not contain a line break, got {shown(value)}")
+
+
 def parse_duration(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError(f"expected a duration like 30, 250ms, 30s or 5m, got {_type_name(value)}")
     if isinstance(value, str):
         match = _DURATION.match(value)
         if not match:
-            raise ValueError(f"expected a duration like 250ms, 30s or 5m, got {value!r}")
+            raise ValueError(f"expected a duration like 250ms, 30s or 5m, got {shown(value)}")
         return float(match.group(1)) * _UNIT[match.group(2)]
-    if not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"expected a finite number of seconds, got {value}")
     if value < 0:
-        raise ValueError(f"must not be negative, got {value}")
+        raise ValueError(f"must not be negative, got {shown(value)}")
+    if value > DAY:  # before float(): a huge int would overflow it
+        raise ValueError(f"must be at most 1 day (86400s), got {shown(value)}")
     return float(value)
 
 
 def duration(minimum: float = 0.0, allow_zero: bool = False) -> Parser:
     def parse(value: Any) -> float:
         seconds = parse_duration(value)
+        if seconds > DAY:
+            raise ValueError(f"must be at most 1 day (86400s), got {shown(value)}")
         if seconds < minimum or (seconds == 0 and not allow_zero):
             raise ValueError(f"must be {'at least ' + str(minimum) + 's' if minimum else 'greater than 0'}"
-                             f", got {value!r}")
+                             f", got {shown(value)}")
         return seconds
     return parse
 
 
-def integer(low: int, high: int | None = None) -> Parser:
+def integer(low: int, high: int) -> Parser:
     def parse(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected an integer, got {_type_name(value)} {value!r}")
-        if value < low or (high is not None and value > high):
-            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-            raise ValueError(f"must be {bound}, got {value}")
+            raise ValueError(f"expected an integer, got {_type_name(value)} {shown(value)}")
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}, got {shown(value)}")
         return value
     return parse
 
 
-def number(low: float) -> Parser:
+def number(low: float, high: float) -> Parser:
     def parse(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"expected a number, got {_type_name(value)} {value!r}")
+            raise ValueError(f"expected a number, got {_type_name(value)} {shown(value)}")
         if not math.isfinite(value) or value < low:
-            raise ValueError(f"must be at least {low}, got {value}")
+            raise ValueError(f"must be at least {low}, got {shown(value)}")
+        if value > high:
+            raise ValueError(f"must be at most {high:g}, got {shown(value)}")
         return float(value)
     return parse
 
 
 def boolean(value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {_type_name(value)} {value!r}")
+        raise ValueError(f"expected true or false, got {_type_name(value)} {shown(value)}")
     return value
 
 
 def choice(options: tuple[str, ...]) -> Parser:
     def parse(value: Any) -> str:
         if not isinstance(value, str) or value.lower() not in options:
-            raise ValueError(f"expected one of {', '.join(options)}, got {value!r}")
+            raise ValueError(f"expected one of {', '.join(options)}, got {shown(value)}")
         return value.lower()
     return parse
 
 
+def _fs_bytes(value: str) -> int:
+    return len(os.fsencode(value))
+
+
 def path(value: Any) -> Path:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"expected a path, got {_type_name(value)} {value!r}")
-    return Path(value).expanduser()
+        raise ValueError(f"expected a path, got {_type_name(value)} {shown(value)}")
+    _plain_text(value, "a path")
+    expanded = os.path.expanduser(value)
+    if _fs_bytes(expanded) > PATH_MAX:
+        raise ValueError(f"a path is at most {PATH_MAX} bytes, got {_fs_bytes(expanded)}: {shown(value)}")
+    return Path(expanded)
+
+
+def socket_path(value: Any) -> Path:
+    """A path a unix socket can be bound to: the kernel's sun_path holds 107 bytes and a NUL."""
+    result = path(value)
+    size = _fs_bytes(str(result))
+    if size > SUN_PATH_MAX:
+        raise ValueError(f"a unix socket path is at most {SUN_PATH_MAX} bytes (the kernel's limit), got {size}: "
+                         f"{shown(str(result))}; choose a shorter path")
+    return result
 
 
 def optional(parser: Parser) -> Parser:
@@ -124,7 +177,13 @@ def command(value: Any) -> tuple[str, ...]:
         raise ValueError("expected a non-empty list of strings (the argv that starts openclaw)")
     for index, item in enumerate(value):
         if not isinstance(item, str) or not item:
-            raise ItemError(index, f"expected a non-empty string, got {_type_name(item)} {item!r}")
+            raise ItemError(index, f"expected a non-empty string, got {_type_name(item)} {shown(item)}")
+        try:
+            _plain_text(item, "an argument", newline=False)
+        except ValueError as exc:
+            raise ItemError(index, str(exc)) from None
+        if _fs_bytes(item) > ARG_MAX_STRLEN:
+            raise ItemError(index, f"an argument is at most {ARG_MAX_STRLEN} bytes (the kernel's limit)")
     return tuple(os.path.expanduser(item) for item in value)
 
 
@@ -134,13 +193,18 @@ def env_map(value: Any) -> Mapping[str, str]:
     result: dict[str, str] = {}
     for key, item in value.items():
         if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-            raise ItemError(key, f"{key!r} is not a valid environment variable name", at_key=True)
+            raise ItemError(key, f"{shown(key)} is not a valid environment variable name", at_key=True)
         if key == TOKEN_ENV:
             raise ItemError(key, "the gateway token does not go here: use auth.token_file, the keyring "
                                  "or $CREDENTIALS_DIRECTORY/gateway-token", at_key=True)
         if item is None or isinstance(item, dict | list):
             raise ItemError(key, f"expected a string, got {_type_name(item)}")
-        result[key] = str(item).lower() if isinstance(item, bool) else str(item)
+        text = str(item).lower() if isinstance(item, bool) else str(item)
+        if "\0" in text:
+            raise ItemError(key, "an environment value must not contain a NUL character")
+        if _fs_bytes(f"{key}={text}") > ARG_MAX_STRLEN:
+            raise ItemError(key, f"an environment entry is at most {ARG_MAX_STRLEN} bytes (the kernel's limit)")
+        result[key] = text
     return MappingProxyType(result)
 
 
@@ -148,22 +212,31 @@ def providers(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise ValueError(f"expected a list of provider names, got {_type_name(value)}")
     for index, item in enumerate(value):
-        if not isinstance(item, str) or not re.fullmatch(r"[a-z][a-z0-9_-]*", item):
-            raise ItemError(index, f"{item!r} is not a provider name (lowercase letters, digits, - and _)")
+        if not isinstance(item, str) or not re.fullmatch(r"[a-z][a-z0-9_-]{0,63}", item):
+            raise ItemError(index, f"{shown(item)} is not a provider name (lowercase letters, digits, - and _; "
+                                   "at most 64)")
         if item in value[:index]:
-            raise ItemError(index, f"{item!r} is listed twice")
+            raise ItemError(index, f"{shown(item)} is listed twice")
     return tuple(value)
+
+
+WS_PATH_MAX = 2048
 
 
 def ws_path(value: Any) -> str:
     if not isinstance(value, str) or not value.startswith("/"):
-        raise ValueError(f"expected a URL path starting with '/', got {value!r}")
+        raise ValueError(f"expected a URL path starting with '/', got {shown(value)}")
+    if len(value) > WS_PATH_MAX or re.search(r"[\x00-\x20\x7f]", value):
+        raise ValueError(f"expected a URL path of at most {WS_PATH_MAX} characters without spaces or control "
+                         f"characters, got {shown(value)}")
     return value
 
 
 def group_name(value: Any) -> str:
     if not isinstance(value, str) or not value:
-        raise ValueError(f"expected a group name, got {_type_name(value)} {value!r}")
+        raise ValueError(f"expected a group name, got {_type_name(value)} {shown(value)}")
+    if len(value) > 256 or re.search(r"[\x00-\x20:\x7f]", value):
+        raise ValueError(f"expected a group name (no spaces, colons or control characters), got {shown(value)}")
     return value
 
 
@@ -173,9 +246,9 @@ def regex_list(value: Any) -> tuple[re.Pattern[str], ...]:
     compiled = []
     for index, item in enumerate(value):
         if not isinstance(item, str):
-            raise ItemError(index, f"expected a regex string, got {_type_name(item)} {item!r}")
+            raise ItemError(index, f"expected a regex string, got {_type_name(item)} {shown(item)}")
         try:
             compiled.append(re.compile(item))
-        except re.error as exc:
-            raise ItemError(index, f"{item!r} is not a valid regex: {exc}") from None
+        except (re.error, RecursionError, OverflowError) as exc:
+            raise ItemError(index, f"{shown(item)} is not a valid regex: {exc}") from None
     return tuple(compiled)

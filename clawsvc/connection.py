@@ -115,7 +115,10 @@ class GatewayConnection:
     def __init__(self, url: str, token: str, *, handshake_timeout: float = 10.0, request_timeout: float = 30.0,
                  ping_interval: float = 30.0, tick_grace: float = 2.0,
                  on_event: Callable[[GatewayEvent], None] | None = None,
-                 on_down: Callable[[LinkDown], None] | None = None) -> None:
+                 on_down: Callable[[LinkDown], None] | None = None,
+                 verify_peer: Callable[[socket.socket], None] | None = None) -> None:
+        """verify_peer gets the connected socket before the token is sent; it raises (e.g. UntrustedPeerError)
+        to keep the token from a listener that is not ours."""
         register_secret(token)
         self.url = url
         self._token = token
@@ -126,6 +129,7 @@ class GatewayConnection:
         self.tick_grace = tick_grace
         self.on_event = on_event
         self.on_down = on_down
+        self.verify_peer = verify_peer
         self.hello: HelloOk | None = None
         self.stats = ConnectionStats()
         self._lock = threading.Lock()
@@ -151,7 +155,8 @@ class GatewayConnection:
     # ------------------------------------------------------------ connect
 
     def connect(self) -> HelloOk:
-        """One attempt: TCP, WebSocket upgrade, challenge, connect, hello-ok. Raises a GatewayError subclass."""
+        """One attempt: TCP, WebSocket upgrade, verify_peer, challenge, connect, hello-ok. Raises a GatewayError
+        subclass."""
         with self._lock:
             if self._ws is not None and self._down is None:
                 raise RuntimeError("GatewayConnection.connect() called while connected")
@@ -166,6 +171,8 @@ class GatewayConnection:
             ws.shutdown()
             raise TransportError("CONNECT_FAILED", f"cannot connect to {self.url}: {describe_error(exc)}") from None
         try:
+            if self.verify_peer is not None:
+                self.verify_peer(ws.sock)
             hello = self._handshake(ws, deadline)
         except BaseException:
             ws.shutdown()

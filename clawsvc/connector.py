@@ -5,16 +5,19 @@ from __future__ import annotations
 import functools
 import http.client
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
 
-from clawsvc import exitcodes
+from clawsvc import exitcodes, ports
 from clawsvc.config import Config
 from clawsvc.connection import GatewayConnection
 from clawsvc.events import Connected, ConnectFailed, GatewayEventSeen, LinkLost, Message, PortFree
 from clawsvc.policy import readiness_retrying
 from clawsvc.ports import port_holder, port_in_use
+from clawsvc.proctree import descendants
 from clawsvc.protocol import (
     AuthError,
     GatewayEvent,
@@ -22,6 +25,7 @@ from clawsvc.protocol import (
     ProtocolMismatchError,
     RetryableError,
     TransportError,
+    UntrustedPeerError,
     describe_error,
 )
 
@@ -45,6 +49,64 @@ def readyz(port: int) -> bool:
         connection.close()
 
 
+class PeerCheck:
+    """GatewayConnection's verify_peer: the token goes only to the server end of this very connection when
+    it is held by the gateway clawsvc spawned (or one of its descendants), or, when adopting, by a socket
+    owned by clawsvc's own euid. Linux reads /proc/net/tcp; elsewhere (macOS) lsof names the holder, and a
+    holder lsof cannot name is refused."""
+
+    def __init__(self, port: int, adopting: bool, spawned: int | None) -> None:
+        self.port = port
+        self.adopting = adopting
+        self.spawned = spawned
+
+    def __call__(self, sock: socket.socket) -> None:
+        try:
+            local, peer = sock.getsockname(), sock.getpeername()
+        except OSError as exc:
+            raise TransportError("CLOSED", f"connection to port {self.port} closed before it could be "
+                                           f"verified: {describe_error(exc)}") from None
+        holder = self._proc_holder(local, peer) if ports.have_proc_net() else self._lsof_holder(local, peer)
+        if holder is None:
+            return
+        raise UntrustedPeerError("UNTRUSTED_PEER", f"port {self.port} is held by {holder.describe()}, "
+                                                   f"{self._expected()}; the gateway token was not sent; stop "
+                                                   "that process or change gateway.port")
+
+    def _proc_holder(self, local: object, peer: object) -> ports.PortHolder | None:
+        """None when the server end is ours; else who holds it."""
+        end = ports.server_end(local, peer)
+        if end is None:  # the server closed its end already; the next attempt verifies again
+            raise TransportError("CLOSED", f"the server end of the connection to port {self.port} is gone")
+        if self.adopting and end.uid == os.geteuid():
+            return None
+        if not self.adopting and ports.pid_with_socket({end.inode}, self._ours()) is not None:
+            return None
+        return ports.socket_holder(end)
+
+    def _lsof_holder(self, local: object, peer: object) -> ports.PortHolder | None:
+        holder = ports.lsof_server_end(local, peer)
+        if holder is None:
+            raise UntrustedPeerError("PEER_UNVERIFIABLE", f"cannot tell which process holds port {self.port} "
+                                     "(lsof is missing or cannot see it), so the gateway token was not sent")
+        if self.adopting and holder.uid == os.geteuid():
+            return None
+        if not self.adopting and holder.pid in self._ours():
+            return None
+        return holder
+
+    def _ours(self) -> list[int]:
+        """The processes whose sockets are our gateway's: the one we spawned and its descendants."""
+        return [] if self.spawned is None else [self.spawned, *descendants(self.spawned)]
+
+    def _expected(self) -> str:
+        if self.adopting:
+            return f"and clawsvc adopts only a gateway of {ports.describe_uid(os.geteuid())}"
+        if self.spawned is None:
+            return "and clawsvc has no gateway of its own running"
+        return f"not by the gateway clawsvc started (pid {self.spawned})"
+
+
 def _forward_event(post: Post, gen: int, event: GatewayEvent) -> None:
     post(GatewayEventSeen(gen, event))
 
@@ -61,11 +123,12 @@ class Connector:
         self.cancel = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _connection(self, config: Config, token: str, gen: int) -> GatewayConnection:
+    def _connection(self, config: Config, token: str, gen: int, verify_peer: PeerCheck) -> GatewayConnection:
         return GatewayConnection.from_config(
             config, token,
             on_event=functools.partial(_forward_event, self.post, gen),
             on_down=functools.partial(_forward_down, self.post, gen),
+            verify_peer=verify_peer,
         )
 
     def _start(self, name: str, target: Callable[..., None], *args: object) -> None:
@@ -82,9 +145,10 @@ class Connector:
         self._start("probe", self._probe, config, token, gen)
 
     def wait_ready(self, config: Config, token: str, gen: int, timeout: float,
-                   alive: Callable[[], bool], adopted: bool = False) -> None:
-        """Handshake until hello-ok, retrying while the gateway is still starting (or the link is coming back)."""
-        self._start("connect", self._wait_ready, config, token, gen, timeout, alive, adopted)
+                   alive: Callable[[], bool], adopted: bool = False, spawned: int | None = None) -> None:
+        """Handshake until hello-ok, retrying while the gateway is still starting (or the link is coming back).
+        The token goes only to the process tree of `spawned` (our gateway), or, adopted, to our own uid."""
+        self._start("connect", self._wait_ready, config, token, gen, timeout, alive, adopted, spawned)
 
     def _probe(self, cancel: threading.Event, config: Config, token: str, gen: int) -> None:
         port = config.gateway.port
@@ -100,20 +164,25 @@ class Connector:
             return
         log.info("port %d is in use by %s; trying to adopt it as an existing gateway", port, who)
         self._wait_ready(cancel, config, token, gen, config.connection.handshake_timeout * 2,
-                         always, True, who)
+                         always, True, None, who)
 
     def _wait_ready(self, cancel: threading.Event, config: Config, token: str, gen: int, timeout: float,
-                    alive: Callable[[], bool], adopted: bool, stranger: str | None = None) -> None:
+                    alive: Callable[[], bool], adopted: bool, spawned: int | None,
+                    stranger: str | None = None) -> None:
         retry_on = (RetryableError,) if stranger is not None else (RetryableError, TransportError)
         ready = functools.partial(readyz, config.gateway.port)
         retrying = readiness_retrying(cancel, timeout, alive, retry_on, ready)
+        verify_peer = PeerCheck(config.gateway.port, adopted, spawned)
         connection: GatewayConnection | None = None
         started = time.monotonic()
         try:
             for attempt in retrying:
                 with attempt:
-                    connection = self._connection(config, token, gen)
+                    connection = self._connection(config, token, gen, verify_peer)
                     hello = connection.connect()
+        except UntrustedPeerError as exc:
+            self._report(cancel, ConnectFailed(gen, exc.message, fatal=True))
+            return
         except AuthError as exc:
             self._report(cancel, ConnectFailed(
                 gen, f"the gateway on port {config.gateway.port} rejected our token: {exc}; check auth.token_file "

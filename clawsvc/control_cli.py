@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -12,7 +13,7 @@ from typing import Any
 
 from clawsvc import exitcodes
 from clawsvc.config import SYSTEM_CONTROL_SOCKET, Config, ConfigError, default_control_socket, load_config
-from clawsvc.control import ControlError, ServiceNotRunning, request
+from clawsvc.control import MAX_DEPTH, MAX_REQUEST, MAX_RPC_TIMEOUT, ControlError, ServiceNotRunning, request, too_deep
 from clawsvc.status import human_duration
 
 STATUS_TIMEOUT = 10.0
@@ -126,16 +127,58 @@ def status_main(args: argparse.Namespace) -> int:
     return exitcodes.OK if status.get("state") == "running" else exitcodes.NOT_RUNNING
 
 
+class _BadParams(Exception):
+    """The rpc params argument cannot be used; the message names where they came from."""
+
+
+def _params_text(spec: str) -> tuple[str, bytes]:
+    """(where, raw bytes) of PARAMS_JSON, @FILE or - (stdin); at most MAX_REQUEST bytes are read."""
+    if spec == "-":
+        where, raw = "params on stdin", _read_capped("params on stdin", None)
+    elif spec.startswith("@"):
+        if not spec[1:]:
+            raise _BadParams("@FILE needs a file name, e.g. @params.json")
+        where = f"params file {spec[1:]}"
+        raw = _read_capped(where, spec[1:])
+    else:
+        where, raw = "PARAMS_JSON", spec.encode("utf-8", "surrogateescape")
+    if len(raw) > MAX_REQUEST:
+        raise _BadParams(f"{where} is larger than {MAX_REQUEST} bytes, the most clawsvc takes in one request")
+    return where, raw
+
+
+def _read_capped(where: str, path: str | None) -> bytes:
+    """Up to MAX_REQUEST + 1 bytes of the file, or of stdin when `path` is None (a FIFO or /dev/zero ends too)."""
+    try:
+        if path is None:
+            return sys.stdin.buffer.read(MAX_REQUEST + 1)
+        with open(path, "rb") as file:
+            return file.read(MAX_REQUEST + 1)
+    except (OSError, AttributeError) as exc:  # AttributeError: no stdin at all
+        raise _BadParams(f"cannot read {where}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def read_params(spec: str | None) -> Any:
+    """The params of `clawsvc rpc`, parsed; _BadParams with one line if they are unusable."""
+    if spec is None:
+        return None
+    where, raw = _params_text(spec)
+    if too_deep(raw):
+        raise _BadParams(f"{where} nests deeper than {MAX_DEPTH} levels")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise _BadParams(f"{where} is not valid JSON: {exc}") from None
+
+
 def rpc_main(args: argparse.Namespace) -> int:
-    params = None
-    if args.params is not None:
-        try:
-            params = json.loads(args.params)
-        except ValueError as exc:
-            _fail(f"PARAMS_JSON is not valid JSON: {exc}")
-            return exitcodes.USAGE
-    if args.timeout is not None and args.timeout <= 0:
-        _fail("--timeout must be a positive number of seconds")
+    try:
+        params = read_params(args.params)
+    except _BadParams as exc:
+        _fail(str(exc))
+        return exitcodes.USAGE
+    if args.timeout is not None and not (math.isfinite(args.timeout) and 0 < args.timeout <= MAX_RPC_TIMEOUT):
+        _fail(f"--timeout must be a positive number of seconds up to {MAX_RPC_TIMEOUT:g}")
         return exitcodes.USAGE
     config = _load(args)
     if config is None:

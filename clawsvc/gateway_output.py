@@ -9,7 +9,7 @@ import threading
 from typing import IO
 
 from clawsvc.config import LoggingConfig
-from clawsvc.logs import LEVEL_NAMES, redact
+from clawsvc.logs import LEVEL_NAMES, longest_secret, redact, secret_safe_cut
 
 log = logging.getLogger("clawsvc.gateway")
 
@@ -89,14 +89,15 @@ class OutputPump:
         skipping = False  # inside the rest of a line already logged truncated
         try:
             with self.stream:
-                while chunk := self.stream.readline(MAX_LINE):
+                # past the limit, as much as the longest secret: one that starts before the cut is seen whole
+                while chunk := self.stream.readline(MAX_LINE + longest_secret()):
                     complete = chunk.endswith(b"\n")
                     if skipping:
                         skipping = not complete
                         continue
-                    if not complete and len(chunk) >= MAX_LINE:
-                        skipping = True
-                        self.emit(clean(chunk) + TRUNCATED)
+                    if len(chunk.rstrip(b"\r\n")) > MAX_LINE:
+                        skipping = not complete
+                        self.emit(clean(chunk[:secret_safe_cut(chunk, MAX_LINE)]) + TRUNCATED)
                     else:
                         self.emit(clean(chunk))
         except (OSError, ValueError) as exc:

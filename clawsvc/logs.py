@@ -33,6 +33,27 @@ def redact(text: str) -> str:
     return text
 
 
+def longest_secret() -> int:
+    """UTF-8 length of the longest secret: how far past a cut a secret that starts before it can reach."""
+    with _secrets_lock:
+        return max((len(secret.encode()) for secret in _secrets), default=0)
+
+
+def secret_safe_cut(data: bytes, limit: int) -> int:
+    """The largest cut <= limit that splits no secret in data: data[:cut] then holds only whole secrets, which
+    redact() masks. data must reach longest_secret() bytes past limit for a secret there to be seen whole."""
+    with _secrets_lock:
+        secrets = [secret.encode() for secret in _secrets]
+    cut, moved = limit, True
+    while moved:
+        moved = False
+        for secret in secrets:  # a match inside this window starts before the cut and ends after it
+            start = data.find(secret, max(0, cut - len(secret) + 1), cut + len(secret) - 1)
+            if start != -1:
+                cut, moved = start, True
+    return cut
+
+
 def priority(levelno: int) -> int:
     """syslog priority for a logging level (levels between the named ones round down in severity)."""
     for level in (logging.CRITICAL, logging.ERROR, logging.WARNING, logging.INFO):

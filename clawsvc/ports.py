@@ -1,15 +1,28 @@
-"""Who holds a TCP port: for "port 18789 is held by pid 4321 (python3)" instead of an EADDRINUSE loop."""
+"""Who holds a TCP port or the server end of a connection (Linux /proc; lsof elsewhere), for "port 18789 is
+held by pid 4321 (python3)" instead of an EADDRINUSE loop, and for sending the gateway token only to a
+process we trust."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import pwd
+import shutil
 import socket
+import subprocess
+import sys
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 PROC = Path("/proc")
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's "st" column
+LSOF_TIMEOUT = 2.0
+LSOF_PATH = os.pathsep.join((os.defpath, "/usr/sbin"))  # macOS keeps lsof in /usr/sbin
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Endpoint = tuple[IPAddress, int]
 
 
 @dataclass(frozen=True)
@@ -27,10 +40,26 @@ class PortHolder:
         return "a process the OS does not name (try: ss -ltnp as root)"
 
     def _owner(self) -> str:
-        try:
-            return f"user {pwd.getpwuid(self.uid).pw_name} (uid {self.uid})"  # type: ignore[arg-type]
-        except KeyError:
-            return f"uid {self.uid}"
+        return describe_uid(self.uid) if self.uid is not None else "an unknown user"
+
+
+def describe_uid(uid: int) -> str:
+    """"user nobody (uid 65534)", or "uid 4000123" for a uid without a passwd entry."""
+    try:
+        return f"user {pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+@dataclass(frozen=True)
+class TcpSocket:
+    """One row of /proc/net/tcp{,6}: IPv4-mapped IPv6 addresses are given as IPv4."""
+
+    local: Endpoint
+    remote: Endpoint
+    state: str
+    uid: int
+    inode: int  # 0 when no process holds it (TIME_WAIT, not yet accepted)
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
@@ -42,9 +71,32 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
-def _listening_sockets(port: int) -> dict[int, int]:
-    """inode -> uid of the sockets listening on port (any address, IPv4 and IPv6)."""
-    found: dict[int, int] = {}
+def have_proc_net() -> bool:
+    return (PROC / "net" / "tcp").exists()
+
+
+def _plain(address: IPAddress) -> IPAddress:
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return mapped or address
+
+
+def _proc_endpoint(text: str) -> Endpoint:
+    """"0100007F:1F90" -> (127.0.0.1, 8080): the kernel prints each 32-bit word of the address in host order."""
+    host, port = text.split(":")
+    raw = bytes.fromhex(host)
+    if sys.byteorder == "little":
+        raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    return _plain(ipaddress.ip_address(raw)), int(port, 16)
+
+
+def sockaddr_endpoint(address: Any) -> Endpoint:
+    """getsockname()/getpeername() of an AF_INET or AF_INET6 socket as an Endpoint."""
+    host, port = address[0], address[1]
+    return _plain(ipaddress.ip_address(host.split("%", 1)[0])), int(port)
+
+
+def tcp_sockets() -> Iterator[TcpSocket]:
+    """Every TCP socket of this network namespace, IPv4 and IPv6 (nothing without /proc)."""
     for table in ("tcp", "tcp6"):
         try:
             lines = (PROC / "net" / table).read_text().splitlines()[1:]
@@ -52,25 +104,36 @@ def _listening_sockets(port: int) -> dict[int, int]:
             continue
         for line in lines:
             fields = line.split()
-            if len(fields) < 10 or fields[3] != _LISTEN:
+            try:
+                yield TcpSocket(_proc_endpoint(fields[1]), _proc_endpoint(fields[2]), fields[3],
+                                int(fields[7]), int(fields[9]))
+            except (IndexError, ValueError):
                 continue
-            if int(fields[1].rsplit(":", 1)[1], 16) == port:
-                found[int(fields[9])] = int(fields[7])
-    return found
 
 
-def _process_with_socket(inodes: set[str]) -> int | None:
-    for entry in PROC.iterdir():
-        if not entry.name.isdigit():
-            continue
+def server_end(local: Any, peer: Any) -> TcpSocket | None:
+    """The socket at the other end of our connection (our getsockname(), getpeername()), or None when no
+    process holds one (closed meanwhile) or the OS does not tell (no /proc/net/tcp)."""
+    ours, theirs = sockaddr_endpoint(local), sockaddr_endpoint(peer)
+    for sock in tcp_sockets():
+        if sock.local == theirs and sock.remote == ours and sock.inode:
+            return sock
+    return None
+
+
+def pid_with_socket(inodes: Collection[int], pids: Iterable[int] | None = None) -> int | None:
+    """The first of `pids` (default: every visible process) holding one of these socket inodes."""
+    links = {f"socket:[{inode}]" for inode in inodes}
+    candidates = pids if pids is not None else (int(e.name) for e in PROC.iterdir() if e.name.isdigit())
+    for pid in candidates:
         try:
-            fds = list((entry / "fd").iterdir())
+            fds = list((PROC / str(pid) / "fd").iterdir())
         except OSError:  # another user's process, or it just exited
             continue
         for fd in fds:
             try:
-                if os.readlink(fd) in inodes:
-                    return int(entry.name)
+                if os.readlink(fd) in links:
+                    return pid
             except OSError:
                 continue
     return None
@@ -83,17 +146,62 @@ def _comm(pid: int) -> str | None:
         return None
 
 
+def socket_holder(sock: TcpSocket) -> PortHolder:
+    """Name the process holding this socket (pid None when it is another user's and we are not root)."""
+    pid = pid_with_socket({sock.inode})
+    return PortHolder(pid=pid, name=_comm(pid) if pid is not None else None, uid=sock.uid)
+
+
 def port_holder(port: int) -> PortHolder | None:
     """The process listening on TCP port, or None when nothing listens.
 
     Linux: the LISTEN socket's inode from /proc/net/tcp{,6}, then the process holding it.
     pid is None when the OS does not tell (another user's process without root; no /proc, e.g. macOS).
     """
-    if not (PROC / "net" / "tcp").exists():
+    if not have_proc_net():
         return PortHolder(pid=None, name=None) if port_in_use(port) else None
-    sockets = _listening_sockets(port)
-    if not sockets:
+    listening = [sock for sock in tcp_sockets() if sock.state == _LISTEN and sock.local[1] == port]
+    if not listening:
         return None
-    pid = _process_with_socket({f"socket:[{inode}]" for inode in sockets})
-    uid = next(iter(sockets.values()))
-    return PortHolder(pid=pid, name=_comm(pid) if pid is not None else None, uid=uid)
+    pid = pid_with_socket({sock.inode for sock in listening})
+    return PortHolder(pid=pid, name=_comm(pid) if pid is not None else None, uid=listening[0].uid)
+
+
+def _lsof_address(endpoint: Endpoint) -> str:
+    host, port = endpoint
+    return f"[{host}]:{port}" if host.version == 6 else f"{host}:{port}"
+
+
+def parse_lsof(output: str, name: str) -> PortHolder | None:
+    """The process whose socket lsof -F pcun names `name` ("127.0.0.1:18789->127.0.0.1:50123")."""
+    holder: PortHolder | None = None
+    for line in output.splitlines():
+        tag, value = line[:1], line[1:]
+        try:
+            if tag == "p":
+                holder = PortHolder(pid=int(value), name=None)
+            elif tag == "c" and holder is not None:
+                holder = PortHolder(holder.pid, value, holder.uid)
+            elif tag == "u" and holder is not None:
+                holder = PortHolder(holder.pid, holder.name, int(value))
+            elif tag == "n" and value == name and holder is not None:
+                return holder
+        except ValueError:
+            holder = None
+    return None
+
+
+def lsof_server_end(local: Any, peer: Any) -> PortHolder | None:
+    """Where there is no /proc/net/tcp (macOS): the process holding the other end of our connection, as lsof
+    sees it; None when lsof is missing, slow, or cannot see that process (another user's, without root)."""
+    ours, theirs = sockaddr_endpoint(local), sockaddr_endpoint(peer)
+    lsof = shutil.which("lsof", path=LSOF_PATH)
+    if lsof is None:
+        return None
+    try:
+        done = subprocess.run([lsof, "-nP", "-w", f"-iTCP@{_lsof_address(theirs)}", "-Fpcun"],
+                              capture_output=True, text=True, errors="replace", timeout=LSOF_TIMEOUT,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return parse_lsof(done.stdout, f"{_lsof_address(theirs)}->{_lsof_address(ours)}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shlex
 import shutil
 import signal
@@ -19,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from clawsvc import proctree
+from clawsvc import proctree, trust
 from clawsvc.config import SECRET_ENV, Config
 from clawsvc.configvalues import TOKEN_ENV
 from clawsvc.gateway_output import OutputPump
@@ -44,6 +45,7 @@ EXTERNAL_SUPERVISOR_ENV = {"OPENCLAW_NO_RESPAWN": "1", "OPENCLAW_SUPERVISOR_MODE
 KILL_GRACE = 10.0  # after SIGKILL: only a process stuck in uninterruptible I/O takes longer
 PUMP_DRAIN = 1.0  # how long the waiter lets the pumps log the last lines before reporting the exit
 HELPER_GRACE = 3.0  # children outside the group (the spawn broker) exit by themselves ~1.6 s after it
+ORPHAN_SCAN = 1.0  # how often the waiter looks for processes the gateway orphaned to us (the subreaper)
 
 
 @dataclass(frozen=True)
@@ -106,15 +108,12 @@ def build_env(config: Config, token: str, provider_env: Mapping[str, str],
 
 
 def prepare_state_dir(config: Config) -> None:
-    """Create gateway.state_dir 0700; a pre-existing one open to other users is tightened (and logged)."""
+    """Create gateway.state_dir 0700 (see trust.open_private_dir); one we cannot trust is refused."""
     path = state_dir(config)
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = path.stat()
-        if st.st_mode & 0o077 and st.st_uid == os.geteuid():
-            os.chmod(path, 0o700)
-            log.warning("gateway.state_dir %s was accessible to other users (mode %04o); set it to 0700",
-                        path, st.st_mode & 0o7777)
+        os.close(trust.open_private_dir(path, "gateway.state_dir"))
+    except trust.TrustError as exc:
+        raise SpawnError(str(exc)) from None
     except OSError as exc:
         raise SpawnError(f"cannot create gateway.state_dir {path}: {exc.strerror}; create it (mode 0700) "
                          "for the user clawsvc runs as") from None
@@ -204,7 +203,9 @@ class GatewayProcess:
         self._spawn_error: SpawnError | None = None
         self._info = ExitInfo(None, None)
         self._spawned = threading.Event()
-        self._exited = threading.Event()
+        self._gone = threading.Event()  # the gateway's main process is reaped
+        self._exited = threading.Event()  # ... and what it left behind too; on_exit comes next
+        self._marker = secrets.token_hex(16)  # CLAWSVC_GATEWAY_ID: marks this gateway's processes
         register_secret(token)
 
     @property
@@ -213,7 +214,7 @@ class GatewayProcess:
 
     @property
     def running(self) -> bool:
-        return self._popen is not None and not self._exited.is_set()
+        return self._popen is not None and not self._gone.is_set()
 
     def start(self) -> int:
         with self._lock:
@@ -222,6 +223,7 @@ class GatewayProcess:
             self._started = True
         try:
             env = build_env(self.config, self._token, self._provider_env)
+            env[proctree.GATEWAY_ID_ENV] = self._marker
             argv = check_command(build_argv(self.config), env)
             prepare_state_dir(self.config)
             if leftovers := proctree.kill_leftovers(state_dir(self.config)):
@@ -258,24 +260,69 @@ class GatewayProcess:
         for pump in pumps:
             pump.start()
         self._popen = popen
+        self._write_pidfile(popen.pid)
         self._spawned.set()
-        if hasattr(os, "waitid"):  # until reaped, its zombie keeps the pid (= its group's id) ours
-            with contextlib.suppress(ChildProcessError):
-                os.waitid(os.P_PID, popen.pid, os.WEXITED | os.WNOWAIT)
-        else:  # macOS has no waitid: reap first (the group id stays reserved while the group has members)
-            popen.wait()
+        orphans = proctree.Orphans(popen.pid, self._marker)
+        self._wait_unreaped(popen, orphans)
         with self._lock:
             self._signal_group(signal.SIGKILL)  # whatever of its group outlived it has no parent to serve
             returncode = popen.wait()
             self._reaped = True
+        proctree.SWEEPING.add(self._marker)  # its helpers are ours to end, not "left over by a killed clawsvc"
+        self._gone.set()
+        with self._lock:
+            stopping = self._stop_requested
+        if stopping:  # a stop is over only when nothing the gateway started is left
+            self._end_orphans(popen.pid, orphans)
         for pump in pumps:
             pump.join(PUMP_DRAIN)
         self._info = ExitInfo.from_returncode(returncode, self._forced)
-        self._exited.set()
+        if stopping:
+            self._exited.set()
         try:
             self._on_exit(self._info)
         except Exception:
             log.exception("on_exit callback failed for gateway pid %d", popen.pid)
+        if not stopping:  # a crash is reported first: the respawn never waits for the old helpers to go
+            self._end_orphans(popen.pid, orphans)
+            self._exited.set()
+
+    def _write_pidfile(self, pid: int) -> None:
+        """Record this gateway in the state dir, so a later clawsvc can prove what it left behind is ours."""
+        record = proctree.PidRecord.of(pid, self._marker)
+        try:
+            if record is not None:
+                proctree.write_pidfile(state_dir(self.config), record)
+        except OSError as exc:
+            log.warning("cannot write %s: %s; if clawsvc is killed, what the gateway leaves running will not "
+                        "be cleaned up at the next start", state_dir(self.config) / proctree.PIDFILE, exc.strerror)
+
+    def _end_orphans(self, pid: int, orphans: proctree.Orphans) -> None:
+        """End and reap what the exited gateway left behind; the pidfile goes once nothing is left."""
+        try:
+            if orphans.sweep(HELPER_GRACE) == 0:
+                proctree.remove_pidfile(state_dir(self.config), self._marker)
+        except Exception:  # stop() waits for what follows: never let this end the waiter
+            log.exception("cleaning up after gateway pid %d failed", pid)
+        finally:
+            orphans.close()
+            proctree.SWEEPING.discard(self._marker)
+
+    @staticmethod
+    def _wait_unreaped(popen: subprocess.Popen[bytes], orphans: proctree.Orphans) -> None:
+        """Wait for the gateway to exit without reaping it: until reaped, its zombie keeps the pid (= its group's
+        id) ours. Meanwhile adopt and reap what its processes orphan."""
+        fd = proctree.pidfd(popen.pid)
+        if fd is not None:
+            try:
+                orphans.watch(fd, ORPHAN_SCAN)
+            finally:
+                os.close(fd)
+        elif hasattr(os, "waitid"):
+            with contextlib.suppress(ChildProcessError):
+                os.waitid(os.P_PID, popen.pid, os.WEXITED | os.WNOWAIT)
+        else:  # macOS has no waitid: reap first (the group id stays reserved while the group has members)
+            popen.wait()
 
     def _signal_group(self, sig: int) -> None:
         """Caller holds self._lock; the unreaped pid is also the group id, so it cannot name a stranger."""
@@ -310,14 +357,15 @@ class GatewayProcess:
         with self._lock:
             self._signal_group(signal.SIGTERM)
         log.info("stopping gateway pid %d: sent SIGTERM, SIGKILL in %gs if it is still running", pid, grace)
-        if not self._exited.wait(grace):
+        if not self._gone.wait(grace):
             log.warning("gateway pid %d did not stop within %gs; sending SIGKILL to its process group", pid, grace)
             with self._lock:
                 self._forced = True
                 self._signal_group(signal.SIGKILL)
-            if not self._exited.wait(KILL_GRACE):
+            if not self._gone.wait(KILL_GRACE):
                 log.error("gateway pid %d survived SIGKILL for %gs (stuck in the kernel?)", pid, KILL_GRACE)
                 proctree.kill_stragglers(family, 0)
                 return False
+        self._exited.wait()  # the waiter ends what the gateway orphaned to us: bounded by its own timeouts
         proctree.kill_stragglers(family, HELPER_GRACE)
         return True

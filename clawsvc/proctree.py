@@ -1,87 +1,154 @@
-"""A process's descendants, pinned with pidfds so a reused PID is never signalled (Linux).
+"""The gateway's processes, pinned with pidfds so a reused PID is never signalled (Linux).
 
 stop() pins the gateway's descendants before signalling, then waits until every one is gone. That
 matters for the ones outside its process group: OpenClaw starts its spawn broker with setsid(), so a
 signal to the group misses it; it exits by itself about 1.6 s after the gateway, or is killed.
+
+clawsvc is the child subreaper: what the gateway's tree orphans (a double-forked daemon) becomes our
+child instead of init's. Orphans tracks those children of one gateway: it pins them while they live,
+reaps them when they die, and after the gateway exits, ends and reaps the rest. Each gateway carries a
+random CLAWSVC_GATEWAY_ID in its environment, and the state dir's pidfile records it with the gateway's
+pid, start time and boot id: what a killed clawsvc left behind is found by that, and nothing else is
+ever killed as a leftover.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import select
 import signal
+import stat
+import sys
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger("clawsvc.process")
 KILL_WAIT = 5.0
+GATEWAY_ID_ENV = "CLAWSVC_GATEWAY_ID"
+PIDFILE = "clawsvc-gateway.pid"
+PIDFILE_MAX = 4096
+SWEEP_ROUNDS = 3  # a killed orphan's own children are orphaned in turn: look again, a bounded number of times
+PR_SET_CHILD_SUBREAPER = 36
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+SWEEPING: set[str] = set()  # markers of gateways of this very process whose leftovers are being ended now
+
+
+def become_subreaper() -> bool:
+    """Make this process adopt its descendants' orphans (instead of init); once, early in `clawsvc run`."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    except (OSError, AttributeError) as exc:
+        log.warning("cannot become the child subreaper (%s); a daemon the gateway forks may outlive clawsvc", exc)
+        return False
+    return True
+
+
+def _stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat after the command name: [0] state, [1] ppid, [2] pgrp, [3] session, [19] start time."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields if len(fields) > 19 else None
 
 
 def _start_time(pid: int) -> int | None:
     """Start time in clock ticks since boot (with the pid, a process's identity), or None if gone."""
+    fields = _stat(pid)
+    return int(fields[19]) if fields else None
+
+
+def boot_id() -> str:
     try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
+        return BOOT_ID.read_text().strip()
+    except OSError:
+        return ""
+
+
+def _environ_has(pid: int, entry: bytes) -> bool:
+    try:
+        return entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
 
 
 def processes_with_env(name: str, value: str) -> list[int]:
     """Live processes (not zombies) whose environment holds name=value, e.g. one gateway's OPENCLAW_STATE_DIR."""
     wanted = f"{name}={value}".encode()
     found = []
-    for environ in Path("/proc").glob("[0-9]*/environ"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            pid = int(environ.parent.name)
-            if pid == os.getpid() or wanted not in environ.read_bytes().split(b"\0"):
-                continue
-            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-                found.append(pid)
+    for proc in Path("/proc").glob("[0-9]*"):
+        pid = int(proc.name)
+        if pid != os.getpid() and _environ_has(pid, wanted) and (fields := _stat(pid)) and fields[0] != "Z":
+            found.append(pid)
     return found
 
 
-def kill_leftovers(state_dir: Path) -> list[int]:
-    """SIGKILL what an earlier gateway of this state dir left running (its clawsvc was SIGKILLed and the
-    parent-death signal reached only the gateway's main process); returns their pids."""
-    pids = processes_with_env("OPENCLAW_STATE_DIR", str(state_dir))
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    return pids
+def _children_of(task_dir: Path) -> list[int]:
+    found: list[int] = []
+    for children in task_dir.glob("*/children"):
+        with contextlib.suppress(OSError, ValueError):
+            found.extend(int(child) for child in children.read_text().split())
+    return found
+
+
+def own_children() -> list[int]:
+    """This process's children, whichever of its threads forked them (or adopted them as subreaper)."""
+    return _children_of(Path("/proc/self/task"))
 
 
 def descendants(pid: int) -> list[int]:
     found: list[int] = []
     pending = [pid]
     while pending:
-        parent = pending.pop()
-        for children in Path(f"/proc/{parent}/task").glob("*/children"):
-            with contextlib.suppress(OSError, ValueError):
-                kids = [int(child) for child in children.read_text().split()]
-                found.extend(kids)
-                pending.extend(kids)
+        kids = _children_of(Path(f"/proc/{pending.pop()}/task"))
+        found.extend(kids)
+        pending.extend(kids)
     return found
+
+
+def pidfd(pid: int, start: int | None = None) -> int | None:
+    """A pidfd for pid if it is still the process that started at `start` (any start when None)."""
+    before = _start_time(pid) if start is None else start
+    if before is None or not hasattr(os, "pidfd_open"):
+        return None
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    if _start_time(pid) != before:
+        os.close(fd)  # the PID was reused between reading /proc and opening it
+        return None
+    return fd
 
 
 def pin_descendants(pid: int) -> dict[int, int]:
     """{pidfd: pid} for every live descendant of pid, so we can wait for each and never signal a stranger."""
-    if not hasattr(os, "pidfd_open"):
-        return {}
     fds: dict[int, int] = {}
     for child in descendants(pid):
-        before = _start_time(child)
-        if before is None:
-            continue
-        try:
-            fd = os.pidfd_open(child)
-        except OSError:
-            continue
-        if _start_time(child) == before:
+        if (fd := pidfd(child)) is not None:
             fds[fd] = child
-        else:
-            os.close(fd)  # the PID was reused between reading /proc and opening it
     return fds
+
+
+def _reap(fd: int) -> None:
+    """Reap the process behind this pidfd if it is our exited child (a subreaper must); else nothing."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
+
+
+def _signal_all(fds: Iterable[int], sig: int) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(fd, sig)
 
 
 def _wait_exit(poller: select.poll, alive: set[int], timeout: float) -> None:
@@ -93,20 +160,213 @@ def _wait_exit(poller: select.poll, alive: set[int], timeout: float) -> None:
             poller.unregister(fd)
 
 
-def kill_stragglers(pidfds: dict[int, int], grace: float) -> None:
-    """Wait up to `grace` for these processes to exit, SIGKILL the rest and see them go; closes the pidfds."""
+def _poller(fds: Iterable[int]) -> select.poll:
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return poller
+
+
+def kill_stragglers(pidfds: dict[int, int], grace: float) -> int:
+    """Wait up to `grace` for these processes to exit, SIGKILL the rest and see them go; reap those that are
+    our children; closes the pidfds. Returns how many are still there."""
     try:
-        poller = select.poll()
-        for fd in pidfds:
-            poller.register(fd, select.POLLIN)
+        poller = _poller(pidfds)
         alive = set(pidfds)
         _wait_exit(poller, alive, grace)
         for fd in alive:
             log.warning("gateway helper process %d outlived the gateway by %gs; sending SIGKILL",
                         pidfds[fd], grace)
-            with contextlib.suppress(OSError):
-                signal.pidfd_send_signal(fd, signal.SIGKILL)
+        _signal_all(alive, signal.SIGKILL)
         _wait_exit(poller, alive, KILL_WAIT)
+        for fd in set(pidfds) - alive:
+            _reap(fd)
+        return len(alive)
     finally:
         for fd in pidfds:
             os.close(fd)
+
+
+class Orphans:
+    """The children clawsvc adopted from one gateway's tree: pinned while they live, reaped when they die.
+
+    A child is from this gateway's tree when it carries the gateway's CLAWSVC_GATEWAY_ID or is in its
+    session or process group; the keyring child and other processes clawsvc starts itself are neither.
+    """
+
+    def __init__(self, gateway_pid: int, marker: str) -> None:
+        self.gateway_pid = gateway_pid
+        self.entry = f"{GATEWAY_ID_ENV}={marker}".encode()
+        self.pinned: dict[int, int] = {}  # pidfd -> pid
+
+    def _in_session(self, fields: list[str]) -> bool:
+        return self.gateway_pid in (int(fields[2]), int(fields[3]))
+
+    def adopt(self) -> None:
+        """Pin the gateway's newly orphaned children; reap its orphans that already died in its session."""
+        known = set(self.pinned.values())
+        for pid in own_children():
+            if pid == self.gateway_pid or pid in known or (fields := _stat(pid)) is None:
+                continue
+            if fields[0] == "Z":  # its environment is gone: only the session tells where it came from
+                if self._in_session(fields):
+                    with contextlib.suppress(ChildProcessError):
+                        os.waitpid(pid, os.WNOHANG)  # an unreaped child of ours: the pid cannot be reused
+            elif (self._in_session(fields) or _environ_has(pid, self.entry)) and \
+                    (fd := pidfd(pid, int(fields[19]))) is not None:
+                self.pinned[fd] = pid
+
+    def watch(self, gateway_fd: int, interval: float) -> None:
+        """Until the gateway (its pidfd) exits: adopt every `interval` seconds and reap what dies."""
+        while True:
+            ready = {fd for fd, _ in _poller([gateway_fd, *self.pinned]).poll(interval * 1000)}
+            if gateway_fd in ready:
+                return
+            for fd in ready:
+                _reap(fd)
+                os.close(fd)
+                del self.pinned[fd]
+            self.adopt()
+
+    def sweep(self, grace: float) -> int:
+        """After the gateway exited: SIGTERM what it left behind, SIGKILL it after `grace`, reap it all.
+        Returns how many processes are still there (stuck even after SIGKILL)."""
+        stuck = 0
+        for _ in range(SWEEP_ROUNDS):
+            self.adopt()
+            family, self.pinned = self.pinned, {}
+            for pid in list(family.values()):
+                family.update(pin_descendants(pid))
+            if not family:
+                break
+            log.info("stopping %d process(es) the gateway pid %d left behind (pids %s)", len(family),
+                     self.gateway_pid, ", ".join(map(str, sorted(family.values()))))
+            _signal_all(family, signal.SIGTERM)
+            stuck = kill_stragglers(family, grace)
+        return stuck
+
+    def close(self) -> None:
+        for fd in self.pinned:
+            os.close(fd)
+        self.pinned = {}
+
+
+# ---------------------------------------------------------------- the pidfile: leftovers of an earlier clawsvc
+
+@dataclass(frozen=True)
+class PidRecord:
+    """One spawned gateway: pid, start time and boot id say which process; marker is its CLAWSVC_GATEWAY_ID."""
+
+    pid: int
+    start: int
+    boot: str
+    marker: str
+
+    def dump(self) -> bytes:
+        return f"{self.pid} {self.start} {self.boot} {self.marker}\n".encode()
+
+    @classmethod
+    def parse(cls, data: bytes) -> PidRecord | None:
+        try:
+            pid, start, boot, marker = data.decode("ascii").split()
+            return cls(int(pid), int(start), boot, marker)
+        except ValueError:
+            return None
+
+    @classmethod
+    def of(cls, pid: int, marker: str) -> PidRecord | None:
+        start = _start_time(pid)
+        return None if start is None else cls(pid, start, boot_id(), marker)
+
+
+def write_pidfile(state_dir: Path, record: PidRecord) -> None:
+    """Atomically (tmp + rename), 0600, never through a symlink; OSError when it cannot."""
+    tmp = state_dir / f".{PIDFILE}.{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, record.dump())
+    finally:
+        os.close(fd)
+    os.replace(tmp, state_dir / PIDFILE)
+
+
+def read_pidfile(state_dir: Path) -> PidRecord | None:
+    """The record, or None when there is none or it is not a small regular file of ours (never followed)."""
+    path = state_dir / PIDFILE
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("ignoring %s: %s; remove it", path, exc.strerror)
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_size > PIDFILE_MAX:
+            log.warning("ignoring %s: not a small regular file owned by uid %d; remove it", path, os.geteuid())
+            return None
+        return PidRecord.parse(os.read(fd, PIDFILE_MAX))
+    finally:
+        os.close(fd)
+
+
+def remove_pidfile(state_dir: Path, marker: str) -> None:
+    """Remove the pidfile if it still names the gateway with this marker (a newer one may have replaced it)."""
+    record = read_pidfile(state_dir)
+    if record is not None and record.marker == marker:
+        with contextlib.suppress(OSError):
+            os.unlink(state_dir / PIDFILE)
+
+
+def _is_leftover(pid: int, record: PidRecord, entry: bytes) -> int | None:
+    """A pidfd for pid if it is provably from the recorded gateway: that very process (same start time),
+    or one of our uid started after it and carrying its marker."""
+    fields = _stat(pid)
+    if fields is None or fields[0] == "Z" or int(fields[19]) < record.start:
+        return None
+    if not (pid == record.pid and int(fields[19]) == record.start) and not _environ_has(pid, entry):
+        return None
+    try:
+        if os.stat(f"/proc/{pid}").st_uid != os.geteuid():
+            return None
+    except OSError:
+        return None
+    return pidfd(pid, int(fields[19]))
+
+
+def _pin_leftovers(record: PidRecord) -> dict[int, int]:
+    entry = f"{GATEWAY_ID_ENV}={record.marker}".encode()
+    fds: dict[int, int] = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        pid = int(proc.name)
+        if pid != os.getpid() and (fd := _is_leftover(pid, record, entry)) is not None:
+            fds[fd] = pid
+    if record.pid in fds.values():  # the gateway itself is still there: all it started is ours too
+        known = set(fds.values())
+        for fd, pid in pin_descendants(record.pid).items():
+            if pid in known:
+                os.close(fd)
+            else:
+                fds[fd] = pid
+    return fds
+
+
+def kill_leftovers(state_dir: Path) -> list[int]:
+    """SIGKILL what the gateway recorded in state_dir's pidfile left running (its clawsvc was SIGKILLed and
+    the parent-death signal reached only the gateway's main process); returns their pids."""
+    record = read_pidfile(state_dir)
+    if record is None or record.boot != boot_id() or record.marker in SWEEPING:
+        return []
+    pinned = _pin_leftovers(record)
+    try:
+        _signal_all(pinned, signal.SIGKILL)
+        alive = set(pinned)
+        _wait_exit(_poller(pinned), alive, KILL_WAIT)
+        for fd in set(pinned) - alive:
+            _reap(fd)
+    finally:
+        for fd in pinned:
+            os.close(fd)
+    return sorted(pinned.values())

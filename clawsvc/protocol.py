@@ -92,6 +92,10 @@ class ProtocolMismatchError(GatewayError):
     """The gateway and clawsvc share no protocol version; the message names both."""
 
 
+class UntrustedPeerError(GatewayError):
+    """The process at the other end of the connection is not one clawsvc may send the gateway token to."""
+
+
 class TransportError(GatewayError):
     """The link itself failed: refused, reset, timed out, closed unexpectedly."""
 

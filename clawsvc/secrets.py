@@ -17,13 +17,13 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clawsvc import trust
 from clawsvc.config import Config
 from clawsvc.logs import redact, register_secret
 
@@ -32,7 +32,7 @@ log = logging.getLogger("clawsvc.secrets")
 KEYRING_SERVICE = "clawsvc"
 TOKEN_USERNAME = "gateway-token"
 TOKEN_CREDENTIAL = "gateway-token"
-GENERATED_TOKEN_NAME = "gateway-token"
+GENERATED_TOKEN_NAME = trust.GENERATED_TOKEN_NAME
 KEYRING_TIMEOUT = 10.0
 MIN_TOKEN_LENGTH = 6  # shorter values cannot be masked in logs (see logs.register_secret)
 WEAK_TOKEN_LENGTH = 16
@@ -147,14 +147,19 @@ def _keyring_values(usernames: Sequence[str]) -> dict[str, str]:
 
 # ---------------------------------------------------------------- files and credentials
 
-def _read_secret_file(path: Path, what: str) -> str:
+@contextlib.contextmanager
+def _file_errors(failing: str) -> Iterator[None]:
+    """The one place problems with a secret file or the state dir become a SecretError (exit 78 at start)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        yield
+    except trust.TrustError as exc:
+        raise SecretError(str(exc)) from None
     except OSError as exc:
-        raise SecretError(f"cannot read {what} {path}: {exc.strerror or exc.__class__.__name__}") from None
-    except UnicodeDecodeError:
-        raise SecretError(f"cannot read {what} {path}: not UTF-8 text") from None
-    value = text.strip()
+        raise SecretError(f"{failing}: {exc.strerror or exc.__class__.__name__}") from None
+
+
+def _value(found: trust.SecretFile, path: Path, what: str) -> str:
+    value = found.text.strip()
     if not value:
         raise SecretError(f"{what} {path} is empty")
     if any(ch.isspace() for ch in value):
@@ -163,13 +168,19 @@ def _read_secret_file(path: Path, what: str) -> str:
     return value
 
 
+def _read_secret_file(path: Path, what: str) -> str:
+    with _file_errors(f"cannot read {what} {path}"):
+        found = trust.read_secret(path, what)
+    return _value(found, path, what)
+
+
 def _credential(name: str) -> tuple[str, Path] | None:
     """$CREDENTIALS_DIRECTORY/<name> (systemd LoadCredential=), if present."""
     directory = os.environ.get("CREDENTIALS_DIRECTORY")
     if not directory:
         return None
     path = Path(directory) / name
-    if not path.exists():
+    if not os.path.lexists(path):
         return None
     return _read_secret_file(path, f"credential {name}"), path
 
@@ -194,48 +205,72 @@ def _check_token(token: str, source: str) -> str:
     return token
 
 
-def _exposure(path: Path) -> str | None:
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        return (f"auth.token_file {path} is accessible to other users (mode {stat.S_IMODE(mode):04o}); "
-                f"run: chmod 600 {path}")
-    return None
+def _token_file(path: Path) -> tuple[str, str | None]:
+    """(token, warning when other users can read it): that is allowed, only writing or owning it is not."""
+    with _file_errors(f"cannot read auth.token_file {path}"):
+        found = trust.read_secret(path, "auth.token_file")
+    exposure = None
+    if found.mode & (stat.S_IRWXG | stat.S_IRWXO):
+        exposure = (f"auth.token_file {path} is accessible to other users (mode {stat.S_IMODE(found.mode):04o}); "
+                    f"run: chmod 600 {path}")
+    return _value(found, path, "auth.token_file"), exposure
 
 
-def _warn_if_exposed(path: Path) -> None:
-    if exposure := _exposure(path):
-        log.warning("%s", exposure)
+def _stored_token(dir_fd: int, path: Path) -> str | None:
+    """The token in the (checked) state dir; None when there is none. A symlink there is refused."""
+    what = "generated gateway token"
+    with _file_errors(f"cannot read {what} {path}"):
+        try:
+            found = trust.read_secret_at(dir_fd, GENERATED_TOKEN_NAME, path, what)
+        except FileNotFoundError:
+            return None
+    return _value(found, path, what)
 
 
 def _generated_token(state_dir: Path) -> tuple[str, Path]:
     """The token stored under the state dir, created once (0600, atomically) if absent."""
     path = state_dir / GENERATED_TOKEN_NAME
-    if path.exists():
-        return _read_secret_file(path, "generated gateway token"), path
+    with _file_errors(f"cannot store a generated gateway token in {path}"):
+        dir_fd = trust.open_private_dir(state_dir, "gateway.state_dir")
     try:
-        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".gateway-token.", dir=state_dir)  # mkstemp creates it 0600
+        token = _stored_token(dir_fd, path)
+        return (token, path) if token is not None else (_store_new_token(dir_fd, path), path)
+    finally:
+        os.close(dir_fd)
+
+
+def _existing_generated_token(state_dir: Path) -> str | None:
+    """The generated token if one is stored; creates, tightens and logs nothing."""
+    with _file_errors(f"cannot read generated gateway token {state_dir / GENERATED_TOKEN_NAME}"):
+        resolved = trust.check_dir(state_dir, "gateway.state_dir")
+        if resolved is None:
+            return None
+        dir_fd = os.open(resolved, trust.DIR_FLAGS)
+    try:
+        return _stored_token(dir_fd, state_dir / GENERATED_TOKEN_NAME)
+    finally:
+        os.close(dir_fd)
+
+
+def _store_new_token(dir_fd: int, path: Path) -> str:
+    """Write a new token into a temporary file, then link it in place: the first writer wins, readers never
+    see a half-written file, and a name already taken (even by a dangling symlink) is never written through."""
+    token = secrets.token_urlsafe(32)
+    register_secret(token)
+    tmp = f".{GENERATED_TOKEN_NAME}.{os.getpid()}.{secrets.token_hex(4)}"
+    with _file_errors(f"cannot store a generated gateway token in {path}"):
+        trust.create_secret_at(dir_fd, tmp, (token + "\n").encode())
         try:
-            token = secrets.token_urlsafe(32)
-            register_secret(token)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(token + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            try:
-                os.link(tmp, path)  # fails if another process created it first: then use theirs
-            except FileExistsError:
-                return _read_secret_file(path, "generated gateway token"), path
+            os.link(tmp, GENERATED_TOKEN_NAME, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+        except FileExistsError:
+            theirs = _stored_token(dir_fd, path)
+            if theirs is None:
+                raise
+            return theirs
         finally:
-            os.unlink(tmp)
-    except OSError as exc:
-        raise SecretError(f"cannot store a generated gateway token in {path}: "
-                          f"{exc.strerror or exc.__class__.__name__}") from None
+            os.unlink(tmp, dir_fd=dir_fd)
     log.info("generated a new gateway token and stored it in %s (mode 0600)", path)
-    return token, path
+    return token
 
 
 # ---------------------------------------------------------------- public API
@@ -257,9 +292,11 @@ def load_all(config: Config) -> tuple[str, str, dict[str, str]]:
 def _gateway_token(config: Config, in_keyring: dict[str, str]) -> tuple[str, str]:
     token_file = config.auth.token_file
     if token_file is not None:
-        _warn_if_exposed(token_file)
+        token, exposure = _token_file(token_file)
+        if exposure:
+            log.warning("%s", exposure)
         source = f"file {token_file}"
-        return _check_token(_read_secret_file(token_file, "auth.token_file"), source), source
+        return _check_token(token, source), source
     value = in_keyring.get(TOKEN_USERNAME)
     if value is not None:
         return _check_token(value, "keyring"), "keyring"
@@ -289,8 +326,8 @@ def describe_token_source(config: Config) -> TokenSource:
     token_file = config.auth.token_file
     try:
         if token_file is not None:
-            value = _read_secret_file(token_file, "auth.token_file")
-            return _token_source(value, f"file {token_file}", _exposure(token_file))
+            value, exposure = _token_file(token_file)
+            return _token_source(value, f"file {token_file}", exposure)
         try:
             value = _keyring_child("get", [TOKEN_USERNAME])["values"].get(TOKEN_USERNAME)
         except KeyringUnavailable:
@@ -301,8 +338,9 @@ def describe_token_source(config: Config) -> TokenSource:
         if found is not None:
             return _token_source(found[0], f"credential {TOKEN_CREDENTIAL}")
         path = config.gateway.state_dir / GENERATED_TOKEN_NAME
-        if path.exists():
-            return _token_source(_read_secret_file(path, "generated gateway token"), f"generated {path}")
+        value = _existing_generated_token(config.gateway.state_dir)
+        if value is not None:
+            return _token_source(value, f"generated {path}")
         return TokenSource(f"none yet: will be generated on first start at {path}")
     except SecretError as exc:
         return TokenSource("unreadable", problem=str(exc))

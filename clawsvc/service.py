@@ -10,12 +10,13 @@ import signal
 from collections.abc import Mapping
 from types import FrameType
 
-from clawsvc import __version__, exitcodes
+from clawsvc import __version__, exitcodes, proctree
 from clawsvc.config import Config, ConfigError, load_config
 from clawsvc.control import ControlServer
 from clawsvc.events import Message, SignalReceived
 from clawsvc.logs import set_level, setup_logging
 from clawsvc.notify import Notifier
+from clawsvc.preflight import preflight
 from clawsvc.secrets import SecretError, load_all
 from clawsvc.supervisor import Supervisor
 
@@ -45,12 +46,13 @@ class ControlSocket:
         self.server.start()
 
     def reload(self, old: Config, new: Config) -> None:
+        """Never raises: a reload must not kill a running service."""
         if old.control == new.control:
             return
-        self.close()
         try:
+            self.close()
             self.open(new)
-        except Exception as exc:  # a reload must not kill a running service
+        except Exception as exc:
             log.error("control socket %s could not be opened after reload: %s; `clawsvc status` will not work "
                       "until the next successful reload", new.control.socket, exc)
 
@@ -60,20 +62,28 @@ class ControlSocket:
             self.server = None
 
 
+def _refuse(notifier: Notifier, message: str, problem: str) -> int:
+    """Exit 78 with one line in the log and the reason on `systemctl status`."""
+    log.error("%s: %s", message, problem)
+    notifier.status(f"error: {problem}")
+    return exitcodes.CONFIG
+
+
 def main(args: argparse.Namespace) -> int:
     setup_logging("info")
+    notifier = Notifier()
     try:
         config = load_config(args.config)
+        preflight(config)  # the very checks `clawsvc check-config` runs
     except ConfigError as exc:
-        log.error("invalid config, not starting: %s", exc)
-        return exitcodes.CONFIG
+        return _refuse(notifier, "invalid config, not starting", str(exc))
     set_level(config.logging.level)
     log.info("clawsvc %s starting with %s", __version__, config.source or "built-in defaults (no config file)")
+    proctree.become_subreaper()  # what the gateway's processes orphan is ours to end and reap, not init's
     try:
-        supervisor = Supervisor(config, load_secrets, Notifier())
-    except SecretError as exc:
-        log.error("cannot load secrets, not starting: %s", exc)
-        return exitcodes.CONFIG
+        supervisor = Supervisor(config, load_secrets, notifier)
+    except (SecretError, ConfigError) as exc:
+        return _refuse(notifier, "cannot load secrets, not starting", str(exc))
     control = ControlSocket(supervisor)
     try:
         control.open(config)

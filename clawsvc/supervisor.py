@@ -33,6 +33,7 @@ from clawsvc.events import (
 from clawsvc.logs import set_level
 from clawsvc.notify import Notifier
 from clawsvc.policy import RestartPolicy
+from clawsvc.preflight import preflight
 from clawsvc.process import ExitInfo, GatewayProcess, SpawnError
 from clawsvc.protocol import GatewayError, describe_error
 from clawsvc.secrets import SecretError
@@ -207,7 +208,7 @@ class Supervisor:
                  pid, self.config.gateway.port, self.config.gateway.start_timeout)
         self._set_state(State.STARTING, "waiting for hello-ok")
         self.connector.wait_ready(self.config, self.token, self.gen, self.config.gateway.start_timeout,
-                                  self._process_alive)
+                                  self._process_alive, spawned=pid)
 
     def _post_exited(self, gen: int, pid_ref: list[int], info: ExitInfo) -> None:
         self.queue.put(ProcessExited(gen, pid_ref[0] if pid_ref else 0, info))
@@ -283,7 +284,8 @@ class Supervisor:
         self._drop_connection()
         self._set_state(State.RECONNECTING, cause)
         alive = self._process_alive if not self.adopted else always
-        self.connector.wait_ready(self.config, self.token, self.gen, timeout, alive, self.adopted)
+        spawned = self.process.pid if self.process is not None else None
+        self.connector.wait_ready(self.config, self.token, self.gen, timeout, alive, self.adopted, spawned)
 
     def _check_health(self) -> None:
         connection = self.connection
@@ -415,19 +417,24 @@ class Supervisor:
             _close_in_background(connection)
 
     def _reload(self) -> None:
+        """Whatever goes wrong while reading the new config, the old one stays: one error line, and STATUS says so."""
         if self.ready_sent:  # before READY=1 systemd is still waiting for the start, not for a reload
             self.notifier.reloading()
         try:
             new = load_config(self.config.source)
+            preflight(new)  # what `run` and `check-config` check, so a reload accepts no more than a start
             changed = gateway_affecting(self.config, new)
             # read again every time: a rotated token file or a key stored with `clawsvc keys set` must reach
             # the gateway on `systemctl reload` even when the YAML did not change
             token, provider_env = self.secrets(new) if not self.exiting else (self.token, self.provider_env)
             if (token, dict(provider_env)) != (self.token, dict(self.provider_env)):
                 changed.append("the gateway token or provider keys")
-        except (ConfigError, SecretError) as exc:
-            log.error("reload failed, still running on the previous config: %s", exc)
-            self._reload_done(f"{status_line(self.snapshot, self.clock())} (reload failed: {exc})")
+        except Exception as exc:  # a reload must never take the running service down
+            expected = isinstance(exc, ConfigError | SecretError | OSError)
+            problem = str(exc) if expected else f"unexpected {exc.__class__.__name__}: {exc}"
+            problem = problem if len(problem) <= 300 else problem[:300] + "…"
+            log.error("reload failed, still running on the previous config: %s", problem)
+            self._reload_done(f"{status_line(self.snapshot, self.clock())} (reload failed: {problem})")
             return
         old, self.config = self.config, new
         set_level(new.logging.level)

@@ -32,3 +32,11 @@ def real_gateway(gateway_install: Installation) -> Iterator[RealGateway]:
     """A running real gateway on a free loopback port, ready (hello-ok seen); stopped and cleaned up after."""
     with RealGateway(gateway_install) as gateway:
         yield gateway
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses the real gateway belongs to the slow tier even if its author forgot the marker,
+    so `scripts/test.sh --fast` never provisions or starts it."""
+    for item in items:
+        if {"gateway_install", "real_gateway"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.realgateway)

@@ -14,6 +14,17 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "etc" / "clawsvc.yaml"
 
 
+@pytest.fixture(autouse=True)
+def openclaw_on_path(tmp_path_factory, monkeypatch):
+    """check-config checks gateway.command as `run` does, and the shipped configs name `openclaw` on PATH."""
+    bin_dir = tmp_path_factory.mktemp("bin")
+    fake = bin_dir / "openclaw"
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return fake
+
+
 def check_config(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if k != "CLAWSVC_CONFIG"}
     return subprocess.run([sys.executable, "-m", "clawsvc", "check-config", *map(str, args)],
@@ -101,3 +112,44 @@ def test_config_from_environment(tmp_path):
     path.write_text("gateway:\n  bind: lan\n")
     assert check_config(env={"CLAWSVC_CONFIG": str(path)}).stdout == f"{path}: ok\n"
     assert check_config("-c", EXAMPLE, env={"CLAWSVC_CONFIG": str(tmp_path / "missing.yaml")}).returncode == 0
+
+
+def test_a_command_run_could_not_start_is_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    missing = tmp_path / "gone" / "openclaw"
+    path.write_text(f"gateway:\n  command: [{missing}]\n  state_dir: {tmp_path / 'state'}\nproviders: []\n")
+    done = check_config("-c", path)
+    assert done.returncode == 78, done.stderr
+    assert done.stderr.count("\n") == 1 and str(missing) in done.stderr and "gateway-install" in done.stderr
+    path.write_text(f"gateway:\n  state_dir: {tmp_path / 'state'}\nproviders: []\n")
+    assert check_config("-c", path).returncode == 0, "the same config with a command that exists is fine"
+
+
+def test_a_missing_token_file_is_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    token = tmp_path / "token"
+    path.write_text(f"gateway:\n  state_dir: {tmp_path / 'state'}\nauth:\n  token_file: {token}\nproviders: []\n")
+    done = check_config("-c", path)
+    assert done.returncode == 78 and done.stderr.count("\n") == 1 and str(token) in done.stderr, done.stderr
+    token.write_text("t" * 32 + "\n")
+    token.chmod(0o600)
+    assert check_config("-c", path).returncode == 0
+
+
+def test_an_unknown_control_group_is_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"gateway:\n  state_dir: {tmp_path / 'state'}\ncontrol:\n  group: no-such-group-xyz\n")
+    done = check_config("-c", path)
+    assert done.returncode == 78
+    assert done.stderr == "clawsvc: control.group: no group named 'no-such-group-xyz' on this system; create it " \
+                          "or unset control.group\n"
+
+
+def test_print_cuts_very_long_strings(tmp_path):
+    path = tmp_path / "c.yaml"
+    long_value = "v" * 100_000
+    path.write_text(f"gateway:\n  state_dir: {tmp_path / 'state'}\n  env:\n    LONG: {long_value}\n")
+    done = check_config("-c", path, "--print")
+    assert done.returncode == 0, done.stderr
+    assert long_value not in done.stdout and len(done.stdout) < 10_000
+    assert yaml.safe_load(done.stdout)["gateway"]["env"]["LONG"] == "v" * 60 + "… (100000 characters, cut)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from pathlib import Path
 
@@ -138,7 +139,7 @@ BAD = [
     ("bool-for-int", "health:\n  interval: 30s\n  failures: yes\n", 3, "health.failures",
      ["expected an integer", "bool"]),
     ("float-for-int", "reconnect:\n  max_attempts: 2.5\n", 2, "reconnect.max_attempts", ["expected an integer"]),
-    ("failures-0", "health:\n  failures: 0\n", 2, "health.failures", ["at least 1"]),
+    ("failures-0", "health:\n  failures: 0\n", 2, "health.failures", ["between 1 and 100", "got 0"]),
     ("negative-duration", "gateway:\n  start_timeout: -5\n", 2, "gateway.start_timeout", ["negative"]),
     ("negative-duration-str", "connection:\n  ping_interval: -1s\n", 2, "connection.ping_interval",
      ["expected a duration", "'-1s'"]),
@@ -199,6 +200,40 @@ BAD = [
     ("yaml-unclosed-quote", "auth:\n  token_file: '/etc/x\n", 2, None, ["YAML syntax error", "quoted scalar"]),
     ("yaml-two-documents", "gateway: {}\n---\nauth: {}\n", 2, None, ["single document"]),
     ("yaml-bad-indent", "gateway:\n  port: 1\n    bind: lan\n", 3, None, ["YAML syntax error"]),
+    # bounded: nothing huge is built or echoed, nothing absurd accepted
+    ("port-400-digits", "gateway:\n  port: " + "9" * 400 + "\n", 2, "gateway.port",
+     ["a number of 400 digits is out of range"]),
+    ("port-5000-digits", "gateway:\n  port: " + "9" * 5000 + "\n", 2, "gateway.port", ["5000 digits"]),
+    ("duration-400-digits", "health:\n  interval: " + "1" * 400 + "\n", 2, "health.interval", ["400 digits"]),
+    ("duration-str-400-digits", "health:\n  interval: '" + "1" * 400 + "s'\n", 2, "health.interval",
+     ["at most 1 day", "…"]),
+    ("duration-over-a-day", "gateway:\n  stop_timeout: 25h\n", 2, "gateway.stop_timeout", ["at most 1 day"]),
+    ("duration-1e300", "gateway:\n  stop_timeout: 1.0e+300\n", 2, "gateway.stop_timeout", ["at most 1 day"]),
+    ("duration-days-unit", "gateway:\n  stop_timeout: 10000d\n", 2, "gateway.stop_timeout", ["expected a duration"]),
+    ("duration-nan", "gateway:\n  stop_timeout: .nan\n", 2, "gateway.stop_timeout", ["finite"]),
+    ("failures-1000", "health:\n  failures: 1000\n", 2, "health.failures", ["between 1 and 100"]),
+    ("max-attempts-huge", "reconnect:\n  max_attempts: 10001\n", 2, "reconnect.max_attempts", ["between 0 and 10000"]),
+    ("tick-grace-huge", "health:\n  tick_grace: 101\n", 2, "health.tick_grace", ["at most 100"]),
+    ("tick-grace-nan", "health:\n  tick_grace: .nan\n", 2, "health.tick_grace", ["at least 1"]),
+    ("state-dir-nul", "gateway:\n  state_dir: \"/var/a\\0b\"\n", 2, "gateway.state_dir", ["NUL"]),
+    ("token-file-newline", "auth:\n  token_file: \"/etc/a\\nb\"\n", 2, "auth.token_file", ["line break"]),
+    ("path-too-long", "gateway:\n  state_dir: /" + "d" * 5000 + "\n", 2, "gateway.state_dir", ["at most 4095 bytes"]),
+    ("socket-too-long", "control:\n  socket: /run/" + "s" * 200 + "\n", 2, "control.socket", ["at most 107 bytes"]),
+    ("command-nul", "gateway:\n  command: [node, \"a\\0b\"]\n", 2, "gateway.command[1]", ["NUL"]),
+    ("env-nul", "gateway:\n  env:\n    A: \"a\\0b\"\n", 3, "gateway.env.A", ["NUL"]),
+    ("ws-path-space", "connection:\n  path: '/a b'\n", 2, "connection.path", ["without spaces"]),
+    ("group-colon", "control:\n  group: 'a:b'\n", 2, "control.group", ["no spaces, colons"]),
+    ("alias-bomb", "gateway:\n  command:\n    - &a [x, x, x, x, x, x, x, x, x, x]\n"
+     "    - &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n    - &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\n"
+     "    - &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n    - &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\n",
+     6, "gateway.command[3]", ["expands through YAML aliases"]),
+    ("alias-recursive", "gateway:\n  command: &a [x, *a]\n", 2, "gateway.command[1]", ["recursive"]),
+    ("too-deep", "gateway:\n  command: " + "[" * 100 + "]" * 100 + "\n", 2, None, ["nested more than 64 levels"]),
+    ("too-many-values", "providers:\n" + "  - p\n" * 10_001, 9_999, None, ["more than 10000 values"]),
+    ("raw-nul", "gateway:\n  port: 1\0\n", 2, None, ["YAML syntax error", "#x0000"]),
+    ("long-unknown-key", "gateway:\n  " + "k" * 1000 + ": 1\n", 2, "gateway." + "k" * 60 + "…", ["unknown key"]),
+    ("long-bad-value", "gateway:\n  bind: " + "x" * 5000 + "\n", 2, "gateway.bind", ["x" * 60 + "'…"]),
+    ("bad-tagged-int", "gateway:\n  port: !!int abc\n", 2, "gateway.port", ["cannot read value"]),
 ]
 
 
@@ -212,6 +247,20 @@ def test_bad_config_names_file_line_and_key(text, line, key, words):
     assert "\n" not in message
     for word in words:
         assert word in message, message
+
+
+def test_no_error_message_is_long():
+    for _, text, *_ in BAD:
+        with pytest.raises(ConfigError) as caught:
+            parse_config(text, "/etc/clawsvc/x.yaml")
+        assert len(str(caught.value)) < 400, str(caught.value)
+
+
+def test_bounds_that_are_still_fine():
+    c = parse_config("gateway:\n  stop_timeout: 24h\n  port: 65535\nhealth:\n  failures: 100\n  tick_grace: 100\n"
+                     "reconnect:\n  max_attempts: 10000\ncontrol:\n  socket: /" + "s" * 106 + "\n")
+    assert (c.gateway.stop_timeout, c.health.failures, c.reconnect.max_attempts) == (86400.0, 100, 10000)
+    assert len(str(c.control.socket)) == 107
 
 
 def test_bad_table_is_distinct():
@@ -263,6 +312,27 @@ def test_named_file_must_exist(monkeypatch, as_user, tmp_path):
     monkeypatch.setenv("CLAWSVC_CONFIG", str(tmp_path / "gone.yaml"))
     with pytest.raises(ConfigError, match=r"gone\.yaml: config file not found"):
         load_config()
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match=r"fifo\.yaml: cannot read config file: it is a FIFO; name a regular"):
+        load_config(fifo)
+
+
+def test_a_device_is_refused():
+    with pytest.raises(ConfigError, match=r"^/dev/zero: cannot read config file: it is a character device"):
+        load_config("/dev/zero")
+
+
+def test_a_file_over_1_mib_is_refused(tmp_path):
+    big = tmp_path / "big.yaml"
+    big.write_text("gateway:\n  port: 1234\n" + "#" * cfg.MAX_CONFIG_BYTES)
+    with pytest.raises(ConfigError, match=r"big\.yaml: config file is larger than 1024 KiB"):
+        load_config(big)
+    big.write_text("gateway:\n  port: 1234\n" + "#" * (cfg.MAX_CONFIG_BYTES - 100))
+    assert load_config(big).gateway.port == 1234
 
 
 def test_unreadable_files(tmp_path):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,7 +15,9 @@ from pathlib import Path
 import pytest
 from double import DoubleProcess, free_port, start_double
 
+from clawsvc import ports
 from clawsvc.connection import GatewayConnection, Liveness
+from clawsvc.connector import PeerCheck
 from clawsvc.protocol import (
     AuthError,
     ConnectionLost,
@@ -25,6 +29,7 @@ from clawsvc.protocol import (
     RpcError,
     RpcTimeout,
     TransportError,
+    UntrustedPeerError,
     parse_hello,
 )
 
@@ -175,6 +180,107 @@ def test_silent_server_is_a_handshake_timeout():
         with pytest.raises(TransportError):
             GatewayConnection(url, "some-token-value", handshake_timeout=0.5).connect()
         assert time.monotonic() - started < 5
+
+
+# ---------------------------------------------------------------- verifying the peer before the token
+
+def connects_seen(events: Path) -> list[str]:
+    """The connect requests the double received (its DOUBLE_EVENT_FILE)."""
+    text = events.read_text() if events.exists() else ""
+    return [line for line in text.splitlines() if '"method": "connect"' in line or '"method":"connect"' in line]
+
+
+def test_verify_peer_sees_this_connections_socket_before_the_token(tmp_path, request):
+    events = tmp_path / "requests.jsonl"
+    proc = own_double(tmp_path, request, DOUBLE_EVENT_FILE=str(events))
+    seen: list[tuple[int, int]] = []
+
+    def verify(sock: socket.socket) -> None:
+        seen.append((sock.getpeername()[1], len(connects_seen(events))))
+
+    conn = GatewayConnection(proc.url, proc.token, verify_peer=verify)
+    request.addfinalizer(conn.close)
+    conn.connect()
+    assert seen == [(proc.port, 0)], "verify_peer ran once, on the connection to the double, before connect"
+    assert len(connects_seen(events)) == 1
+
+
+def test_a_refused_peer_never_gets_the_connect_request(tmp_path, request):
+    events = tmp_path / "requests.jsonl"
+    proc = own_double(tmp_path, request, DOUBLE_EVENT_FILE=str(events))
+
+    def refuse(sock: socket.socket) -> None:
+        raise UntrustedPeerError("UNTRUSTED_PEER", "not ours")
+
+    conn = GatewayConnection(proc.url, proc.token, verify_peer=refuse)
+    with pytest.raises(UntrustedPeerError):
+        conn.connect()
+    assert not conn.connected
+    healthy = GatewayConnection(proc.url, proc.token)  # the double answers: a connect would have been recorded
+    request.addfinalizer(healthy.close)
+    healthy.connect()
+    assert len(connects_seen(events)) == 1
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs /proc/net/tcp")
+def test_peer_check_trusts_the_spawned_tree_and_our_uid_only(double):
+    """The double is this test's child: trusted as our spawned gateway and, adopted, by uid; refused as the
+    gateway of another process tree."""
+    for check in (PeerCheck(double.port, False, double.pid), PeerCheck(double.port, True, None)):
+        conn = GatewayConnection(double.url, double.token, verify_peer=check)
+        conn.connect()
+        conn.close()
+    with subprocess.Popen(["sleep", "30"]) as other:
+        try:
+            conn = GatewayConnection(double.url, double.token, verify_peer=PeerCheck(double.port, False, other.pid))
+            with pytest.raises(UntrustedPeerError) as info:
+                conn.connect()
+        finally:
+            other.kill()
+    assert f"held by pid {double.pid} " in str(info.value)
+    assert f"not by the gateway clawsvc started (pid {other.pid})" in str(info.value)
+    with pytest.raises(UntrustedPeerError, match="no gateway of its own"):
+        GatewayConnection(double.url, double.token, verify_peer=PeerCheck(double.port, False, None)).connect()
+
+
+
+@pytest.mark.skipif(shutil.which("lsof") is None, reason="needs lsof")
+def test_without_proc_net_tcp_lsof_names_the_holder(double, monkeypatch, tmp_path):
+    """macOS and other systems without /proc/net/tcp: lsof tells who holds the server end (same -F format
+    on Linux, so it is tested here for real): our spawned gateway and our uid are trusted, nothing else."""
+    monkeypatch.setattr(ports, "PROC", tmp_path)
+    for check in (PeerCheck(double.port, False, double.pid), PeerCheck(double.port, True, None)):
+        conn = GatewayConnection(double.url, double.token, verify_peer=check)
+        conn.connect()
+        conn.close()
+    with subprocess.Popen(["sleep", "30"]) as other:
+        try:
+            conn = GatewayConnection(double.url, double.token, verify_peer=PeerCheck(double.port, False, other.pid))
+            with pytest.raises(UntrustedPeerError) as info:
+                conn.connect()
+        finally:
+            other.kill()
+    assert f"held by pid {double.pid} " in str(info.value) and not conn.connected
+
+
+def test_without_proc_net_tcp_or_lsof_no_peer_is_trusted(double, monkeypatch, tmp_path):
+    """Nothing can tell who holds the port: the token is not sent."""
+    monkeypatch.setattr(ports, "PROC", tmp_path)
+    monkeypatch.setattr(ports, "LSOF_PATH", str(tmp_path))
+    conn = GatewayConnection(double.url, double.token, verify_peer=PeerCheck(double.port, True, None))
+    with pytest.raises(UntrustedPeerError, match="lsof is missing") as info:
+        conn.connect()
+    assert info.value.code == "PEER_UNVERIFIABLE" and not conn.connected
+
+
+def test_lsof_output_is_read_per_process():
+    output = ("p100\ncsshd\nu0\nf3\nn127.0.0.1:22->127.0.0.1:5000\n"
+              "p4321\ncnode\nu65534\nf21\nn[::1]:18789->[::1]:50123\nf22\nn127.0.0.1:18789->127.0.0.1:50123\n"
+              "pnot-a-pid\nn127.0.0.1:1->127.0.0.1:2\n")
+    assert ports.parse_lsof(output, "127.0.0.1:18789->127.0.0.1:50123") == ports.PortHolder(4321, "node", 65534)
+    assert ports.parse_lsof(output, "[::1]:18789->[::1]:50123") == ports.PortHolder(4321, "node", 65534)
+    assert ports.parse_lsof(output, "127.0.0.1:1->127.0.0.1:2") is None
+    assert ports.parse_lsof(output, "127.0.0.1:9->127.0.0.1:9") is None
 
 
 # ---------------------------------------------------------------- rpc

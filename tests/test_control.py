@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import grp
+import io
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from waiting import poll
 
 from clawsvc import control, control_cli, exitcodes
 from clawsvc.control import ControlError, ControlServer, ControlSocketError, ServiceNotRunning, request
@@ -84,7 +86,7 @@ def raw_exchange(path: Path, payload: bytes) -> dict[str, Any]:
         s.settimeout(10)
         s.connect(str(path))
         s.sendall(payload)
-        return json.loads(control.read_line(s, None, time.monotonic() + 10))
+        return json.loads(control.read_line(s, time.monotonic() + 10))
 
 
 # ---------------------------------------------------------------- round trips
@@ -132,6 +134,11 @@ def test_unexpected_handler_error_is_internal_and_logged(server, handler, sock_p
     (b'{"cmd": "rpc", "params": {}}\n', "method name"),
     (b'{"cmd": "rpc", "method": "health", "timeout": -1}\n', "positive number"),
     (b'{"cmd": "rpc", "method": "health", "timeout": true}\n', "positive number"),
+    (b'{"cmd": "rpc", "method": "health", "timeout": 1e999}\n', "up to 3600, got inf"),
+    (b'{"cmd": "rpc", "method": "health", "timeout": NaN}\n', "got nan"),
+    (b'{"cmd": "rpc", "method": "health", "timeout": 1' + b"0" * 400 + b"}\n", "got 1000000000"),
+    (b'{"cmd": "rpc", "method": "health", "timeout": 3600.5}\n', "up to 3600"),
+    (b"[" * 101 + b"]" * 101 + b"\n", "nested deeper than 100 levels"),
 ])
 def test_bad_requests(server, handler, sock_path, payload, needle):
     reply = raw_exchange(sock_path, payload)
@@ -148,6 +155,65 @@ def test_oversized_request_is_refused_and_server_keeps_serving(server, sock_path
     assert request(sock_path, {"cmd": "status"}, 5)["state"] == "running"
 
 
+def test_timeout_at_the_cap_is_accepted(server, sock_path):
+    result = request(sock_path, {"cmd": "rpc", "method": "health", "params": None, "timeout": 3600}, 5)
+    assert result["timeout"] == 3600.0
+
+
+@pytest.mark.parametrize(("text", "deep"), [
+    (b'{"a": [[1]]}', False),
+    (b"[" * 100 + b"]" * 100, False),
+    (b"[" * 101 + b"]" * 101, True),
+    (b"[" * 101, True),
+    (b'["' + b"[" * 500 + b'"]', False),  # brackets in a string are text
+    (b'["\\\"' + b"[" * 500 + b'"]', False),  # escaped quotes do not end the string
+    (b'["\\\\"' + b"[" * 101, True),  # an escaped backslash does
+    (b'"' + b"[" * 500, False),  # an unterminated string runs to the end
+    (b'"\\\\"' * 200_000 + b"[" * 101, True),  # many strings
+    (b'["' + b'\\"' * 400_000, False),  # many escaped quotes in an unterminated string: still linear
+])
+def test_nesting_depth_scan(text, deep):
+    assert control.too_deep(text) is deep
+
+
+def test_client_refuses_an_oversized_request_before_connecting(tmp_path):
+    message = {"cmd": "rpc", "method": "x", "params": "y" * control.MAX_REQUEST, "timeout": None}
+    with pytest.raises(ControlError) as err:
+        request(tmp_path / "nowhere.sock", message, 5)
+    assert err.value.code == "TOO_LARGE"
+    assert f"at most {control.MAX_REQUEST}" in err.value.message
+
+
+def test_client_gives_up_on_a_full_backlog_in_bounded_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(control, "CONNECT_WINDOW", 0.3)
+    path = tmp_path / "full.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as filler:
+        listener.bind(str(path))
+        listener.listen(0)
+        filler.connect(str(path))
+        started = time.monotonic()
+        with pytest.raises(ControlError) as err:
+            request(path, {"cmd": "status"}, 10)
+    assert err.value.code == "BUSY"
+    assert 0.3 <= time.monotonic() - started < 3
+
+
+def test_a_request_beyond_all_slots_is_told_busy(server, handler, sock_path):
+    release = threading.Event()
+    handler.rpc_behaviour = lambda method, params, timeout: release.wait(30)
+    message = {"cmd": "rpc", "method": "block", "params": None, "timeout": None}
+    with ThreadPoolExecutor(control.MAX_CLIENTS) as pool:
+        blocked = [pool.submit(request, sock_path, message, 60) for _ in range(control.MAX_CLIENTS)]
+        poll(lambda: len(handler.calls) == control.MAX_CLIENTS, 20, "every slot taken")
+        with pytest.raises(ControlError) as err:
+            request(sock_path, {"cmd": "status"}, 5)
+        release.set()
+        assert [f.result(timeout=30) for f in blocked] == [True] * control.MAX_CLIENTS
+    assert err.value.code == "BUSY"
+    assert request(sock_path, {"cmd": "status"}, 5)["state"] == "running"
+
+
 def test_large_reply_arrives_whole(server, handler, sock_path):
     handler.rpc_behaviour = lambda method, params, timeout: {"blob": "y" * (3 << 20)}
     result = request(sock_path, {"cmd": "rpc", "method": "big", "params": None, "timeout": None}, 10)
@@ -159,7 +225,7 @@ def test_silent_client_is_timed_out_without_blocking_others(server, sock_path, m
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as silent:
         silent.connect(str(sock_path))
         assert request(sock_path, {"cmd": "status"}, 5)["state"] == "running"
-        reply = json.loads(control.read_line(silent, None, time.monotonic() + 10))
+        reply = json.loads(control.read_line(silent, time.monotonic() + 10))
     assert reply["error"]["code"] == "BAD_REQUEST"
     assert "no request line" in reply["error"]["message"]
 
@@ -347,6 +413,30 @@ def test_member_of_the_control_group_is_allowed(public_dir, handler):
                                    f"(allowed: root, uid 0 and group users; see control.group)")
 
 
+@needs_root_and_setpriv
+def test_slots_are_kept_for_root_when_the_group_has_taken_its_share(public_dir, handler):
+    path = public_dir / "run" / "control.sock"
+    srv = ControlServer(path, handler, group="users")
+    srv.start()
+    release = threading.Event()
+    handler.rpc_behaviour = lambda method, params, timeout: release.wait(30)
+    message = {"cmd": "rpc", "method": "block", "params": None, "timeout": None}
+    share = control.MAX_CLIENTS - control.RESERVED
+    try:
+        with ThreadPoolExecutor(share) as pool:
+            blocked = [pool.submit(request, path, message, 60) for _ in range(share)]
+            poll(lambda: len(handler.calls) == share, 20, "the group's share of slots taken")
+            member = as_nobody(path, groups=str(grp.getgrnam("users").gr_gid))
+            root = request(path, {"cmd": "status"}, 5)
+            release.set()
+            assert all(f.result(timeout=30) for f in blocked)
+    finally:
+        release.set()
+        srv.close()
+    assert member["code"] == "BUSY"
+    assert root["state"] == "running"
+
+
 # ---------------------------------------------------------------- CLI
 
 @pytest.fixture
@@ -422,6 +512,35 @@ def test_rpc_usage_errors(config_file, capsys):
     assert control_cli.rpc_main(ns(config_file, method="x", params="{oops", timeout=None)) == exitcodes.USAGE
     assert control_cli.rpc_main(ns(config_file, method="x", params=None, timeout=0.0)) == exitcodes.USAGE
     assert "PARAMS_JSON is not valid JSON" in capsys.readouterr().err
+
+
+def test_rpc_params_from_a_file_and_from_stdin(server, handler, config_file, tmp_path, capsys, monkeypatch):
+    params = tmp_path / "params.json"
+    params.write_text('{"from": "file"}')
+    assert control_cli.rpc_main(ns(config_file, method="m", params=f"@{params}", timeout=None)) == exitcodes.OK
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b'["from", "stdin"]')))
+    assert control_cli.rpc_main(ns(config_file, method="m", params="-", timeout=None)) == exitcodes.OK
+    assert [call[2] for call in handler.calls] == [{"from": "file"}, ["from", "stdin"]]
+
+
+@pytest.mark.parametrize(("make", "needle"), [
+    (lambda d: "@", "@FILE needs a file name"),
+    (lambda d: f"@{d / 'missing.json'}", "cannot read params file"),
+    (lambda d: f"@{d}", "Is a directory"),
+    (lambda d: "@/dev/zero", f"larger than {control.MAX_REQUEST} bytes"),
+    (lambda d: "[" * 5000, "nests deeper than 100 levels"),
+    (lambda d: "1e", "PARAMS_JSON is not valid JSON"),
+])
+def test_rpc_params_problems_are_one_line_usage_errors(config_file, tmp_path, capsys, make, needle):
+    assert control_cli.rpc_main(ns(config_file, method="x", params=make(tmp_path), timeout=None)) == exitcodes.USAGE
+    err = capsys.readouterr().err
+    assert needle in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), -1.0, 3601.0])
+def test_rpc_timeout_out_of_range_is_a_usage_error(config_file, capsys, timeout):
+    assert control_cli.rpc_main(ns(config_file, method="x", params=None, timeout=timeout)) == exitcodes.USAGE
+    assert "--timeout must be a positive number of seconds up to 3600" in capsys.readouterr().err
 
 
 def test_rpc_and_restart_without_service_exit_3(config_file):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import subprocess
@@ -11,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from clawsvc.ports import PortHolder, port_holder, port_in_use
+from clawsvc.ports import (
+    PortHolder,
+    _proc_endpoint,
+    pid_with_socket,
+    port_holder,
+    port_in_use,
+    server_end,
+    socket_holder,
+)
 
 linux_only = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs /proc/net/tcp")
 
@@ -108,3 +117,93 @@ def test_lookup_is_quick_enough_for_an_error_path():
         start = time.monotonic()
         port_holder(s.getsockname()[1])
         assert time.monotonic() - start < 10  # generous: only catches a runaway /proc scan
+
+
+# ---------------------------------------------------------------- the server end of one connection
+
+little_endian = pytest.mark.skipif(sys.byteorder != "little", reason="the samples are from a little-endian host")
+
+
+@little_endian
+@pytest.mark.parametrize(("text", "address", "port"), [
+    ("0100007F:1F90", "127.0.0.1", 8080),
+    ("0000000000000000FFFF00000100007F:0050", "127.0.0.1", 80),  # IPv4-mapped: compared as IPv4
+    ("00000000000000000000000001000000:0016", "::1", 22),
+    ("B80D0120000000000000000001000000:01BB", "2001:db8::1", 443),
+])
+def test_proc_net_addresses_are_decoded(text: str, address: str, port: int) -> None:
+    assert _proc_endpoint(text) == (ipaddress.ip_address(address), port)
+
+
+def connected_pair(family: int, host: str, listen_host: str | None = None) -> tuple[socket.socket, ...]:
+    """(listener, client, accepted); the caller closes them."""
+    listener = socket.socket(family)
+    if family == socket.AF_INET6 and listen_host == "::":
+        listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    try:
+        listener.bind((listen_host or host, 0))
+    except OSError:
+        listener.close()
+        pytest.skip(f"cannot bind {listen_host or host} here")
+    listener.listen()
+    client = socket.create_connection((host, listener.getsockname()[1]))
+    accepted, _ = listener.accept()
+    return listener, client, accepted
+
+
+@linux_only
+@pytest.mark.parametrize(("family", "host", "listen_host"), [
+    (socket.AF_INET, "127.0.0.1", None),
+    (socket.AF_INET6, "::1", None),
+    (socket.AF_INET6, "127.0.0.1", "::"),  # dual-stack listener: its end is ::ffff:127.0.0.1 in tcp6
+], ids=["ipv4", "ipv6", "ipv4-mapped"])
+def test_server_end_is_the_accepted_socket_of_this_connection(family: int, host: str,
+                                                              listen_host: str | None) -> None:
+    listener, client, accepted = connected_pair(family, host, listen_host)
+    with listener, client, accepted:
+        end = server_end(client.getsockname(), client.getpeername())
+        assert end is not None
+        assert end.inode == os.fstat(accepted.fileno()).st_ino != os.fstat(client.fileno()).st_ino
+        assert end.uid == os.geteuid()
+        assert pid_with_socket({end.inode}) == os.getpid()
+        assert socket_holder(end) == PortHolder(pid=os.getpid(), name=own_comm(), uid=os.geteuid())
+
+
+@linux_only
+def test_server_end_is_looked_for_only_in_the_pids_given() -> None:
+    listener, client, accepted = connected_pair(socket.AF_INET, "127.0.0.1")
+    with listener, client, accepted:
+        end = server_end(client.getsockname(), client.getpeername())
+        assert end is not None
+        assert pid_with_socket({end.inode}, [os.getppid()]) is None
+        assert pid_with_socket({end.inode}, [os.getppid(), os.getpid()]) == os.getpid()
+
+
+@linux_only
+def test_server_end_is_gone_once_the_server_closed_it() -> None:
+    listener, client, accepted = connected_pair(socket.AF_INET, "127.0.0.1")
+    with listener, client:
+        local, peer = client.getsockname(), client.getpeername()
+        accepted.close()
+        assert server_end(local, peer) is None
+
+
+@linux_only
+def test_server_end_held_by_another_user_names_its_uid_and_pid() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to start a process as another user")
+    code = ("import socket,sys; s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen();"
+            "print(s.getsockname()[1], flush=True); c,_=s.accept(); print('accepted', flush=True); sys.stdin.read()")
+    argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code]
+    child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(child.stdout.readline())
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            assert child.stdout.readline().strip() == "accepted"
+            end = server_end(client.getsockname(), client.getpeername())
+            assert end is not None and end.uid == 65534
+            holder = socket_holder(end)
+            assert holder.pid == child.pid and holder.uid == 65534 and "uid 65534" in holder.describe()
+    finally:
+        child.stdin.close()
+        child.wait(timeout=10)

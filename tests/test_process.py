@@ -23,8 +23,8 @@ from waiting import poll
 from clawsvc import proctree
 from clawsvc.config import Config, GatewayConfig, LoggingConfig
 from clawsvc.configvalues import TOKEN_ENV
-from clawsvc.gateway_output import clean, line_level
-from clawsvc.logs import redact
+from clawsvc.gateway_output import MAX_LINE, TRUNCATED, OutputPump, clean, line_level
+from clawsvc.logs import redact, register_secret, secret_safe_cut
 from clawsvc.process import ExitInfo, GatewayProcess, SpawnError, build_argv, build_env, check_command
 
 HELPERS = Path(__file__).parent / "helpers"
@@ -246,8 +246,9 @@ def test_stop_racing_start_leaves_nothing_running(tmp_path: Path, spawn) -> None
         info = item.process.stop(timeout=5.0)
         starter.join(30)
         assert not item.process.running
-        if pids:  # the start won: the stop must have ended that very process
-            assert item.exits == [info] and not pid_alive(pids[0])
+        # either the stop cancelled the start (no pid, no exit) or it ended that very process
+        assert item.exits == [info] * len(pids)
+        assert not any(pid_alive(pid) for pid in pids)
 
 
 def test_stop_before_start_cancels_the_start(tmp_path: Path) -> None:
@@ -333,6 +334,96 @@ def test_line_level(line: str, level: int | None) -> None:
 def test_clean_drops_timestamp_and_colour_escapes_control_bytes() -> None:
     raw = b"2026-11-26T01:14:10.431+00:00 \x1b[31m[gateway]\x1b[0m loading\x07 \xff\r\n"
     assert clean(raw) == "[gateway] loading\\x07 \ufffd"
+
+
+@pytest.mark.parametrize(("data", "limit", "cut"), [
+    (b"abc SECRET-0123 def", 6, 4),  # the cut would split it: cut before it
+    (b"abc SECRET-0123 def", 4, 4),  # right before it: nothing split
+    (b"abc SECRET-0123 def", 15, 15),  # right after it
+    (b"SECRET-0123SECRET-0123", 13, 11),  # the second one is split
+    (b"xxxxxxxxxx", 5, 5),
+])
+def test_secret_safe_cut_never_splits_a_secret(data: bytes, limit: int, cut: int) -> None:
+    register_secret("SECRET-0123")
+    assert secret_safe_cut(data, limit) == cut
+
+
+def test_a_secret_across_the_line_limit_is_masked_whole(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    secret = "sk-" + "Wv7" * 14
+    register_secret(secret)
+    output = tmp_path / "output"
+    with output.open("wb") as out:
+        for offset in (MAX_LINE - 20, MAX_LINE - len(secret), MAX_LINE - 1, MAX_LINE):
+            out.write(b"x" * offset + secret.encode() + b"y" * 50 + b"\n")
+        out.write(b"short " + secret.encode() + b"\n")
+    OutputPump(output.open("rb"), "stdout", LoggingConfig()).run()
+    lines = [r.getMessage() for r in gateway_lines(caplog)]
+    assert len(lines) == 5 and lines[-1] == "short ***"
+    assert all(line.endswith(TRUNCATED) and len(line) <= MAX_LINE + len(TRUNCATED) for line in lines[:4])
+    assert not any(secret[:6] in line for line in lines)
+
+
+# ---------------------------------------------------------------- the pidfile and leftovers
+
+def test_pidfile_records_the_gateway_0600_and_goes_after_a_clean_stop(tmp_path: Path, spawn, caplog) -> None:
+    item = spawn(make_config(tmp_path))
+    pid = item.process.start()
+    pidfile = tmp_path / "state" / proctree.PIDFILE
+    record = proctree.read_pidfile(tmp_path / "state")
+    assert record is not None and record == proctree.PidRecord.of(pid, record.marker)
+    assert stat.S_IMODE(pidfile.stat().st_mode) == 0o600
+    marker = f"{proctree.GATEWAY_ID_ENV}={record.marker}".encode()
+    assert marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    wait_for(lambda: any(r.getMessage() == "ready" for r in gateway_lines(caplog)), what="ready")
+    assert item.process.stop() == ExitInfo(0, None)
+    assert not pidfile.exists()
+
+
+def test_pidfile_is_never_written_through_a_symlink(tmp_path: Path, spawn) -> None:
+    (tmp_path / "state").mkdir(mode=0o700)
+    target = tmp_path / "target"
+    target.write_text("keep")
+    (tmp_path / "state" / proctree.PIDFILE).symlink_to(target)
+    item = spawn(make_config(tmp_path))
+    pid = item.process.start()
+    assert target.read_text() == "keep"
+    pidfile = tmp_path / "state" / proctree.PIDFILE
+    assert not pidfile.is_symlink() and proctree.read_pidfile(tmp_path / "state").pid == pid
+
+
+def test_a_pidfile_symlink_is_not_read(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proctree.write_pidfile(elsewhere, proctree.PidRecord(os.getpid(), 1, proctree.boot_id(), "m" * 32))
+    (tmp_path / proctree.PIDFILE).symlink_to(elsewhere / proctree.PIDFILE)
+    assert proctree.read_pidfile(elsewhere) is not None
+    assert proctree.read_pidfile(tmp_path) is None
+
+
+def _sleep(env: dict[str, str], started: list[subprocess.Popen[bytes]]) -> int:
+    started.append(subprocess.Popen(["sleep", "1000"], env={**os.environ, **env}, start_new_session=True))
+    return started[-1].pid
+
+
+def test_kill_leftovers_kills_what_the_pidfile_proves_ours_and_nothing_else(tmp_path: Path) -> None:
+    marker = "f" * 32
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        gateway = _sleep({proctree.GATEWAY_ID_ENV: marker}, started)
+        record = proctree.PidRecord.of(gateway, marker)
+        assert record is not None
+        helper = _sleep({proctree.GATEWAY_ID_ENV: marker}, started)
+        admin = _sleep({"OPENCLAW_STATE_DIR": str(tmp_path)}, started)
+        other = _sleep({proctree.GATEWAY_ID_ENV: "0" * 32}, started)
+        proctree.write_pidfile(tmp_path, record)
+        assert proctree.kill_leftovers(tmp_path) == sorted([gateway, helper])
+        assert not pid_alive(gateway) and not pid_alive(helper)
+        assert pid_alive(admin) and pid_alive(other)
+    finally:
+        for popen in started:
+            popen.kill()
+            popen.wait()
 
 
 # ---------------------------------------------------------------- the double and clawsvc being SIGKILLed

@@ -113,7 +113,7 @@ def test_token_file_wins_and_is_redacted(tmp_path: Path, file_keyring: Store) ->
 def test_token_file_problems_are_one_line_errors(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(SecretError, match=rf"cannot read auth.token_file {tmp_path}/absent: No such file"):
         secrets.load_gateway_token(config_for(tmp_path, tmp_path / "absent"))
-    with pytest.raises(SecretError, match="Is a directory"):
+    with pytest.raises(SecretError, match=rf"auth.token_file {tmp_path} is a directory, not a regular file"):
         secrets.load_gateway_token(config_for(tmp_path, tmp_path))
     empty = tmp_path / "empty"
     empty.write_text("\n")

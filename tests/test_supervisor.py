@@ -223,8 +223,9 @@ def test_a_stable_run_resets_the_counter() -> None:
     policy.failure()
     assert not policy.ran_for(59.9) and policy.attempts == 2
     assert policy.ran_for(60.0) and policy.attempts == 0
-    assert policy.failure() == 0.0
-    assert not policy.ran_for(3600.0) or policy.attempts == 0
+    assert policy.failure() == 0.0, "after a reset the next failure restarts at once again"
+    assert policy.ran_for(3600.0) and policy.attempts == 0
+    assert not policy.ran_for(3600.0), "nothing to forget: no reset is reported"
 
 
 def test_reconfigure_applies_new_limits() -> None:

@@ -1,0 +1,63 @@
+"""The one validation `run`, `check-config` and a reload share: whatever `run` refuses, `check-config` refuses.
+
+Everything here only looks: it generates no token, starts no keyring child and creates nothing. What `run`
+would otherwise find out later (at spawn, or when opening the control socket) is found here first.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+from pathlib import Path
+
+from clawsvc import trust
+from clawsvc.config import Config, ConfigError
+from clawsvc.process import SpawnError, build_argv, build_env, check_command, state_dir
+from clawsvc.secrets import describe_token_source
+
+
+def preflight(config: Config) -> None:
+    """Raise ConfigError (exit 78) for anything that would make `run` refuse this config."""
+    trust.check_config_paths(config)
+    _check_token_file(config)
+    _check_command(config)
+    _check_state_dir(config)
+    _check_control_group(config)
+
+
+def _check_token_file(config: Config) -> None:
+    """auth.token_file read (without blocking) and judged as `run` would; the keyring is not asked here."""
+    if config.auth.token_file is None:
+        return
+    problem = describe_token_source(config).problem
+    if problem:
+        raise ConfigError(problem)
+
+
+def _check_command(config: Config) -> None:
+    try:
+        check_command(build_argv(config), build_env(config, "", {}))
+    except SpawnError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _check_state_dir(config: Config) -> None:
+    """gateway.state_dir is a directory, or can be created in its nearest existing ancestor."""
+    path = state_dir(config)
+    existing = next((p for p in (path, *path.parents) if os.path.lexists(p)), Path("/"))
+    fix = "create it (mode 0700) for the user clawsvc runs as, or set gateway.state_dir"
+    if not existing.is_dir():
+        raise ConfigError(f"gateway.state_dir {path}: {existing} is not a directory; {fix}")
+    if existing != path and not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"gateway.state_dir {path} cannot be created: {existing} is not writable; {fix}")
+
+
+def _check_control_group(config: Config) -> None:
+    group = config.control.group
+    if group is None:
+        return
+    try:
+        grp.getgrnam(group)
+    except KeyError:
+        raise ConfigError(f"control.group: no group named {group!r} on this system; create it or unset "
+                          "control.group") from None

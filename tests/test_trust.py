@@ -1,0 +1,287 @@
+"""StrictModes for clawsvc (clawsvc.trust): what another local user could plant is refused, never followed,
+chmod'ed or written through; secrets are read from small regular files only, without blocking.
+
+"Another user" is uid 65534 (nobody): the tests run as root and chown what that user would have made.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from clawsvc import secrets, trust
+from clawsvc.config import AuthConfig, Config, GatewayConfig
+from clawsvc.process import SpawnError, prepare_state_dir
+from clawsvc.secrets import SecretError
+
+OTHER = 65534
+TOKEN = "token-value-from-a-file-0001"
+MEMORY_LIMIT = 500 * 1024 * 1024
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown files to another user")
+
+
+@pytest.fixture(autouse=True)
+def no_keyring(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
+    monkeypatch.setattr(secrets._KeyringState, "broken", None)
+
+
+def config(state_dir: Path, token_file: Path | None = None, source: Path | None = None) -> Config:
+    return Config(gateway=GatewayConfig(state_dir=state_dir), auth=AuthConfig(token_file=token_file),
+                  providers=(), source=source)
+
+
+def secret_file(path: Path, text: str = TOKEN, mode: int = 0o600, uid: int | None = None) -> Path:
+    path.write_text(text + "\n")
+    path.chmod(mode)
+    if uid is not None:
+        os.chown(path, uid, uid)
+    return path
+
+
+def sticky_dir_with_foreign_link(tmp_path: Path, target: Path) -> Path:
+    """tmp_path/shared (1777, like /tmp) holding a symlink to `target` made by another user."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    link = shared / "state"
+    link.symlink_to(target)
+    os.lchown(link, OTHER, OTHER)
+    return link
+
+
+def snapshot(directory: Path) -> tuple[int, dict[str, bytes]]:
+    return stat.S_IMODE(directory.stat().st_mode), {p.name: p.read_bytes() for p in directory.iterdir()}
+
+
+LOAD_TOKEN = """
+import sys
+from pathlib import Path
+from clawsvc import secrets
+from clawsvc.config import AuthConfig, Config, GatewayConfig
+config = Config(gateway=GatewayConfig(state_dir=Path(sys.argv[1])), auth=AuthConfig(token_file=Path(sys.argv[2])),
+                providers=())
+try:
+    secrets.load_gateway_token(config)
+except secrets.SecretError as exc:
+    print(exc)
+    sys.exit(78)
+"""
+
+
+def load_token_in_child(cfg: Config, limit_memory: bool = False) -> subprocess.CompletedProcess[str]:
+    """secrets.load_gateway_token in a child process: a reader that blocks or fills memory cannot take the
+    test run with it."""
+    prefix = ["prlimit", f"--as={MEMORY_LIMIT}"] if limit_memory else []
+    argv = [*prefix, sys.executable, "-c", LOAD_TOKEN, str(cfg.gateway.state_dir), str(cfg.auth.token_file)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL)
+
+
+# ---------------------------------------------------------------- the state dir
+
+def test_a_state_dir_of_another_user_with_a_planted_token_is_refused(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    secret_file(state / "gateway-token", "planted-token-value-00000001", uid=OTHER)
+    os.chown(state, OTHER, OTHER)
+    with pytest.raises(SecretError, match=rf"gateway.state_dir {state} is owned by uid {OTHER} \(nobody\).*"
+                                          rf"chown root: {state} && chmod 700 {state}") as caught:
+        secrets.load_gateway_token(config(state))
+    assert "planted-token-value" not in str(caught.value)
+    with pytest.raises(SpawnError, match=f"owned by uid {OTHER}"):
+        prepare_state_dir(config(state))
+    with pytest.raises(trust.TrustError, match=f"owned by uid {OTHER}"):
+        trust.check_config_paths(config(state))
+
+
+def test_our_own_state_dir_writable_by_others_is_refused_not_silently_tightened(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    state.chmod(0o777)
+    with pytest.raises(SpawnError, match=rf"{state} is writable by group/others \(mode 0777\)"):
+        prepare_state_dir(config(state))
+    with pytest.raises(SecretError, match="writable by group/others"):
+        secrets.load_gateway_token(config(state))
+    assert stat.S_IMODE(state.stat().st_mode) == 0o777
+    assert list(state.iterdir()) == []
+
+
+def test_our_own_state_dir_readable_by_others_is_tightened_with_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    state.chmod(0o755)
+    prepare_state_dir(config(state))
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert any(r.levelno == logging.WARNING and "mode 0755" in r.getMessage() for r in caplog.records)
+
+
+def test_a_new_state_dir_is_made_0700_below_new_parents_that_others_cannot_write(tmp_path: Path) -> None:
+    state = tmp_path / "a" / "b" / "state"
+    old = os.umask(0)
+    try:
+        prepare_state_dir(config(state))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert stat.S_IMODE(state.parent.stat().st_mode) == 0o755
+    trust.check_config_paths(config(state))
+
+
+def test_a_foreign_symlink_in_a_sticky_dir_is_never_followed(tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    target.mkdir(mode=0o755)
+    (target / "keep").write_text("untouched")
+    before = snapshot(target)
+    link = sticky_dir_with_foreign_link(tmp_path, target)
+    with pytest.raises(SpawnError, match=rf"symlink {link} on its path is owned by uid {OTHER}"):
+        prepare_state_dir(config(link))
+    with pytest.raises(SecretError, match=rf"symlink {link} on its path is owned by uid {OTHER}"):
+        secrets.load_gateway_token(config(link))
+    with pytest.raises(trust.TrustError, match="symlink"):
+        trust.check_config_paths(config(link))
+    assert snapshot(target) == before
+
+
+def test_our_own_symlink_in_a_sticky_dir_is_followed(tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    target.mkdir(mode=0o700)
+    link = sticky_dir_with_foreign_link(tmp_path, target)
+    os.lchown(link, os.geteuid(), os.getegid())
+    token, source = secrets.load_gateway_token(config(link))
+    assert source == f"generated {link}/gateway-token"
+    assert (target / "gateway-token").read_text().strip() == token
+
+
+def test_a_missing_state_dir_below_a_foreign_directory_is_refused_and_not_created(tmp_path: Path) -> None:
+    foreign = tmp_path / "foreign"
+    foreign.mkdir(mode=0o755)
+    os.chown(foreign, OTHER, OTHER)
+    state = foreign / "sub" / "state"
+    with pytest.raises(trust.TrustError, match=rf"directory {foreign} on its path is owned by uid {OTHER}"):
+        trust.check_config_paths(config(state))
+    with pytest.raises(SpawnError, match=f"directory {foreign} on its path"):
+        prepare_state_dir(config(state))
+    assert list(foreign.iterdir()) == []
+
+
+def test_a_group_writable_ancestor_needs_the_sticky_bit(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o775)
+    with pytest.raises(SpawnError, match=rf"directory {shared} on its path is writable by group/others "
+                                         rf"\(mode 0775\); run: chmod go-w {shared}"):
+        prepare_state_dir(config(shared / "state"))
+    assert list(shared.iterdir()) == []
+    shared.chmod(0o1777)
+    prepare_state_dir(config(shared / "state"))
+    assert stat.S_IMODE((shared / "state").stat().st_mode) == 0o700
+
+
+# ---------------------------------------------------------------- secret files
+
+def test_a_token_file_of_another_user_or_writable_by_others_is_refused(tmp_path: Path) -> None:
+    foreign = secret_file(tmp_path / "foreign", uid=OTHER)
+    with pytest.raises(SecretError, match=rf"auth.token_file {foreign} is owned by uid {OTHER} .*"
+                                          rf"run: chown root: {foreign} && chmod 600 {foreign}"):
+        secrets.load_gateway_token(config(tmp_path / "state", foreign))
+    writable = secret_file(tmp_path / "writable", mode=0o602)
+    with pytest.raises(SecretError, match=rf"{writable} is writable by group/others \(mode 0602\)"):
+        secrets.load_gateway_token(config(tmp_path / "state", writable))
+    assert writable.read_text() == TOKEN + "\n" and stat.S_IMODE(writable.stat().st_mode) == 0o602
+
+
+def test_a_credential_of_another_user_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    secret_file(credentials / "gateway-token", uid=OTHER)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    with pytest.raises(SecretError, match=f"credential gateway-token {credentials}/gateway-token is owned by uid"):
+        secrets.load_gateway_token(config(tmp_path / "state"))
+
+
+def test_a_fifo_token_file_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+    done = load_token_in_child(config(tmp_path / "state", fifo))
+    assert done.returncode == 78, done.stderr
+    assert done.stdout.strip() == f"auth.token_file {fifo} is a FIFO, not a regular file; use a regular file there"
+
+
+def test_a_token_file_linked_to_dev_zero_is_refused_in_bounded_memory(tmp_path: Path) -> None:
+    link = tmp_path / "token"
+    link.symlink_to("/dev/zero")
+    done = load_token_in_child(config(tmp_path / "state", link), limit_memory=True)
+    assert done.returncode == 78, done.stderr
+    assert "is a character device, not a regular file" in done.stdout and "Traceback" not in done.stderr
+
+
+def test_an_oversized_token_file_is_refused_before_reading(tmp_path: Path) -> None:
+    big = secret_file(tmp_path / "big", "x" * (trust.SECRET_CAP + 1))
+    with pytest.raises(SecretError, match=rf"{big} is {trust.SECRET_CAP + 2} bytes, far more than a secret"):
+        secrets.load_gateway_token(config(tmp_path / "state", big))
+    largest = secret_file(tmp_path / "largest", "y" * (trust.SECRET_CAP - 1))
+    assert secrets.load_gateway_token(config(tmp_path / "state", largest))[0] == "y" * (trust.SECRET_CAP - 1)
+
+
+def test_a_symlink_planted_as_the_generated_token_is_refused_and_its_target_never_written(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    victim = tmp_path / "victim"
+    (state / "gateway-token").symlink_to(victim)
+    with pytest.raises(SecretError, match=rf"generated gateway token {state}/gateway-token is a symbolic link"):
+        secrets.load_gateway_token(config(state))
+    with pytest.raises(trust.TrustError, match="is a symbolic link"):
+        trust.check_config_paths(config(state))
+    assert not victim.exists()
+    assert sorted(p.name for p in state.iterdir()) == ["gateway-token"]  # no temp file left either
+
+
+def test_the_generated_token_is_a_new_0600_regular_file(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    old = os.umask(0)
+    try:
+        token = secrets.load_gateway_token(config(state))[0]
+    finally:
+        os.umask(old)
+    st = os.lstat(state / "gateway-token")
+    assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600 and st.st_nlink == 1
+    assert (state / "gateway-token").read_text() == token + "\n"
+
+
+# ---------------------------------------------------------------- check_config_paths (run, check-config, reload)
+
+def test_check_config_paths_accepts_our_own_files_and_changes_nothing(tmp_path: Path) -> None:
+    source = tmp_path / "clawsvc.yaml"
+    source.write_text("")
+    token = secret_file(tmp_path / "token", mode=0o640)
+    trust.check_config_paths(config(tmp_path / "state", token, source))
+    assert not (tmp_path / "state").exists()
+
+
+def test_check_config_paths_refuses_a_config_file_of_another_user(tmp_path: Path) -> None:
+    source = tmp_path / "clawsvc.yaml"
+    source.write_text("")
+    os.chown(source, OTHER, OTHER)
+    with pytest.raises(trust.TrustError, match=rf"config file {source} is owned by uid {OTHER}"):
+        trust.check_config_paths(config(tmp_path / "state", source=source))
+
+
+def test_check_config_paths_refuses_what_reading_the_token_would(tmp_path: Path) -> None:
+    with pytest.raises(trust.TrustError, match=rf"auth.token_file {tmp_path}/absent does not exist"):
+        trust.check_config_paths(config(tmp_path / "state", tmp_path / "absent"))
+    big = secret_file(tmp_path / "big", "x" * trust.SECRET_CAP)
+    with pytest.raises(trust.TrustError, match="far more than a secret"):
+        trust.check_config_paths(config(tmp_path / "state", big))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(trust.TrustError, match="is a FIFO, not a regular file"):
+        trust.check_config_paths(config(tmp_path / "state", fifo))
