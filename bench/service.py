@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from bench.common import Backend, gateway_processes, realgw
-from clawsvc import control
+from clawsvc import control_client
 from tests.notify_peer import Datagram, NotifyPeer
 
 READY_TIMEOUT = 180.0  # the real gateway needs ~7 s idle, much more on a loaded 2-core machine
@@ -117,7 +117,7 @@ class ServiceRun:
         return self.wait_for(lambda n: running_pid(n) not in (None, not_pid), timeout, start)
 
     def request(self, cmd: str, timeout: float = 30.0, **fields: Any) -> Any:
-        return control.request(self.socket, {"cmd": cmd, **fields}, timeout)
+        return control_client.request(self.socket, {"cmd": cmd, **fields}, timeout)
 
     def log_time(self, pattern: str, after: float) -> float | None:
         """Wall-clock time (epoch) of the first clawsvc log line at or after `after` whose text matches `pattern`."""

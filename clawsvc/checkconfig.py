@@ -6,15 +6,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from clawsvc import exitcodes
+from clawsvc import exitcodes, trust
 from clawsvc.config import ConfigError, dump, load_config
 from clawsvc.preflight import preflight
 
 
 def main(args: argparse.Namespace) -> int:
+    """Exit 0 or 78. As root, paths are judged as the service running as user `clawsvc` would judge them."""
     try:
-        config = load_config(args.config)
-        preflight(config)
+        with trust.judged_as_the_service():
+            config = load_config(args.config)
+            preflight(config)
     except ConfigError as exc:
         print(f"clawsvc: {exc}", file=sys.stderr)
         return exitcodes.CONFIG

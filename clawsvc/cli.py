@@ -41,11 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(p)
     p.add_argument("--print", action="store_true", help="print the effective config, secrets redacted")
 
-    p = sub.add_parser("status", help="show the running service's state")
+    p = sub.add_parser("status", help="show the running service's state",
+                       epilog="exit: 0 running; 1 the socket is served by another user; 3 not running or unreachable")
     _config_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = sub.add_parser("rpc", help="call one gateway method through the running service")
+    p = sub.add_parser("rpc", help="call one gateway method through the running service",
+                       epilog="exit: 0 ok; 1 the gateway or the service refused or failed (or the socket is served "
+                              "by another user); 2 bad, unreadable or oversized params or --timeout; 3 not running")
     _config_arg(p)
     p.add_argument("method")
     p.add_argument("params", nargs="?", default=None, metavar="PARAMS_JSON|@FILE|-",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from clawsvc import trust
 from clawsvc.configvalues import (
     BINDS,
     LEVELS,
@@ -32,10 +32,10 @@ from clawsvc.configvalues import (
     path,
     providers,
     regex_list,
-    shown,
     socket_path,
     ws_path,
 )
+from clawsvc.text import cut, shown
 
 SECRET_ENV = re.compile(r"TOKEN|KEY|SECRET|PASSW|CREDENTIAL", re.IGNORECASE)
 REDACTED = "<redacted>"
@@ -273,9 +273,9 @@ class _Reader:
             if exc.context_mark is not None and ("stream end" in problem or "end of stream" in problem):
                 mark = exc.context_mark  # an unclosed bracket or quote: the line that opened it, not the file's end
             line = f":{mark.line + 1}" if mark else ""
-            raise ConfigError(f"{self.filename}{line}: YAML syntax error: {_cut(_syntax_problem(exc), 160)}") from None
+            raise ConfigError(f"{self.filename}{line}: YAML syntax error: {cut(_syntax_problem(exc), 160)}") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{self.filename}: YAML error: {_cut(str(exc).splitlines()[0], 160)}") from None
+            raise ConfigError(f"{self.filename}: YAML error: {cut(str(exc).splitlines()[0], 160)}") from None
         if node is not None:
             self._measure(node, "", {}, set(), 0)
         return node
@@ -323,9 +323,9 @@ class _Reader:
         except yaml.MarkedYAMLError as exc:
             raise self.fail(node, key, f"cannot read value: {exc.problem or exc.context}") from None
         except yaml.YAMLError as exc:
-            raise self.fail(node, key, f"cannot read value: {_cut(str(exc).splitlines()[0], 200)}") from None
+            raise self.fail(node, key, f"cannot read value: {cut(str(exc).splitlines()[0], 200)}") from None
         except (ValueError, ArithmeticError) as exc:  # e.g. !!int abc, !!timestamp 2024-13-45
-            raise self.fail(node, key, f"cannot read value: {_cut(str(exc), 200)}") from None
+            raise self.fail(node, key, f"cannot read value: {cut(str(exc), 200)}") from None
 
     def _no_duplicates(self, node: yaml.Node, key: str, seen: set[int]) -> None:
         """PyYAML silently keeps the last of two equal keys; an admin who wrote both meant something."""
@@ -340,11 +340,11 @@ class _Reader:
             for key_node, child in node.value:
                 name = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else None
                 if name is not None and name in first:
-                    raise self.fail(key_node, f"{key}.{_cut(name)}", f"duplicate key (first set on line "
+                    raise self.fail(key_node, f"{key}.{cut(name)}", f"duplicate key (first set on line "
                                                                f"{first[name].start_mark.line + 1})")
                 if name is not None:
                     first[name] = key_node
-                self._no_duplicates(child, f"{key}.{_cut(str(name))}", seen)
+                self._no_duplicates(child, f"{key}.{cut(str(name))}", seen)
 
     def mapping(self, node: yaml.Node, key: str, allowed: Mapping[str, Any]) -> dict[str, yaml.Node]:
         """The settings of one section as name -> value node, each name checked against the schema."""
@@ -354,9 +354,9 @@ class _Reader:
         seen: dict[str, yaml.Node] = {}
         for key_node, value_node in node.value:
             name = self.value(key_node, key)
-            dotted = f"{key}.{_cut(str(name))}" if key else _cut(str(name))
+            dotted = f"{key}.{cut(str(name))}" if key else cut(str(name))
             if not isinstance(name, str) or name not in allowed:
-                hint = difflib.get_close_matches(_cut(str(name)), list(allowed), n=1)
+                hint = difflib.get_close_matches(cut(str(name)), list(allowed), n=1)
                 suggestion = f" (did you mean {key + '.' if key else ''}{hint[0]}?)" if hint else ""
                 known = f"; known keys: {', '.join(allowed)}" if not hint else ""
                 raise self.fail(key_node, dotted, f"unknown key{suggestion}{known}")
@@ -381,7 +381,7 @@ class _Reader:
             child, dotted = self._item(node, key, exc)
             raise self.fail(child, dotted, str(exc)) from None
         except ValueError as exc:
-            raise self.fail(node, key, _cut(str(exc), 300)) from None
+            raise self.fail(node, key, cut(str(exc), 300)) from None
 
     def _item(self, node: yaml.Node, key: str, exc: ItemError) -> tuple[yaml.Node, str]:
         """The node and dotted name of the list element or mapping entry an ItemError is about."""
@@ -394,12 +394,8 @@ class _Reader:
         return node, key
 
 
-def _cut(text: str, limit: int = 60) -> str:
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
 def _key_name(node: yaml.Node) -> str | None:
-    return _cut(str(node.value)) if isinstance(node, yaml.ScalarNode) else None
+    return cut(str(node.value)) if isinstance(node, yaml.ScalarNode) else None
 
 
 def _children(node: yaml.Node, key: str) -> list[tuple[yaml.Node, str]]:
@@ -473,32 +469,15 @@ def _relation_error(reader: _Reader, written: dict[str, yaml.Node], offender: Re
                        f"{other_rule} {key} ({value:g}s, the default), got {other_value:g}s")
 
 
-_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-               (stat.S_ISSOCK, "a socket"))
-
-
 def _read_config_file(target: Path) -> str:
-    """The file's text: a regular file of at most MAX_CONFIG_BYTES, opened without blocking (a FIFO cannot
-    hang us, /dev/zero cannot fill memory)."""
-    fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    """The file's text: a regular file of at most MAX_CONFIG_BYTES, read without blocking (a FIFO cannot hang
+    us, /dev/zero cannot fill memory)."""
     try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise IsADirectoryError(21, "Is a directory")
-        if not stat.S_ISREG(mode):
-            kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
-            raise ConfigError(f"{target}: cannot read config file: it is {kind}; name a regular YAML file")
-        chunks: list[bytes] = []
-        size = 0
-        while size <= MAX_CONFIG_BYTES and (chunk := os.read(fd, MAX_CONFIG_BYTES + 1 - size)):
-            chunks.append(chunk)
-            size += len(chunk)
-    finally:
-        os.close(fd)
-    if size > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{target}: config file is larger than {MAX_CONFIG_BYTES // 1024} KiB; a clawsvc config "
-                          "is a few KiB: is this the right file?")
-    return b"".join(chunks).decode("utf-8")
+        data = trust.read_regular(target, "config file", cap=MAX_CONFIG_BYTES, nofollow=False,
+                                  shown=cut(str(target), 300)).data
+    except trust.TrustError as exc:
+        raise ConfigError(str(exc)) from None
+    return data.decode("utf-8")
 
 
 def load_config(path: Path | str | None = None) -> Config:
@@ -512,7 +491,7 @@ def load_config(path: Path | str | None = None) -> Config:
             raise ConfigError(f"{target}: config file not found") from None
         return Config(source=None)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ConfigError(f"{_cut(str(target), 300)}: cannot read config file: {exc.__class__.__name__}: "
+        raise ConfigError(f"{cut(str(target), 300)}: cannot read config file: {exc.__class__.__name__}: "
                           f"{getattr(exc, 'strerror', None) or exc}") from None
     return parse_config(text, str(target))
 
@@ -550,7 +529,7 @@ def to_dict(config: Config, redact: bool = True) -> dict[str, Any]:
 
 def _cut_long(value: Any) -> Any:
     if isinstance(value, str) and len(value) > PRINT_MAX:
-        return f"{value[:60]}… ({len(value)} characters, cut)"
+        return f"{cut(value)} ({len(value)} characters, cut)"
     if isinstance(value, list):
         return [_cut_long(item) for item in value]
     if isinstance(value, dict):

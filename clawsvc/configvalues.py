@@ -6,19 +6,19 @@ from __future__ import annotations
 import math
 import os
 import re
-import reprlib
 import shlex
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from clawsvc.text import shown
+
 BINDS = ("loopback", "lan", "tailnet", "auto")
 LEVELS = ("debug", "info", "warning", "error", "critical")
 TOKEN_ENV = "OPENCLAW_GATEWAY_TOKEN"
 DAY = 86400.0  # no duration makes sense beyond a day; larger ones overflow timers or mean "never"
 MAX_DIGITS = 30  # a number written with more digits is out of every range here
-SHOWN = 60  # characters of a value an error message quotes
 PATH_MAX = 4095  # bytes of a path, without the NUL (Linux PATH_MAX is 4096 with it)
 SUN_PATH_MAX = 107  # bytes of a unix socket path, without the NUL (sun_path is 108 bytes)
 ARG_MAX_STRLEN = 131071  # bytes of one argv or environment string, without the NUL (MAX_ARG_STRLEN)
@@ -47,21 +47,6 @@ _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
-
-
-_REPR = reprlib.Repr()
-_REPR.maxstring = _REPR.maxother = _REPR.maxlong = SHOWN + 2
-_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 2, 4, 4
-
-
-def shown(value: Any) -> str:
-    """repr() of a value for an error message, cut to about SHOWN characters however big the value is."""
-    if isinstance(value, int) and value.bit_length() > 4 * MAX_DIGITS:
-        return f"a number of about {int(value.bit_length() * 0.30103)} digits"  # repr() would cost or raise
-    if isinstance(value, str):
-        return repr(value) if len(value) <= SHOWN else repr(value[:SHOWN]) + "…"
-    text = _REPR.repr(value)
-    return text if len(text) <= SHOWN else text[:SHOWN] + "…"
 
 
 def _plain_text(value: str, what: str, newline: bool = True) -> None:

@@ -112,13 +112,14 @@ class Liveness:
 class GatewayConnection:
     """A client for the gateway's protocol; connect() once per link, reusable after the link is down."""
 
-    def __init__(self, url: str, token: str, *, handshake_timeout: float = 10.0, request_timeout: float = 30.0,
+    def __init__(self, url: str, token: str, *, verify_peer: Callable[[socket.socket], None] | None,
+                 handshake_timeout: float = 10.0, request_timeout: float = 30.0,
                  ping_interval: float = 30.0, tick_grace: float = 2.0,
                  on_event: Callable[[GatewayEvent], None] | None = None,
-                 on_down: Callable[[LinkDown], None] | None = None,
-                 verify_peer: Callable[[socket.socket], None] | None = None) -> None:
+                 on_down: Callable[[LinkDown], None] | None = None) -> None:
         """verify_peer gets the connected socket before the token is sent; it raises (e.g. UntrustedPeerError)
-        to keep the token from a listener that is not ours."""
+        to keep the token from a listener that is not ours. It has no default: None (send the token to
+        whoever answers) must be asked for, and only tools and tests that pick their server themselves do."""
         register_secret(token)
         self.url = url
         self._token = token
@@ -142,9 +143,11 @@ class GatewayConnection:
         self._last_seq: int | None = None
 
     @classmethod
-    def from_config(cls, config: Config, token: str, **callbacks: Any) -> GatewayConnection:
+    def from_config(cls, config: Config, token: str, *, verify_peer: Callable[[socket.socket], None],
+                    **callbacks: Any) -> GatewayConnection:
+        """The service's connection: always with a peer check (connector.PeerCheck)."""
         conn, health = config.connection, config.health
-        return cls(config.url, token, handshake_timeout=conn.handshake_timeout,
+        return cls(config.url, token, verify_peer=verify_peer, handshake_timeout=conn.handshake_timeout,
                    request_timeout=conn.request_timeout, ping_interval=conn.ping_interval,
                    tick_grace=health.tick_grace, **callbacks)
 

@@ -49,23 +49,29 @@ def readyz(port: int) -> bool:
         connection.close()
 
 
+class PeerGone(TransportError):
+    """The server end of the connection closed before it could be verified; the next attempt verifies again."""
+
+
 class PeerCheck:
     """GatewayConnection's verify_peer: the token goes only to the server end of this very connection when
-    it is held by the gateway clawsvc spawned (or one of its descendants), or, when adopting, by a socket
-    owned by clawsvc's own euid. Linux reads /proc/net/tcp; elsewhere (macOS) lsof names the holder, and a
-    holder lsof cannot name is refused."""
+    it is held by the gateway clawsvc spawned (that pid with the start time it had when this check was built,
+    or one of its descendants), or, when adopting, by a socket of clawsvc's own euid held only by processes
+    whose real and effective uids are that euid. Linux reads /proc; elsewhere (macOS) lsof names the holders,
+    and a holder lsof cannot name is refused."""
 
     def __init__(self, port: int, adopting: bool, spawned: int | None) -> None:
         self.port = port
         self.adopting = adopting
         self.spawned = spawned
+        self.spawned_start = ports.process_start(spawned) if spawned is not None else None
 
     def __call__(self, sock: socket.socket) -> None:
         try:
             local, peer = sock.getsockname(), sock.getpeername()
         except OSError as exc:
-            raise TransportError("CLOSED", f"connection to port {self.port} closed before it could be "
-                                           f"verified: {describe_error(exc)}") from None
+            raise PeerGone("CLOSED", f"connection to port {self.port} closed before it could be "
+                                     f"verified: {describe_error(exc)}") from None
         holder = self._proc_holder(local, peer) if ports.have_proc_net() else self._lsof_holder(local, peer)
         if holder is None:
             return
@@ -76,24 +82,45 @@ class PeerCheck:
     def _proc_holder(self, local: object, peer: object) -> ports.PortHolder | None:
         """None when the server end is ours; else who holds it."""
         end = ports.server_end(local, peer)
-        if end is None:  # the server closed its end already; the next attempt verifies again
-            raise TransportError("CLOSED", f"the server end of the connection to port {self.port} is gone")
-        if self.adopting and end.uid == os.geteuid():
+        if end is None:
+            raise PeerGone("CLOSED", f"the server end of the connection to port {self.port} is gone")
+        if self.adopting:
+            return self._stranger_of_uid(end)
+        if self._in_our_tree(lambda ours: ports.pid_with_socket({end.inode}, ours) is not None):
             return None
-        if not self.adopting and ports.pid_with_socket({end.inode}, self._ours()) is not None:
+        return ports.socket_holder(end)
+
+    def _stranger_of_uid(self, end: ports.TcpSocket) -> ports.PortHolder | None:
+        """None when the socket is our euid's and every process holding it runs as our euid (real and
+        effective); else the first holder that does not, or the socket's owner when no holder is visible."""
+        euid = os.geteuid()
+        holders = ports.pids_with_socket({end.inode})
+        for pid in holders:
+            if ports.process_uids(pid) != (euid, euid):
+                return ports.process_holder(pid, end.uid)
+        if end.uid == euid and holders:
             return None
         return ports.socket_holder(end)
 
     def _lsof_holder(self, local: object, peer: object) -> ports.PortHolder | None:
-        holder = ports.lsof_server_end(local, peer)
-        if holder is None:
+        holders = ports.lsof_server_ends(local, peer)
+        if not holders:
             raise UntrustedPeerError("PEER_UNVERIFIABLE", f"cannot tell which process holds port {self.port} "
                                      "(lsof is missing or cannot see it), so the gateway token was not sent")
-        if self.adopting and holder.uid == os.geteuid():
+        if self.adopting:
+            return next((holder for holder in holders if holder.uid != os.geteuid()), None)
+        if self._in_our_tree(lambda ours: any(holder.pid in ours for holder in holders)):
             return None
-        if not self.adopting and holder.pid in self._ours():
-            return None
-        return holder
+        return holders[0]
+
+    def _in_our_tree(self, holds: Callable[[list[int]], bool]) -> bool:
+        """holds(our gateway's pids), asked only while the spawned pid is still the process it was when this
+        check was built, and believed only if it still is afterwards (not reaped and reused meanwhile)."""
+        return self._spawned_alive() and holds(self._ours()) and self._spawned_alive()
+
+    def _spawned_alive(self) -> bool:
+        return self.spawned is not None and self.spawned_start is not None \
+            and ports.process_start(self.spawned) == self.spawned_start
 
     def _ours(self) -> list[int]:
         """The processes whose sockets are our gateway's: the one we spawned and its descendants."""
@@ -101,9 +128,11 @@ class PeerCheck:
 
     def _expected(self) -> str:
         if self.adopting:
-            return f"and clawsvc adopts only a gateway of {ports.describe_uid(os.geteuid())}"
+            return f"and clawsvc adopts only a gateway run by {ports.describe_uid(os.geteuid())}"
         if self.spawned is None:
             return "and clawsvc has no gateway of its own running"
+        if not self._spawned_alive():
+            return f"and the gateway clawsvc started (pid {self.spawned}) is gone"
         return f"not by the gateway clawsvc started (pid {self.spawned})"
 
 
@@ -147,8 +176,10 @@ class Connector:
     def wait_ready(self, config: Config, token: str, gen: int, timeout: float,
                    alive: Callable[[], bool], adopted: bool = False, spawned: int | None = None) -> None:
         """Handshake until hello-ok, retrying while the gateway is still starting (or the link is coming back).
-        The token goes only to the process tree of `spawned` (our gateway), or, adopted, to our own uid."""
-        self._start("connect", self._wait_ready, config, token, gen, timeout, alive, adopted, spawned)
+        The token goes only to the process tree of `spawned` (our gateway), or, adopted, to our own uid.
+        The peer check is built here, by the caller, so that it records `spawned`'s start time now."""
+        verify_peer = PeerCheck(config.gateway.port, adopted, spawned)
+        self._start("connect", self._wait_ready, config, token, gen, timeout, alive, verify_peer)
 
     def _probe(self, cancel: threading.Event, config: Config, token: str, gen: int) -> None:
         port = config.gateway.port
@@ -164,15 +195,15 @@ class Connector:
             return
         log.info("port %d is in use by %s; trying to adopt it as an existing gateway", port, who)
         self._wait_ready(cancel, config, token, gen, config.connection.handshake_timeout * 2,
-                         always, True, None, who)
+                         always, PeerCheck(port, True, None), who)
 
     def _wait_ready(self, cancel: threading.Event, config: Config, token: str, gen: int, timeout: float,
-                    alive: Callable[[], bool], adopted: bool, spawned: int | None,
-                    stranger: str | None = None) -> None:
-        retry_on = (RetryableError,) if stranger is not None else (RetryableError, TransportError)
+                    alive: Callable[[], bool], verify_peer: PeerCheck, stranger: str | None = None) -> None:
+        """stranger: what holds the port we try to adopt; only a gateway's "not yet" or a server end that
+        vanished before it could be verified is worth another try there."""
+        retry_on = (RetryableError, PeerGone) if stranger is not None else (RetryableError, TransportError)
         ready = functools.partial(readyz, config.gateway.port)
         retrying = readiness_retrying(cancel, timeout, alive, retry_on, ready)
-        verify_peer = PeerCheck(config.gateway.port, adopted, spawned)
         connection: GatewayConnection | None = None
         started = time.monotonic()
         try:
@@ -180,34 +211,39 @@ class Connector:
                 with attempt:
                     connection = self._connection(config, token, gen, verify_peer)
                     hello = connection.connect()
-        except UntrustedPeerError as exc:
-            self._report(cancel, ConnectFailed(gen, exc.message, fatal=True))
-            return
-        except AuthError as exc:
-            self._report(cancel, ConnectFailed(
-                gen, f"the gateway on port {config.gateway.port} rejected our token: {exc}; check auth.token_file "
-                     "or the gateway's own auth config", fatal=True, exit_code=exitcodes.CONFIG))
-            return
-        except ProtocolMismatchError as exc:
-            self._report(cancel, ConnectFailed(gen, f"protocol mismatch with the gateway: {exc}", fatal=True,
-                                               exit_code=exitcodes.CONFIG))
-            return
         except Exception as exc:  # the loop decides what a failed start means; never let this thread die silently
-            if stranger is not None and not isinstance(exc, RetryableError):
-                message = (f"port {config.gateway.port} is held by {stranger}, which does not answer as an "
-                           f"OpenClaw gateway ({describe_error(exc)}); stop it or change gateway.port")
-                self._report(cancel, ConnectFailed(gen, message, fatal=True))
-            elif isinstance(exc, retry_on) and time.monotonic() - started >= timeout:
-                self._report(cancel, ConnectFailed(gen, f"no hello-ok within {timeout:g}s (last answer: "
-                                                        f"{describe_error(exc)})", fatal=False))
-            else:
-                self._report(cancel, ConnectFailed(gen, describe_error(exc), fatal=False))
+            timed_out = isinstance(exc, retry_on) and time.monotonic() - started >= timeout
+            self._report(cancel, _failure(config.gateway.port, gen, exc, stranger, timed_out, timeout))
             return
         if cancel.is_set():
             connection.close()
             return
-        self.post(Connected(gen, connection, hello, adopted))
+        self.post(Connected(gen, connection, hello, verify_peer.adopting))
 
     def _report(self, cancel: threading.Event, message: Message) -> None:
         if not cancel.is_set():
             self.post(message)
+
+
+def _failure(port: int, gen: int, exc: Exception, stranger: str | None, timed_out: bool,
+             timeout: float) -> ConnectFailed:
+    """What a failed handshake (after any retries) means for the supervisor loop."""
+    if isinstance(exc, UntrustedPeerError):
+        return ConnectFailed(gen, exc.message, fatal=True)
+    if isinstance(exc, AuthError):
+        return ConnectFailed(gen, f"the gateway on port {port} rejected our token: {exc}; check auth.token_file "
+                                  "or the gateway's own auth config", fatal=True, exit_code=exitcodes.CONFIG)
+    if isinstance(exc, ProtocolMismatchError):
+        return ConnectFailed(gen, f"protocol mismatch with the gateway: {exc}", fatal=True,
+                             exit_code=exitcodes.CONFIG)
+    if stranger is not None and isinstance(exc, PeerGone):
+        return ConnectFailed(gen, f"port {port} is held by {stranger}, which closed every connection before "
+                                  "clawsvc could verify who held its end; the gateway token was not sent; stop "
+                                  "it or change gateway.port", fatal=True)
+    if stranger is not None and not isinstance(exc, RetryableError):
+        return ConnectFailed(gen, f"port {port} is held by {stranger}, which does not answer as an OpenClaw "
+                                  f"gateway ({describe_error(exc)}); stop it or change gateway.port", fatal=True)
+    if timed_out:
+        return ConnectFailed(gen, f"no hello-ok within {timeout:g}s (last answer: {describe_error(exc)})",
+                             fatal=False)
+    return ConnectFailed(gen, describe_error(exc), fatal=False)

@@ -13,7 +13,8 @@ from typing import Any
 
 from clawsvc import exitcodes
 from clawsvc.config import SYSTEM_CONTROL_SOCKET, Config, ConfigError, default_control_socket, load_config
-from clawsvc.control import MAX_DEPTH, MAX_REQUEST, MAX_RPC_TIMEOUT, ControlError, ServiceNotRunning, request, too_deep
+from clawsvc.control_client import ClientRefusal, RequestTooLarge, request
+from clawsvc.control_wire import MAX_DEPTH, MAX_REQUEST, MAX_RPC_TIMEOUT, ControlError, ServiceNotRunning, too_deep
 from clawsvc.status import human_duration
 
 STATUS_TIMEOUT = 10.0
@@ -43,7 +44,8 @@ def client_socket(config: Config) -> Path:
 
 def _ask(config: Config, message: dict[str, Any], timeout: float,
          refused_exit: int = exitcodes.FAIL) -> tuple[int, Any]:
-    """(exit code, result); on failure the reason is already on stderr."""
+    """(exit code, result); on failure the reason is already on stderr. Exit codes: 2 a request too large to
+    send (usage), 1 this client refused the server or its reply, else `refused_exit` for the service's refusals."""
     try:
         return exitcodes.OK, request(client_socket(config), message, timeout)
     except ServiceNotRunning as exc:
@@ -53,7 +55,9 @@ def _ask(config: Config, message: dict[str, Any], timeout: float,
         _fail(f"{exc.code}: {exc.message}")
         if exc.details is not None:
             print(json.dumps(exc.details, indent=2, ensure_ascii=False, default=str), file=sys.stderr)
-        return refused_exit, None
+        if isinstance(exc, RequestTooLarge):
+            return exitcodes.USAGE, None
+        return exitcodes.FAIL if isinstance(exc, ClientRefusal) else refused_exit, None
 
 
 def _bullet(running: bool) -> str:

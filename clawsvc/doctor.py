@@ -23,8 +23,9 @@ from typing import Any
 
 from clawsvc import exitcodes, install
 from clawsvc.config import Config, ConfigError, default_config_path, load_config
-from clawsvc.control import ControlError, ServiceNotRunning, request
 from clawsvc.control_cli import client_socket
+from clawsvc.control_client import request
+from clawsvc.control_wire import ControlError, ServiceNotRunning
 from clawsvc.logs import redact
 from clawsvc.ports import port_holder
 from clawsvc.process import SpawnError, check_command

@@ -19,11 +19,11 @@ from typing import Any, TextIO
 
 from clawsvc import exitcodes
 from clawsvc.config import ConfigError, parse_config
+from clawsvc.users import SERVICE_USER
 
 KINDS = ("system", "user", "launchd")
 TEMPLATE_EXE = "/usr/local/bin/clawsvc"  # what ExecStart= / ProgramArguments name in the shipped files
 INSTALL_ROOT_ENV = "CLAWSVC_INSTALL_ROOT"  # like DESTDIR: every file is written below it (packaging, tests)
-SERVICE_USER = "clawsvc"
 # A system service runs with ProtectHome=yes and PrivateTmp=yes: nothing below these is visible to it.
 HIDDEN_FROM_SYSTEM_UNIT = ("/home", "/root", "/run/user", "/tmp", "/var/tmp")
 _REPO = Path(__file__).resolve().parent.parent

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import pwd
 import shutil
 import socket
 import subprocess
@@ -16,7 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clawsvc import proctree
+from clawsvc.users import describe_uid
+
 PROC = Path("/proc")
+PROC_SELF_STAT = Path("/proc/self/stat")  # not PROC: tests point that elsewhere to play macOS
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's "st" column
 LSOF_TIMEOUT = 2.0
 LSOF_PATH = os.pathsep.join((os.defpath, "/usr/sbin"))  # macOS keeps lsof in /usr/sbin
@@ -29,7 +32,7 @@ Endpoint = tuple[IPAddress, int]
 class PortHolder:
     pid: int | None
     name: str | None
-    uid: int | None = None  # owner of the listening socket, known even when its process is not visible
+    uid: int | None = None  # the process's uid; the socket's when the process is not visible
 
     def describe(self) -> str:
         if self.pid is not None:
@@ -41,14 +44,6 @@ class PortHolder:
 
     def _owner(self) -> str:
         return describe_uid(self.uid) if self.uid is not None else "an unknown user"
-
-
-def describe_uid(uid: int) -> str:
-    """"user nobody (uid 65534)", or "uid 4000123" for a uid without a passwd entry."""
-    try:
-        return f"user {pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except KeyError:
-        return f"uid {uid}"
 
 
 @dataclass(frozen=True)
@@ -121,22 +116,76 @@ def server_end(local: Any, peer: Any) -> TcpSocket | None:
     return None
 
 
-def pid_with_socket(inodes: Collection[int], pids: Iterable[int] | None = None) -> int | None:
-    """The first of `pids` (default: every visible process) holding one of these socket inodes."""
+def _holders(inodes: Collection[int], pids: Iterable[int] | None) -> Iterator[int]:
     links = {f"socket:[{inode}]" for inode in inodes}
     candidates = pids if pids is not None else (int(e.name) for e in PROC.iterdir() if e.name.isdigit())
-    for pid in candidates:
+    return (pid for pid in candidates if _holds(pid, links))
+
+
+def _holds(pid: int, links: set[str]) -> bool:
+    try:
+        fds = list((PROC / str(pid) / "fd").iterdir())
+    except OSError:  # another user's process, or it just exited
+        return False
+    for fd in fds:
         try:
-            fds = list((PROC / str(pid) / "fd").iterdir())
-        except OSError:  # another user's process, or it just exited
+            if os.readlink(fd) in links:
+                return True
+        except OSError:
             continue
-        for fd in fds:
+    return False
+
+
+def pids_with_socket(inodes: Collection[int], pids: Iterable[int] | None = None) -> list[int]:
+    """Those of `pids` (default: every visible process) holding one of these socket inodes."""
+    return list(_holders(inodes, pids))
+
+
+def pid_with_socket(inodes: Collection[int], pids: Iterable[int] | None = None) -> int | None:
+    """The first of `pids` (default: every visible process) holding one of these socket inodes."""
+    return next(_holders(inodes, pids), None)
+
+
+def process_uids(pid: int) -> tuple[int, int] | None:
+    """(real, effective) uid of a process from /proc/PID/status, or None when it is gone or unreadable."""
+    try:
+        lines = (PROC / str(pid) / "status").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith("Uid:"):
+            fields = line.split()
             try:
-                if os.readlink(fd) in links:
-                    return pid
-            except OSError:
-                continue
+                return int(fields[1]), int(fields[2])
+            except (IndexError, ValueError):
+                return None
     return None
+
+
+def _process_uid(pid: int, fallback: int | None) -> int | None:
+    """The uid to name a process by: whichever of its real and effective uid is not ours, else its euid."""
+    uids = process_uids(pid)
+    if uids is None:
+        return fallback
+    return next((uid for uid in uids if uid != os.geteuid()), uids[1])
+
+
+def process_start(pid: int) -> str | None:
+    """When the process started, which changes if its pid is reaped and reused; None once it is gone.
+    Linux: the start time in /proc/PID/stat; elsewhere (macOS) what ps says."""
+    if (ticks := proctree.start_time(pid)) is not None:
+        return str(ticks)
+    if PROC_SELF_STAT.exists():
+        return None
+    ps = shutil.which("ps", path=os.defpath)
+    if ps is None:
+        return None
+    try:
+        done = subprocess.run([ps, "-o", "lstart=", "-p", str(pid)], capture_output=True, text=True,
+                              errors="replace", timeout=LSOF_TIMEOUT, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None
 
 
 def _comm(pid: int) -> str | None:
@@ -146,10 +195,16 @@ def _comm(pid: int) -> str | None:
         return None
 
 
+def process_holder(pid: int, socket_uid: int | None = None) -> PortHolder:
+    """Name a visible process holding a socket: its own uid, not the socket's (a socket created by root and
+    handed to a process that dropped privileges still shows uid 0 in /proc/net/tcp)."""
+    return PortHolder(pid=pid, name=_comm(pid), uid=_process_uid(pid, socket_uid))
+
+
 def socket_holder(sock: TcpSocket) -> PortHolder:
     """Name the process holding this socket (pid None when it is another user's and we are not root)."""
     pid = pid_with_socket({sock.inode})
-    return PortHolder(pid=pid, name=_comm(pid) if pid is not None else None, uid=sock.uid)
+    return process_holder(pid, sock.uid) if pid is not None else PortHolder(pid=None, name=None, uid=sock.uid)
 
 
 def port_holder(port: int) -> PortHolder | None:
@@ -164,7 +219,7 @@ def port_holder(port: int) -> PortHolder | None:
     if not listening:
         return None
     pid = pid_with_socket({sock.inode for sock in listening})
-    return PortHolder(pid=pid, name=_comm(pid) if pid is not None else None, uid=listening[0].uid)
+    return process_holder(pid, listening[0].uid) if pid is not None else PortHolder(None, None, listening[0].uid)
 
 
 def _lsof_address(endpoint: Endpoint) -> str:
@@ -172,8 +227,9 @@ def _lsof_address(endpoint: Endpoint) -> str:
     return f"[{host}]:{port}" if host.version == 6 else f"{host}:{port}"
 
 
-def parse_lsof(output: str, name: str) -> PortHolder | None:
-    """The process whose socket lsof -F pcun names `name` ("127.0.0.1:18789->127.0.0.1:50123")."""
+def parse_lsof(output: str, name: str) -> list[PortHolder]:
+    """Every process whose socket lsof -F pcun names `name` ("127.0.0.1:18789->127.0.0.1:50123")."""
+    found: list[PortHolder] = []
     holder: PortHolder | None = None
     for line in output.splitlines():
         tag, value = line[:1], line[1:]
@@ -184,24 +240,24 @@ def parse_lsof(output: str, name: str) -> PortHolder | None:
                 holder = PortHolder(holder.pid, value, holder.uid)
             elif tag == "u" and holder is not None:
                 holder = PortHolder(holder.pid, holder.name, int(value))
-            elif tag == "n" and value == name and holder is not None:
-                return holder
+            elif tag == "n" and value == name and holder is not None and holder not in found:
+                found.append(holder)
         except ValueError:
             holder = None
-    return None
+    return found
 
 
-def lsof_server_end(local: Any, peer: Any) -> PortHolder | None:
-    """Where there is no /proc/net/tcp (macOS): the process holding the other end of our connection, as lsof
-    sees it; None when lsof is missing, slow, or cannot see that process (another user's, without root)."""
+def lsof_server_ends(local: Any, peer: Any) -> list[PortHolder]:
+    """Where there is no /proc/net/tcp (macOS): the processes holding the other end of our connection, as
+    lsof sees them; empty when lsof is missing, slow, or cannot see them (another user's, without root)."""
     ours, theirs = sockaddr_endpoint(local), sockaddr_endpoint(peer)
     lsof = shutil.which("lsof", path=LSOF_PATH)
     if lsof is None:
-        return None
+        return []
     try:
         done = subprocess.run([lsof, "-nP", "-w", f"-iTCP@{_lsof_address(theirs)}", "-Fpcun"],
                               capture_output=True, text=True, errors="replace", timeout=LSOF_TIMEOUT,
                               stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired):
-        return None
+        return []
     return parse_lsof(done.stdout, f"{_lsof_address(theirs)}->{_lsof_address(ours)}")

@@ -18,7 +18,10 @@ from clawsvc.secrets import describe_token_source
 
 def preflight(config: Config) -> None:
     """Raise ConfigError (exit 78) for anything that would make `run` refuse this config."""
-    trust.check_config_paths(config)
+    try:
+        trust.check_config_paths(config)
+    except trust.TrustError as exc:
+        raise ConfigError(str(exc)) from None
     _check_token_file(config)
     _check_command(config)
     _check_state_dir(config)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from clawsvc import proctree, trust
+from clawsvc import leftovers, proctree, trust
 from clawsvc.config import SECRET_ENV, Config
 from clawsvc.configvalues import TOKEN_ENV
 from clawsvc.gateway_output import OutputPump
@@ -46,6 +46,13 @@ KILL_GRACE = 10.0  # after SIGKILL: only a process stuck in uninterruptible I/O 
 PUMP_DRAIN = 1.0  # how long the waiter lets the pumps log the last lines before reporting the exit
 HELPER_GRACE = 3.0  # children outside the group (the spawn broker) exit by themselves ~1.6 s after it
 ORPHAN_SCAN = 1.0  # how often the waiter looks for processes the gateway orphaned to us (the subreaper)
+SWEEP_BOUND = proctree.SWEEP_ROUNDS * (HELPER_GRACE + proctree.KILL_WAIT)  # Orphans.sweep's worst case
+MARGIN = 5.0
+
+
+def stop_bound(config: Config) -> float:
+    """The longest GatewayProcess.stop() takes: SIGTERM grace, SIGKILL, the sweep, the last stragglers."""
+    return config.gateway.stop_timeout + KILL_GRACE + SWEEP_BOUND + HELPER_GRACE + proctree.KILL_WAIT + MARGIN
 
 
 @dataclass(frozen=True)
@@ -226,10 +233,10 @@ class GatewayProcess:
             env[proctree.GATEWAY_ID_ENV] = self._marker
             argv = check_command(build_argv(self.config), env)
             prepare_state_dir(self.config)
-            if leftovers := proctree.kill_leftovers(state_dir(self.config)):
+            if killed := leftovers.kill_leftovers(state_dir(self.config)):
                 log.warning("killed %d process(es) left over from an earlier gateway of %s (pids %s); their "
                             "clawsvc must have been killed without a chance to stop them",
-                            len(leftovers), state_dir(self.config), ", ".join(map(str, leftovers)))
+                            len(killed), state_dir(self.config), ", ".join(map(str, killed)))
             with self._lock:
                 if self._stop_requested:
                     raise SpawnError("gateway start cancelled: stop was requested first")
@@ -268,45 +275,38 @@ class GatewayProcess:
             self._signal_group(signal.SIGKILL)  # whatever of its group outlived it has no parent to serve
             returncode = popen.wait()
             self._reaped = True
-        proctree.SWEEPING.add(self._marker)  # its helpers are ours to end, not "left over by a killed clawsvc"
-        self._gone.set()
-        with self._lock:
-            stopping = self._stop_requested
-        if stopping:  # a stop is over only when nothing the gateway started is left
+        # the exit is reported first, so that no respawn waits for the old helpers; stop() waits for them
+        with leftovers.sweeping(self._marker):  # ours to end, not "left over by a killed clawsvc"
+            self._gone.set()
+            for pump in pumps:
+                pump.join(PUMP_DRAIN)
+            self._info = ExitInfo.from_returncode(returncode, self._forced)
+            try:
+                self._on_exit(self._info)
+            except Exception:
+                log.exception("on_exit callback failed for gateway pid %d", popen.pid)
             self._end_orphans(popen.pid, orphans)
-        for pump in pumps:
-            pump.join(PUMP_DRAIN)
-        self._info = ExitInfo.from_returncode(returncode, self._forced)
-        if stopping:
-            self._exited.set()
-        try:
-            self._on_exit(self._info)
-        except Exception:
-            log.exception("on_exit callback failed for gateway pid %d", popen.pid)
-        if not stopping:  # a crash is reported first: the respawn never waits for the old helpers to go
-            self._end_orphans(popen.pid, orphans)
-            self._exited.set()
+        self._exited.set()
 
     def _write_pidfile(self, pid: int) -> None:
         """Record this gateway in the state dir, so a later clawsvc can prove what it left behind is ours."""
-        record = proctree.PidRecord.of(pid, self._marker)
+        record = leftovers.PidRecord.of(pid, self._marker)
         try:
             if record is not None:
-                proctree.write_pidfile(state_dir(self.config), record)
+                leftovers.write_pidfile(state_dir(self.config), record)
         except OSError as exc:
             log.warning("cannot write %s: %s; if clawsvc is killed, what the gateway leaves running will not "
-                        "be cleaned up at the next start", state_dir(self.config) / proctree.PIDFILE, exc.strerror)
+                        "be cleaned up at the next start", state_dir(self.config) / leftovers.PIDFILE, exc.strerror)
 
     def _end_orphans(self, pid: int, orphans: proctree.Orphans) -> None:
         """End and reap what the exited gateway left behind; the pidfile goes once nothing is left."""
         try:
             if orphans.sweep(HELPER_GRACE) == 0:
-                proctree.remove_pidfile(state_dir(self.config), self._marker)
+                leftovers.remove_pidfile(state_dir(self.config), self._marker)
         except Exception:  # stop() waits for what follows: never let this end the waiter
             log.exception("cleaning up after gateway pid %d failed", pid)
         finally:
             orphans.close()
-            proctree.SWEEPING.discard(self._marker)
 
     @staticmethod
     def _wait_unreaped(popen: subprocess.Popen[bytes], orphans: proctree.Orphans) -> None:
@@ -316,9 +316,13 @@ class GatewayProcess:
         if fd is not None:
             try:
                 orphans.watch(fd, ORPHAN_SCAN)
+                return
+            except Exception:  # the exit must still be seen and reported, or the supervisor waits forever
+                log.exception("watching gateway pid %d for orphaned helpers failed; now only waiting for its "
+                              "exit (its helpers are still ended after it)", popen.pid)
             finally:
                 os.close(fd)
-        elif hasattr(os, "waitid"):
+        if hasattr(os, "waitid"):
             with contextlib.suppress(ChildProcessError):
                 os.waitid(os.P_PID, popen.pid, os.WEXITED | os.WNOWAIT)
         else:  # macOS has no waitid: reap first (the group id stays reserved while the group has members)
@@ -353,10 +357,11 @@ class GatewayProcess:
 
     def _terminate(self, pid: int, grace: float) -> bool:
         """False when the process is still there after SIGKILL."""
-        family = proctree.pin_descendants(pid)
-        with self._lock:
+        with self._lock:  # until reaped, the pid is still ours: its descendants are the gateway's
+            family = {} if self._reaped else proctree.pin_descendants(pid)
             self._signal_group(signal.SIGTERM)
-        log.info("stopping gateway pid %d: sent SIGTERM, SIGKILL in %gs if it is still running", pid, grace)
+        if not self._gone.is_set():
+            log.info("stopping gateway pid %d: sent SIGTERM, SIGKILL in %gs if it is still running", pid, grace)
         if not self._gone.wait(grace):
             log.warning("gateway pid %d did not stop within %gs; sending SIGKILL to its process group", pid, grace)
             with self._lock:
@@ -366,6 +371,8 @@ class GatewayProcess:
                 log.error("gateway pid %d survived SIGKILL for %gs (stuck in the kernel?)", pid, KILL_GRACE)
                 proctree.kill_stragglers(family, 0)
                 return False
-        self._exited.wait()  # the waiter ends what the gateway orphaned to us: bounded by its own timeouts
+        if not self._exited.wait(SWEEP_BOUND + MARGIN):  # the waiter ends what the gateway orphaned to us
+            log.error("gateway pid %d exited, but ending the helpers it left took over %gs; giving up on them",
+                      pid, SWEEP_BOUND + MARGIN)
         proctree.kill_stragglers(family, HELPER_GRACE)
         return True

@@ -7,9 +7,7 @@ signal to the group misses it; it exits by itself about 1.6 s after the gateway,
 clawsvc is the child subreaper: what the gateway's tree orphans (a double-forked daemon) becomes our
 child instead of init's. Orphans tracks those children of one gateway: it pins them while they live,
 reaps them when they die, and after the gateway exits, ends and reaps the rest. Each gateway carries a
-random CLAWSVC_GATEWAY_ID in its environment, and the state dir's pidfile records it with the gateway's
-pid, start time and boot id: what a killed clawsvc left behind is found by that, and nothing else is
-ever killed as a leftover.
+random CLAWSVC_GATEWAY_ID in its environment; leftovers.py uses it to find what a killed clawsvc left.
 """
 
 from __future__ import annotations
@@ -20,22 +18,16 @@ import logging
 import os
 import select
 import signal
-import stat
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger("clawsvc.process")
 KILL_WAIT = 5.0
 GATEWAY_ID_ENV = "CLAWSVC_GATEWAY_ID"
-PIDFILE = "clawsvc-gateway.pid"
-PIDFILE_MAX = 4096
 SWEEP_ROUNDS = 3  # a killed orphan's own children are orphaned in turn: look again, a bounded number of times
 PR_SET_CHILD_SUBREAPER = 36
-BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
-SWEEPING: set[str] = set()  # markers of gateways of this very process whose leftovers are being ended now
 
 
 def become_subreaper() -> bool:
@@ -52,7 +44,7 @@ def become_subreaper() -> bool:
     return True
 
 
-def _stat(pid: int) -> list[str] | None:
+def proc_stat(pid: int) -> list[str] | None:
     """/proc/PID/stat after the command name: [0] state, [1] ppid, [2] pgrp, [3] session, [19] start time."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -61,35 +53,17 @@ def _stat(pid: int) -> list[str] | None:
     return fields if len(fields) > 19 else None
 
 
-def _start_time(pid: int) -> int | None:
+def start_time(pid: int) -> int | None:
     """Start time in clock ticks since boot (with the pid, a process's identity), or None if gone."""
-    fields = _stat(pid)
+    fields = proc_stat(pid)
     return int(fields[19]) if fields else None
 
 
-def boot_id() -> str:
-    try:
-        return BOOT_ID.read_text().strip()
-    except OSError:
-        return ""
-
-
-def _environ_has(pid: int, entry: bytes) -> bool:
+def environ_has(pid: int, entry: bytes) -> bool:
     try:
         return entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     except OSError:
         return False
-
-
-def processes_with_env(name: str, value: str) -> list[int]:
-    """Live processes (not zombies) whose environment holds name=value, e.g. one gateway's OPENCLAW_STATE_DIR."""
-    wanted = f"{name}={value}".encode()
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        pid = int(proc.name)
-        if pid != os.getpid() and _environ_has(pid, wanted) and (fields := _stat(pid)) and fields[0] != "Z":
-            found.append(pid)
-    return found
 
 
 def _children_of(task_dir: Path) -> list[int]:
@@ -117,14 +91,14 @@ def descendants(pid: int) -> list[int]:
 
 def pidfd(pid: int, start: int | None = None) -> int | None:
     """A pidfd for pid if it is still the process that started at `start` (any start when None)."""
-    before = _start_time(pid) if start is None else start
+    before = start_time(pid) if start is None else start
     if before is None or not hasattr(os, "pidfd_open"):
         return None
     try:
         fd = os.pidfd_open(pid)
     except OSError:
         return None
-    if _start_time(pid) != before:
+    if start_time(pid) != before:
         os.close(fd)  # the PID was reused between reading /proc and opening it
         return None
     return fd
@@ -177,14 +151,28 @@ def kill_stragglers(pidfds: dict[int, int], grace: float) -> int:
         for fd in alive:
             log.warning("gateway helper process %d outlived the gateway by %gs; sending SIGKILL",
                         pidfds[fd], grace)
-        _signal_all(alive, signal.SIGKILL)
-        _wait_exit(poller, alive, KILL_WAIT)
-        for fd in set(pidfds) - alive:
-            _reap(fd)
-        return len(alive)
+        return _kill(pidfds, poller, alive)
     finally:
         for fd in pidfds:
             os.close(fd)
+
+
+def kill_pinned(pidfds: dict[int, int]) -> int:
+    """SIGKILL these processes now, see them go, reap those that are our children; closes the pidfds.
+    Returns how many are still there."""
+    try:
+        return _kill(pidfds, _poller(pidfds), set(pidfds))
+    finally:
+        for fd in pidfds:
+            os.close(fd)
+
+
+def _kill(pidfds: dict[int, int], poller: select.poll, alive: set[int]) -> int:
+    _signal_all(alive, signal.SIGKILL)
+    _wait_exit(poller, alive, KILL_WAIT)
+    for fd in set(pidfds) - alive:
+        _reap(fd)
+    return len(alive)
 
 
 class Orphans:
@@ -206,13 +194,13 @@ class Orphans:
         """Pin the gateway's newly orphaned children; reap its orphans that already died in its session."""
         known = set(self.pinned.values())
         for pid in own_children():
-            if pid == self.gateway_pid or pid in known or (fields := _stat(pid)) is None:
+            if pid == self.gateway_pid or pid in known or (fields := proc_stat(pid)) is None:
                 continue
             if fields[0] == "Z":  # its environment is gone: only the session tells where it came from
                 if self._in_session(fields):
                     with contextlib.suppress(ChildProcessError):
                         os.waitpid(pid, os.WNOHANG)  # an unreaped child of ours: the pid cannot be reused
-            elif (self._in_session(fields) or _environ_has(pid, self.entry)) and \
+            elif (self._in_session(fields) or environ_has(pid, self.entry)) and \
                     (fd := pidfd(pid, int(fields[19]))) is not None:
                 self.pinned[fd] = pid
 
@@ -249,124 +237,3 @@ class Orphans:
         for fd in self.pinned:
             os.close(fd)
         self.pinned = {}
-
-
-# ---------------------------------------------------------------- the pidfile: leftovers of an earlier clawsvc
-
-@dataclass(frozen=True)
-class PidRecord:
-    """One spawned gateway: pid, start time and boot id say which process; marker is its CLAWSVC_GATEWAY_ID."""
-
-    pid: int
-    start: int
-    boot: str
-    marker: str
-
-    def dump(self) -> bytes:
-        return f"{self.pid} {self.start} {self.boot} {self.marker}\n".encode()
-
-    @classmethod
-    def parse(cls, data: bytes) -> PidRecord | None:
-        try:
-            pid, start, boot, marker = data.decode("ascii").split()
-            return cls(int(pid), int(start), boot, marker)
-        except ValueError:
-            return None
-
-    @classmethod
-    def of(cls, pid: int, marker: str) -> PidRecord | None:
-        start = _start_time(pid)
-        return None if start is None else cls(pid, start, boot_id(), marker)
-
-
-def write_pidfile(state_dir: Path, record: PidRecord) -> None:
-    """Atomically (tmp + rename), 0600, never through a symlink; OSError when it cannot."""
-    tmp = state_dir / f".{PIDFILE}.{os.getpid()}"
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, record.dump())
-    finally:
-        os.close(fd)
-    os.replace(tmp, state_dir / PIDFILE)
-
-
-def read_pidfile(state_dir: Path) -> PidRecord | None:
-    """The record, or None when there is none or it is not a small regular file of ours (never followed)."""
-    path = state_dir / PIDFILE
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        log.warning("ignoring %s: %s; remove it", path, exc.strerror)
-        return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_size > PIDFILE_MAX:
-            log.warning("ignoring %s: not a small regular file owned by uid %d; remove it", path, os.geteuid())
-            return None
-        return PidRecord.parse(os.read(fd, PIDFILE_MAX))
-    finally:
-        os.close(fd)
-
-
-def remove_pidfile(state_dir: Path, marker: str) -> None:
-    """Remove the pidfile if it still names the gateway with this marker (a newer one may have replaced it)."""
-    record = read_pidfile(state_dir)
-    if record is not None and record.marker == marker:
-        with contextlib.suppress(OSError):
-            os.unlink(state_dir / PIDFILE)
-
-
-def _is_leftover(pid: int, record: PidRecord, entry: bytes) -> int | None:
-    """A pidfd for pid if it is provably from the recorded gateway: that very process (same start time),
-    or one of our uid started after it and carrying its marker."""
-    fields = _stat(pid)
-    if fields is None or fields[0] == "Z" or int(fields[19]) < record.start:
-        return None
-    if not (pid == record.pid and int(fields[19]) == record.start) and not _environ_has(pid, entry):
-        return None
-    try:
-        if os.stat(f"/proc/{pid}").st_uid != os.geteuid():
-            return None
-    except OSError:
-        return None
-    return pidfd(pid, int(fields[19]))
-
-
-def _pin_leftovers(record: PidRecord) -> dict[int, int]:
-    entry = f"{GATEWAY_ID_ENV}={record.marker}".encode()
-    fds: dict[int, int] = {}
-    for proc in Path("/proc").glob("[0-9]*"):
-        pid = int(proc.name)
-        if pid != os.getpid() and (fd := _is_leftover(pid, record, entry)) is not None:
-            fds[fd] = pid
-    if record.pid in fds.values():  # the gateway itself is still there: all it started is ours too
-        known = set(fds.values())
-        for fd, pid in pin_descendants(record.pid).items():
-            if pid in known:
-                os.close(fd)
-            else:
-                fds[fd] = pid
-    return fds
-
-
-def kill_leftovers(state_dir: Path) -> list[int]:
-    """SIGKILL what the gateway recorded in state_dir's pidfile left running (its clawsvc was SIGKILLed and
-    the parent-death signal reached only the gateway's main process); returns their pids."""
-    record = read_pidfile(state_dir)
-    if record is None or record.boot != boot_id() or record.marker in SWEEPING:
-        return []
-    pinned = _pin_leftovers(record)
-    try:
-        _signal_all(pinned, signal.SIGKILL)
-        alive = set(pinned)
-        _wait_exit(_poller(pinned), alive, KILL_WAIT)
-        for fd in set(pinned) - alive:
-            _reap(fd)
-    finally:
-        for fd in pinned:
-            os.close(fd)
-    return sorted(pinned.values())

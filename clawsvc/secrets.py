@@ -26,6 +26,7 @@ from typing import Any
 from clawsvc import trust
 from clawsvc.config import Config
 from clawsvc.logs import redact, register_secret
+from clawsvc.text import cut
 
 log = logging.getLogger("clawsvc.secrets")
 
@@ -78,7 +79,7 @@ class _KeyringState:
 
 def _last_line(text: str) -> str:
     lines = text.strip().splitlines()
-    return redact(lines[-1].strip())[:200] if lines else ""
+    return cut(redact(lines[-1].strip()), 200) if lines else ""
 
 
 PACKAGE_PARENT = Path(__file__).resolve().parent.parent

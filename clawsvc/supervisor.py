@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from clawsvc import exitcodes
+from clawsvc import exitcodes, leftovers
 from clawsvc.config import Config, ConfigError, gateway_affecting, load_config
 from clawsvc.connection import GatewayConnection
 from clawsvc.connector import Connector, always
@@ -34,10 +34,11 @@ from clawsvc.logs import set_level
 from clawsvc.notify import Notifier
 from clawsvc.policy import RestartPolicy
 from clawsvc.preflight import preflight
-from clawsvc.process import ExitInfo, GatewayProcess, SpawnError
+from clawsvc.process import ExitInfo, GatewayProcess, SpawnError, stop_bound
 from clawsvc.protocol import GatewayError, describe_error
 from clawsvc.secrets import SecretError
 from clawsvc.status import Snapshot, status_line
+from clawsvc.text import cut
 
 log = logging.getLogger("clawsvc.supervisor")
 Secrets = Callable[[Config], tuple[str, Mapping[str, str]]]
@@ -74,6 +75,7 @@ class Supervisor:
         self.gen = 0
         self.token, self.provider_env = secrets(config)
         self.process: GatewayProcess | None = None
+        self.stoppers: list[threading.Thread] = []
         self.connection: GatewayConnection | None = None
         self.adopted = False
         self.exit_code = exitcodes.OK
@@ -114,6 +116,7 @@ class Supervisor:
             if message is not None:
                 self._dispatch(message)
             self._run_timers()
+        self._wait_for_stops()
         if self.state is not State.ERROR:  # keep the reason on `systemctl status` of a failed unit
             self._set_state(State.STOPPED)
         return self.exit_code
@@ -284,7 +287,7 @@ class Supervisor:
         self._drop_connection()
         self._set_state(State.RECONNECTING, cause)
         alive = self._process_alive if not self.adopted else always
-        spawned = self.process.pid if self.process is not None else None
+        spawned = self.process.pid if self.process is not None and self.process.running else None
         self.connector.wait_ready(self.config, self.token, self.gen, timeout, alive, self.adopted, spawned)
 
     def _check_health(self) -> None:
@@ -407,7 +410,20 @@ class Supervisor:
 
     def _stop_process(self) -> None:
         if self.process is not None:
-            threading.Thread(target=self.process.stop, name="clawsvc-stopper", daemon=True).start()
+            stopper = threading.Thread(target=self.process.stop, name="clawsvc-stopper", daemon=True)
+            stopper.start()
+            self.stoppers = [*(thread for thread in self.stoppers if thread.is_alive()), stopper]
+
+    def _wait_for_stops(self) -> None:
+        """The gateway's exit is reported before its helpers are ended: wait for that too, so none outlives us."""
+        bound = stop_bound(self.config)
+        deadline = time.monotonic() + bound
+        for stopper in self.stoppers:
+            stopper.join(max(0.0, deadline - time.monotonic()))
+        swept = leftovers.wait_sweeps(max(0.0, deadline - time.monotonic()))
+        if not swept or any(stopper.is_alive() for stopper in self.stoppers):
+            log.error("gateway helper processes were still being stopped %.0fs after the gateway exited; "
+                      "exiting anyway, some may outlive clawsvc", bound)
 
     def _drop_connection(self) -> None:
         connection, self.connection = self.connection, None
@@ -432,7 +448,7 @@ class Supervisor:
         except Exception as exc:  # a reload must never take the running service down
             expected = isinstance(exc, ConfigError | SecretError | OSError)
             problem = str(exc) if expected else f"unexpected {exc.__class__.__name__}: {exc}"
-            problem = problem if len(problem) <= 300 else problem[:300] + "…"
+            problem = cut(problem, 300)
             log.error("reload failed, still running on the previous config: %s", problem)
             self._reload_done(f"{status_line(self.snapshot, self.clock())} (reload failed: {problem})")
             return

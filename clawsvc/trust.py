@@ -1,8 +1,9 @@
 """Trust rules for files and directories another local user could plant (sshd's StrictModes, for clawsvc).
 
 A path is trusted when it, every directory on the way to it and every symlink followed to reach it belong
-to root or to the user clawsvc runs as (for root also the `clawsvc` service user), and nobody else can
-write to them. A group/other-writable directory on the way is fine only with the sticky bit (/tmp): there
+to root or to the user clawsvc runs as, and nobody else can write to them. `check-config` run as root judges
+as the service would, trusting root and the `clawsvc` service user instead (judged_as_the_service).
+A group/other-writable directory on the way is fine only with the sticky bit (/tmp): there
 nobody can rename what another user owns, but a symlink in it owned by someone else is not followed (the
 kernel's fs.protected_symlinks rule).
 
@@ -16,12 +17,17 @@ import contextlib
 import errno
 import logging
 import os
-import pwd
 import stat
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from clawsvc.config import Config, ConfigError
+from clawsvc.users import describe_uid, service_uid, user_name
+
+if TYPE_CHECKING:
+    from clawsvc.config import Config
 
 log = logging.getLogger("clawsvc.trust")
 
@@ -30,14 +36,18 @@ MAX_LINKS = 40  # the kernel's limit on symlinks followed while resolving one pa
 GENERATED_TOKEN_NAME = "gateway-token"
 WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
 OPEN_BY_OTHERS = stat.S_IRWXG | stat.S_IRWXO
-READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW | os.O_CLOEXEC
+READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-SERVICE_USER = "clawsvc"  # the user the system units run as (units/clawsvc.sysusers.conf)
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link"))
+
+# None: root and our own euid. check-config sets it (judged_as_the_service) to judge as the service would.
+_JUDGED_AS: ContextVar[frozenset[int] | None] = ContextVar("clawsvc_trust_judged_as", default=None)
 
 
-class TrustError(ConfigError):
-    """A path clawsvc refuses to trust; str() is one line naming the path and the fix (exit 78)."""
+class TrustError(Exception):
+    """A path clawsvc refuses to trust or read; str() is one line naming the path and the fix (exit 78)."""
 
 
 @dataclass(frozen=True)
@@ -46,50 +56,62 @@ class SecretFile:
     mode: int  # st_mode of the file read, for the "readable by others" warning
 
 
-def _user_name(uid: int) -> str:
+@dataclass(frozen=True)
+class RegularFile:
+    data: bytes
+    st: os.stat_result  # fstat() of the very file read
+
+
+def file_kind(mode: int) -> str:
+    """"a FIFO", "a directory"...: what a st_mode that is not a regular file is, for an error message."""
+    return next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+
+
+# ---------------------------------------------------------------- whose files are trusted
+
+def trusted_uids() -> frozenset[int]:
+    """Root and the euid we run as; in check-config as root, root and the service user instead."""
+    return _JUDGED_AS.get() or frozenset({0, os.geteuid()})
+
+
+@contextlib.contextmanager
+def judged_as_the_service() -> Iterator[None]:
+    """Within it, a root process judges paths as the `clawsvc` service user would: `sudo clawsvc check-config`
+    accepts /var/lib/clawsvc owned by that user. Never used by `run` or a reload, which trust only root and
+    their own euid (a root service must not trust files its gateway's account could plant)."""
+    service = service_uid()
+    if os.geteuid() != 0 or service is None:
+        yield
+        return
+    token = _JUDGED_AS.set(frozenset({0, service}))
     try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-def _me() -> str:
-    return _user_name(os.geteuid())
-
-
-def _service_uid() -> int | None:
-    try:
-        return pwd.getpwnam(SERVICE_USER).pw_uid
-    except KeyError:
-        return None
+        yield
+    finally:
+        _JUDGED_AS.reset(token)
 
 
 def _trusted(uid: int) -> bool:
-    """Root, ourselves, and for root also the service user the units run as: `sudo clawsvc check-config`
-    must judge /var/lib/clawsvc the way the service itself will, and root can become that user anyway."""
-    me = os.geteuid()
-    return uid in (0, me) or (me == 0 and uid == _service_uid())
+    return uid in trusted_uids()
 
 
-def _owner(uid: int) -> str:
-    return f"uid {uid} ({_user_name(uid)})"
+def _trusted_names() -> str:
+    return " or ".join(user_name(uid) for uid in sorted(trusted_uids()))
 
 
-def _kind(mode: int) -> str:
-    kinds = {stat.S_ISDIR: "a directory", stat.S_ISFIFO: "a FIFO", stat.S_ISCHR: "a character device",
-             stat.S_ISBLK: "a block device", stat.S_ISSOCK: "a socket", stat.S_ISLNK: "a symbolic link"}
-    return next((name for test, name in kinds.items() if test(mode)), "not a regular file")
+def _rightful_owner() -> str:
+    """Who should own what is refused: the non-root user trusted, else root."""
+    return user_name(max(trusted_uids()))
 
 
 # ---------------------------------------------------------------- walking a path like the kernel does
 
 def _check_passage(directory: Path, st: os.stat_result, shown: str) -> None:
-    """A directory clawsvc passes through: nobody but root and us may swap what lies below it."""
+    """A directory clawsvc passes through: nobody but the trusted users may swap what lies below it."""
     if not stat.S_ISDIR(st.st_mode):
         return  # the next lstat() fails with ENOTDIR, reported by the caller as an I/O error
     if not _trusted(st.st_uid):
-        raise TrustError(f"{shown}: directory {directory} on its path is owned by {_owner(st.st_uid)}, who could "
-                         f"swap what lies below it; use a path whose directories belong to root or {_me()}")
+        raise TrustError(f"{shown}: directory {directory} on its path is owned by {describe_uid(st.st_uid)}, who "
+                         f"could swap what lies below it; use a path whose directories belong to {_trusted_names()}")
     if st.st_mode & WRITABLE_BY_OTHERS and not st.st_mode & stat.S_ISVTX:
         raise TrustError(f"{shown}: directory {directory} on its path is writable by group/others (mode "
                          f"{stat.S_IMODE(st.st_mode):04o}); run: chmod go-w {directory}")
@@ -97,25 +119,32 @@ def _check_passage(directory: Path, st: os.stat_result, shown: str) -> None:
 
 def _check_link(link: Path, st: os.stat_result, shown: str) -> None:
     if not _trusted(st.st_uid):
-        raise TrustError(f"{shown}: symlink {link} on its path is owned by {_owner(st.st_uid)}, so clawsvc does "
-                         "not follow it; remove the link and use the real path")
+        raise TrustError(f"{shown}: symlink {link} on its path is owned by {describe_uid(st.st_uid)}, so clawsvc "
+                         "does not follow it; remove the link and use the real path")
+
+
+def _up(current: Path, st: os.stat_result) -> tuple[Path, os.stat_result]:
+    """`..`: the parent of where the walk stands, which must be a directory (else ENOTDIR, like the kernel)."""
+    if not stat.S_ISDIR(st.st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(current))
+    return current.parent, os.lstat(current.parent)
 
 
 def resolve(path: Path, what: str) -> tuple[Path, os.stat_result | None]:
-    """(the path with every symlink resolved, lstat of it or None if missing), checking each directory passed
-    through and each symlink followed. OSError for I/O trouble (ENOTDIR, EACCES...)."""
+    """(the path with every symlink and `..` resolved, lstat of it or None if missing), checking each directory
+    passed through and each symlink followed. OSError for I/O trouble (ENOTDIR, EACCES...)."""
     shown = f"{what} {path}"
     current = Path("/")
-    _check_passage(current, os.lstat(current), shown)
+    st: os.stat_result | None = os.lstat(current)
+    _check_passage(current, st, shown)
     todo = list(reversed(path.absolute().parts[1:]))
     links = 0
-    st: os.stat_result | None = os.lstat(current)
     while todo:
         name = todo.pop()
         if name in ("", "."):
             continue
         if name == "..":
-            current = current.parent
+            current, st = _up(current, st)
             continue
         candidate = current / name
         try:
@@ -129,7 +158,7 @@ def resolve(path: Path, what: str) -> tuple[Path, os.stat_result | None]:
             _check_link(candidate, st, shown)
             target = Path(os.readlink(candidate))
             if target.is_absolute():
-                current = Path("/")
+                current, st = Path("/"), os.lstat("/")
             todo.extend(reversed(target.parts[1:] if target.is_absolute() else target.parts))
             continue
         if todo:
@@ -140,38 +169,41 @@ def resolve(path: Path, what: str) -> tuple[Path, os.stat_result | None]:
 
 # ---------------------------------------------------------------- the object itself
 
-def _check_dir(path: Path, st: os.stat_result, what: str) -> None:
-    fix = f"run: chown {_me()}: {path} && chmod 700 {path}"
-    if not stat.S_ISDIR(st.st_mode):
-        raise TrustError(f"{what} {path} is {_kind(st.st_mode)}, not a directory; use a directory there")
+def _check_owned(path: Path, st: os.stat_result, what: str, *, directory: bool, mode_fix: str) -> None:
+    """`path` is a directory (or a regular file) owned by a trusted user that nobody else can write."""
+    wanted = "a directory" if directory else "a regular file"
+    if not (stat.S_ISDIR if directory else stat.S_ISREG)(st.st_mode):
+        raise TrustError(f"{what} {path} is {file_kind(st.st_mode)}, not {wanted}; use {wanted} there")
+    fix = f"run: chown {_rightful_owner()}: {path} && chmod {mode_fix} {path}"
     if not _trusted(st.st_uid):
-        raise TrustError(f"{what} {path} is owned by {_owner(st.st_uid)}, not by root or {_me()}; {fix}")
+        raise TrustError(f"{what} {path} is owned by {describe_uid(st.st_uid)}, not by {_trusted_names()}; {fix}")
     if st.st_mode & WRITABLE_BY_OTHERS:
+        caution = "check what was put in it, then " if directory else ""
         raise TrustError(f"{what} {path} is writable by group/others (mode {stat.S_IMODE(st.st_mode):04o}); "
-                         f"check what was put in it, then {fix}")
+                         f"{caution}{fix}")
 
 
-def _check_file(path: Path, st: os.stat_result, what: str, mode_fix: str) -> None:
-    fix = f"run: chown {_me()}: {path} && chmod {mode_fix} {path}"
-    if not stat.S_ISREG(st.st_mode):
-        raise TrustError(f"{what} {path} is {_kind(st.st_mode)}, not a regular file; use a regular file there")
-    if not _trusted(st.st_uid):
-        raise TrustError(f"{what} {path} is owned by {_owner(st.st_uid)}, not by root or {_me()}; {fix}")
-    if st.st_mode & WRITABLE_BY_OTHERS:
-        raise TrustError(f"{what} {path} is writable by group/others (mode {stat.S_IMODE(st.st_mode):04o}); {fix}")
+def _check_dir(path: Path, st: os.stat_result, what: str) -> None:
+    _check_owned(path, st, what, directory=True, mode_fix="700")
 
 
-def _check_size(path: Path, st: os.stat_result, what: str) -> None:
-    if st.st_size > SECRET_CAP:
-        raise TrustError(f"{what} {path} is {st.st_size} bytes, far more than a secret (at most "
-                         f"{SECRET_CAP // 1024} KiB); use a file holding only the secret")
+def _too_big(path: Path | str, what: str, cap: int, size: int | None = None) -> TrustError:
+    limit = f"{cap // 1024} KiB" if cap % 1024 == 0 else f"{cap} bytes"
+    actual = f" ({size} bytes)" if size is not None else ""
+    return TrustError(f"{what} {path} is larger than {limit}{actual}, the most clawsvc reads there; is it the "
+                      "right file?")
+
+
+def _check_size(path: Path, st: os.stat_result, what: str, cap: int = SECRET_CAP) -> None:
+    if st.st_size > cap:
+        raise _too_big(path, what, cap, st.st_size)
 
 
 def check_file(path: Path, what: str, mode_fix: str = "go-w") -> os.stat_result | None:
     """Check a file and its path without opening it; None when it does not exist."""
     _, st = resolve(path, what)
     if st is not None:
-        _check_file(path, st, what, mode_fix)
+        _check_owned(path, st, what, directory=False, mode_fix=mode_fix)
     return st
 
 
@@ -183,6 +215,63 @@ def check_dir(path: Path, what: str) -> Path | None:
         return None
     _check_dir(resolved, st, what)
     return resolved
+
+
+# ---------------------------------------------------------------- reading a small regular file
+
+def _link_refused(path: Path | str, what: str) -> TrustError:
+    return TrustError(f"{what} {path} is a symbolic link, which clawsvc never follows there; remove it and check "
+                      "where it pointed")
+
+
+def _check_regular(st: os.stat_result, shown: Path | str, what: str) -> None:
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(shown))
+    if stat.S_ISLNK(st.st_mode):
+        raise _link_refused(shown, what)
+    if not stat.S_ISREG(st.st_mode):
+        raise TrustError(f"{what} {shown} is {file_kind(st.st_mode)}, not a regular file; use a regular file there")
+
+
+def _open_regular(path: Path | str, shown: Path | str, what: str, nofollow: bool, dir_fd: int | None) -> int:
+    try:
+        return os.open(path, READ_FLAGS | (os.O_NOFOLLOW if nofollow else 0), dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and nofollow:  # O_NOFOLLOW met a symlink
+            raise _link_refused(shown, what) from None
+        raise
+
+
+def _read_fd(fd: int, shown: Path | str, what: str, cap: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := os.read(fd, cap + 1 - size):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > cap:  # the file grew after fstat()
+            raise _too_big(shown, what, cap)
+    return b"".join(chunks)
+
+
+def read_regular(path: Path | str, what: str, *, cap: int, nofollow: bool, dir_fd: int | None = None,
+                 shown: Path | str | None = None, vet: Callable[[os.stat_result], None] | None = None) -> RegularFile:
+    """At most `cap` bytes of a regular file, never blocking: a FIFO, socket or device is refused before it is
+    opened (and again after, by fstat), /dev/zero cannot fill memory. `vet` judges the fstat() of the file
+    opened before anything is read; `shown` is the path messages name (default `path`, relative to dir_fd).
+    TrustError for the wrong kind or size of file (or a symlink when `nofollow`); OSError (FileNotFoundError,
+    IsADirectoryError...) for the rest."""
+    shown = path if shown is None else shown
+    _check_regular(os.stat(path, dir_fd=dir_fd, follow_symlinks=not nofollow), shown, what)
+    fd = _open_regular(path, shown, what, nofollow, dir_fd)
+    try:
+        st = os.fstat(fd)
+        _check_regular(st, shown, what)
+        if vet is not None:
+            vet(st)
+        _check_size(Path(shown), st, what, cap)
+        return RegularFile(_read_fd(fd, shown, what, cap), st)
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------- private directories and secret files
@@ -218,64 +307,30 @@ def open_private_dir(path: Path, what: str) -> int:
     return fd
 
 
-def _read_capped(fd: int, path: Path, what: str) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := os.read(fd, SECRET_CAP + 1 - size):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > SECRET_CAP:
-            raise TrustError(f"{what} {path} is larger than {SECRET_CAP // 1024} KiB, far more than a secret; "
-                             "use a file holding only the secret")
-    return b"".join(chunks)
+def _read_secret(name: Path | str, shown: Path, what: str, dir_fd: int | None) -> SecretFile:
+    def vet(st: os.stat_result) -> None:
+        _check_owned(shown, st, what, directory=False, mode_fix="600")
 
-
-def _link_refused(path: Path, what: str) -> TrustError:
-    return TrustError(f"{what} {path} is a symbolic link, which clawsvc never follows there; remove it and check "
-                      "where it pointed")
-
-
-def _read_fd(fd: int, path: Path, what: str) -> SecretFile:
-    st = os.fstat(fd)
-    _check_file(path, st, what, "600")
-    _check_size(path, st, what)
-    data = _read_capped(fd, path, what)
+    found = read_regular(name, what, cap=SECRET_CAP, nofollow=True, dir_fd=dir_fd, shown=shown, vet=vet)
     try:
-        return SecretFile(data.decode("utf-8"), st.st_mode)
+        return SecretFile(found.data.decode("utf-8"), found.st.st_mode)
     except UnicodeDecodeError:
-        raise TrustError(f"{what} {path} is not UTF-8 text; use a file holding only the secret") from None
-
-
-def _open_secret(name: Path | str, shown: Path, what: str, dir_fd: int | None) -> int:
-    try:
-        return os.open(name, READ_FLAGS, dir_fd=dir_fd)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink
-            raise _link_refused(shown, what) from None
-        raise
+        raise TrustError(f"{what} {shown} is not UTF-8 text; use a file holding only the secret") from None
 
 
 def read_secret(path: Path, what: str) -> SecretFile:
-    """The text of a small regular file that root or we own and nobody else can write, reached through trusted
-    directories and symlinks. TrustError for a planted or wrong file; OSError (e.g. missing) for the rest."""
+    """The text of a small regular file that a trusted user owns and nobody else can write, reached through
+    trusted directories and symlinks. TrustError for a planted or wrong file; OSError (e.g. missing) for the rest."""
     resolved, st = resolve(path, what)
     if st is None:
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
-    _check_file(path, st, what, "600")  # before opening: a socket or a device must not even be opened
-    fd = _open_secret(resolved, path, what, None)
-    try:
-        return _read_fd(fd, path, what)
-    finally:
-        os.close(fd)
+    _check_owned(path, st, what, directory=False, mode_fix="600")  # before opening: not even a device is opened
+    return _read_secret(resolved, path, what, None)
 
 
 def read_secret_at(dir_fd: int, name: str, shown: Path, what: str) -> SecretFile:
     """Like read_secret for `name` in a directory already checked (open_private_dir); a symlink is refused."""
-    fd = _open_secret(name, shown, what, dir_fd)
-    try:
-        return _read_fd(fd, shown, what)
-    finally:
-        os.close(fd)
+    return _read_secret(name, shown, what, dir_fd)
 
 
 def create_secret_at(dir_fd: int, name: str, data: bytes) -> None:
@@ -299,7 +354,7 @@ def _check_generated_token(state_dir: Path) -> None:
     what = "generated gateway token"
     if stat.S_ISLNK(st.st_mode):
         raise _link_refused(path, what)
-    _check_file(path, st, what, "600")
+    _check_owned(path, st, what, directory=False, mode_fix="600")
     _check_size(path, st, what)
 
 
@@ -312,7 +367,7 @@ def _check_token_file(path: Path) -> None:
 
 
 def check_config_paths(config: Config) -> None:
-    """Raise TrustError when a path the config names (config file, state dir, token file) is not ours."""
+    """Raise TrustError when a path the config names (config file, state dir, token file) is not trusted."""
     try:
         if config.source is not None:
             check_file(config.source, "config file")

@@ -24,7 +24,7 @@ from typing import Any
 
 import websocket
 
-from clawsvc.proctree import processes_with_env
+from clawsvc.proctree import environ_has
 from clawsvc.provision import DEFAULT_VERSION, Installation, ensure_installed
 
 QUIET_ENV = {
@@ -244,6 +244,12 @@ def _live_processes() -> Iterator[tuple[int, list[str]]]:
             continue
         if fields[0] != "Z":
             yield int(stat.parent.name), fields
+
+
+def processes_with_env(name: str, value: str) -> list[int]:
+    """Live processes (not zombies) whose environment holds name=value, e.g. one gateway's OPENCLAW_STATE_DIR."""
+    wanted = f"{name}={value}".encode()
+    return [pid for pid, _ in _live_processes() if pid != os.getpid() and environ_has(pid, wanted)]
 
 
 def group_members(pgid: int) -> list[int]:

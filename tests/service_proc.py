@@ -28,7 +28,7 @@ from notify_peer import NotifyPeer
 from realgw import processes_with_env
 from waiting import poll
 
-from clawsvc import control
+from clawsvc import control_client, control_wire
 
 STRIPPED = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM", "LISTEN_PID", "LISTEN_FDS",
             "CLAWSVC_CONFIG", "CREDENTIALS_DIRECTORY")
@@ -116,18 +116,18 @@ class ServiceProcess:
         self.config_path.write_text(text_or_config)
 
     def status(self, timeout: float = 10.0) -> dict[str, Any]:
-        result = control.request(self.control_socket, {"cmd": "status"}, timeout)
+        result = control_client.request(self.control_socket, {"cmd": "status"}, timeout)
         assert isinstance(result, dict)
         return result
 
     def request(self, message: dict[str, Any], timeout: float = 10.0) -> Any:
-        return control.request(self.control_socket, message, timeout)
+        return control_client.request(self.control_socket, message, timeout)
 
     def wait_state(self, predicate: Callable[[dict[str, Any]], bool], timeout: float, what: str) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:
             try:
                 status = self.status()
-            except (control.ServiceNotRunning, control.ControlError):
+            except (control_wire.ServiceNotRunning, control_wire.ControlError):
                 return None
             return status if predicate(status) else None
         return poll(check, timeout, f"{what} (log tail:\n{self.log()[-3000:]})", every=0.1)

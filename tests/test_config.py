@@ -317,19 +317,19 @@ def test_named_file_must_exist(monkeypatch, as_user, tmp_path):
 def test_a_fifo_is_refused_without_blocking(tmp_path):
     fifo = tmp_path / "fifo.yaml"
     os.mkfifo(fifo)
-    with pytest.raises(ConfigError, match=r"fifo\.yaml: cannot read config file: it is a FIFO; name a regular"):
+    with pytest.raises(ConfigError, match=r"config file .*fifo\.yaml is a FIFO, not a regular file"):
         load_config(fifo)
 
 
 def test_a_device_is_refused():
-    with pytest.raises(ConfigError, match=r"^/dev/zero: cannot read config file: it is a character device"):
+    with pytest.raises(ConfigError, match=r"^config file /dev/zero is a character device, not a regular file"):
         load_config("/dev/zero")
 
 
 def test_a_file_over_1_mib_is_refused(tmp_path):
     big = tmp_path / "big.yaml"
     big.write_text("gateway:\n  port: 1234\n" + "#" * cfg.MAX_CONFIG_BYTES)
-    with pytest.raises(ConfigError, match=r"big\.yaml: config file is larger than 1024 KiB"):
+    with pytest.raises(ConfigError, match=r"config file .*big\.yaml is larger than 1024 KiB"):
         load_config(big)
     big.write_text("gateway:\n  port: 1234\n" + "#" * (cfg.MAX_CONFIG_BYTES - 100))
     assert load_config(big).gateway.port == 1234

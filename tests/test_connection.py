@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import queue
 import shutil
 import socket
 import subprocess
@@ -16,8 +17,10 @@ import pytest
 from double import DoubleProcess, free_port, start_double
 
 from clawsvc import ports
+from clawsvc.config import parse_config
 from clawsvc.connection import GatewayConnection, Liveness
-from clawsvc.connector import PeerCheck
+from clawsvc.connector import Connector, PeerCheck, PeerGone
+from clawsvc.events import Connected, ConnectFailed, Message
 from clawsvc.protocol import (
     AuthError,
     ConnectionLost,
@@ -80,7 +83,7 @@ def connect() -> Iterator[Callable[..., tuple[GatewayConnection, Recorder]]]:
 
     def make(proc: DoubleProcess, token: str | None = None, **options: float) -> tuple[GatewayConnection, Recorder]:
         recorder = Recorder()
-        conn = GatewayConnection(proc.url, token or proc.token, handshake_timeout=10.0,
+        conn = GatewayConnection(proc.url, token or proc.token, verify_peer=None, handshake_timeout=10.0,
                                  on_event=recorder.on_event, on_down=recorder.on_down, **options)
         made.append(conn)
         conn.connect()
@@ -121,14 +124,14 @@ def test_token_never_reaches_the_log(double, connect, caplog):
     conn, _ = connect(double)
     conn.rpc("health")
     with pytest.raises(AuthError):
-        GatewayConnection(double.url, double.token + "-wrong").connect()
+        GatewayConnection(double.url, double.token + "-wrong", verify_peer=None).connect()
     conn.close()
     assert "connected to gateway double-1" in caplog.text
     assert double.token not in caplog.text
 
 
 def test_no_granted_scopes_is_explained_in_a_warning(double, caplog):
-    conn = GatewayConnection(double.url, double.token)
+    conn = GatewayConnection(double.url, double.token, verify_peer=None)
     no_scopes = {"type": "hello-ok", "protocol": 4, "auth": {"role": "operator", "scopes": []}}
     with caplog.at_level(logging.WARNING, logger="clawsvc.connection"):
         conn._log_hello(parse_hello(no_scopes))
@@ -144,7 +147,7 @@ def test_gateway_error_reply_raises_with_code_and_message(double, connect):
 
 
 def test_wrong_token_is_an_auth_error_without_the_token(double):
-    conn = GatewayConnection(double.url, "wrong-token-0123456789")
+    conn = GatewayConnection(double.url, "wrong-token-0123456789", verify_peer=None)
     with pytest.raises(AuthError) as info:
         conn.connect()
     assert "token mismatch" in str(info.value) and info.value.detail_code == "AUTH_TOKEN_MISMATCH"
@@ -154,21 +157,21 @@ def test_wrong_token_is_an_auth_error_without_the_token(double):
 def test_startup_window_is_retryable_with_retry_after(tmp_path, request):
     proc = own_double(tmp_path, request, DOUBLE_UNAVAILABLE_FOR="60")
     with pytest.raises(RetryableError) as info:
-        GatewayConnection(proc.url, proc.token).connect()
+        GatewayConnection(proc.url, proc.token, verify_peer=None).connect()
     assert info.value.code == "UNAVAILABLE" and info.value.retry_after == 0.5
 
 
 def test_protocol_mismatch_names_both_versions(tmp_path, request):
     proc = own_double(tmp_path, request, DOUBLE_PROTOCOL="5")
     with pytest.raises(ProtocolMismatchError) as info:
-        GatewayConnection(proc.url, proc.token).connect()
+        GatewayConnection(proc.url, proc.token, verify_peer=None).connect()
     assert "gateway speaks protocol 5" in str(info.value) and "clawsvc speaks 3..4" in str(info.value)
 
 
 def test_refused_port_is_a_transport_error():
     url = f"ws://127.0.0.1:{free_port()}/"
     with pytest.raises(TransportError, match="refused"):
-        GatewayConnection(url, "some-token-value").connect()
+        GatewayConnection(url, "some-token-value", verify_peer=None).connect()
 
 
 def test_silent_server_is_a_handshake_timeout():
@@ -178,7 +181,7 @@ def test_silent_server_is_a_handshake_timeout():
         url = f"ws://127.0.0.1:{server.getsockname()[1]}/"
         started = time.monotonic()
         with pytest.raises(TransportError):
-            GatewayConnection(url, "some-token-value", handshake_timeout=0.5).connect()
+            GatewayConnection(url, "some-token-value", verify_peer=None, handshake_timeout=0.5).connect()
         assert time.monotonic() - started < 5
 
 
@@ -216,39 +219,29 @@ def test_a_refused_peer_never_gets_the_connect_request(tmp_path, request):
     with pytest.raises(UntrustedPeerError):
         conn.connect()
     assert not conn.connected
-    healthy = GatewayConnection(proc.url, proc.token)  # the double answers: a connect would have been recorded
+    # the double answers: a connect would have been recorded
+    healthy = GatewayConnection(proc.url, proc.token, verify_peer=None)
     request.addfinalizer(healthy.close)
     healthy.connect()
     assert len(connects_seen(events)) == 1
 
 
-@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs /proc/net/tcp")
-def test_peer_check_trusts_the_spawned_tree_and_our_uid_only(double):
+@pytest.fixture(params=["proc", "lsof"])
+def peer_source(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """Who names the server end: /proc/net/tcp (Linux) or, where there is none (macOS), lsof, tested here for
+    real (its -F output is the same on Linux) by pointing ports.PROC at an empty directory."""
+    if request.param == "proc" and not Path("/proc/net/tcp").exists():
+        pytest.skip("needs /proc/net/tcp")
+    if request.param == "lsof":
+        if shutil.which("lsof") is None:
+            pytest.skip("needs lsof")
+        monkeypatch.setattr(ports, "PROC", tmp_path)
+    return request.param
+
+
+def test_peer_check_trusts_the_spawned_tree_and_our_uid_only(double, peer_source):
     """The double is this test's child: trusted as our spawned gateway and, adopted, by uid; refused as the
-    gateway of another process tree."""
-    for check in (PeerCheck(double.port, False, double.pid), PeerCheck(double.port, True, None)):
-        conn = GatewayConnection(double.url, double.token, verify_peer=check)
-        conn.connect()
-        conn.close()
-    with subprocess.Popen(["sleep", "30"]) as other:
-        try:
-            conn = GatewayConnection(double.url, double.token, verify_peer=PeerCheck(double.port, False, other.pid))
-            with pytest.raises(UntrustedPeerError) as info:
-                conn.connect()
-        finally:
-            other.kill()
-    assert f"held by pid {double.pid} " in str(info.value)
-    assert f"not by the gateway clawsvc started (pid {other.pid})" in str(info.value)
-    with pytest.raises(UntrustedPeerError, match="no gateway of its own"):
-        GatewayConnection(double.url, double.token, verify_peer=PeerCheck(double.port, False, None)).connect()
-
-
-
-@pytest.mark.skipif(shutil.which("lsof") is None, reason="needs lsof")
-def test_without_proc_net_tcp_lsof_names_the_holder(double, monkeypatch, tmp_path):
-    """macOS and other systems without /proc/net/tcp: lsof tells who holds the server end (same -F format
-    on Linux, so it is tested here for real): our spawned gateway and our uid are trusted, nothing else."""
-    monkeypatch.setattr(ports, "PROC", tmp_path)
+    gateway of another process tree, and when there is no gateway of our own."""
     for check in (PeerCheck(double.port, False, double.pid), PeerCheck(double.port, True, None)):
         conn = GatewayConnection(double.url, double.token, verify_peer=check)
         conn.connect()
@@ -261,6 +254,58 @@ def test_without_proc_net_tcp_lsof_names_the_holder(double, monkeypatch, tmp_pat
         finally:
             other.kill()
     assert f"held by pid {double.pid} " in str(info.value) and not conn.connected
+    assert f"not by the gateway clawsvc started (pid {other.pid})" in str(info.value)
+    with pytest.raises(UntrustedPeerError, match="no gateway of its own"):
+        GatewayConnection(double.url, double.token, verify_peer=PeerCheck(double.port, False, None)).connect()
+
+
+def test_a_reaped_spawned_pid_no_longer_vouches_for_whoever_gets_it_next(double, peer_source):
+    """Spawned mode trusts a pid only while it is the process it was when the check was built: our gateway
+    is reaped and the kernel hands its pid to a stranger (here the double, which holds the server end)."""
+    gateway = subprocess.Popen(["sleep", "30"])
+    check = PeerCheck(double.port, False, gateway.pid)
+    gateway.kill()
+    gateway.wait()
+    check.spawned = double.pid  # the reuse: the pid the check vouches for now names another process
+    conn = GatewayConnection(double.url, double.token, verify_peer=check)
+    with pytest.raises(UntrustedPeerError) as info:
+        conn.connect()
+    assert f"held by pid {double.pid} " in str(info.value) and "is gone" in str(info.value)
+    assert not conn.connected
+
+
+def adopt_probe(double: DoubleProcess, monkeypatch: pytest.MonkeyPatch, vanishing: int) -> tuple[Message, int]:
+    """Run the connector's adopt probe on the double, the server end vanishing before the first `vanishing`
+    peer checks; the message it posts and how many checks ran."""
+    checks: list[int] = []
+    verify = PeerCheck.__call__
+
+    def vanish_first(self: PeerCheck, sock: socket.socket) -> None:
+        checks.append(1)
+        if len(checks) <= vanishing:
+            raise PeerGone("CLOSED", f"the server end of the connection to port {double.port} is gone")
+        verify(self, sock)
+
+    monkeypatch.setattr(PeerCheck, "__call__", vanish_first)
+    config = parse_config(f"gateway:\n  port: {double.port}\n  adopt_existing: true\n"
+                          "connection:\n  handshake_timeout: 0.5s\n")
+    posted: queue.SimpleQueue[Message] = queue.SimpleQueue()
+    Connector(posted.put).probe(config, double.token, 1)
+    return posted.get(timeout=30), len(checks)
+
+
+def test_adopting_retries_a_server_end_that_vanished_before_it_was_verified(double, monkeypatch):
+    message, checks = adopt_probe(double, monkeypatch, vanishing=1)
+    assert isinstance(message, Connected) and message.adopted, message
+    message.connection.close()
+    assert checks == 2
+
+
+def test_adopting_a_port_whose_server_end_always_vanishes_says_so(double, monkeypatch):
+    message, checks = adopt_probe(double, monkeypatch, vanishing=10**6)
+    assert isinstance(message, ConnectFailed) and message.fatal, message
+    assert checks > 1 and "closed every connection before clawsvc could verify" in message.error
+    assert "does not answer as an OpenClaw gateway" not in message.error
 
 
 def test_without_proc_net_tcp_or_lsof_no_peer_is_trusted(double, monkeypatch, tmp_path):
@@ -273,14 +318,16 @@ def test_without_proc_net_tcp_or_lsof_no_peer_is_trusted(double, monkeypatch, tm
     assert info.value.code == "PEER_UNVERIFIABLE" and not conn.connected
 
 
-def test_lsof_output_is_read_per_process():
+def test_lsof_output_is_read_per_process_and_names_every_holder():
     output = ("p100\ncsshd\nu0\nf3\nn127.0.0.1:22->127.0.0.1:5000\n"
               "p4321\ncnode\nu65534\nf21\nn[::1]:18789->[::1]:50123\nf22\nn127.0.0.1:18789->127.0.0.1:50123\n"
+              "p4322\ncnode\nu0\nf22\nn127.0.0.1:18789->127.0.0.1:50123\n"
               "pnot-a-pid\nn127.0.0.1:1->127.0.0.1:2\n")
-    assert ports.parse_lsof(output, "127.0.0.1:18789->127.0.0.1:50123") == ports.PortHolder(4321, "node", 65534)
-    assert ports.parse_lsof(output, "[::1]:18789->[::1]:50123") == ports.PortHolder(4321, "node", 65534)
-    assert ports.parse_lsof(output, "127.0.0.1:1->127.0.0.1:2") is None
-    assert ports.parse_lsof(output, "127.0.0.1:9->127.0.0.1:9") is None
+    assert ports.parse_lsof(output, "127.0.0.1:18789->127.0.0.1:50123") == [
+        ports.PortHolder(4321, "node", 65534), ports.PortHolder(4322, "node", 0)]
+    assert ports.parse_lsof(output, "[::1]:18789->[::1]:50123") == [ports.PortHolder(4321, "node", 65534)]
+    assert ports.parse_lsof(output, "127.0.0.1:1->127.0.0.1:2") == []
+    assert ports.parse_lsof(output, "127.0.0.1:9->127.0.0.1:9") == []
 
 
 # ---------------------------------------------------------------- rpc
@@ -375,7 +422,7 @@ def test_a_failing_event_callback_does_not_stop_the_reader(double):
     def explode(event: GatewayEvent) -> None:
         raise RuntimeError("callback bug")
 
-    conn = GatewayConnection(double.url, double.token, on_event=explode)
+    conn = GatewayConnection(double.url, double.token, verify_peer=None, on_event=explode)
     try:
         conn.connect()
         conn.rpc("double.event", {"event": "probe"})

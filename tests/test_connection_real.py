@@ -44,7 +44,8 @@ def own_gateway(gateway_install, tmp_path) -> Iterator[RealGateway]:
 
 def connected(gateway: RealGateway, recorder: Recorder | None = None) -> GatewayConnection:
     recorder = recorder or Recorder()
-    conn = GatewayConnection(gateway.url, gateway.token, on_event=recorder.on_event, on_down=recorder.on_down)
+    conn = GatewayConnection(gateway.url, gateway.token, verify_peer=None, on_event=recorder.on_event,
+                             on_down=recorder.on_down)
     conn.connect()
     return conn
 
@@ -66,7 +67,7 @@ def test_handshake_health_and_status_with_scopes(real_gateway):
 
 
 def test_wrong_token_raises_the_gateways_auth_error(real_gateway):
-    conn = GatewayConnection(real_gateway.url, "not-the-token-0123456789")
+    conn = GatewayConnection(real_gateway.url, "not-the-token-0123456789", verify_peer=None)
     with pytest.raises(AuthError) as info:
         conn.connect()
     assert "token mismatch" in info.value.message and info.value.detail_code == "AUTH_TOKEN_MISMATCH"

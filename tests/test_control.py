@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import grp
 import io
 import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -24,8 +26,11 @@ from typing import Any
 import pytest
 from waiting import poll
 
-from clawsvc import control, control_cli, exitcodes
-from clawsvc.control import ControlError, ControlServer, ControlSocketError, ServiceNotRunning, request
+from clawsvc import control, control_cli, control_client, control_wire, exitcodes
+from clawsvc.control import ControlServer
+from clawsvc.control_client import ClientRefusal, request
+from clawsvc.control_path import ControlSocketError
+from clawsvc.control_wire import ControlError, ServiceNotRunning
 
 NOBODY = 65534
 
@@ -86,7 +91,7 @@ def raw_exchange(path: Path, payload: bytes) -> dict[str, Any]:
         s.settimeout(10)
         s.connect(str(path))
         s.sendall(payload)
-        return json.loads(control.read_line(s, time.monotonic() + 10))
+        return json.loads(control_wire.read_line(s, time.monotonic() + 10))
 
 
 # ---------------------------------------------------------------- round trips
@@ -136,7 +141,7 @@ def test_unexpected_handler_error_is_internal_and_logged(server, handler, sock_p
     (b'{"cmd": "rpc", "method": "health", "timeout": true}\n', "positive number"),
     (b'{"cmd": "rpc", "method": "health", "timeout": 1e999}\n', "up to 3600, got inf"),
     (b'{"cmd": "rpc", "method": "health", "timeout": NaN}\n', "got nan"),
-    (b'{"cmd": "rpc", "method": "health", "timeout": 1' + b"0" * 400 + b"}\n", "got 1000000000"),
+    (b'{"cmd": "rpc", "method": "health", "timeout": 1' + b"0" * 400 + b"}\n", "got a number of about"),
     (b'{"cmd": "rpc", "method": "health", "timeout": 3600.5}\n', "up to 3600"),
     (b"[" * 101 + b"]" * 101 + b"\n", "nested deeper than 100 levels"),
 ])
@@ -149,7 +154,7 @@ def test_bad_requests(server, handler, sock_path, payload, needle):
 
 
 def test_oversized_request_is_refused_and_server_keeps_serving(server, sock_path):
-    reply = raw_exchange(sock_path, b"x" * (control.MAX_REQUEST + 10) + b"\n")
+    reply = raw_exchange(sock_path, b"x" * (control_wire.MAX_REQUEST + 10) + b"\n")
     assert reply["error"]["code"] == "BAD_REQUEST"
     assert "longer than" in reply["error"]["message"]
     assert request(sock_path, {"cmd": "status"}, 5)["state"] == "running"
@@ -173,19 +178,19 @@ def test_timeout_at_the_cap_is_accepted(server, sock_path):
     (b'["' + b'\\"' * 400_000, False),  # many escaped quotes in an unterminated string: still linear
 ])
 def test_nesting_depth_scan(text, deep):
-    assert control.too_deep(text) is deep
+    assert control_wire.too_deep(text) is deep
 
 
 def test_client_refuses_an_oversized_request_before_connecting(tmp_path):
-    message = {"cmd": "rpc", "method": "x", "params": "y" * control.MAX_REQUEST, "timeout": None}
+    message = {"cmd": "rpc", "method": "x", "params": "y" * control_wire.MAX_REQUEST, "timeout": None}
     with pytest.raises(ControlError) as err:
         request(tmp_path / "nowhere.sock", message, 5)
     assert err.value.code == "TOO_LARGE"
-    assert f"at most {control.MAX_REQUEST}" in err.value.message
+    assert f"at most {control_wire.MAX_REQUEST}" in err.value.message
 
 
 def test_client_gives_up_on_a_full_backlog_in_bounded_time(tmp_path, monkeypatch):
-    monkeypatch.setattr(control, "CONNECT_WINDOW", 0.3)
+    monkeypatch.setattr(control_client, "CONNECT_WINDOW", 0.3)
     path = tmp_path / "full.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener, \
             socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as filler:
@@ -204,11 +209,13 @@ def test_a_request_beyond_all_slots_is_told_busy(server, handler, sock_path):
     handler.rpc_behaviour = lambda method, params, timeout: release.wait(30)
     message = {"cmd": "rpc", "method": "block", "params": None, "timeout": None}
     with ThreadPoolExecutor(control.MAX_CLIENTS) as pool:
-        blocked = [pool.submit(request, sock_path, message, 60) for _ in range(control.MAX_CLIENTS)]
-        poll(lambda: len(handler.calls) == control.MAX_CLIENTS, 20, "every slot taken")
-        with pytest.raises(ControlError) as err:
-            request(sock_path, {"cmd": "status"}, 5)
-        release.set()
+        try:
+            blocked = [pool.submit(request, sock_path, message, 60) for _ in range(control.MAX_CLIENTS)]
+            poll(lambda: len(handler.calls) == control.MAX_CLIENTS, 20, "every slot taken")
+            with pytest.raises(ControlError) as err:
+                request(sock_path, {"cmd": "status"}, 5)
+        finally:
+            release.set()
         assert [f.result(timeout=30) for f in blocked] == [True] * control.MAX_CLIENTS
     assert err.value.code == "BUSY"
     assert request(sock_path, {"cmd": "status"}, 5)["state"] == "running"
@@ -225,7 +232,7 @@ def test_silent_client_is_timed_out_without_blocking_others(server, sock_path, m
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as silent:
         silent.connect(str(sock_path))
         assert request(sock_path, {"cmd": "status"}, 5)["state"] == "running"
-        reply = json.loads(control.read_line(silent, time.monotonic() + 10))
+        reply = json.loads(control_wire.read_line(silent, time.monotonic() + 10))
     assert reply["error"]["code"] == "BAD_REQUEST"
     assert "no request line" in reply["error"]["message"]
 
@@ -331,12 +338,50 @@ def test_a_file_that_is_not_a_socket_is_not_deleted(sock_path, handler):
     assert sock_path.read_text() == "precious"
 
 
+def test_the_socket_is_born_with_its_mode_and_the_umask_is_restored(sock_path, handler, monkeypatch):
+    def no_chmod(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("chmod by path follows a symlink swapped in after bind()")
+    monkeypatch.setattr(os, "chmod", no_chmod)
+    previous = os.umask(0o022)
+    try:
+        srv = ControlServer(sock_path, handler)
+        srv.start()
+        try:
+            assert stat.S_IMODE(sock_path.lstat().st_mode) == 0o600
+            assert stat.S_IMODE(sock_path.parent.lstat().st_mode) == 0o700
+        finally:
+            srv.close()
+        assert os.umask(0o022) == 0o022
+    finally:
+        os.umask(previous)
+
+
+def test_a_request_whose_thread_cannot_start_gives_its_slot_back(server, sock_path, monkeypatch):
+    real_start = threading.Thread.start
+
+    def start(thread: threading.Thread) -> None:
+        if thread.name == "clawsvc-control-client":
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    codes = []
+    for _ in range(control.MAX_CLIENTS + 1):
+        with pytest.raises(ControlError) as err:
+            request(sock_path, {"cmd": "status"}, 5)
+        codes.append(err.value.code)
+    monkeypatch.undo()
+    assert codes == ["BUSY"] * (control.MAX_CLIENTS + 1)
+    assert request(sock_path, {"cmd": "status"}, 5)["state"] == "running"
+
+
 # ---------------------------------------------------------------- other users
 
 CLIENT = """
 import json, sys
 from pathlib import Path
-from clawsvc.control import ControlError, request
+from clawsvc.control_client import request
+from clawsvc.control_wire import ControlError
 try:
     print(json.dumps({"result": request(Path(sys.argv[1]), {"cmd": "status"}, 10)}))
 except ControlError as exc:
@@ -362,6 +407,129 @@ def public_dir() -> Iterator[Path]:
     path.chmod(0o755)
     yield path
     shutil.rmtree(path)
+
+
+def planted(path: Path, mode: int, uid: int) -> Path:
+    path.mkdir(mode=mode)
+    path.chmod(mode)  # past the umask
+    os.chown(path, uid, uid)
+    return path
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown a directory to another uid")
+@pytest.mark.parametrize(("planted_dir", "mode", "uid", "socket_below", "needles"), [
+    ("run", 0o755, NOBODY, "control.sock", ["is owned by", f"(uid {NOBODY})"]),
+    ("clawsvc-1000", 0o755, NOBODY, "clawsvc/control.sock", ["on its path is owned by", f"(uid {NOBODY})"]),
+    ("run", 0o777, 0, "control.sock", ["writable by group/others"]),
+])
+def test_a_planted_socket_directory_is_refused(public_dir, handler, planted_dir, mode, uid, socket_below, needles):
+    directory = planted(public_dir / planted_dir, mode, uid)
+    path = directory / socket_below
+    with pytest.raises(ControlSocketError) as err:
+        ControlServer(path, handler).start()
+    assert all(needle in str(err.value) for needle in needles), err.value
+    assert f"directory {directory}" in str(err.value)
+    assert "\n" not in str(err.value)
+    assert list(directory.iterdir()) == []
+    assert stat.S_IMODE(directory.stat().st_mode) == mode
+
+
+SERVE_ONCE = """
+import socket, sys
+listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+listener.bind(sys.argv[1])
+listener.listen(1)
+print("listening", flush=True)
+listener.settimeout(60)
+conn, _ = listener.accept()
+conn.settimeout(60)
+received = 0
+while chunk := conn.recv(65536):
+    received += len(chunk)
+print(received, flush=True)
+"""
+
+
+@pytest.fixture
+def nobody_server(public_dir) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
+    """A unix socket served by uid 65534 in a directory it owns; it prints how many bytes it was sent."""
+    path = planted(public_dir / "nobody", 0o755, NOBODY) / "control.sock"
+    argv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", sys.executable, "-c",
+            SERVE_ONCE, str(path)]
+    popen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
+                             start_new_session=True)
+    try:
+        assert popen.stdout is not None and popen.stdout.readline() == "listening\n", popen.stderr
+        yield path, popen
+    finally:
+        if popen.poll() is None:
+            os.killpg(popen.pid, signal.SIGKILL)
+        popen.communicate()
+
+
+def bytes_received(popen: subprocess.Popen[str]) -> int:
+    out, err = popen.communicate(timeout=30)
+    assert popen.returncode == 0, err
+    return int(out)
+
+
+@needs_root_and_setpriv
+def test_the_client_refuses_a_socket_served_by_another_uid_and_sends_nothing(nobody_server):
+    path, server = nobody_server
+    with pytest.raises(ClientRefusal) as err:
+        request(path, {"cmd": "rpc", "method": "secret", "params": {"a": 1}, "timeout": None}, 5)
+    assert err.value.code == "UNTRUSTED"
+    assert err.value.message == (f"{path} is served by user nobody (uid {NOBODY}), not by clawsvc's user; "
+                                 "refusing to send the request")
+    assert bytes_received(server) == 0
+
+
+TRUSTED_AS_NOBODY = """
+import json, sys
+from pathlib import Path
+from clawsvc import control_client
+control_client.service_uid = lambda: 4242
+print(json.dumps([sorted(control_client.trusted_server_uids(Path(p))) for p in sys.argv[1:]]))
+"""
+
+
+@needs_root_and_setpriv
+def test_the_service_user_is_trusted_by_root_and_below_run_clawsvc_only(monkeypatch):
+    argv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", sys.executable, "-c",
+            TRUSTED_AS_NOBODY, "/run/clawsvc/control.sock", "/run/clawsvc/x/control.sock",
+            f"/tmp/clawsvc-{NOBODY}/clawsvc/control.sock", "/run/clawsvc/../elsewhere/control.sock"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd="/")
+    assert done.returncode == 0, done.stderr
+    below, deeper, tmp, escaped = json.loads(done.stdout)
+    assert below == deeper == [0, 4242, NOBODY]
+    assert tmp == escaped == [0, NOBODY]
+    monkeypatch.setattr(control_client, "service_uid", lambda: 4242)
+    assert control_client.trusted_server_uids(Path("/tmp/x.sock")) == {0, 4242}
+
+
+def test_a_huge_reply_is_capped(tmp_path, monkeypatch):
+    monkeypatch.setattr(control_client, "MAX_REPLY", 1 << 20)
+    path = tmp_path / "chatty.sock"
+    sent = [0]
+
+    def flood(listener: socket.socket) -> None:
+        conn, _ = listener.accept()
+        with conn, contextlib.suppress(OSError):
+            while sent[0] < 256 << 20:  # a bound for the test itself, far above what the client may take
+                sent[0] += conn.send(b"x" * 65536)
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+        listener.listen(1)
+        server = threading.Thread(target=flood, args=(listener,), daemon=True)
+        server.start()
+        with pytest.raises(ClientRefusal) as err:
+            request(path, {"cmd": "status"}, 10)
+        server.join(10)
+    assert not server.is_alive()
+    assert err.value.code == "TOO_LARGE"
+    assert "more than 1 MiB" in err.value.message
+    assert sent[0] < 16 << 20
 
 
 @needs_root_and_setpriv
@@ -413,6 +581,29 @@ def test_member_of_the_control_group_is_allowed(public_dir, handler):
                                    f"(allowed: root, uid 0 and group users; see control.group)")
 
 
+HOLD_SLOTS = """
+import json, socket, sys
+socks = []
+for _ in range(int(sys.argv[2])):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(sys.argv[1])
+    sock.sendall(b'{"cmd": "rpc", "method": "block", "params": null, "timeout": null}\\n')
+    socks.append(sock)
+print("sent", flush=True)
+answers = []
+for sock in socks:
+    sock.settimeout(60)
+    data = b""
+    while not data.endswith(b"\\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    answers.append(json.loads(data)["ok"] if data else None)
+print(json.dumps(answers), flush=True)
+"""
+
+
 @needs_root_and_setpriv
 def test_slots_are_kept_for_root_when_the_group_has_taken_its_share(public_dir, handler):
     path = public_dir / "run" / "control.sock"
@@ -420,21 +611,30 @@ def test_slots_are_kept_for_root_when_the_group_has_taken_its_share(public_dir, 
     srv.start()
     release = threading.Event()
     handler.rpc_behaviour = lambda method, params, timeout: release.wait(30)
-    message = {"cmd": "rpc", "method": "block", "params": None, "timeout": None}
     share = control.MAX_CLIENTS - control.RESERVED
+    users = grp.getgrnam("users").gr_gid
+    argv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", f"--groups={users}", sys.executable, "-c",
+            HOLD_SLOTS, str(path), str(share)]
+    holder = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
+                              start_new_session=True)
     try:
-        with ThreadPoolExecutor(share) as pool:
-            blocked = [pool.submit(request, path, message, 60) for _ in range(share)]
-            poll(lambda: len(handler.calls) == share, 20, "the group's share of slots taken")
-            member = as_nobody(path, groups=str(grp.getgrnam("users").gr_gid))
-            root = request(path, {"cmd": "status"}, 5)
-            release.set()
-            assert all(f.result(timeout=30) for f in blocked)
+        assert holder.stdout is not None and holder.stdout.readline() == "sent\n"
+        poll(lambda: len(handler.calls) == share, 20, "the group's share of slots taken by group members")
+        member = as_nobody(path, groups=str(users))
+        root = request(path, {"cmd": "status"}, 5)
+        release.set()
+        out, err = holder.communicate(timeout=60)
     finally:
         release.set()
+        if holder.poll() is None:
+            os.killpg(holder.pid, signal.SIGKILL)
+            holder.communicate()
         srv.close()
+    assert holder.returncode == 0, err
+    assert json.loads(out) == [True] * share
     assert member["code"] == "BUSY"
     assert root["state"] == "running"
+    assert [call[0] for call in handler.calls] == ["rpc"] * share + ["status"]
 
 
 # ---------------------------------------------------------------- CLI
@@ -527,7 +727,7 @@ def test_rpc_params_from_a_file_and_from_stdin(server, handler, config_file, tmp
     (lambda d: "@", "@FILE needs a file name"),
     (lambda d: f"@{d / 'missing.json'}", "cannot read params file"),
     (lambda d: f"@{d}", "Is a directory"),
-    (lambda d: "@/dev/zero", f"larger than {control.MAX_REQUEST} bytes"),
+    (lambda d: "@/dev/zero", f"larger than {control_wire.MAX_REQUEST} bytes"),
     (lambda d: "[" * 5000, "nests deeper than 100 levels"),
     (lambda d: "1e", "PARAMS_JSON is not valid JSON"),
 ])

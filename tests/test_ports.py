@@ -16,8 +16,11 @@ from clawsvc.ports import (
     PortHolder,
     _proc_endpoint,
     pid_with_socket,
+    pids_with_socket,
     port_holder,
     port_in_use,
+    process_holder,
+    process_uids,
     server_end,
     socket_holder,
 )
@@ -207,3 +210,37 @@ def test_server_end_held_by_another_user_names_its_uid_and_pid() -> None:
     finally:
         child.stdin.close()
         child.wait(timeout=10)
+
+
+@linux_only
+def test_process_uids_are_the_real_and_effective_uid() -> None:
+    assert process_uids(os.getpid()) == (os.getuid(), os.geteuid())
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    assert process_uids(gone.pid) is None
+
+
+@linux_only
+def test_every_holder_of_a_socket_is_listed_and_named_by_its_own_uid() -> None:
+    """A socket accepted by root and inherited by a process running as 65534: /proc/net/tcp says uid 0, the
+    holders are both processes, and the inheriting one is named as uid 65534."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to start a process as another user")
+    listener, client, accepted = connected_pair(socket.AF_INET, "127.0.0.1")
+    argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+            "import sys; print('ready', flush=True); sys.stdin.read()"]
+    with listener, client, accepted:
+        end = server_end(client.getsockname(), client.getpeername())
+        assert end is not None and end.uid == 0
+        child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                 pass_fds=[accepted.fileno()])
+        try:
+            assert child.stdout.readline().strip() == "ready"
+            assert sorted(pids_with_socket({end.inode})) == sorted([os.getpid(), child.pid])
+            assert process_uids(child.pid) == (65534, 65534)
+            holder = process_holder(child.pid, end.uid)
+            assert holder.uid == 65534 and "uid 65534" in holder.describe()
+        finally:
+            child.stdin.close()
+            child.wait(timeout=10)
+            child.stdout.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import re
@@ -20,7 +21,7 @@ from double import double_command, free_port, pid_alive
 from realgw import connect, gateway_env
 from waiting import poll
 
-from clawsvc import proctree
+from clawsvc import leftovers, proctree
 from clawsvc.config import Config, GatewayConfig, LoggingConfig
 from clawsvc.configvalues import TOKEN_ENV
 from clawsvc.gateway_output import MAX_LINE, TRUNCATED, OutputPump, clean, line_level
@@ -54,15 +55,19 @@ def logged_pid(caplog: pytest.LogCaptureFixture, label: str) -> int:
 
 
 class Spawned:
-    """A GatewayProcess plus every ExitInfo its on_exit received."""
+    """A GatewayProcess plus every ExitInfo its on_exit received (and `also` called with each)."""
 
-    def __init__(self, config: Config, token: str = TOKEN, provider_env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Config, token: str = TOKEN, provider_env: dict[str, str] | None = None,
+                 also: Callable[[ExitInfo], None] | None = None) -> None:
         self.exits: list[ExitInfo] = []
         self.exited = threading.Event()
+        self.also = also
         self.process = GatewayProcess(config, token, provider_env or {}, self._on_exit)
 
     def _on_exit(self, info: ExitInfo) -> None:
         assert threading.current_thread().name == "clawsvc-waiter"
+        if self.also is not None:
+            self.also(info)
         self.exits.append(info)
         self.exited.set()
 
@@ -289,6 +294,51 @@ def test_helper_in_its_own_session_is_killed_when_it_outlives_the_gateway(tmp_pa
     assert any("helper process" in r.getMessage() and str(escapee) in r.getMessage() for r in caplog.records)
 
 
+# a gateway (sh exec'ing sleep) whose helper, in a session of its own, ignores SIGTERM and writes its pid
+STUBBORN = ("/bin/sh", "-c", """setsid sh -c 'trap "" TERM; echo $$ > "$HELPER_PIDFILE.tmp"; \
+mv "$HELPER_PIDFILE.tmp" "$HELPER_PIDFILE"; exec sleep 1000' </dev/null >/dev/null 2>&1 &
+exec sleep 1000""")
+
+
+@pytest.fixture
+def subreaper() -> Iterator[None]:
+    """This test process adopts what its gateways orphan, as `clawsvc run` does; undone afterwards."""
+    assert proctree.become_subreaper()
+    yield
+    assert ctypes.CDLL(None).prctl(proctree.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) == 0
+
+
+def _pid_in(path: Path) -> int | None:
+    return int(path.read_text()) if path.exists() else None
+
+
+def test_exit_is_reported_before_stubborn_helpers_are_ended_and_stop_waits_for_them(tmp_path: Path, subreaper,
+                                                                                    spawn) -> None:
+    pidfile = tmp_path / "helper.pid"
+    helper_alive_at_exit: list[bool] = []
+    item = spawn(make_config(tmp_path, command=STUBBORN, env={"HELPER_PIDFILE": str(pidfile)}),
+                 also=lambda info: helper_alive_at_exit.append(pid_alive(helper)))
+    item.process.start()
+    helper = poll(lambda: _pid_in(pidfile), 10, "the helper to write its pid")
+    assert item.process.stop(timeout=5.0) == ExitInfo(None, signal.SIGTERM)
+    assert helper_alive_at_exit == [True], "the exit must be reported before the helpers are ended"
+    assert not Path(f"/proc/{helper}").exists(), "stop() returns only once the helper is killed and reaped"
+    assert not (tmp_path / "state" / leftovers.PIDFILE).exists()
+
+
+def test_a_failing_orphan_watch_still_reports_the_exit(tmp_path: Path, spawn, monkeypatch, caplog) -> None:
+    def broken(self: proctree.Orphans, gateway_fd: int, interval: float) -> None:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(proctree.Orphans, "watch", broken)
+    item = spawn(make_config(tmp_path))
+    os.kill(item.process.start(), signal.SIGKILL)
+    assert item.exited.wait(15), "the waiter died with the watch: the exit was never reported"
+    assert item.exits == [ExitInfo(None, signal.SIGKILL)]
+    assert not item.process.running
+    assert any("watching gateway pid" in r.getMessage() for r in caplog.records)
+
+
 def test_output_levels_suppression_binary_and_long_lines(tmp_path: Path, spawn, caplog) -> None:
     stdout = r"plain stdout\nERROR broken thing\nnoise: heartbeat\n\xff\xfe\x00bin\n"
     stderr = r'plain stderr\n[gateway] [info] calm\n{"level":"error","msg":"json"}\n'
@@ -369,9 +419,9 @@ def test_a_secret_across_the_line_limit_is_masked_whole(tmp_path: Path, caplog: 
 def test_pidfile_records_the_gateway_0600_and_goes_after_a_clean_stop(tmp_path: Path, spawn, caplog) -> None:
     item = spawn(make_config(tmp_path))
     pid = item.process.start()
-    pidfile = tmp_path / "state" / proctree.PIDFILE
-    record = proctree.read_pidfile(tmp_path / "state")
-    assert record is not None and record == proctree.PidRecord.of(pid, record.marker)
+    pidfile = tmp_path / "state" / leftovers.PIDFILE
+    record = leftovers.read_pidfile(tmp_path / "state")
+    assert record is not None and record == leftovers.PidRecord.of(pid, record.marker)
     assert stat.S_IMODE(pidfile.stat().st_mode) == 0o600
     marker = f"{proctree.GATEWAY_ID_ENV}={record.marker}".encode()
     assert marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
@@ -384,21 +434,32 @@ def test_pidfile_is_never_written_through_a_symlink(tmp_path: Path, spawn) -> No
     (tmp_path / "state").mkdir(mode=0o700)
     target = tmp_path / "target"
     target.write_text("keep")
-    (tmp_path / "state" / proctree.PIDFILE).symlink_to(target)
+    (tmp_path / "state" / leftovers.PIDFILE).symlink_to(target)
     item = spawn(make_config(tmp_path))
     pid = item.process.start()
     assert target.read_text() == "keep"
-    pidfile = tmp_path / "state" / proctree.PIDFILE
-    assert not pidfile.is_symlink() and proctree.read_pidfile(tmp_path / "state").pid == pid
+    pidfile = tmp_path / "state" / leftovers.PIDFILE
+    assert not pidfile.is_symlink() and leftovers.read_pidfile(tmp_path / "state").pid == pid
 
 
 def test_a_pidfile_symlink_is_not_read(tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    proctree.write_pidfile(elsewhere, proctree.PidRecord(os.getpid(), 1, proctree.boot_id(), "m" * 32))
-    (tmp_path / proctree.PIDFILE).symlink_to(elsewhere / proctree.PIDFILE)
-    assert proctree.read_pidfile(elsewhere) is not None
-    assert proctree.read_pidfile(tmp_path) is None
+    leftovers.write_pidfile(elsewhere, leftovers.PidRecord(os.getpid(), 1, leftovers.boot_id(), "m" * 32))
+    (tmp_path / leftovers.PIDFILE).symlink_to(elsewhere / leftovers.PIDFILE)
+    assert leftovers.read_pidfile(elsewhere) is not None
+    assert leftovers.read_pidfile(tmp_path) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")
+def test_a_pidfile_fifo_or_of_another_uid_is_not_read(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / leftovers.PIDFILE)
+    assert leftovers.read_pidfile(tmp_path) is None  # and did not block on the FIFO
+    (tmp_path / leftovers.PIDFILE).unlink()
+    leftovers.write_pidfile(tmp_path, leftovers.PidRecord(os.getpid(), 1, leftovers.boot_id(), "m" * 32))
+    assert leftovers.read_pidfile(tmp_path) is not None
+    os.chown(tmp_path / leftovers.PIDFILE, 65534, 65534)
+    assert leftovers.read_pidfile(tmp_path) is None
 
 
 def _sleep(env: dict[str, str], started: list[subprocess.Popen[bytes]]) -> int:
@@ -411,13 +472,13 @@ def test_kill_leftovers_kills_what_the_pidfile_proves_ours_and_nothing_else(tmp_
     started: list[subprocess.Popen[bytes]] = []
     try:
         gateway = _sleep({proctree.GATEWAY_ID_ENV: marker}, started)
-        record = proctree.PidRecord.of(gateway, marker)
+        record = leftovers.PidRecord.of(gateway, marker)
         assert record is not None
         helper = _sleep({proctree.GATEWAY_ID_ENV: marker}, started)
         admin = _sleep({"OPENCLAW_STATE_DIR": str(tmp_path)}, started)
         other = _sleep({proctree.GATEWAY_ID_ENV: "0" * 32}, started)
-        proctree.write_pidfile(tmp_path, record)
-        assert proctree.kill_leftovers(tmp_path) == sorted([gateway, helper])
+        leftovers.write_pidfile(tmp_path, record)
+        assert leftovers.kill_leftovers(tmp_path) == sorted([gateway, helper])
         assert not pid_alive(gateway) and not pid_alive(helper)
         assert pid_alive(admin) and pid_alive(other)
     finally:

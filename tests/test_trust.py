@@ -6,21 +6,26 @@ chmod'ed or written through; secrets are read from small regular files only, wit
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
+import re
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from clawsvc import secrets, trust
-from clawsvc.config import AuthConfig, Config, GatewayConfig
+from clawsvc import checkconfig, exitcodes, secrets, trust
+from clawsvc.config import AuthConfig, Config, ConfigError, GatewayConfig, load_config
+from clawsvc.preflight import preflight
 from clawsvc.process import SpawnError, prepare_state_dir
 from clawsvc.secrets import SecretError
 
 OTHER = 65534
+NOBODY = re.escape(f"user nobody (uid {OTHER})")  # as messages name uid 65534
 TOKEN = "token-value-from-a-file-0001"
 MEMORY_LIMIT = 500 * 1024 * 1024
 
@@ -92,13 +97,13 @@ def test_a_state_dir_of_another_user_with_a_planted_token_is_refused(tmp_path: P
     state.mkdir(mode=0o700)
     secret_file(state / "gateway-token", "planted-token-value-00000001", uid=OTHER)
     os.chown(state, OTHER, OTHER)
-    with pytest.raises(SecretError, match=rf"gateway.state_dir {state} is owned by uid {OTHER} \(nobody\).*"
+    with pytest.raises(SecretError, match=rf"gateway.state_dir {state} is owned by {NOBODY}.*"
                                           rf"chown root: {state} && chmod 700 {state}") as caught:
         secrets.load_gateway_token(config(state))
     assert "planted-token-value" not in str(caught.value)
-    with pytest.raises(SpawnError, match=f"owned by uid {OTHER}"):
+    with pytest.raises(SpawnError, match=f"owned by {NOBODY}"):
         prepare_state_dir(config(state))
-    with pytest.raises(trust.TrustError, match=f"owned by uid {OTHER}"):
+    with pytest.raises(trust.TrustError, match=f"owned by {NOBODY}"):
         trust.check_config_paths(config(state))
 
 
@@ -142,9 +147,9 @@ def test_a_foreign_symlink_in_a_sticky_dir_is_never_followed(tmp_path: Path) -> 
     (target / "keep").write_text("untouched")
     before = snapshot(target)
     link = sticky_dir_with_foreign_link(tmp_path, target)
-    with pytest.raises(SpawnError, match=rf"symlink {link} on its path is owned by uid {OTHER}"):
+    with pytest.raises(SpawnError, match=rf"symlink {link} on its path is owned by {NOBODY}"):
         prepare_state_dir(config(link))
-    with pytest.raises(SecretError, match=rf"symlink {link} on its path is owned by uid {OTHER}"):
+    with pytest.raises(SecretError, match=rf"symlink {link} on its path is owned by {NOBODY}"):
         secrets.load_gateway_token(config(link))
     with pytest.raises(trust.TrustError, match="symlink"):
         trust.check_config_paths(config(link))
@@ -166,7 +171,7 @@ def test_a_missing_state_dir_below_a_foreign_directory_is_refused_and_not_create
     foreign.mkdir(mode=0o755)
     os.chown(foreign, OTHER, OTHER)
     state = foreign / "sub" / "state"
-    with pytest.raises(trust.TrustError, match=rf"directory {foreign} on its path is owned by uid {OTHER}"):
+    with pytest.raises(trust.TrustError, match=rf"directory {foreign} on its path is owned by {NOBODY}"):
         trust.check_config_paths(config(state))
     with pytest.raises(SpawnError, match=f"directory {foreign} on its path"):
         prepare_state_dir(config(state))
@@ -190,7 +195,7 @@ def test_a_group_writable_ancestor_needs_the_sticky_bit(tmp_path: Path) -> None:
 
 def test_a_token_file_of_another_user_or_writable_by_others_is_refused(tmp_path: Path) -> None:
     foreign = secret_file(tmp_path / "foreign", uid=OTHER)
-    with pytest.raises(SecretError, match=rf"auth.token_file {foreign} is owned by uid {OTHER} .*"
+    with pytest.raises(SecretError, match=rf"auth.token_file {foreign} is owned by {NOBODY}, .*"
                                           rf"run: chown root: {foreign} && chmod 600 {foreign}"):
         secrets.load_gateway_token(config(tmp_path / "state", foreign))
     writable = secret_file(tmp_path / "writable", mode=0o602)
@@ -204,7 +209,7 @@ def test_a_credential_of_another_user_is_refused(tmp_path: Path, monkeypatch: py
     credentials.mkdir()
     secret_file(credentials / "gateway-token", uid=OTHER)
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
-    with pytest.raises(SecretError, match=f"credential gateway-token {credentials}/gateway-token is owned by uid"):
+    with pytest.raises(SecretError, match=f"credential gateway-token {credentials}/gateway-token is owned by {NOBODY}"):
         secrets.load_gateway_token(config(tmp_path / "state"))
 
 
@@ -226,7 +231,7 @@ def test_a_token_file_linked_to_dev_zero_is_refused_in_bounded_memory(tmp_path: 
 
 def test_an_oversized_token_file_is_refused_before_reading(tmp_path: Path) -> None:
     big = secret_file(tmp_path / "big", "x" * (trust.SECRET_CAP + 1))
-    with pytest.raises(SecretError, match=rf"{big} is {trust.SECRET_CAP + 2} bytes, far more than a secret"):
+    with pytest.raises(SecretError, match=rf"{big} is larger than 64 KiB \({trust.SECRET_CAP + 2} bytes\)"):
         secrets.load_gateway_token(config(tmp_path / "state", big))
     largest = secret_file(tmp_path / "largest", "y" * (trust.SECRET_CAP - 1))
     assert secrets.load_gateway_token(config(tmp_path / "state", largest))[0] == "y" * (trust.SECRET_CAP - 1)
@@ -271,7 +276,7 @@ def test_check_config_paths_refuses_a_config_file_of_another_user(tmp_path: Path
     source = tmp_path / "clawsvc.yaml"
     source.write_text("")
     os.chown(source, OTHER, OTHER)
-    with pytest.raises(trust.TrustError, match=rf"config file {source} is owned by uid {OTHER}"):
+    with pytest.raises(trust.TrustError, match=rf"config file {source} is owned by {NOBODY}"):
         trust.check_config_paths(config(tmp_path / "state", source=source))
 
 
@@ -279,9 +284,118 @@ def test_check_config_paths_refuses_what_reading_the_token_would(tmp_path: Path)
     with pytest.raises(trust.TrustError, match=rf"auth.token_file {tmp_path}/absent does not exist"):
         trust.check_config_paths(config(tmp_path / "state", tmp_path / "absent"))
     big = secret_file(tmp_path / "big", "x" * trust.SECRET_CAP)
-    with pytest.raises(trust.TrustError, match="far more than a secret"):
+    with pytest.raises(trust.TrustError, match=rf"{big} is larger than 64 KiB"):
         trust.check_config_paths(config(tmp_path / "state", big))
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo, 0o600)
     with pytest.raises(trust.TrustError, match="is a FIFO, not a regular file"):
         trust.check_config_paths(config(tmp_path / "state", fifo))
+
+
+# ---------------------------------------------------------------- `..` on the way
+
+def test_dotdot_back_into_a_shared_dir_is_judged_as_that_dir(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    (shared / "x" / "sub").mkdir(parents=True)
+    state = shared / "x" / "sub" / ".." / ".."
+    with pytest.raises(trust.TrustError, match=rf"gateway.state_dir {shared} is writable by group/others "
+                                               r"\(mode 1777\)"):
+        trust.check_dir(state, "gateway.state_dir")
+    with pytest.raises(trust.TrustError, match=rf"gateway.state_dir {shared} is writable by group/others"):
+        trust.check_config_paths(config(state))
+    with pytest.raises(SpawnError, match=rf"gateway.state_dir {shared} is writable by group/others"):
+        prepare_state_dir(config(state))
+    assert sorted(p.name for p in shared.iterdir()) == ["x"]
+
+
+def test_dotdot_that_stays_in_trusted_dirs_still_works(tmp_path: Path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    state = tmp_path / "a" / "b" / ".." / "state"
+    token, source = secrets.load_gateway_token(config(state))
+    assert source == f"generated {state}/gateway-token"
+    assert (tmp_path / "a" / "state" / "gateway-token").read_text() == token + "\n"
+    assert trust.check_dir(state, "gateway.state_dir") == tmp_path / "a" / "state"
+    trust.check_config_paths(config(state))
+
+
+def test_dotdot_after_a_symlink_climbs_from_its_target_like_the_kernel(tmp_path: Path) -> None:
+    (tmp_path / "real" / "deep").mkdir(parents=True)
+    (tmp_path / "real" / "state").mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(tmp_path / "real" / "deep")
+    assert trust.check_dir(tmp_path / "link" / ".." / "state", "gateway.state_dir") == tmp_path / "real" / "state"
+
+
+def test_dotdot_after_a_regular_file_is_not_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    (tmp_path / "state").mkdir(mode=0o700)
+    with pytest.raises(trust.TrustError, match=rf"cannot check {tmp_path}/file: Not a directory"):
+        trust.check_config_paths(config(tmp_path / "file" / ".." / "state"))
+
+
+# ---------------------------------------------------------------- root and the service user
+
+def service_owned_state_dir(tmp_path: Path, uid: int = OTHER) -> Path:
+    """A state dir with a generated token, both as the service user `uid` would have made them."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    secret_file(state / "gateway-token", "service-token-value-000000001", uid=uid)
+    os.chown(state, uid, uid)
+    return state
+
+
+def config_file(tmp_path: Path, state: Path) -> Path:
+    path = tmp_path / "clawsvc.yaml"
+    path.write_text(yaml.safe_dump({"gateway": {"state_dir": str(state), "command": [sys.executable, "-c", "pass"]},
+                                    "auth": {"token_file": None}}))
+    return path
+
+
+def check_config(path: Path) -> int:
+    return checkconfig.main(argparse.Namespace(config=path, print=False))
+
+
+@pytest.fixture
+def service_user_is_nobody(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a system install, where the units run as the service user (here uid 65534 plays it)."""
+    monkeypatch.setattr(trust, "service_uid", lambda: OTHER)
+
+
+@pytest.mark.usefixtures("service_user_is_nobody")
+def test_root_run_refuses_a_state_dir_of_the_service_user(tmp_path: Path) -> None:
+    state = service_owned_state_dir(tmp_path)
+    cfg = load_config(config_file(tmp_path, state))
+    with pytest.raises(ConfigError, match=rf"gateway.state_dir {state} is owned by {NOBODY}, not by root; "
+                                          rf"run: chown root: {state}"):
+        preflight(cfg)  # what `run` and a reload check first
+    with pytest.raises(SpawnError, match=f"owned by {NOBODY}"):
+        prepare_state_dir(cfg)
+    with pytest.raises(SecretError, match=f"owned by {NOBODY}"):
+        secrets.load_gateway_token(cfg)
+
+
+@pytest.mark.usefixtures("service_user_is_nobody")
+def test_root_check_config_accepts_a_state_dir_of_the_service_user(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    path = config_file(tmp_path, service_owned_state_dir(tmp_path))
+    assert check_config(path) == 0
+    assert capsys.readouterr() == (f"{path}: ok\n", "")
+    assert trust.trusted_uids() == {0}  # judged as the service only while check-config ran
+
+
+@pytest.mark.usefixtures("service_user_is_nobody")
+def test_root_check_config_refuses_a_state_dir_of_any_other_user(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    state = service_owned_state_dir(tmp_path, uid=OTHER - 1)
+    assert check_config(config_file(tmp_path, state)) == exitcodes.CONFIG
+    assert capsys.readouterr().err == (f"clawsvc: gateway.state_dir {state} is owned by uid {OTHER - 1}, not by root "
+                                       f"or nobody; run: chown nobody: {state} && chmod 700 {state}\n")
+
+
+def test_check_config_without_a_service_user_judges_as_root_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(trust, "service_uid", lambda: None)
+    state = service_owned_state_dir(tmp_path)
+    assert check_config(config_file(tmp_path, state)) == exitcodes.CONFIG
+    assert f"gateway.state_dir {state} is owned by user nobody (uid {OTHER}), not by root;" in capsys.readouterr().err

@@ -148,3 +148,14 @@ def gone(pids: list[int], timeout: float = 10.0) -> None:
 
 def error_lines(svc: ServiceProcess, needle: str) -> list[str]:
     return [line for line in svc.log().splitlines() if needle in line and "ERROR" in line]
+
+
+def write_config(root: Path, extra: dict[str, Any]) -> Path:
+    """root/clawsvc.yaml: a config for the double (FAST timings) merged with `extra`, for a clawsvc not started
+    yet (cases that refuse at start, or change the file before it)."""
+    import yaml  # only here: faultkit's header is shared, this one function came later
+
+    path = root / "clawsvc.yaml"
+    path.write_text(yaml.safe_dump(merge(merge(base_config(root, double_command(), free_port()), FAST), extra),
+                                   sort_keys=False))
+    return path

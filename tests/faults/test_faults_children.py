@@ -15,19 +15,21 @@ from typing import Any
 
 import pytest
 from double import double_command, pid_alive
-from faultkit import Services, gone, ready, running_other_than, stops_clean
-from service_proc import poll
+from faultkit import Services, cli, gone, ready, running_other_than, stops_clean
+from service_proc import ServiceProcess, poll
 
-from clawsvc import proctree
+from clawsvc import leftovers
 from clawsvc.gateway_output import MAX_LINE, TRUNCATED
 
-# gateway.command wrapper: maybe print a file, maybe start a sleeping daemon (writing its pid), then exec the double
+# gateway.command wrapper: maybe print a file, maybe start a sleeping daemon (writing its pid), then exec the double;
+# a stubborn daemon ignores SIGTERM, so only the SIGKILL HELPER_GRACE (3 s) after the gateway's exit ends it
 WRAPPER = """#!/bin/sh
 [ -n "$PRINT_FILE" ] && cat "$PRINT_FILE"
 daemon='echo $$ > "$DAEMON_PIDFILE.tmp" && mv "$DAEMON_PIDFILE.tmp" "$DAEMON_PIDFILE" && exec sleep 1000'
 case "$DAEMON_MODE" in
   child) setsid sh -c "$daemon" </dev/null >/dev/null 2>&1 & ;;
   orphan) setsid -f sh -c "$daemon" </dev/null >/dev/null 2>&1 ;;
+  stubborn) setsid sh -c "trap '' TERM; $daemon" </dev/null >/dev/null 2>&1 & ;;
 esac
 exec "$@"
 """
@@ -85,7 +87,7 @@ def test_a_daemon_left_by_a_sigkilled_clawsvc_is_killed_at_the_next_start(servic
                                          DAEMON_PIDFILE=str(tmp_path / "daemon1.pid")))
     gateway = ready(first)["pid"]
     daemon = daemon_pid(tmp_path / "daemon1.pid")
-    pidfile = state / proctree.PIDFILE
+    pidfile = state / leftovers.PIDFILE
     assert pidfile.stat().st_mode & 0o777 == 0o600
     first.popen.kill()
     first.wait(10)
@@ -102,17 +104,17 @@ def test_a_daemon_left_by_a_sigkilled_clawsvc_is_killed_at_the_next_start(servic
     stops_clean(second)
 
 
-def start_with_pidfile(services: Services, tmp_path: Path, record: proctree.PidRecord) -> None:
+def start_with_pidfile(services: Services, tmp_path: Path, record: leftovers.PidRecord) -> None:
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
-    proctree.write_pidfile(state, record)
+    leftovers.write_pidfile(state, record)
     ready(services.start())
 
 
 def test_a_pidfile_naming_a_reused_pid_spares_that_process(services: Services, tmp_path: Path,
                                                            strangers: Strangers) -> None:
     stranger = sleeper(strangers, {"OPENCLAW_STATE_DIR": str(tmp_path / "state")})
-    record = proctree.PidRecord.of(stranger.pid, secrets.token_hex(16))
+    record = leftovers.PidRecord.of(stranger.pid, secrets.token_hex(16))
     assert record is not None
     start_with_pidfile(services, tmp_path, dataclasses.replace(record, start=record.start - 1))
     assert stranger.poll() is None and pid_alive(stranger.pid)
@@ -121,7 +123,7 @@ def test_a_pidfile_naming_a_reused_pid_spares_that_process(services: Services, t
 def test_a_pidfile_from_another_boot_spares_the_process_it_names(services: Services, tmp_path: Path,
                                                                   strangers: Strangers) -> None:
     stranger = sleeper(strangers)
-    record = proctree.PidRecord.of(stranger.pid, secrets.token_hex(16))
+    record = leftovers.PidRecord.of(stranger.pid, secrets.token_hex(16))
     assert record is not None
     start_with_pidfile(services, tmp_path, dataclasses.replace(record, boot="0" * 32))
     assert stranger.poll() is None and pid_alive(stranger.pid)
@@ -130,7 +132,7 @@ def test_a_pidfile_from_another_boot_spares_the_process_it_names(services: Servi
 def test_a_pidfile_naming_the_very_process_kills_it(services: Services, tmp_path: Path, strangers: Strangers) -> None:
     # the control for the two tests above: pid, start time and boot id all match, so it is a leftover
     leftover = sleeper(strangers)
-    record = proctree.PidRecord.of(leftover.pid, secrets.token_hex(16))
+    record = leftovers.PidRecord.of(leftover.pid, secrets.token_hex(16))
     assert record is not None
     start_with_pidfile(services, tmp_path, record)
     assert poll(lambda: leftover.poll(), 10, "the recorded process to be killed") == -signal.SIGKILL
@@ -145,7 +147,7 @@ def test_a_daemon_double_forked_by_the_gateway_command_does_not_outlive_a_stop(s
     assert parent_of(daemon) == svc.pid, "the orphaned daemon must be adopted by clawsvc, the subreaper"
     stops_clean(svc)
     assert not pid_alive(daemon)
-    assert not (tmp_path / "state" / proctree.PIDFILE).exists(), "a clean stop removes the pidfile"
+    assert not (tmp_path / "state" / leftovers.PIDFILE).exists(), "a clean stop removes the pidfile"
 
 
 def test_a_daemon_orphaned_by_a_crashed_gateway_is_ended_and_reaped(services: Services, tmp_path: Path) -> None:
@@ -161,6 +163,48 @@ def test_a_daemon_orphaned_by_a_crashed_gateway_is_ended_and_reaped(services: Se
     poll(lambda: not Path(f"/proc/{daemon}").exists(), 15, f"daemon {daemon} to be killed and reaped")
     assert pid_alive(daemon_pid(tmp_path / "daemon.pid"))  # the new gateway's daemon runs
     stops_clean(svc)
+
+
+def stubborn(services: Services, tmp_path: Path) -> tuple[ServiceProcess, int, int]:
+    """clawsvc whose gateway leaves a daemon that ignores SIGTERM: (service, gateway pid, daemon pid)."""
+    svc = services.start(extra=wrapped(tmp_path, tmp_path / "state", DAEMON_MODE="stubborn",
+                                       DAEMON_PIDFILE=str(tmp_path / "daemon.pid")))
+    gateway = ready(svc)["pid"]
+    daemon = daemon_pid(tmp_path / "daemon.pid")
+    (tmp_path / "daemon.pid").unlink()  # the next gateway's daemon writes it again
+    return svc, gateway, daemon
+
+
+def respawned(svc: ServiceProcess, gateway: int) -> int:
+    """The pid of the next gateway, as soon as status shows one (long before it is ready)."""
+    status = svc.wait_state(lambda s: s["pid"] not in (None, gateway), 15, f"a gateway other than pid {gateway}")
+    return int(status["pid"])
+
+
+def test_a_planned_restart_does_not_wait_for_the_old_gateways_stubborn_daemon(services: Services,
+                                                                              tmp_path: Path) -> None:
+    svc, gateway, daemon = stubborn(services, tmp_path)
+    assert cli(svc, "restart-gateway").returncode == 0
+    respawned(svc, gateway)
+    assert pid_alive(daemon), "the new gateway must be spawned before the old one's helpers are ended"
+    poll(lambda: not Path(f"/proc/{daemon}").exists(), 15, f"old daemon {daemon} to be killed and reaped")
+    running_other_than(svc, gateway)
+    stops_clean(svc)
+
+
+def test_a_stop_ends_a_stubborn_daemon_before_clawsvc_exits(services: Services, tmp_path: Path) -> None:
+    svc, _, daemon = stubborn(services, tmp_path)
+    stops_clean(svc)
+    assert not pid_alive(daemon)
+
+
+def test_a_stop_during_a_crash_sweep_waits_for_that_sweep(services: Services, tmp_path: Path) -> None:
+    svc, gateway, daemon = stubborn(services, tmp_path)
+    os.kill(gateway, signal.SIGKILL)
+    respawned(svc, gateway)
+    assert pid_alive(daemon), "the crashed gateway's daemon must still be being swept for this test to mean anything"
+    stops_clean(svc)
+    assert not pid_alive(daemon), "clawsvc exited before ending what the crashed gateway left behind"
 
 
 def test_a_token_across_the_line_cut_is_never_logged(services: Services, tmp_path: Path) -> None:

@@ -1,14 +1,17 @@
 """The control socket under load and attack: another uid, 20 concurrent callers, calls in flight when the
-gateway is SIGKILLed, idle and nested floods, bad timeouts, a full backlog, params from a file or stdin."""
+gateway is SIGKILLed, idle and nested floods, bad timeouts, a full backlog, params from a file or stdin; a
+socket directory planted by another uid, a socket served by another uid, a reply too large to read."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import selectors
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -36,7 +39,7 @@ from faultkit import (
 )
 from service_proc import poll
 
-from clawsvc import control, exitcodes
+from clawsvc import control_client, control_wire, exitcodes
 
 NOBODY = 65534
 
@@ -182,7 +185,7 @@ def exchange(path: Path, payload: bytes, timeout: float = 10.0) -> dict[str, Any
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(str(path))
         sock.sendall(payload)
-        reply = json.loads(control.read_line(sock, time.monotonic() + timeout))
+        reply = json.loads(control_wire.read_line(sock, time.monotonic() + timeout))
         sock.settimeout(timeout)
         assert sock.recv(1) == b"", "the server kept the connection open after its answer"
     return reply
@@ -272,7 +275,7 @@ def test_idle_client_is_disconnected_after_the_request_timeout(services: Service
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as idle:
         idle.connect(str(svc.control_socket))
         started = time.monotonic()
-        reply = json.loads(control.read_line(idle, started + 10))
+        reply = json.loads(control_wire.read_line(idle, started + 10))
         idle.settimeout(10)
         assert idle.recv(1) == b""
         waited = time.monotonic() - started
@@ -301,14 +304,14 @@ def test_oversized_requests_are_refused_in_one_line_and_the_server_keeps_serving
                                                                                  tmp_path: Path) -> None:
     svc = services.start(events=True)
     pid = ready(svc)["pid"]
-    reply = exchange(svc.control_socket, b"x" * (control.MAX_REQUEST + 10) + b"\n")
+    reply = exchange(svc.control_socket, b"x" * (control_wire.MAX_REQUEST + 10) + b"\n")
     assert reply["error"]["code"] == "BAD_REQUEST"
     assert svc.status()["pid"] == pid
 
     big = tmp_path / "big.json"
-    big.write_text(json.dumps("y" * (control.MAX_REQUEST - 2)))  # within the file cap; too big with the envelope
+    big.write_text(json.dumps("y" * (control_wire.MAX_REQUEST - 2)))  # within the file cap; too big with the envelope
     result = cli(svc, "rpc", "double.sleep", f"@{big}")
-    assert result.returncode == exitcodes.FAIL
+    assert result.returncode == exitcodes.USAGE  # like params over the cap on their own: the caller's to fix
     assert "TOO_LARGE" in one_line_no_traceback(result)
     assert requests_seen(svc, "double.sleep") == []
     health_ok(svc)
@@ -345,7 +348,7 @@ def test_a_full_backlog_is_one_line_and_the_documented_exit_code(tmp_path: Path)
             started = time.monotonic()
             result = subprocess.run([sys.executable, "-m", "clawsvc", *args, "-c", str(config)],
                                     capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
-            assert time.monotonic() - started < control.CONNECT_WINDOW + 10
+            assert time.monotonic() - started < control_client.CONNECT_WINDOW + 10
             assert result.returncode == code, result.stderr
             assert "BUSY" in one_line_no_traceback(result)
 
@@ -364,12 +367,12 @@ def test_rpc_params_from_a_file_and_from_stdin(services: Services, tmp_path: Pat
     assert json.loads(piped.stdout) == {"sleptMs": 2}
     assert [r["params"]["tag"] for r in requests_seen(svc, "double.sleep")] == ["from a file", "from stdin"]
 
-    params.write_bytes(b'"' + b"z" * control.MAX_REQUEST + b'"')
+    params.write_bytes(b'"' + b"z" * control_wire.MAX_REQUEST + b'"')
     for args, stdin in (((f"@{params}",), None), (("-",), params.read_text()), (("@/dev/zero",), None)):
         over = subprocess.run(cli_argv(svc, "rpc", "double.sleep", *args), input=stdin, capture_output=True,
                               text=True, timeout=HUNG)
         assert over.returncode == exitcodes.USAGE
-        assert f"larger than {control.MAX_REQUEST} bytes" in one_line_no_traceback(over)
+        assert f"larger than {control_wire.MAX_REQUEST} bytes" in one_line_no_traceback(over)
     assert len(requests_seen(svc, "double.sleep")) == 2
     stops_clean(svc)
 
@@ -385,3 +388,112 @@ def test_too_many_clients_warning_is_rate_limited(services: Services, floods: li
     warnings = [line for line in svc.log().splitlines() if "too many clients" in line]
     assert 1 <= len(warnings) <= 2, warnings
     stops_clean(svc)
+
+# ---------------------------------------------------------------- whose socket: the directory, the server, the reply
+
+needs_root_and_setpriv = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                                            reason="needs root and setpriv")
+
+
+@pytest.fixture
+def public_dir() -> Iterator[Path]:
+    """A root-owned directory under /tmp that uid 65534 may traverse (pytest's tmp_path is root-only)."""
+    path = Path(tempfile.mkdtemp(prefix="clawsvc-faults-ctl-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+def nobodys_dir(parent: Path) -> Path:
+    path = parent / "nobody"
+    path.mkdir()
+    path.chmod(0o755)
+    os.chown(path, NOBODY, NOBODY)
+    return path
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown a directory to another uid")
+def test_a_socket_directory_planted_by_another_uid_keeps_the_service_from_starting(services: Services,
+                                                                                   public_dir: Path) -> None:
+    planted = nobodys_dir(public_dir)
+    svc = services.start(extra={"control": {"socket": str(planted / "control.sock")}})
+    assert svc.wait(HUNG) == exitcodes.FAIL, svc.log()[-3000:]
+    errors = [line for line in svc.log().splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and f"directory {planted}" in errors[0], svc.log()[-3000:]
+    assert "Traceback" not in svc.log()
+    assert spawned(svc) == []
+    assert list(planted.iterdir()) == [] and stat.S_IMODE(planted.stat().st_mode) == 0o755
+
+
+SERVE_AS_NOBODY = """
+import socket, sys
+listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+listener.bind(sys.argv[1])
+listener.listen(8)
+listener.settimeout(60)
+print("listening", flush=True)
+received = 0
+for _ in range(int(sys.argv[2])):
+    conn, _ = listener.accept()
+    conn.settimeout(60)
+    while chunk := conn.recv(65536):
+        received += len(chunk)
+    conn.close()
+print(received, flush=True)
+"""
+
+
+@needs_root_and_setpriv
+def test_the_cli_refuses_a_socket_served_by_another_uid_and_sends_it_nothing(public_dir: Path) -> None:
+    path = nobodys_dir(public_dir) / "control.sock"
+    config = public_dir / "clawsvc.yaml"
+    config.write_text(f"control:\n  socket: {path}\n")
+    argv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", sys.executable, "-c",
+            SERVE_AS_NOBODY, str(path), "2"]
+    server = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
+                              start_new_session=True)
+    try:
+        assert server.stdout is not None and server.stdout.readline() == "listening\n"
+        results = [subprocess.run([sys.executable, "-m", "clawsvc", *args, "-c", str(config)], capture_output=True,
+                                  text=True, timeout=HUNG, stdin=subprocess.DEVNULL)
+                   for args in (("status",), ("rpc", "chat.send", '{"text": "for clawsvc only"}'))]
+        out, err = server.communicate(timeout=HUNG)
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.communicate()
+    for result in results:
+        assert result.returncode == exitcodes.FAIL, result.stderr
+        line = one_line_no_traceback(result)
+        assert f"{path} is served by" in line and f"(uid {NOBODY})" in line, line
+    assert server.returncode == 0, err
+    assert int(out) == 0, "the request reached the other uid's server"
+
+
+def test_a_reply_too_large_to_read_is_one_line_in_bounded_memory(tmp_path: Path) -> None:
+    path = tmp_path / "ctl" / "control.sock"
+    path.parent.mkdir(mode=0o700)
+    config = tmp_path / "clawsvc.yaml"
+    config.write_text(f"control:\n  socket: {path}\n")
+    sent = [0]
+
+    def flood(listener: socket.socket) -> None:
+        conn, _ = listener.accept()
+        with conn, contextlib.suppress(OSError):
+            while sent[0] < 1 << 30:  # without a cap the client would hold all of it
+                sent[0] += conn.send(b"x" * (1 << 20))
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+        listener.listen(1)
+        server = threading.Thread(target=flood, args=(listener,), daemon=True)
+        server.start()
+        result = subprocess.run(["prlimit", f"--as={500 << 20}", sys.executable, "-m", "clawsvc", "status", "-c",
+                                 str(config)], capture_output=True, text=True, timeout=HUNG, stdin=subprocess.DEVNULL)
+        server.join(HUNG)
+    assert not server.is_alive()
+    assert result.returncode == exitcodes.FAIL, result.stderr
+    assert f"more than {control_wire.MAX_REPLY >> 20} MiB" in one_line_no_traceback(result)
+    assert sent[0] < 2 * control_wire.MAX_REPLY

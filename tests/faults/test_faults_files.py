@@ -13,17 +13,16 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
-from double import double_command, free_port
-from faultkit import FAST, Services, error_lines, spawned
-from service_proc import ServiceProcess, base_config, merge
+from faultkit import Services, error_lines, spawned, write_config
+from service_proc import ServiceProcess
+from test_trust import sticky_dir_with_foreign_link
 
 from clawsvc import exitcodes
 
 OTHER = 65534
+NOBODY = f"user nobody (uid {OTHER})"  # as messages name uid 65534
 REFUSED_WITHIN = 30.0  # a refusal takes well under a second; reaching this means clawsvc hangs
 MEMORY_LIMIT = 500 * 1024 * 1024
 GENERATED = {"auth": {"token_file": None}}
@@ -43,14 +42,6 @@ def refused(svc: ServiceProcess, path: Path) -> str:
     assert spawned(svc) == [] and not (svc.root / "requests.jsonl").exists()
     assert svc.leftovers() == []
     return lines[0]
-
-
-def write_config(root: Path, extra: dict[str, Any]) -> Path:
-    """A config for the double that no clawsvc runs yet (for cases that change the file before the start)."""
-    config = merge(merge(base_config(root, double_command(), free_port()), FAST), extra)
-    path = root / "clawsvc.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
 
 
 def clawsvc(*args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
@@ -95,7 +86,7 @@ def test_a_state_dir_of_another_user_with_a_planted_token_is_refused(services: S
         os.chown(path, OTHER, OTHER)
     svc = services.start(extra={**GENERATED, "gateway": {"state_dir": str(state)}}, env=NO_KEYRING, events=True)
     line = refused(svc, state)
-    assert f"owned by uid {OTHER}" in line and f"chown root: {state} && chmod 700 {state}" in line
+    assert f"owned by {NOBODY}" in line and f"chown root: {state} && chmod 700 {state}" in line
     assert "planted-token-value" not in svc.log()
 
 
@@ -114,14 +105,9 @@ def test_a_state_dir_through_a_foreign_symlink_in_a_sticky_dir_is_refused_untouc
     target.mkdir(mode=0o755)
     (target / "data").write_text("the victim's data\n")
     before = snapshot(target)
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    shared.chmod(0o1777)
-    link = shared / "state"
-    link.symlink_to(target)
-    os.lchown(link, OTHER, OTHER)
+    link = sticky_dir_with_foreign_link(tmp_path, target)
     svc = services.start(extra={**GENERATED, "gateway": {"state_dir": str(link)}}, env=NO_KEYRING, events=True)
-    assert f"symlink {link} on its path is owned by uid {OTHER}" in refused(svc, link)
+    assert f"symlink {link} on its path is owned by {NOBODY}" in refused(svc, link)
     assert snapshot(target) == before
 
 
@@ -145,7 +131,7 @@ def test_a_token_file_of_another_user_is_refused(services: Services, tmp_path: P
     token.chmod(0o600)
     os.chown(token, OTHER, OTHER)
     svc = services.start(extra={"auth": {"token_file": str(token)}}, events=True)
-    assert f"owned by uid {OTHER}" in refused(svc, token)
+    assert f"owned by {NOBODY}" in refused(svc, token)
     assert "foreign-token-value" not in svc.log()
 
 
@@ -176,7 +162,7 @@ def test_a_50_mb_token_file_is_refused_in_bounded_memory(tmp_path: Path) -> None
     with big.open("wb") as handle:
         handle.truncate(50 * 1024 * 1024)  # sparse: the size is what matters, not the disk it takes
     big.chmod(0o600)
-    assert "far more than a secret" in run_refused_in_bounded_memory(tmp_path, big)
+    assert "is larger than 64 KiB" in run_refused_in_bounded_memory(tmp_path, big)
 
 
 # ---------------------------------------------------------------- the config file
@@ -188,5 +174,20 @@ def test_a_config_file_of_another_user_is_refused(tmp_path: Path, command: str) 
     done = clawsvc(command, "-c", str(config))
     assert done.returncode == exitcodes.CONFIG, done.stderr[-3000:]
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and f"config file {config} is owned by uid {OTHER}" in lines[0], done.stderr
+    assert len(lines) == 1 and f"config file {config} is owned by {NOBODY}" in lines[0], done.stderr
     assert "started gateway" not in done.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "check-config"])
+def test_a_state_dir_that_climbs_back_into_a_shared_dir_is_refused(tmp_path: Path, command: str) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    (shared / "x" / "sub").mkdir(parents=True)
+    config = write_config(tmp_path, {**GENERATED, "gateway": {"state_dir": f"{shared}/x/sub/../.."}})
+    done = clawsvc(command, "-c", str(config), prefix=("env", *(f"{k}={v}" for k, v in NO_KEYRING.items())))
+    assert done.returncode == exitcodes.CONFIG, done.stderr[-3000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"gateway.state_dir {shared} is writable by group/others (mode 1777)" in lines[0], \
+        done.stderr
+    assert sorted(p.name for p in shared.iterdir()) == ["x"] and "started gateway" not in done.stderr

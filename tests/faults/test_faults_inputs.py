@@ -16,13 +16,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
-from double import double_command, free_port
-from faultkit import FAST, HUNG, Services, ready, spawned, stops_clean
-from service_proc import STRIPPED, base_config, merge
+from faultkit import HUNG, Services, ready, spawned, stops_clean, write_config
+from service_proc import STRIPPED
 
 from clawsvc import exitcodes
 
@@ -81,17 +79,6 @@ def refusals(tmp_path: Path) -> Iterator[Refusals]:
     started = Refusals(tmp_path, [])
     yield started
     started.close()
-
-
-def valid_config(root: Path) -> dict[str, Any]:
-    """A config `run` starts with on the double: everything private to `root`."""
-    return merge(base_config(root, double_command(), free_port()), FAST)
-
-
-def write_config(root: Path, extra: dict[str, Any]) -> Path:
-    path = root / "clawsvc.yaml"
-    path.write_text(yaml.safe_dump(merge(valid_config(root), extra), sort_keys=False))
-    return path
 
 
 def assert_refused(refusals: Refusals, config: Path, *words: str) -> None:

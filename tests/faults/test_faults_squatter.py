@@ -3,6 +3,7 @@ start-up and during a restart backoff clawsvc names it and exits 1; a gateway of
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -30,12 +31,38 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is 
                                 reason="needs root and setpriv to run the squatter as another user")
 
 
-class Squatter:
-    """tests/helpers/squatter.py as uid 65534; everything it receives comes back through its stdout pipe."""
+# tests/helpers/squatter.py's loop, but every connection is accepted by root and served by a forked child
+# that then drops to uid 65534: /proc/net/tcp shows root's uid on the server end, its holder runs as nobody.
+ROOT_ACCEPTS = f"""
+import os, signal, sys
+sys.path.insert(0, {str(SQUATTER.parent)!r})
+import squatter
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+listener = squatter.bind(int(sys.argv[1]), False)
+squatter.say("bound")
+while True:
+    conn, _ = listener.accept()
+    if os.fork() == 0:
+        listener.close()
+        os.setgroups([])
+        os.setresgid({NOBODY}, {NOBODY}, {NOBODY})
+        os.setresuid({NOBODY}, {NOBODY}, {NOBODY})
+        squatter.say(f"child {{os.getpid()}}")
+        squatter.serve(conn)
+        os._exit(0)
+    conn.close()
+"""
 
-    def __init__(self, port: int, wait: bool = False) -> None:
+
+class Squatter:
+    """tests/helpers/squatter.py as uid 65534 (or ROOT_ACCEPTS as root); everything it receives comes back
+    through its stdout pipe."""
+
+    def __init__(self, port: int, wait: bool = False, root_accepts: bool = False) -> None:
         argv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--",
                 sys.executable, str(SQUATTER), str(port), *(["--wait"] if wait else [])]
+        if root_accepts:
+            argv = [sys.executable, "-c", ROOT_ACCEPTS, str(port)]
         self.port = port
         self.lines: list[str] = []
         self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
@@ -70,9 +97,13 @@ class Squatter:
     def saw_upgrade(self) -> bool:
         return b"sec-websocket-key" in self.stream().lower()
 
+    def children(self) -> list[int]:
+        """The pids of ROOT_ACCEPTS's forked servers."""
+        return [int(line.split()[1]) for line in list(self.lines) if line.startswith("child ")]
+
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)  # its own session: the forked servers too
         self.popen.wait()
         self._reader.join(5)
 
@@ -85,8 +116,8 @@ def squatters() -> Iterator[list[Squatter]]:
         squatter.stop()
 
 
-def squat(squatters: list[Squatter], port: int, wait: bool = False) -> Squatter:
-    squatter = Squatter(port, wait)
+def squat(squatters: list[Squatter], port: int, wait: bool = False, root_accepts: bool = False) -> Squatter:
+    squatter = Squatter(port, wait, root_accepts)
     squatters.append(squatter)
     if not wait:
         squatter.wait_bound()
@@ -108,7 +139,8 @@ def test_the_squatter_records_a_token_sent_to_it(squatters: list[Squatter]) -> N
     """The probe the cases below rely on: a client that skips the check hands the squatter its token."""
     squatter = squat(squatters, free_port())
     token = secrets.token_urlsafe(32)
-    connection = GatewayConnection(f"ws://127.0.0.1:{squatter.port}/", token, handshake_timeout=1.0)
+    connection = GatewayConnection(f"ws://127.0.0.1:{squatter.port}/", token, verify_peer=None,
+                                   handshake_timeout=1.0)
     with pytest.raises(TransportError):
         connection.connect()
     poll(lambda: squatter.got(token), 10, "the token to reach the squatter")
@@ -121,6 +153,22 @@ def test_squatter_at_start_with_adoption_is_named_and_gets_no_token(services: Se
     line = refused(svc, squatter)
     assert squatter.saw_upgrade(), "clawsvc never got as far as the WebSocket upgrade: the check went untested"
     assert "token was not sent" in line
+    assert spawned(svc) == []
+
+
+def test_adoption_refuses_a_root_socket_held_by_a_process_that_dropped_to_another_uid(
+        services: Services, squatters: list[Squatter]) -> None:
+    """The socket's uid in /proc/net/tcp is who created it (root, like us), not who holds it: the holder's
+    own uids decide."""
+    squatter = squat(squatters, free_port(), root_accepts=True)
+    svc = services.start(extra={"gateway": {"port": squatter.port, "adopt_existing": True}})
+    assert svc.wait(30) == exitcodes.FAIL, svc.log()[-3000:]
+    assert squatter.saw_upgrade(), "clawsvc never got as far as the WebSocket upgrade: the check went untested"
+    assert not squatter.got(svc.token), "the squatter received the gateway token"
+    lines = error_lines(svc, "token was not sent")
+    assert len(lines) == 1, svc.log()[-3000:]
+    assert f"uid {NOBODY}" in lines[0]
+    assert any(f"pid {child} " in lines[0] for child in squatter.children()), (lines[0], squatter.children())
     assert spawned(svc) == []
 
 

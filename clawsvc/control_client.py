@@ -1,0 +1,134 @@
+"""The client end of the control socket: `clawsvc status/rpc/restart-gateway`, doctor and the tests use it.
+
+The server is checked before anything is sent: whoever can create the socket path (e.g. another user who
+made /tmp/clawsvc-UID first) must not receive our requests or feed us answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from clawsvc.config import SYSTEM_CONTROL_SOCKET
+from clawsvc.control_wire import (
+    MAX_REPLY,
+    MAX_REQUEST,
+    ControlError,
+    LineTooLong,
+    ServiceNotRunning,
+    encode,
+    peer_of,
+    read_line,
+)
+from clawsvc.users import describe_uid, service_uid
+
+CONNECT_WINDOW = 3.0  # how long a client retries while the socket's queue is full
+
+
+class ClientRefusal(ControlError):
+    """The client itself refused to go on: a server of an untrusted uid, or a reply beyond MAX_REPLY."""
+
+
+class RequestTooLarge(ControlError):
+    """The request would exceed MAX_REQUEST; nothing was sent."""
+
+
+def request(path: Path, message: dict[str, Any], timeout: float) -> Any:
+    """Send one request to the service and return its result; raise ControlError / ServiceNotRunning."""
+    payload = encode(message)
+    if len(payload) > MAX_REQUEST:
+        raise RequestTooLarge("TOO_LARGE", f"the request is {len(payload)} bytes; clawsvc takes at most "
+                                           f"{MAX_REQUEST}")
+    deadline = time.monotonic() + timeout
+    with _connect(path, min(timeout, CONNECT_WINDOW)) as sock:
+        _check_server(sock, path)
+        line = _exchange(sock, payload, path, deadline, timeout)
+    return _result(line, path)
+
+
+def trusted_server_uids(path: Path) -> set[int]:
+    """Root and ourselves; the service user too for root (who can become it anyway) and below /run/clawsvc,
+    which systemd creates for that user: there it is the real service, e.g. for a control.group member."""
+    trusted = {0, os.geteuid()}
+    below_system_dir = Path(os.path.normpath(path.absolute())).is_relative_to(SYSTEM_CONTROL_SOCKET.parent)
+    service = service_uid()
+    if service is not None and (os.geteuid() == 0 or below_system_dir):
+        trusted.add(service)
+    return trusted
+
+
+def _check_server(sock: socket.socket, path: Path) -> None:
+    try:
+        server = peer_of(sock)
+    except OSError as exc:
+        raise ControlError("UNREACHABLE", f"cannot tell who serves {path}: {exc.strerror or exc}") from None
+    if server is None:
+        return  # no SO_PEERCRED (macOS): the directory's owner and mode are the only gate
+    if server.uid not in trusted_server_uids(path):
+        raise ClientRefusal("UNTRUSTED", f"{path} is served by {describe_uid(server.uid)}, not by clawsvc's user; "
+                                         "refusing to send the request")
+
+
+def _connect(path: Path, window: float) -> socket.socket:
+    """A connected socket; a full queue (EAGAIN) is retried for `window` seconds, every other failure raises."""
+    give_up = time.monotonic() + window
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(window)
+            sock.connect(str(path))
+            return sock
+        except (BlockingIOError, TimeoutError):
+            sock.close()
+            if time.monotonic() >= give_up:
+                raise ControlError("BUSY", f"clawsvc at {path} is not taking connections (its queue stayed full "
+                                           f"for {window:g}s); try again") from None
+            time.sleep(0.05)
+        except OSError as exc:
+            sock.close()
+            raise _connect_error(path, exc) from None
+
+
+def _connect_error(path: Path, exc: OSError) -> Exception:
+    if isinstance(exc, FileNotFoundError | NotADirectoryError):
+        return ServiceNotRunning(f"not running (no control socket at {path})")
+    if isinstance(exc, ConnectionRefusedError):
+        return ServiceNotRunning(f"not running ({path} is a stale socket: nothing accepts on it)")
+    if isinstance(exc, PermissionError):
+        return ControlError("EACCES", f"permission denied opening {path} (run as the service user or root, "
+                                      "or ask for control.group membership)")
+    return ControlError("UNREACHABLE", f"cannot connect to {path}: {exc.strerror or exc}")
+
+
+def _exchange(sock: socket.socket, payload: bytes, path: Path, deadline: float, timeout: float) -> bytes:
+    with contextlib.suppress(OSError):  # the server may have answered and hung up unread (a refusal): read on
+        sock.sendall(payload)
+    try:
+        line = read_line(sock, deadline, MAX_REPLY)
+    except TimeoutError:
+        raise ControlError("TIMEOUT", f"no answer from clawsvc at {path} within {timeout:g}s") from None
+    except LineTooLong:
+        raise ClientRefusal("TOO_LARGE", f"clawsvc at {path} sent a reply of more than {MAX_REPLY >> 20} MiB; "
+                                         "not reading it") from None
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise ControlError("DISCONNECTED", f"connection to clawsvc at {path} failed: {reason}") from None
+    if not line:
+        raise ControlError("DISCONNECTED", f"clawsvc at {path} closed the connection without answering")
+    return line
+
+
+def _result(line: bytes, path: Path) -> Any:
+    try:
+        reply = json.loads(line)
+        if reply.get("ok") is True:
+            return reply.get("result")
+        error = reply["error"]
+        raise ControlError(str(error.get("code") or "UNKNOWN"), str(error.get("message") or ""), error.get("details"))
+    except (ValueError, KeyError, AttributeError, TypeError, RecursionError):
+        raise ControlError("BAD_REPLY", f"clawsvc at {path} sent an unreadable reply") from None
