@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from clawsvc.logs import redact
+from clawsvc.threads import start_thread
 
 log = logging.getLogger("clawsvc.control")
 
@@ -214,8 +215,7 @@ class ControlServer:
         self._claim_path()
         self._listener = self._bind()
         self._wake_r, self._wake_w = socket.socketpair()
-        self._thread = threading.Thread(target=self._accept_loop, name="clawsvc-control", daemon=True)
-        self._thread.start()
+        self._thread = start_thread("control", self._accept_loop)
         log.info("control socket listening on %s (%s)", self.path, self._who_may())
 
     def close(self) -> None:
@@ -441,8 +441,7 @@ class ControlServer:
             _reply_now(waiting.conn, _error("BUSY", f"clawsvc is answering {self._busy} requests already; try again"))
             waiting.conn.close()
             return
-        threading.Thread(target=self._serve, args=(waiting.conn, bytes(waiting.buf), waiting.peer),
-                         name="clawsvc-control-client", daemon=True).start()
+        start_thread("control-client", self._serve, waiting.conn, bytes(waiting.buf), waiting.peer)
 
     def _privileged(self, peer: Peer | None) -> bool:
         return peer is None or peer.uid in (0, self._uid)
