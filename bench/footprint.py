@@ -29,8 +29,8 @@ def total(pids: list[int], measure: Callable[[int], float]) -> float:
 IMPORTS = {
     "python": "pass",
     "no keyring": "import clawsvc.config, clawsvc.connection, clawsvc.control, clawsvc.notify, clawsvc.policy, yaml",
-    "modules": "import clawsvc.service",
-    "backend": "import clawsvc.service, keyring; keyring.get_keyring()",
+    "modules": "import clawsvc.service.run",
+    "backend": "import clawsvc.service.run, keyring; keyring.get_keyring()",
 }
 
 

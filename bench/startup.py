@@ -40,7 +40,7 @@ class ServiceStart:
     gateway_spawned: float  # clawsvc exec → its gateway child exists (STATUS "starting pid=…")
     ready: float            # clawsvc exec → READY=1
     side: ReferenceStart    # the 10 ms prober against this very gateway, also from clawsvc's exec
-    imports: float          # a fresh interpreter importing clawsvc.service, timed just before this run
+    imports: float          # a fresh interpreter importing clawsvc.service.run, timed just before this run
 
 
 def probe_until_hello(url: str, token: str, alive: Callable[[], bool], t0: float,
@@ -153,7 +153,7 @@ def run(ctx: Context) -> Section:
 def import_time() -> float:
     """Wall time of a fresh interpreter that imports what `clawsvc run` imports, then exits."""
     t0 = time.monotonic()
-    subprocess.run([sys.executable, "-c", "import clawsvc.service"], check=True, timeout=60)
+    subprocess.run([sys.executable, "-c", "import clawsvc.service.run"], check=True, timeout=60)
     return time.monotonic() - t0
 
 

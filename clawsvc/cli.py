@@ -11,7 +11,7 @@ from clawsvc import __version__, exitcodes
 
 # command name -> "module:function"; each function takes the parsed args and returns an exit code.
 HANDLERS = {
-    "run": "clawsvc.service:main",
+    "run": "clawsvc.service.run:main",
     "check-config": "clawsvc.checkconfig:main",
     "status": "clawsvc.control_cli:status_main",
     "rpc": "clawsvc.control_cli:rpc_main",

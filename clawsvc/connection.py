@@ -49,6 +49,7 @@ from clawsvc.protocol import (
     parse_frame,
     parse_hello,
 )
+from clawsvc.threads import start_thread
 
 log = logging.getLogger("clawsvc.connection")
 # websocket-client logs every abnormal close at ERROR itself; this module reports each close once, classified.
@@ -183,9 +184,7 @@ class GatewayConnection:
         ws.settimeout(SOCKET_TIMEOUT)
         with self._lock:
             self._ws, self.hello, self._down, self._closing, self._last_seq = ws, hello, None, None, None
-        self._reader = threading.Thread(target=self._read_loop, args=(ws, hello), name="clawsvc-ws-reader",
-                                        daemon=True)
-        self._reader.start()
+        self._reader = start_thread("ws-reader", self._read_loop, ws, hello)
         self._log_hello(hello)
         return hello
 

@@ -1,20 +1,30 @@
-"""Connector threads: find out what holds the port, wait for a gateway's hello-ok, report one message to the loop."""
+"""Connector threads: find out what holds the port, wait for a gateway's hello-ok, and report the raw outcome
+to the loop (what an outcome means is decided by clawsvc.service.machine)."""
 
 from __future__ import annotations
 
 import functools
 import http.client
-import logging
+import itertools
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable
 
-from clawsvc import exitcodes, ports
+from clawsvc import ports
 from clawsvc.config import Config
 from clawsvc.connection import GatewayConnection
-from clawsvc.events import Connected, ConnectFailed, GatewayEventSeen, LinkLost, Message, PortFree
+from clawsvc.events import (
+    GatewayEventSeen,
+    HandshakeDone,
+    HandshakeFailed,
+    HandshakeKind,
+    LinkLost,
+    Message,
+    PortFree,
+    PortTaken,
+)
 from clawsvc.policy import readiness_retrying
 from clawsvc.ports import port_holder, port_in_use
 from clawsvc.proctree import descendants
@@ -28,9 +38,11 @@ from clawsvc.protocol import (
     UntrustedPeerError,
     describe_error,
 )
+from clawsvc.threads import start_thread
 
-log = logging.getLogger("clawsvc.connector")
 Post = Callable[[Message], None]
+Register = Callable[[int, GatewayConnection], None]
+_links = itertools.count(1)
 
 
 def always() -> bool:
@@ -136,114 +148,102 @@ class PeerCheck:
         return f"not by the gateway clawsvc started (pid {self.spawned})"
 
 
-def _forward_event(post: Post, gen: int, event: GatewayEvent) -> None:
-    post(GatewayEventSeen(gen, event))
+def _forward_event(post: Post, gen: int, link: int, event: GatewayEvent) -> None:
+    post(GatewayEventSeen(gen, link, event.name, event.payload))
 
 
-def _forward_down(post: Post, gen: int, down: LinkDown) -> None:
-    post(LinkLost(gen, down))
+def _forward_down(post: Post, gen: int, link: int, down: LinkDown) -> None:
+    post(LinkLost(gen, link, down.code, down.reason))
+
+
+def classify(error: BaseException) -> tuple[HandshakeKind, str]:
+    """The kind of a handshake error and its one-line text; what it means is the state machine's call."""
+    if isinstance(error, UntrustedPeerError):
+        return HandshakeKind.UNTRUSTED_PEER, error.message
+    if isinstance(error, PeerGone):
+        return HandshakeKind.PEER_GONE, describe_error(error)
+    if isinstance(error, AuthError):
+        return HandshakeKind.AUTH, str(error)
+    if isinstance(error, ProtocolMismatchError):
+        return HandshakeKind.PROTOCOL, str(error)
+    if isinstance(error, RetryableError):
+        return HandshakeKind.RETRYABLE, describe_error(error)
+    if isinstance(error, TransportError):
+        return HandshakeKind.TRANSPORT, describe_error(error)
+    return HandshakeKind.OTHER, describe_error(error)
 
 
 class Connector:
-    """Starts one short-lived thread per attempt; `cancel` (a stop) ends any wait at once."""
+    """Starts one short-lived thread per attempt; `abort` (a stop, a restart) ends any wait at once.
+    A connection that reached hello-ok is handed to `register` under its link id before the loop hears of it."""
 
-    def __init__(self, post: Post) -> None:
+    def __init__(self, post: Post, register: Register) -> None:
         self.post = post
+        self.register = register
         self.cancel = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def _connection(self, config: Config, token: str, gen: int, verify_peer: PeerCheck) -> GatewayConnection:
+    def _connection(self, config: Config, token: str, gen: int, link: int,
+                    verify_peer: PeerCheck) -> GatewayConnection:
         return GatewayConnection.from_config(
             config, token,
-            on_event=functools.partial(_forward_event, self.post, gen),
-            on_down=functools.partial(_forward_down, self.post, gen),
+            on_event=functools.partial(_forward_event, self.post, gen, link),
+            on_down=functools.partial(_forward_down, self.post, gen, link),
             verify_peer=verify_peer,
         )
 
     def _start(self, name: str, target: Callable[..., None], *args: object) -> None:
         self.abort()
         self.cancel = threading.Event()
-        self._thread = threading.Thread(target=target, args=(self.cancel, *args), name=f"clawsvc-{name}", daemon=True)
-        self._thread.start()
+        start_thread(name, target, self.cancel, *args)
 
     def abort(self) -> None:
         self.cancel.set()
 
-    def probe(self, config: Config, token: str, gen: int) -> None:
-        """Adopt a gateway already answering on the port, refuse a stranger there, or report the port free."""
-        self._start("probe", self._probe, config, token, gen)
+    def probe(self, gen: int, port: int) -> None:
+        """Report whether the port is free, or who holds it."""
+        self._start("probe", self._probe, gen, port)
 
-    def wait_ready(self, config: Config, token: str, gen: int, timeout: float,
-                   alive: Callable[[], bool], adopted: bool = False, spawned: int | None = None) -> None:
+    def wait_ready(self, config: Config, token: str, gen: int, timeout: float, alive: Callable[[], bool],
+                   adopting: bool = False, spawned: int | None = None, stranger: str | None = None) -> None:
         """Handshake until hello-ok, retrying while the gateway is still starting (or the link is coming back).
-        The token goes only to the process tree of `spawned` (our gateway), or, adopted, to our own uid.
-        The peer check is built here, by the caller, so that it records `spawned`'s start time now."""
-        verify_peer = PeerCheck(config.gateway.port, adopted, spawned)
-        self._start("connect", self._wait_ready, config, token, gen, timeout, alive, verify_peer)
+        The token goes only to the process tree of `spawned` (our gateway), or, adopting, to our own uid; the
+        peer check is built here, by the caller, so that it records `spawned`'s start time now.
+        With `stranger` (adopting whatever holds the port) only a "retry later" answer, or a server end that
+        vanished before it could be verified, is retried."""
+        verify_peer = PeerCheck(config.gateway.port, adopting, spawned)
+        self._start("connect", self._wait_ready, config, token, gen, timeout, alive, verify_peer, stranger)
 
-    def _probe(self, cancel: threading.Event, config: Config, token: str, gen: int) -> None:
-        port = config.gateway.port
+    def _probe(self, cancel: threading.Event, gen: int, port: int) -> None:
         if not port_in_use(port):
-            self.post(PortFree(gen))
+            self._report(cancel, PortFree(gen))
             return
         holder = port_holder(port)
-        who = holder.describe() if holder else "another process"
-        if not config.gateway.adopt_existing:
-            self.post(ConnectFailed(gen, f"port {port} is already in use by {who}; free it, change gateway.port, "
-                                         "or set gateway.adopt_existing: true to attach to a gateway there",
-                                    fatal=True))
-            return
-        log.info("port %d is in use by %s; trying to adopt it as an existing gateway", port, who)
-        self._wait_ready(cancel, config, token, gen, config.connection.handshake_timeout * 2,
-                         always, PeerCheck(port, True, None), who)
+        self._report(cancel, PortTaken(gen, holder.describe() if holder else "another process"))
 
     def _wait_ready(self, cancel: threading.Event, config: Config, token: str, gen: int, timeout: float,
-                    alive: Callable[[], bool], verify_peer: PeerCheck, stranger: str | None = None) -> None:
-        """stranger: what holds the port we try to adopt; only a gateway's "not yet" or a server end that
-        vanished before it could be verified is worth another try there."""
+                    alive: Callable[[], bool], verify_peer: PeerCheck, stranger: str | None) -> None:
         retry_on = (RetryableError, PeerGone) if stranger is not None else (RetryableError, TransportError)
         ready = functools.partial(readyz, config.gateway.port)
         retrying = readiness_retrying(cancel, timeout, alive, retry_on, ready)
-        connection: GatewayConnection | None = None
         started = time.monotonic()
         try:
             for attempt in retrying:
                 with attempt:
-                    connection = self._connection(config, token, gen, verify_peer)
+                    link = next(_links)
+                    connection = self._connection(config, token, gen, link, verify_peer)
                     hello = connection.connect()
-        except Exception as exc:  # the loop decides what a failed start means; never let this thread die silently
+        except Exception as exc:  # reported, never lost: the loop decides what a failed handshake means
+            kind, text = classify(exc)
             timed_out = isinstance(exc, retry_on) and time.monotonic() - started >= timeout
-            self._report(cancel, _failure(config.gateway.port, gen, exc, stranger, timed_out, timeout))
+            self._report(cancel, HandshakeFailed(gen, kind, text, timed_out, timeout))
             return
         if cancel.is_set():
             connection.close()
             return
-        self.post(Connected(gen, connection, hello, verify_peer.adopting))
+        self.register(link, connection)
+        self.post(HandshakeDone(gen, link, hello.server_version, hello.protocol))
 
     def _report(self, cancel: threading.Event, message: Message) -> None:
         if not cancel.is_set():
             self.post(message)
 
-
-def _failure(port: int, gen: int, exc: Exception, stranger: str | None, timed_out: bool,
-             timeout: float) -> ConnectFailed:
-    """What a failed handshake (after any retries) means for the supervisor loop."""
-    if isinstance(exc, UntrustedPeerError):
-        return ConnectFailed(gen, exc.message, fatal=True)
-    if isinstance(exc, AuthError):
-        return ConnectFailed(gen, f"the gateway on port {port} rejected our token: {exc}; check auth.token_file "
-                                  "or the gateway's own auth config", fatal=True, exit_code=exitcodes.CONFIG)
-    if isinstance(exc, ProtocolMismatchError):
-        return ConnectFailed(gen, f"protocol mismatch with the gateway: {exc}", fatal=True,
-                             exit_code=exitcodes.CONFIG)
-    if stranger is not None and isinstance(exc, PeerGone):
-        return ConnectFailed(gen, f"port {port} is held by {stranger}, which closed every connection before "
-                                  "clawsvc could verify who held its end; the gateway token was not sent; stop "
-                                  "it or change gateway.port", fatal=True)
-    if stranger is not None and not isinstance(exc, RetryableError):
-        return ConnectFailed(gen, f"port {port} is held by {stranger}, which does not answer as an OpenClaw "
-                                  f"gateway ({describe_error(exc)}); stop it or change gateway.port", fatal=True)
-    if timed_out:
-        return ConnectFailed(gen, f"no hello-ok within {timeout:g}s (last answer: {describe_error(exc)})",
-                             fatal=False)
-    return ConnectFailed(gen, describe_error(exc), fatal=False)

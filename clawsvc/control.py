@@ -31,6 +31,7 @@ from clawsvc.control_wire import (
 )
 from clawsvc.logs import redact
 from clawsvc.text import shown
+from clawsvc.threads import start_thread
 
 log = logging.getLogger("clawsvc.control")
 
@@ -114,8 +115,7 @@ class ControlServer:
         self._file = SocketFile(self.path, self.group, self._gid)
         self._listener = self._file.bind()
         self._wake_r, self._wake_w = socket.socketpair()
-        self._thread = threading.Thread(target=self._accept_loop, name="clawsvc-control", daemon=True)
-        self._thread.start()
+        self._thread = start_thread("control", self._accept_loop)
         log.info("control socket listening on %s (%s)", self.path, self._who_may())
 
     def close(self) -> None:
@@ -264,10 +264,8 @@ class ControlServer:
             _reply_now(waiting.conn, error("BUSY", f"clawsvc is answering {self._busy} requests already; try again"))
             waiting.conn.close()
             return
-        thread = threading.Thread(target=self._serve, args=(waiting.conn, bytes(waiting.buf), waiting.peer),
-                                  name="clawsvc-control-client", daemon=True)
         try:
-            thread.start()
+            start_thread("control-client", self._serve, waiting.conn, bytes(waiting.buf), waiting.peer)
         except RuntimeError as exc:  # "can't start new thread": out of memory or a task limit
             self._release_slot()
             log.warning("control socket %s: cannot start a thread for a request: %s", self.path, exc)

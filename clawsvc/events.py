@@ -1,18 +1,22 @@
-"""States of the supervisor and the messages I/O threads post to its loop (small frozen values, never strings)."""
+"""What the supervisor's loop is told: raw outcomes from I/O threads, signals, timers and control requests.
+
+Small frozen values, never strings and never live objects: a connection is named by its link id, a process by
+its pid. Only the state machine (clawsvc.service.machine) decides what an outcome means."""
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from clawsvc.connection import GatewayConnection
-    from clawsvc.process import ExitInfo
-    from clawsvc.protocol import GatewayEvent, HelloOk, LinkDown
+    from clawsvc.config import Config
 
 
 class State(enum.Enum):
+    """The phase shown on STATUS= lines and by `clawsvc status`."""
     STOPPED = "stopped"
     STARTING = "starting"
     RUNNING = "running"
@@ -22,27 +26,91 @@ class State(enum.Enum):
 
 
 @dataclass(frozen=True)
-class Connected:
-    """The connector finished a handshake (hello-ok) with the gateway of generation `gen`."""
-    gen: int
-    connection: GatewayConnection
-    hello: HelloOk
-    adopted: bool
+class ExitInfo:
+    returncode: int | None  # exit status, None if killed by a signal (or never started)
+    signal: int | None  # signal number if killed by one
+    forced: bool = False  # True when stop() had to SIGKILL
+
+    @classmethod
+    def from_returncode(cls, returncode: int, forced: bool = False) -> ExitInfo:
+        if returncode < 0:
+            return cls(None, -returncode, forced)
+        return cls(returncode, None, forced)
+
+    def describe(self) -> str:
+        if self.signal is not None:
+            try:
+                name = signal.Signals(self.signal).name
+            except ValueError:
+                name = f"signal {self.signal}"
+            text = f"killed by {name}"
+        elif self.returncode is not None:
+            text = f"exited with status {self.returncode}"
+        else:
+            return "did not exit even after SIGKILL" if self.forced else "never started"
+        return text + " (forced: it did not stop within stop_timeout)" if self.forced else text
 
 
-@dataclass(frozen=True)
-class ConnectFailed:
-    """The connector gave up: `fatal` errors (auth, protocol, a stranger on the port) are not retried."""
-    gen: int
-    error: str
-    fatal: bool
-    exit_code: int = 1
+class HandshakeKind(enum.Enum):
+    """What kind of error ended a handshake attempt (the connector translates the exception class)."""
+    AUTH = "auth"
+    PROTOCOL = "protocol"
+    UNTRUSTED_PEER = "untrusted-peer"
+    PEER_GONE = "peer-gone"  # the server end vanished before it could be verified: nothing was sent
+    RETRYABLE = "retryable"
+    TRANSPORT = "transport"
+    OTHER = "other"
+
+
+class TimerKind(enum.Enum):
+    WATCHDOG = "watchdog"
+    EXTEND = "extend-timeout"
+    HEALTH = "health"
+    BACKOFF = "backoff"
+    STABLE = "stability"
 
 
 @dataclass(frozen=True)
 class PortFree:
-    """Nothing answers on the port: spawn our own gateway."""
+    """Nothing listens on the port: spawn our own gateway."""
     gen: int
+
+
+@dataclass(frozen=True)
+class PortTaken:
+    gen: int
+    holder: str  # who holds it, in words ("another process" when it cannot be told)
+
+
+@dataclass(frozen=True)
+class Spawned:
+    gen: int
+    pid: int
+
+
+@dataclass(frozen=True)
+class SpawnFailed:
+    gen: int
+    error: str  # one line naming the path and the fix
+
+
+@dataclass(frozen=True)
+class HandshakeDone:
+    """hello-ok on the connection `link` (the executor holds the connection itself)."""
+    gen: int
+    link: int
+    version: str
+    protocol: int
+
+
+@dataclass(frozen=True)
+class HandshakeFailed:
+    """The connector stopped trying; `timed_out` when it ran out of `timeout` on retryable answers."""
+    gen: int
+    kind: HandshakeKind
+    error: str
+    timed_out: bool = False
+    timeout: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -55,24 +123,26 @@ class ProcessExited:
 @dataclass(frozen=True)
 class LinkLost:
     gen: int
-    down: LinkDown
+    link: int
+    code: int | None  # close code, None when there was no close frame
+    reason: str
 
 
 @dataclass(frozen=True)
-class GatewayShutdown:
-    """The gateway announced it is stopping; restart_expected is seconds, or None when it is not coming back."""
+class GatewayEventSeen:
     gen: int
-    reason: str
-    restart_expected: float | None
+    link: int
+    name: str
+    payload: Any
 
 
 @dataclass(frozen=True)
 class HealthChecked:
-    """The answer to one health RPC on `connection` (a result for an already dropped link is ignored)."""
+    """The answer to one health RPC on `link` (an answer for an already dropped link is ignored)."""
     gen: int
+    link: int
     ok: bool
     error: str | None
-    connection: GatewayConnection | None = None
 
 
 @dataclass(frozen=True)
@@ -82,14 +152,30 @@ class SignalReceived:
 
 @dataclass(frozen=True)
 class RestartRequested:
-    """Someone asked (control socket) for the gateway to be restarted."""
+    """A gateway restart, asked over the control socket (`reply` set) or by a reload (`reply` None).
+    `reply` is opaque to the machine: it comes back in a Reply effect."""
     reason: str
+    reply: object | None = None
 
 
 @dataclass(frozen=True)
-class GatewayEventSeen:
-    gen: int
-    event: GatewayEvent
+class ConfigLoaded:
+    """A reload read, checked and resolved the secrets of `config`."""
+    config: Config
+    token: str = field(repr=False)
+    provider_env: Mapping[str, str] = field(repr=False)
 
 
-Message = Any  # one of the dataclasses above
+@dataclass(frozen=True)
+class ConfigFailed:
+    problem: str
+
+
+@dataclass(frozen=True)
+class TimerFired:
+    kind: TimerKind
+
+
+Message = (PortFree | PortTaken | Spawned | SpawnFailed | HandshakeDone | HandshakeFailed | ProcessExited
+           | LinkLost | GatewayEventSeen | HealthChecked | SignalReceived | RestartRequested | ConfigLoaded
+           | ConfigFailed | TimerFired)

@@ -10,6 +10,7 @@ from typing import IO
 
 from clawsvc.config import LoggingConfig
 from clawsvc.logs import LEVEL_NAMES, longest_secret, redact, secret_safe_cut
+from clawsvc.threads import start_thread
 
 log = logging.getLogger("clawsvc.gateway")
 
@@ -77,13 +78,14 @@ class OutputPump:
         default = settings.gateway_stdout if name == "stdout" else settings.gateway_stderr
         self.level = LEVEL_NAMES[default]
         self.suppress = settings.suppress
-        self.thread = threading.Thread(target=self.run, name=f"clawsvc-gw-{name}", daemon=True)
+        self.thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self.thread.start()
+        self.thread = start_thread(f"gw-{self.name}", self.run)
 
     def join(self, timeout: float) -> None:
-        self.thread.join(timeout)
+        if self.thread is not None:
+            self.thread.join(timeout)
 
     def run(self) -> None:
         skipping = False  # inside the rest of a line already logged truncated

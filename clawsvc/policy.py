@@ -1,4 +1,5 @@
-"""Restart and readiness policies, built from config on top of tenacity's wait/stop strategies."""
+"""The connector's readiness retrying, on top of tenacity's wait/stop strategies (the restart policy is pure:
+clawsvc/service/backoff.py)."""
 
 from __future__ import annotations
 
@@ -8,47 +9,7 @@ from collections.abc import Callable
 
 import tenacity
 
-from clawsvc.config import ReconnectConfig
 from clawsvc.protocol import GatewayError, RetryableError, TransportError
-
-Clock = Callable[[], float]
-
-
-def _state(attempt: int) -> tenacity.RetryCallState:
-    state = tenacity.RetryCallState(retry_object=tenacity.Retrying(), fn=None, args=(), kwargs={})
-    state.attempt_number = attempt
-    return state
-
-
-class RestartPolicy:
-    """Erlang-style intensity: the first failure restarts at once, later ones back off up to max_delay;
-    max_attempts consecutive failures give up; a run of stable_after seconds forgives the past."""
-
-    def __init__(self, config: ReconnectConfig) -> None:
-        self.config = config
-        self.attempts = 0
-        self._wait = tenacity.wait_random_exponential(multiplier=config.base_delay, max=config.max_delay)
-
-    def reconfigure(self, config: ReconnectConfig) -> None:
-        self.config = config
-        self._wait = tenacity.wait_random_exponential(multiplier=config.base_delay, max=config.max_delay)
-
-    def failure(self) -> float | None:
-        """Count one failure; return the delay before the next try, or None to give up."""
-        self.attempts += 1
-        if self.config.max_attempts and self.attempts > self.config.max_attempts:
-            return None
-        if self.attempts == 1:
-            return 0.0
-        return float(self._wait(_state(self.attempts - 1)))
-
-    def ran_for(self, seconds: float) -> bool:
-        """Forget earlier failures after a stable run; True when the counter was reset."""
-        if self.attempts and seconds >= self.config.stable_after:
-            self.attempts = 0
-            return True
-        return False
-
 
 PROBE_EVERY = 0.025  # a refused loopback connect or a /readyz GET costs well under a millisecond
 

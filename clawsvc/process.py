@@ -17,15 +17,16 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from clawsvc import leftovers, proctree, trust
 from clawsvc.config import SECRET_ENV, Config
 from clawsvc.configvalues import TOKEN_ENV
+from clawsvc.events import ExitInfo
 from clawsvc.gateway_output import OutputPump
 from clawsvc.logs import register_secret
 from clawsvc.provision import ProvisionError, node_problem
+from clawsvc.threads import start_thread
 
 log = logging.getLogger("clawsvc.process")
 
@@ -53,32 +54,6 @@ MARGIN = 5.0
 def stop_bound(config: Config) -> float:
     """The longest GatewayProcess.stop() takes: SIGTERM grace, SIGKILL, the sweep, the last stragglers."""
     return config.gateway.stop_timeout + KILL_GRACE + SWEEP_BOUND + HELPER_GRACE + proctree.KILL_WAIT + MARGIN
-
-
-@dataclass(frozen=True)
-class ExitInfo:
-    returncode: int | None  # exit status, None if killed by a signal (or never started)
-    signal: int | None  # signal number if killed by one
-    forced: bool = False  # True when stop() had to SIGKILL
-
-    @classmethod
-    def from_returncode(cls, returncode: int, forced: bool = False) -> ExitInfo:
-        if returncode < 0:
-            return cls(None, -returncode, forced)
-        return cls(returncode, None, forced)
-
-    def describe(self) -> str:
-        if self.signal is not None:
-            try:
-                name = signal.Signals(self.signal).name
-            except ValueError:
-                name = f"signal {self.signal}"
-            text = f"killed by {name}"
-        elif self.returncode is not None:
-            text = f"exited with status {self.returncode}"
-        else:
-            return "did not exit even after SIGKILL" if self.forced else "never started"
-        return text + " (forced: it did not stop within stop_timeout)" if self.forced else text
 
 
 class SpawnError(Exception):
@@ -244,8 +219,7 @@ class GatewayProcess:
             self._spawn_error = exc
             self._spawned.set()
             raise
-        threading.Thread(target=self._spawn_and_wait, args=(_pdeathsig_prefix() + argv, env),
-                         name="clawsvc-waiter", daemon=True).start()
+        start_thread("waiter", self._spawn_and_wait, _pdeathsig_prefix() + argv, env)
         self._spawned.wait()
         if self._spawn_error is not None:
             raise self._spawn_error

@@ -19,8 +19,8 @@ from double import DoubleProcess, free_port, start_double
 from clawsvc import ports
 from clawsvc.config import parse_config
 from clawsvc.connection import GatewayConnection, Liveness
-from clawsvc.connector import Connector, PeerCheck, PeerGone
-from clawsvc.events import Connected, ConnectFailed, Message
+from clawsvc.connector import Connector, PeerCheck, PeerGone, always
+from clawsvc.events import HandshakeDone, HandshakeFailed, HandshakeKind, Message
 from clawsvc.protocol import (
     AuthError,
     ConnectionLost,
@@ -274,9 +274,10 @@ def test_a_reaped_spawned_pid_no_longer_vouches_for_whoever_gets_it_next(double,
     assert not conn.connected
 
 
-def adopt_probe(double: DoubleProcess, monkeypatch: pytest.MonkeyPatch, vanishing: int) -> tuple[Message, int]:
-    """Run the connector's adopt probe on the double, the server end vanishing before the first `vanishing`
-    peer checks; the message it posts and how many checks ran."""
+def adopt_probe(double: DoubleProcess, monkeypatch: pytest.MonkeyPatch,
+                vanishing: int) -> tuple[Message, int, dict[int, GatewayConnection]]:
+    """Run the connector's adoption handshake on the double, the server end vanishing before the first
+    `vanishing` peer checks; the message it posts, how many checks ran, and the links it registered."""
     checks: list[int] = []
     verify = PeerCheck.__call__
 
@@ -290,22 +291,25 @@ def adopt_probe(double: DoubleProcess, monkeypatch: pytest.MonkeyPatch, vanishin
     config = parse_config(f"gateway:\n  port: {double.port}\n  adopt_existing: true\n"
                           "connection:\n  handshake_timeout: 0.5s\n")
     posted: queue.SimpleQueue[Message] = queue.SimpleQueue()
-    Connector(posted.put).probe(config, double.token, 1)
-    return posted.get(timeout=30), len(checks)
+    links: dict[int, GatewayConnection] = {}
+    connector = Connector(posted.put, links.__setitem__)
+    connector.wait_ready(config, double.token, 1, 1.0, always, adopting=True, stranger=f"pid {double.pid}")
+    return posted.get(timeout=30), len(checks), links
 
 
 def test_adopting_retries_a_server_end_that_vanished_before_it_was_verified(double, monkeypatch):
-    message, checks = adopt_probe(double, monkeypatch, vanishing=1)
-    assert isinstance(message, Connected) and message.adopted, message
-    message.connection.close()
+    message, checks, links = adopt_probe(double, monkeypatch, vanishing=1)
+    assert isinstance(message, HandshakeDone), message
+    links[message.link].close()
     assert checks == 2
 
 
 def test_adopting_a_port_whose_server_end_always_vanishes_says_so(double, monkeypatch):
-    message, checks = adopt_probe(double, monkeypatch, vanishing=10**6)
-    assert isinstance(message, ConnectFailed) and message.fatal, message
-    assert checks > 1 and "closed every connection before clawsvc could verify" in message.error
-    assert "does not answer as an OpenClaw gateway" not in message.error
+    """The connector reports it as its own kind (nothing was sent); what that means is the machine's call
+    (tests/test_machine_replay.py: test_a_stranger_that_vanishes_before_every_check_exits_1_saying_so)."""
+    message, checks, links = adopt_probe(double, monkeypatch, vanishing=10**6)
+    assert isinstance(message, HandshakeFailed) and message.kind is HandshakeKind.PEER_GONE, message
+    assert checks > 1 and not links
 
 
 def test_without_proc_net_tcp_or_lsof_no_peer_is_trusted(double, monkeypatch, tmp_path):

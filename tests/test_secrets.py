@@ -287,7 +287,7 @@ def test_one_keyring_child_per_load_and_no_secret_in_its_argv(tmp_path: Path, fi
 LOAD_IN_A_SERVICE_PROCESS = """
 import json, sys
 from pathlib import Path
-from clawsvc import service
+from clawsvc.service import run as service
 from clawsvc.config import AuthConfig, Config, GatewayConfig
 config = Config(gateway=GatewayConfig(state_dir=Path(sys.argv[1])), auth=AuthConfig(token_file=None),
                 providers=("anthropic", "openai"))

@@ -10,7 +10,7 @@ import signal
 from collections.abc import Mapping
 from types import FrameType
 
-from clawsvc import __version__, exitcodes, proctree
+from clawsvc import __version__, exitcodes, proctree, threads
 from clawsvc.config import Config, ConfigError, load_config
 from clawsvc.control import ControlServer
 from clawsvc.events import Message, SignalReceived
@@ -18,9 +18,10 @@ from clawsvc.logs import set_level, setup_logging
 from clawsvc.notify import Notifier
 from clawsvc.preflight import preflight
 from clawsvc.secrets import SecretError, load_all
-from clawsvc.supervisor import Supervisor
+from clawsvc.service.loop import Supervisor
 
 log = logging.getLogger("clawsvc")
+THREADS_GRACE = 5.0  # at exit, how long to wait in all for the threads still finishing (closes, stops)
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -97,5 +98,7 @@ def main(args: argparse.Namespace) -> int:
         code = supervisor.run()
     finally:
         control.close()
+    if lingering := threads.join_all(THREADS_GRACE):
+        log.debug("threads still running at exit: %s", ", ".join(lingering))
     log.info("clawsvc stopped (exit %d)", code)
     return code

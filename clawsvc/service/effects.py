@@ -1,0 +1,136 @@
+"""What the state machine asks for: effects as plain data; the executor carries them out off the loop."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clawsvc.config import Config
+from clawsvc.events import State
+
+DEBUG, INFO, WARNING, ERROR = 10, 20, 30, 40  # the logging module's levels, without importing it here
+
+
+class NotifyKind(enum.Enum):
+    """The sd_notify messages of clawsvc/notify.py; READY and STATUS carry the latest published status line."""
+    READY = "ready"
+    STATUS = "status"
+    RELOADING = "reloading"
+    STOPPING = "stopping"
+    WATCHDOG = "watchdog"
+    EXTEND_TIMEOUT = "extend-timeout"
+
+
+@dataclass(frozen=True)
+class View:
+    """What `clawsvc status` and STATUS= show; the executor adds the service pid and wall-clock times."""
+    state: State
+    pid: int | None
+    port: int
+    owned: bool
+    gateway_version: str | None
+    ready_at: float | None       # monotonic
+    connected_at: float | None   # monotonic
+    error: str | None
+    cause: str | None
+    reconnect_attempts: int
+    restarts: int
+    last_exit: str | None
+    started_at: float            # monotonic
+    config: str | None
+    max_attempts: int
+    link: int | None             # the connection control-socket RPCs go to
+
+
+@dataclass(frozen=True)
+class Probe:
+    gen: int
+    port: int
+
+
+@dataclass(frozen=True)
+class Spawn:
+    gen: int
+    config: Config
+    token: str = field(repr=False)
+    provider_env: Mapping[str, str] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Connect:
+    """Handshake until hello-ok. The token goes only to the process tree of `spawned`, or (adopting) to our uid;
+    `stranger` names who held the port when adopting (then only a "retry later" answer is retried)."""
+    gen: int
+    config: Config
+    token: str = field(repr=False)
+    adopting: bool = False
+    spawned: int | None = None
+    timeout: float = 0.0
+    stranger: str | None = None
+
+
+@dataclass(frozen=True)
+class AbortConnect:
+    pass
+
+
+@dataclass(frozen=True)
+class CloseLink:
+    link: int
+
+
+@dataclass(frozen=True)
+class StopProcess:
+    pid: int
+
+
+@dataclass(frozen=True)
+class CheckHealth:
+    gen: int
+    link: int
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Notify:
+    kind: NotifyKind
+    seconds: float | None = None
+    suffix: str = ""
+
+
+@dataclass(frozen=True)
+class Publish:
+    view: View
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """Reload: read the config, run preflight and load the secrets, off the loop."""
+    path: Path | None
+
+
+@dataclass(frozen=True)
+class ApplyConfig:
+    old: Config
+    new: Config
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Answer a control request: `result`, or `error` as (code, message)."""
+    handle: object
+    result: Mapping[str, Any] | None
+    error: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Log:
+    level: int
+    text: str
+
+
+Effect = (Probe | Spawn | Connect | AbortConnect | CloseLink | StopProcess | CheckHealth | Notify | Publish
+          | LoadConfig | ApplyConfig | Reply | Log)

@@ -1,0 +1,155 @@
+"""Handlers for exits, restart requests, signals, reloads and the book's own timers. Pure."""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import replace
+
+from clawsvc import exitcodes
+from clawsvc.config import gateway_affecting
+from clawsvc.events import ConfigFailed, ConfigLoaded, ProcessExited, RestartRequested, SignalReceived, TimerFired
+from clawsvc.service.backoff import forgiven
+from clawsvc.service.effects import (
+    ERROR,
+    INFO,
+    AbortConnect,
+    ApplyConfig,
+    Effect,
+    LoadConfig,
+    Log,
+    Notify,
+    NotifyKind,
+    Reply,
+    StopProcess,
+)
+from clawsvc.service.moves import EXTEND_EVERY, Outcome, begin, drop_link, fail, schedule_restart, shutdown
+from clawsvc.service.states import (
+    AwaitingHello,
+    BackingOff,
+    MState,
+    Reconnecting,
+    Replacing,
+    Restarting,
+    Running,
+    Spawning,
+    Stopped,
+    Stopping,
+    adopted,
+    link_of,
+    pid_of,
+    spawning,
+    with_book,
+)
+
+NOT_OWNED = ("NOT_OWNED", "the gateway was adopted, not started by clawsvc; restart it where it was started")
+
+
+def on_crash(state: AwaitingHello | Running | Reconnecting | Replacing, message: ProcessExited,
+             now: float) -> Outcome:
+    """Our gateway exited on its own (or as replaced): 78 ends clawsvc, anything else is restarted."""
+    book = state.book
+    ran = now - book.ready_at if book.ready_at is not None else 0.0
+    last = message.info.describe()
+    book = replace(book, last_exit=last, ready_at=None)
+    effects: list[Effect] = [*drop_link(state), AbortConnect()]
+    if message.info.returncode == exitcodes.CONFIG:
+        new, more = fail(book, f"gateway pid {message.pid} exited with status 78 (its configuration is unusable; "
+                               "see its last log lines above)", exitcodes.CONFIG)
+        return new, effects + more
+    if forgiven(book.attempts, ran, book.config.reconnect):
+        book = replace(book, attempts=0)
+    what = f"gateway pid {message.pid} {last}"
+    if isinstance(state, Replacing):
+        what = f"gateway pid {message.pid} replaced ({state.cause})"
+    new, more = schedule_restart(book, what, now)
+    return new, effects + more
+
+
+def on_planned_exit(state: Restarting, message: ProcessExited, now: float) -> Outcome:
+    last = message.info.describe()
+    book = replace(state.book, last_exit=last, ready_at=None, restarts=state.book.restarts + 1)
+    new, effects = begin(book, now)
+    return new, [Log(INFO, f"gateway pid {message.pid} {last}; starting it again as asked"), *effects]
+
+
+def on_final_exit(state: Stopping, message: ProcessExited, now: float) -> Outcome:
+    last = message.info.describe()
+    return Stopped(replace(state.book, last_exit=last)), [Log(INFO, f"gateway pid {message.pid} {last}")]
+
+
+def on_restart(state: MState, message: RestartRequested, now: float) -> Outcome:
+    """Stop our gateway and start it again; with nothing of ours running, start again at once."""
+    if adopted(state) and message.reply is not None:
+        return state, [Reply(message.reply, None, NOT_OWNED)]
+    effects: list[Effect] = [Log(INFO, f"gateway restart requested ({message.reason})")]
+    if message.reply is not None:
+        effects.append(Reply(message.reply, {"restarting": True}))
+    pid, book = pid_of(state), state.book
+    if isinstance(state, Restarting):
+        return state, effects
+    if isinstance(state, Spawning):
+        return Restarting(book, None, message.reason), effects
+    if pid is None:
+        new, more = begin(replace(book, restarts=book.restarts + 1), now)
+        return new, [*effects, AbortConnect(), *drop_link(state), *more]
+    return Restarting(book, pid, message.reason), [*effects, AbortConnect(), *drop_link(state), StopProcess(pid)]
+
+
+def on_signal(state: MState, message: SignalReceived, now: float) -> Outcome:
+    book = state.book
+    if message.signum == signal.SIGHUP:
+        reloading: list[Effect] = [Notify(NotifyKind.RELOADING)] if book.ready_sent else []
+        return state, [*reloading, LoadConfig(book.config.source)]
+    if isinstance(state, Stopping):
+        return state, []
+    pid, pending = pid_of(state), spawning(state)
+    what = " the gateway" if pid is not None or pending else ""
+    new, effects = shutdown(book, pid, link_of(state), pending)
+    text = f"received {signal.Signals(message.signum).name}; stopping{what}"
+    return new, [Log(INFO, text), Notify(NotifyKind.STOPPING), *effects]
+
+
+def _reload_done(ready_sent: bool, suffix: str = "") -> Notify:
+    """Close the RELOADING=1 cycle; before the first hello-ok there is no readiness to re-announce."""
+    return Notify(NotifyKind.READY if ready_sent else NotifyKind.STATUS, suffix=suffix)
+
+
+def on_config_loaded(state: MState, message: ConfigLoaded, now: float) -> Outcome:
+    """The new config applies in place; what the gateway reads (and the secrets) restarts it."""
+    book = state.book
+    old, new = book.config, message.config
+    changed = gateway_affecting(old, new)
+    stopping = isinstance(state, Stopping)
+    if not stopping and (message.token, dict(message.provider_env)) != (book.token, dict(book.provider_env)):
+        changed.append("the gateway token or provider keys")
+    effects: list[Effect] = [ApplyConfig(old, new)]
+    if not changed or stopping:
+        effects.append(Log(INFO, f"reloaded {new.source}; no gateway restart needed"))
+        return with_book(state, replace(book, config=new)), [*effects, _reload_done(book.ready_sent)]
+    book = replace(book, config=new, token=message.token, provider_env=message.provider_env)
+    what = ", ".join(changed)
+    effects.append(Log(INFO, f"reloaded {new.source}; {what} changed, restarting the gateway"))
+    restarted, more = on_restart(with_book(state, book), RestartRequested(f"config reload changed {what}"), now)
+    return restarted, [*effects, *more, _reload_done(book.ready_sent)]
+
+
+def on_config_failed(state: MState, message: ConfigFailed, now: float) -> Outcome:
+    text = f"reload failed, still running on the previous config: {message.problem}"
+    return state, [Log(ERROR, text), _reload_done(state.book.ready_sent, f" (reload failed: {message.problem})")]
+
+
+def on_watchdog(state: MState, message: TimerFired, now: float) -> Outcome:
+    book = state.book
+    every = book.watchdog_every or 1.0
+    return with_book(state, replace(book, watchdog_at=now + every)), [Notify(NotifyKind.WATCHDOG)]
+
+
+def on_extend(state: MState, message: TimerFired, now: float) -> Outcome:
+    if state.book.extend_at is None:
+        return state, []
+    book = replace(state.book, extend_at=now + EXTEND_EVERY)
+    return with_book(state, book), [Notify(NotifyKind.EXTEND_TIMEOUT, EXTEND_EVERY * 3)]
+
+
+def on_backoff_over(state: BackingOff, message: TimerFired, now: float) -> Outcome:
+    return begin(state.book, now)

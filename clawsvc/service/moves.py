@@ -1,0 +1,86 @@
+"""Moves the state machine's handlers share: start, stop, fail, back off, replace, reconnect. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from clawsvc import exitcodes
+from clawsvc.service.backoff import restart_delay
+from clawsvc.service.effects import ERROR, WARNING, AbortConnect, CloseLink, Connect, Effect, Log, Probe, StopProcess
+from clawsvc.service.states import (
+    BackingOff,
+    Book,
+    MState,
+    Probing,
+    Reconnecting,
+    Replacing,
+    Running,
+    Stopped,
+    Stopping,
+    link_of,
+    pid_of,
+    spawning,
+)
+
+Outcome = tuple[MState, list[Effect]]
+EXTEND_EVERY = 5.0  # while starting, tell systemd every 5 s that the start is still progressing
+
+
+
+def begin(book: Book, now: float) -> Outcome:
+    book = replace(book, gen=book.gen + 1, extend_at=None if book.ready_sent else now)
+    return Probing(book), [Probe(book.gen, book.config.gateway.port)]
+
+
+def drop_link(state: MState) -> list[Effect]:
+    link = link_of(state)
+    return [] if link is None else [CloseLink(link)]
+
+
+def shutdown(book: Book, pid: int | None, link: int | None, pending_spawn: bool) -> Outcome:
+    book = replace(book, extend_at=None)
+    effects: list[Effect] = [AbortConnect()]
+    effects += [] if link is None else [CloseLink(link)]
+    effects += [] if pid is None else [StopProcess(pid)]
+    if pid is None and not pending_spawn:
+        return Stopped(book), effects
+    return Stopping(book, pid, pending_spawn), effects
+
+
+def fail(book: Book, error: str, code: int, pid: int | None = None, link: int | None = None,
+          pending_spawn: bool = False) -> Outcome:
+    """A problem retrying cannot fix: stop, and exit so systemd's Restart=/start limits decide."""
+    new, effects = shutdown(replace(book, error=error, exit_code=code), pid, link, pending_spawn)
+    return new, [Log(ERROR, f"{error}; stopping clawsvc (exit {code})"), *effects]
+
+
+def fail_in(state: MState, error: str, code: int) -> Outcome:
+    return fail(state.book, error, code, pid_of(state), link_of(state), spawning(state))
+
+
+def schedule_restart(book: Book, cause: str, now: float) -> Outcome:
+    attempts = book.attempts + 1
+    delay, seed = restart_delay(attempts, book.config.reconnect, book.seed)
+    limit = book.config.reconnect.max_attempts
+    book = replace(book, attempts=attempts, seed=seed)
+    if delay is None:
+        return fail(book, f"{cause}; gave up after {limit} attempts in a row", exitcodes.FAIL)
+    book = replace(book, restarts=book.restarts + 1)
+    text = f"{cause}; restarting in {delay:.1f}s (attempt {attempts}/{limit or '∞'})"
+    return BackingOff(book, now + delay, cause), [Log(WARNING, text)]
+
+
+def replace_gateway(state: MState, pid: int, why: str) -> Outcome:
+    """Stop a misbehaving gateway of ours; its exit is then handled like a crash."""
+    book = replace(state.book, error=why)
+    effects = [Log(ERROR, f"replacing gateway pid {pid}: {why}"), AbortConnect(), *drop_link(state), StopProcess(pid)]
+    return Replacing(book, pid, why), effects
+
+
+def reconnect(state: Running | Reconnecting, why: str, timeout: float) -> Outcome:
+    book = state.book
+    connect = Connect(book.gen, book.config, book.token, adopting=state.pid is None, spawned=state.pid,
+                      timeout=timeout)
+    return Reconnecting(book, state.pid, why), [*drop_link(state), connect]
+
+

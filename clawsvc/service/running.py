@@ -1,0 +1,78 @@
+"""Handlers while connected: gateway events, a lost link, health checks, a stable run. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from clawsvc.events import GatewayEventSeen, HealthChecked, LinkLost, TimerFired
+from clawsvc.service.backoff import forgiven
+from clawsvc.service.effects import DEBUG, INFO, WARNING, CheckHealth, Effect, Log
+from clawsvc.service.moves import Outcome, reconnect, replace_gateway
+from clawsvc.service.states import Running, with_book
+
+
+def on_event(state: Running, message: GatewayEventSeen, now: float) -> Outcome:
+    if message.link != state.link:
+        return state, []
+    if message.name != "shutdown":
+        return state, [] if message.name == "tick" else [Log(DEBUG, f"gateway event {message.name}")]
+    payload = message.payload if isinstance(message.payload, dict) else {}
+    reason = str(payload.get("reason", "")) or "no reason given"
+    expected = payload.get("restartExpectedMs")
+    if not isinstance(expected, int | float) or isinstance(expected, bool):
+        return state, [Log(INFO, f"gateway announced shutdown ({reason})")]
+    seconds = expected / 1000.0
+    text = f"gateway is restarting itself ({reason}); waiting up to {seconds:.0f}s for it instead of spawning another"
+    new, effects = reconnect(state, f"gateway restarting itself ({payload.get('reason', '')})",
+                              seconds + state.book.config.gateway.start_timeout)
+    return new, [Log(INFO, text), *effects]
+
+
+def on_link_lost(state: Running, message: LinkLost, now: float) -> Outcome:
+    if message.link != state.link:
+        return state, []
+    config = state.book.config
+    what = f"close {message.code}" if message.code is not None else "no close frame"
+    text = (f"lost the connection to the gateway on port {config.gateway.port} ({what}: "
+            f"{message.reason or 'no reason'}); reconnecting")
+    new, effects = reconnect(state, f"link lost: {message.reason or what}",
+                              config.connection.handshake_timeout * config.health.failures)
+    return new, [Log(WARNING, text), *effects]
+
+
+def on_health_due(state: Running, message: TimerFired, now: float) -> Outcome:
+    if state.health_busy:
+        return state, []
+    check = CheckHealth(state.book.gen, state.link, state.book.config.health.timeout)
+    return replace(state, health_at=None, health_busy=True), [check]
+
+
+def on_health(state: Running, message: HealthChecked, now: float) -> Outcome:
+    if message.link != state.link:
+        return state, []  # the answer (usually "connection lost") of a link we already dropped
+    health = state.book.config.health
+    checked = replace(state, health_busy=False, health_at=now + health.interval)
+    if message.ok:
+        back = [Log(INFO, f"gateway health check ok again after {state.failures} failure(s)")]
+        return replace(checked, failures=0), back if state.failures else []
+    failures = state.failures + 1
+    effects: list[Effect] = [Log(WARNING, f"gateway health check failed ({failures}/{health.failures}): "
+                                          f"{message.error}")]
+    if failures < health.failures:
+        return replace(checked, failures=failures), effects
+    if checked.pid is None:
+        new, more = reconnect(checked, f"{health.failures} failed health checks",
+                               state.book.config.gateway.start_timeout)
+    else:
+        new, more = replace_gateway(checked, checked.pid, f"{health.failures} consecutive failed health checks; "
+                                                   f"last: {message.error}")
+    return new, effects + more
+
+
+def on_stable(state: Running, message: TimerFired, now: float) -> Outcome:
+    book = state.book
+    ran = now - book.ready_at if book.ready_at is not None else 0.0
+    if not forgiven(book.attempts, ran, book.config.reconnect):
+        return state, []
+    return with_book(state, replace(book, attempts=0)), \
+        [Log(INFO, f"gateway stable for {ran:.0f}s; restart attempt counter reset")]

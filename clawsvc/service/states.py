@@ -1,0 +1,202 @@
+"""The supervisor's states: one frozen value per state, each holding the Book of what carries across states."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from clawsvc import exitcodes
+from clawsvc.config import Config
+from clawsvc.events import State, TimerKind
+from clawsvc.service.effects import View
+
+
+@dataclass(frozen=True)
+class Book:
+    config: Config
+    token: str = field(repr=False)
+    provider_env: Mapping[str, str] = field(repr=False)
+    started_at: float
+    seed: int                        # the restart policy's jitter is drawn from it (then it moves on)
+    watchdog_every: float | None = None
+    watchdog_at: float | None = None
+    extend_at: float | None = None   # next EXTEND_TIMEOUT_USEC while the start has not reached READY=1
+    gen: int = 0                     # one per start; outcomes of an older start are dropped
+    ready_sent: bool = False
+    restarts: int = 0
+    attempts: int = 0                # failures in a row, for the restart policy
+    version: str | None = None
+    last_exit: str | None = None
+    error: str | None = None
+    exit_code: int = exitcodes.OK
+    ready_at: float | None = None
+    connected_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Probing:
+    """Asked what holds the port."""
+    book: Book
+
+
+@dataclass(frozen=True)
+class Adopting:
+    """Something holds the port and adopt_existing is on: handshaking with it."""
+    book: Book
+    holder: str
+
+
+@dataclass(frozen=True)
+class Spawning:
+    """Our gateway is being started (command check, leftovers, fork) off the loop."""
+    book: Book
+
+
+@dataclass(frozen=True)
+class AwaitingHello:
+    book: Book
+    pid: int
+    spawned_at: float
+
+
+@dataclass(frozen=True)
+class Running:
+    """Connected; pid None means an adopted gateway."""
+    book: Book
+    pid: int | None
+    link: int
+    health_at: float | None
+    health_busy: bool = False
+    failures: int = 0
+
+
+@dataclass(frozen=True)
+class Reconnecting:
+    """Lost the link (or the gateway restarts itself) and handshaking again with the same gateway."""
+    book: Book
+    pid: int | None
+    cause: str
+
+
+@dataclass(frozen=True)
+class Replacing:
+    """Stopping a misbehaving gateway of ours; its exit counts as a failure."""
+    book: Book
+    pid: int
+    cause: str
+
+
+@dataclass(frozen=True)
+class Restarting:
+    """A planned restart: stopping our gateway (pid None: its spawn has not reported yet) to start it again."""
+    book: Book
+    pid: int | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class BackingOff:
+    book: Book
+    until: float
+    cause: str
+
+
+@dataclass(frozen=True)
+class Stopping:
+    """Shutting down (book.exit_code set: because of an error); waiting for our gateway to exit."""
+    book: Book
+    pid: int | None
+    spawning: bool = False
+
+
+@dataclass(frozen=True)
+class Stopped:
+    book: Book
+
+
+MState = (Probing | Adopting | Spawning | AwaitingHello | Running | Reconnecting | Replacing | Restarting
+          | BackingOff | Stopping | Stopped)
+STARTING_STATES = (Probing, Adopting, Spawning, AwaitingHello, Restarting)
+
+
+def phase(state: MState) -> State:
+    if isinstance(state, STARTING_STATES):
+        return State.STARTING
+    if isinstance(state, Running):
+        return State.RUNNING
+    if isinstance(state, Reconnecting | Replacing | BackingOff):
+        return State.RECONNECTING
+    if state.book.exit_code != exitcodes.OK:
+        return State.ERROR
+    return State.STOPPING if isinstance(state, Stopping) else State.STOPPED
+
+
+def cause(state: MState) -> str | None:
+    if isinstance(state, Probing | Adopting | Spawning):
+        return f"checking port {state.book.config.gateway.port}"
+    if isinstance(state, AwaitingHello):
+        return "waiting for hello-ok"
+    if isinstance(state, Restarting):
+        return f"restarting gateway ({state.reason})"
+    if isinstance(state, Reconnecting | Replacing | BackingOff):
+        return state.cause
+    if isinstance(state, Stopping | Stopped) and state.book.exit_code != exitcodes.OK:
+        return state.book.error
+    return None
+
+
+def pid_of(state: MState) -> int | None:
+    if isinstance(state, AwaitingHello | Running | Reconnecting | Replacing | Restarting | Stopping):
+        return state.pid
+    return None
+
+
+def link_of(state: MState) -> int | None:
+    return state.link if isinstance(state, Running) else None
+
+
+def adopted(state: MState) -> bool:
+    return isinstance(state, Running | Reconnecting) and state.pid is None
+
+
+def spawning(state: MState) -> bool:
+    """A spawn was asked for and has not reported yet."""
+    if isinstance(state, Restarting):
+        return state.pid is None
+    return isinstance(state, Spawning) or (isinstance(state, Stopping) and state.spawning)
+
+
+def with_book(state: MState, book: Book) -> MState:
+    return replace(state, book=book)
+
+
+def view(state: MState) -> View:
+    book = state.book
+    config = book.config
+    return View(
+        state=phase(state), pid=pid_of(state), port=config.gateway.port, owned=not adopted(state),
+        gateway_version=book.version, ready_at=book.ready_at, connected_at=book.connected_at, error=book.error,
+        cause=cause(state), reconnect_attempts=book.attempts, restarts=book.restarts, last_exit=book.last_exit,
+        started_at=book.started_at, config=str(config.source) if config.source else None,
+        max_attempts=config.reconnect.max_attempts, link=link_of(state),
+    )
+
+
+def next_deadline(state: MState) -> tuple[float, TimerKind] | None:
+    """The earliest timer the loop must fire (as a TimerFired message) if nothing arrives before it."""
+    if isinstance(state, Stopped):
+        return None
+    book = state.book
+    due: list[tuple[float, TimerKind]] = []
+    if book.watchdog_at is not None:
+        due.append((book.watchdog_at, TimerKind.WATCHDOG))
+    if book.extend_at is not None:
+        due.append((book.extend_at, TimerKind.EXTEND))
+    if isinstance(state, Running):
+        if state.health_at is not None:
+            due.append((state.health_at, TimerKind.HEALTH))
+        if book.attempts and book.ready_at is not None:
+            due.append((book.ready_at + book.config.reconnect.stable_after, TimerKind.STABLE))
+    if isinstance(state, BackingOff):
+        due.append((state.until, TimerKind.BACKOFF))
+    return min(due, key=lambda item: item[0], default=None)

@@ -1,0 +1,564 @@
+"""Replays of the pure state machine (clawsvc/service/machine.py): scripts of (t, message) in, (state, effects)
+out. No threads, no sleeps, no log text: the expected outcomes are written here, never read from the table."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import signal
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clawsvc import exitcodes
+from clawsvc.config import Config, GatewayConfig, HealthConfig, ReconnectConfig
+from clawsvc.events import (
+    ConfigFailed,
+    ConfigLoaded,
+    ExitInfo,
+    GatewayEventSeen,
+    HandshakeDone,
+    HandshakeFailed,
+    HandshakeKind,
+    HealthChecked,
+    LinkLost,
+    PortFree,
+    PortTaken,
+    ProcessExited,
+    RestartRequested,
+    SignalReceived,
+    Spawned,
+    SpawnFailed,
+    State,
+    TimerFired,
+    TimerKind,
+)
+from clawsvc.service import machine
+from clawsvc.service.backoff import restart_delay
+from clawsvc.service.effects import Connect, LoadConfig, Log, Notify, NotifyKind, Probe, Publish, Reply
+from clawsvc.service.lifecycle import NOT_OWNED
+from clawsvc.service.states import (
+    Adopting,
+    AwaitingHello,
+    BackingOff,
+    MState,
+    Probing,
+    Reconnecting,
+    Replacing,
+    Restarting,
+    Running,
+    Spawning,
+    Stopped,
+    Stopping,
+    next_deadline,
+    phase,
+)
+
+TOKEN = "t" * 32
+CONFIG = Config(gateway=GatewayConfig(start_timeout=20.0),
+                health=HealthConfig(interval=30.0, timeout=5.0, failures=2),
+                reconnect=ReconnectConfig(base_delay=1.0, max_delay=8.0, max_attempts=3, stable_after=60.0))
+CRASH = ExitInfo(1, None)
+PID = 100
+
+
+def boot(config: Config = CONFIG, watchdog: float | None = None) -> MState:
+    state, _ = machine.start(config, TOKEN, {}, 0.0, watchdog, seed=7)
+    return state
+
+
+def replay(state: MState, script: list[tuple[float, Any]]) -> tuple[MState, list[list[Any]]]:
+    """Feed the script; the state at the end and the effects of every step."""
+    out = []
+    for now, message in script:
+        state, effects = machine.step(state, message, now)
+        out.append(effects)
+    return state, out
+
+
+def actions(effects: list[Any]) -> list[str]:
+    """The effects a reader checks, in order; log lines and published views left out."""
+    names = []
+    for effect in effects:
+        if isinstance(effect, Log | Publish):
+            continue
+        if isinstance(effect, Notify):
+            names.append(f"Notify:{effect.kind.value}")
+        elif hasattr(effect, "pid") and not hasattr(effect, "gen"):
+            names.append(f"{type(effect).__name__}:{effect.pid}")
+        elif type(effect).__name__ in ("CloseLink", "CheckHealth"):
+            names.append(f"{type(effect).__name__}:{effect.link}")
+        elif isinstance(effect, Probe):
+            names.append(f"Probe:{effect.gen}")
+        else:
+            names.append(type(effect).__name__)
+    return names
+
+
+UP = [(1.0, PortFree(1)), (2.0, Spawned(1, PID)), (3.0, HandshakeDone(1, 1, "v1", 4))]
+FIXTURES: dict[str, list[tuple[float, Any]]] = {
+    "probing": [],
+    "adopting": [(1.0, PortTaken(1, "pid 9 (node)"))],
+    "spawning": [(1.0, PortFree(1))],
+    "awaiting": UP[:2],
+    "running": UP,
+    "running_adopted": [(1.0, PortTaken(1, "pid 9 (node)")), (2.0, HandshakeDone(1, 1, "v1", 4))],
+    "reconnecting": [*UP, (4.0, LinkLost(1, 1, 1006, "gone"))],
+    "replacing": [*UP[:2], (4.0, HandshakeFailed(1, HandshakeKind.TRANSPORT, "refused", True, 20.0))],
+    "restarting": [*UP, (4.0, RestartRequested("test"))],
+    "restarting_spawn": [(1.0, PortFree(1)), (2.0, RestartRequested("test"))],
+    "backing_off": [*UP, (4.0, ProcessExited(1, PID, CRASH))],
+    "stopping": [*UP, (4.0, SignalReceived(signal.SIGTERM))],
+    "stopping_spawn": [(1.0, PortFree(1)), (2.0, SignalReceived(signal.SIGTERM))],
+}
+TYPES = {"probing": Probing, "adopting": Adopting, "spawning": Spawning, "awaiting": AwaitingHello,
+         "running": Running, "running_adopted": Running, "reconnecting": Reconnecting, "replacing": Replacing,
+         "restarting": Restarting, "restarting_spawn": Restarting, "backing_off": BackingOff,
+         "stopping": Stopping, "stopping_spawn": Stopping}
+
+
+def at(name: str, config: Config = CONFIG) -> MState:
+    state, _ = replay(boot(config), FIXTURES[name])
+    assert type(state) is TYPES[name], f"fixture {name} reached {type(state).__name__}"
+    return state
+
+
+T = 10.0
+ST, READY = "Notify:status", "Notify:ready"
+# (fixture, message, expected state type, expected actions): one row per specific TRANSITIONS entry
+ROWS: list[tuple[str, Any, type, list[str]]] = [
+    ("probing", PortFree(1), Spawning, ["Spawn"]),
+    ("probing", PortTaken(1, "pid 9"), Adopting, ["Connect"]),
+    ("spawning", Spawned(1, PID), AwaitingHello, [ST, "Connect"]),
+    ("spawning", SpawnFailed(1, "no node"), Stopped, [ST, "AbortConnect"]),
+    ("restarting_spawn", Spawned(1, PID), Restarting, [f"StopProcess:{PID}"]),
+    ("restarting_spawn", SpawnFailed(1, "no node"), Stopped, [ST, "AbortConnect"]),
+    ("stopping_spawn", Spawned(1, PID), Stopping, [f"StopProcess:{PID}"]),
+    ("stopping_spawn", SpawnFailed(1, "no node"), Stopped, [ST]),
+    ("adopting", HandshakeDone(1, 1, "v1", 4), Running, [READY]),
+    ("awaiting", HandshakeDone(1, 1, "v1", 4), Running, [READY]),
+    ("reconnecting", HandshakeDone(1, 2, "v1", 4), Running, [ST]),
+    ("adopting", HandshakeFailed(1, HandshakeKind.OTHER, "not a gateway"), Stopped, [ST, "AbortConnect"]),
+    ("awaiting", HandshakeFailed(1, HandshakeKind.TRANSPORT, "refused", True, 20.0), Replacing,
+     [ST, "AbortConnect", f"StopProcess:{PID}"]),
+    ("reconnecting", HandshakeFailed(1, HandshakeKind.AUTH, "token mismatch"), Stopping,
+     [ST, "AbortConnect", f"StopProcess:{PID}"]),
+    ("running", GatewayEventSeen(1, 1, "shutdown", {"reason": "update", "restartExpectedMs": 1500}), Reconnecting,
+     [ST, "CloseLink:1", "Connect"]),
+    ("running", LinkLost(1, 1, 1006, "gone"), Reconnecting, [ST, "CloseLink:1", "Connect"]),
+    ("running", TimerFired(TimerKind.HEALTH), Running, ["CheckHealth:1"]),
+    ("running", HealthChecked(1, 1, False, "timeout"), Running, []),
+    ("awaiting", ProcessExited(1, PID, CRASH), BackingOff, [ST, "AbortConnect"]),
+    ("running", ProcessExited(1, PID, CRASH), BackingOff, [ST, "CloseLink:1", "AbortConnect"]),
+    ("reconnecting", ProcessExited(1, PID, CRASH), BackingOff, [ST, "AbortConnect"]),
+    ("replacing", ProcessExited(1, PID, ExitInfo(None, 15)), BackingOff, [ST, "AbortConnect"]),
+    ("restarting", ProcessExited(1, PID, ExitInfo(0, None)), Probing, [ST, "Probe:2"]),
+    ("stopping", ProcessExited(1, PID, ExitInfo(0, None)), Stopped, [ST]),
+    ("backing_off", TimerFired(TimerKind.BACKOFF), Probing, [ST, "Probe:2"]),
+    ("probing", RestartRequested("r"), Probing, ["AbortConnect", "Probe:2"]),
+    ("adopting", RestartRequested("r"), Probing, ["AbortConnect", "Probe:2"]),
+    ("spawning", RestartRequested("r"), Restarting, [ST]),
+    ("awaiting", RestartRequested("r"), Restarting, [ST, "AbortConnect", f"StopProcess:{PID}"]),
+    ("running", RestartRequested("r"), Restarting, [ST, "AbortConnect", "CloseLink:1", f"StopProcess:{PID}"]),
+    ("reconnecting", RestartRequested("r"), Restarting, [ST, "AbortConnect", f"StopProcess:{PID}"]),
+    ("replacing", RestartRequested("r"), Restarting, [ST, "AbortConnect", f"StopProcess:{PID}"]),
+    ("restarting", RestartRequested("r"), Restarting, []),
+    ("backing_off", RestartRequested("r"), Probing, [ST, "AbortConnect", "Probe:2"]),
+]
+STOP = "Notify:stopping"
+# the rows every state has: a stop, a reload's outcome, the watchdog and extend-timeout timers
+SIGTERM_ROWS: dict[str, tuple[type, list[str]]] = {
+    "probing": (Stopped, [ST, STOP, "AbortConnect"]),
+    "adopting": (Stopped, [ST, STOP, "AbortConnect"]),
+    "spawning": (Stopping, [ST, STOP, "AbortConnect"]),
+    "awaiting": (Stopping, [ST, STOP, "AbortConnect", f"StopProcess:{PID}"]),
+    "running": (Stopping, [ST, STOP, "AbortConnect", "CloseLink:1", f"StopProcess:{PID}"]),
+    "reconnecting": (Stopping, [ST, STOP, "AbortConnect", f"StopProcess:{PID}"]),
+    "replacing": (Stopping, [ST, STOP, "AbortConnect", f"StopProcess:{PID}"]),
+    "restarting": (Stopping, [ST, STOP, "AbortConnect", f"StopProcess:{PID}"]),
+    "backing_off": (Stopped, [ST, STOP, "AbortConnect"]),
+    "stopping": (Stopping, []),
+}
+READY_SENT = {"running", "reconnecting", "restarting", "backing_off", "stopping"}
+STILL_STARTING = {"probing", "adopting", "spawning", "awaiting", "replacing"}  # extend-timeout still running
+
+
+def _row_key(state: MState, message: Any) -> tuple[type, Any]:
+    return type(state), message.kind if isinstance(message, TimerFired) else type(message)
+
+
+ALL_ROWS = [
+    *ROWS,
+    *[(name, SignalReceived(signal.SIGTERM), kind, expected) for name, (kind, expected) in SIGTERM_ROWS.items()],
+    *[(name, ConfigLoaded(CONFIG, TOKEN, {}), TYPES[name], ["ApplyConfig", READY if name in READY_SENT else ST])
+      for name in SIGTERM_ROWS],
+    *[(name, ConfigFailed("bad yaml"), TYPES[name], [READY if name in READY_SENT else ST]) for name in SIGTERM_ROWS],
+    *[(name, TimerFired(TimerKind.WATCHDOG), TYPES[name], ["Notify:watchdog"]) for name in SIGTERM_ROWS],
+    *[(name, TimerFired(TimerKind.EXTEND), TYPES[name], ["Notify:extend-timeout"] if name in STILL_STARTING else [])
+      for name in SIGTERM_ROWS],
+]
+
+
+@pytest.mark.parametrize(("name", "message", "kind", "expected"), ALL_ROWS,
+                         ids=[f"{row[0]}-{type(row[1]).__name__}-{i}" for i, row in enumerate(ALL_ROWS)])
+def test_table_walk(name: str, message: Any, kind: type, expected: list[str]) -> None:
+    state, effects = machine.step(at(name), message, T)
+    assert type(state) is kind
+    assert actions(effects) == expected
+
+
+def test_the_walk_covers_every_row_of_the_table() -> None:
+    walked = {_row_key(at(name), message) for name, message, _, _ in ALL_ROWS}
+    walked.add((Running, TimerKind.STABLE))  # walked in test_a_stable_run_resets_the_attempts
+    assert walked == set(machine.TRANSITIONS)
+
+
+def test_a_message_a_state_does_not_take_changes_nothing() -> None:
+    for name in FIXTURES:
+        state = at(name)
+        for message in (PortFree(1), LinkLost(1, 1, None, ""), HealthChecked(1, 1, True, None)):
+            if _row_key(state, message) in machine.TRANSITIONS:
+                continue
+            after, effects = machine.step(state, message, T)
+            assert after == state and actions(effects) == [], (name, message)
+
+
+def test_an_unwanted_hello_ok_is_closed() -> None:
+    for name in ("probing", "spawning", "running", "restarting", "backing_off", "stopping"):
+        state, effects = machine.step(at(name), HandshakeDone(1, 42, "v1", 4), T)
+        assert type(state) is TYPES[name] and actions(effects) == ["CloseLink:42"], name
+
+
+def test_messages_of_an_older_generation_are_dropped() -> None:
+    state, _ = replay(at("restarting"), [(5.0, ProcessExited(1, PID, ExitInfo(0, None)))])
+    assert state.book.gen == 2
+    for message in (PortFree(1), ProcessExited(1, PID, CRASH), LinkLost(1, 1, 1006, ""), Spawned(1, 7)):
+        assert machine.step(state, message, T)[0] == state
+    assert actions(machine.step(state, HandshakeDone(1, 5, "v1", 4), T)[1]) == ["CloseLink:5"]
+    assert type(machine.step(state, PortFree(2), T)[0]) is Spawning
+
+
+def test_a_handler_going_somewhere_illegal_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    def bad(state: MState, message: Any, now: float) -> tuple[MState, list[Any]]:
+        return Running(state.book, 1, 1, None), []
+
+    monkeypatch.setitem(machine.TRANSITIONS, (Probing, PortFree), bad)
+    with pytest.raises(machine.IllegalMove):
+        machine.step(boot(), PortFree(1), 1.0)
+
+
+# ---------------------------------------------------------------- histories
+
+
+def crash_and_come_back(state: MState, t: float) -> tuple[MState, float]:
+    """Our gateway crashes at t; the machine backs off, probes, spawns; the new one answers."""
+    state, _ = machine.step(state, ProcessExited(state.book.gen, PID, CRASH), t)
+    assert isinstance(state, BackingOff)
+    t = state.until
+    gen = state.book.gen + 1
+    state, _ = replay(state, [(t, TimerFired(TimerKind.BACKOFF)), (t, PortFree(gen)), (t, Spawned(gen, PID)),
+                              (t + 1, HandshakeDone(gen, 9, "v", 4))])
+    return state, t + 1
+
+
+def test_crash_loop_gives_up_with_exit_1() -> None:
+    state, t = at("running"), 3.0
+    waits = []
+    for _ in range(3):
+        state, _ = machine.step(state, ProcessExited(state.book.gen, PID, CRASH), t)
+        assert isinstance(state, BackingOff)
+        waits.append(state.until - t)
+        t = state.until
+        state, _ = replay(state, [(t, TimerFired(TimerKind.BACKOFF)), (t, PortFree(state.book.gen + 1)),
+                                  (t, Spawned(state.book.gen + 1, PID))])
+    state, effects = machine.step(state, ProcessExited(state.book.gen, PID, CRASH), t + 1)
+    assert isinstance(state, Stopped) and phase(state) is State.ERROR
+    assert state.book.exit_code == exitcodes.FAIL and state.book.attempts == 4
+    assert waits[0] == 0.0 and 0.0 <= waits[1] <= 1.0 and 0.0 <= waits[2] <= 2.0
+    assert "Probe" not in " ".join(actions(effects)) and "Spawn" not in actions(effects)
+
+
+def test_planned_restart_racing_a_crash_is_not_a_failure() -> None:
+    state, _ = replay(at("restarting"), [(5.0, ProcessExited(1, PID, CRASH))])
+    assert isinstance(state, Probing) and state.book.gen == 2
+    assert state.book.attempts == 0 and state.book.restarts == 1
+
+
+def test_a_restart_asked_while_backing_off_starts_at_once() -> None:
+    state, _ = replay(at("backing_off"), [(5.0, RestartRequested("now"))])
+    assert isinstance(state, Probing) and state.book.gen == 2 and state.book.restarts == 2
+
+
+def test_a_late_handshake_failure_after_a_crash_is_not_a_second_failure() -> None:
+    state, _ = replay(at("backing_off"), [(5.0, HandshakeFailed(1, HandshakeKind.TRANSPORT, "refused"))])
+    assert isinstance(state, BackingOff) and state.book.attempts == 1
+
+
+def changed_port() -> Config:
+    return replace(CONFIG, gateway=replace(CONFIG.gateway, port=19999))
+
+
+@pytest.mark.parametrize("name", ["spawning", "awaiting"])
+def test_reload_during_start_restarts_with_the_new_config(name: str) -> None:
+    state, steps = replay(at(name), [(5.0, ConfigLoaded(changed_port(), TOKEN, {}))])
+    assert isinstance(state, Restarting) and state.book.config.gateway.port == 19999
+    script = [] if state.pid is not None else [(6.0, Spawned(1, PID))]
+    state, steps = replay(state, [*script, (7.0, ProcessExited(1, PID, ExitInfo(0, None)))])
+    assert isinstance(state, Probing)
+    assert [e for e in steps[-1] if isinstance(e, Probe)] == [Probe(2, 19999)]
+
+
+def test_a_new_token_on_reload_restarts_the_gateway_with_it() -> None:
+    state, steps = replay(at("running"), [(5.0, ConfigLoaded(CONFIG, "n" * 32, {}))])
+    assert isinstance(state, Restarting) and state.book.token == "n" * 32
+    assert f"StopProcess:{PID}" in actions(steps[0])
+
+
+def test_reload_failure_keeps_the_old_config() -> None:
+    state, steps = replay(at("running"), [(5.0, SignalReceived(signal.SIGHUP)), (6.0, ConfigFailed("bad: line 3"))])
+    assert actions(steps[0]) == ["Notify:reloading", "LoadConfig"]
+    assert [e for e in steps[0] if isinstance(e, LoadConfig)] == [LoadConfig(CONFIG.source)]
+    assert isinstance(state, Running) and state.book.config is CONFIG and state.pid == PID
+    ready = [e for e in steps[1] if isinstance(e, Notify)]
+    assert ready == [Notify(NotifyKind.READY, suffix=" (reload failed: bad: line 3)")]
+
+
+def test_reload_before_ready_sends_no_reloading() -> None:
+    _, steps = replay(at("awaiting"), [(5.0, SignalReceived(signal.SIGHUP))])
+    assert actions(steps[0]) == ["LoadConfig"]
+
+
+def test_shutdown_with_restart_expected_waits_instead_of_spawning() -> None:
+    event = GatewayEventSeen(1, 1, "shutdown", {"reason": "update", "restartExpectedMs": 1500})
+    state, steps = replay(at("running"), [(5.0, event), (7.0, HandshakeDone(1, 2, "v2", 4))])
+    connect = [e for e in steps[0] if isinstance(e, Connect)]
+    assert connect[0].spawned == PID and not connect[0].adopting and connect[0].timeout == 1.5 + 20.0
+    assert isinstance(state, Running) and state.pid == PID and state.link == 2 and state.book.gen == 1
+    assert not [a for step in steps for a in actions(step) if a in ("Spawn", "StopProcess:100")]
+
+
+def test_shutdown_without_restart_expected_only_logs() -> None:
+    state, steps = replay(at("running"), [(5.0, GatewayEventSeen(1, 1, "shutdown", {"reason": "bye"}))])
+    assert isinstance(state, Running) and actions(steps[0]) == []
+
+
+@pytest.mark.parametrize("name", list(SIGTERM_ROWS))
+def test_stop_during_every_state_ends_stopped_with_exit_0(name: str) -> None:
+    state, _ = machine.step(at(name), SignalReceived(signal.SIGTERM), T)
+    if isinstance(state, Stopping) and state.pid is None:
+        state, _ = machine.step(state, Spawned(1, PID), T)
+    if isinstance(state, Stopping):
+        state, _ = machine.step(state, ProcessExited(state.book.gen, PID, ExitInfo(0, None)), T)
+    assert isinstance(state, Stopped) and state.book.exit_code == exitcodes.OK
+    assert phase(state) is State.STOPPED and next_deadline(state) is None
+
+
+def test_exit_78_from_the_gateway_ends_clawsvc_with_78() -> None:
+    state, steps = replay(at("running"), [(5.0, ProcessExited(1, PID, ExitInfo(78, None)))])
+    assert isinstance(state, Stopped) and state.book.exit_code == exitcodes.CONFIG
+    assert "Probe:2" not in actions(steps[0]) and phase(state) is State.ERROR
+
+
+@pytest.mark.parametrize(("kind", "code"), [(HandshakeKind.AUTH, exitcodes.CONFIG),
+                                             (HandshakeKind.PROTOCOL, exitcodes.CONFIG),
+                                             (HandshakeKind.UNTRUSTED_PEER, exitcodes.FAIL)])
+def test_fatal_handshake_failures_stop_with_their_exit_code(kind: HandshakeKind, code: int) -> None:
+    state, steps = replay(at("awaiting"), [(5.0, HandshakeFailed(1, kind, "no")),
+                                           (6.0, ProcessExited(1, PID, ExitInfo(None, 15)))])
+    assert isinstance(state, Stopped) and state.book.exit_code == code and phase(state) is State.ERROR
+    assert f"StopProcess:{PID}" in actions(steps[0])
+
+
+def test_a_stranger_that_vanishes_before_every_check_exits_1_saying_so() -> None:
+    state, _ = replay(boot(), [(1.0, PortTaken(1, "pid 9 (nc)")),
+                               (3.0, HandshakeFailed(1, HandshakeKind.PEER_GONE, "gone", True, 1.0))])
+    assert isinstance(state, Stopped) and state.book.exit_code == exitcodes.FAIL
+    assert "closed every connection before clawsvc could verify" in (state.book.error or "")
+    assert "does not answer as an OpenClaw gateway" not in (state.book.error or "")
+
+
+def test_a_stranger_on_the_port_without_adopt_existing_exits_1() -> None:
+    config = replace(CONFIG, gateway=replace(CONFIG.gateway, adopt_existing=False))
+    state, steps = replay(boot(config), [(1.0, PortTaken(1, "pid 9 (nc)"))])
+    assert isinstance(state, Stopped) and state.book.exit_code == exitcodes.FAIL
+    assert "Connect" not in actions(steps[0]) and "Spawn" not in actions(steps[0])
+
+
+def test_health_failures_replace_an_owned_gateway() -> None:
+    state, steps = replay(at("running"), [(40.0, HealthChecked(1, 1, False, "timeout")),
+                                          (80.0, HealthChecked(1, 1, False, "timeout"))])
+    assert isinstance(state, Replacing) and state.pid == PID
+    assert actions(steps[1])[-1] == f"StopProcess:{PID}"
+    state, _ = replay(state, [(81.0, ProcessExited(1, PID, ExitInfo(None, 15)))])
+    assert isinstance(state, BackingOff) and state.book.attempts == 1
+
+
+def test_health_failures_reconnect_to_an_adopted_gateway() -> None:
+    state, steps = replay(at("running_adopted"), [(40.0, HealthChecked(1, 1, False, "timeout")),
+                                                  (80.0, HealthChecked(1, 1, False, "timeout"))])
+    assert isinstance(state, Reconnecting) and state.pid is None
+    connect = [e for e in steps[1] if isinstance(e, Connect)]
+    assert connect[0].adopting and connect[0].timeout == 20.0
+    assert not [a for a in actions(steps[1]) if a.startswith("StopProcess")]
+
+
+def test_a_health_answer_for_a_dropped_link_is_ignored() -> None:
+    state, _ = replay(at("running"), [(40.0, HealthChecked(1, 99, False, "connection lost"))])
+    assert isinstance(state, Running) and state.failures == 0
+    state, _ = replay(state, [(41.0, HealthChecked(1, 1, False, "timeout"))])
+    assert state.failures == 1
+
+
+def test_a_lost_link_reconnects_to_the_same_pid() -> None:
+    state, steps = replay(at("running"), [(5.0, LinkLost(1, 1, 1006, "gone"))])
+    connect = next(e for e in steps[0] if isinstance(e, Connect))
+    assert isinstance(state, Reconnecting) and state.pid == PID
+    assert connect.spawned == PID and not connect.adopting and connect.timeout == 10.0 * 2
+
+
+def test_a_lost_link_of_a_dropped_connection_is_ignored() -> None:
+    state, steps = replay(at("running"), [(5.0, LinkLost(1, 77, 1006, "gone"))])
+    assert isinstance(state, Running) and actions(steps[0]) == []
+
+
+def test_a_stable_run_resets_the_attempts() -> None:
+    state, t = crash_and_come_back(at("running"), 3.0)
+    assert isinstance(state, Running) and state.book.attempts == 1
+    state, _ = machine.step(state, TimerFired(TimerKind.HEALTH), t + 30.0)  # a check in flight: no health timer
+    due = next_deadline(state)
+    assert due is not None and due[1] is TimerKind.STABLE and due[0] == t + 60.0
+    state, _ = machine.step(state, TimerFired(TimerKind.STABLE), due[0])
+    assert state.book.attempts == 0
+    state, _ = machine.step(state, ProcessExited(state.book.gen, PID, CRASH), due[0] + 1)
+    assert isinstance(state, BackingOff) and state.until == due[0] + 1, "after a reset a crash restarts at once"
+
+
+def test_a_crash_after_a_stable_run_counts_from_zero_even_without_the_timer() -> None:
+    state, t = crash_and_come_back(at("running"), 3.0)
+    state, _ = machine.step(state, ProcessExited(state.book.gen, PID, CRASH), t + 61.0)
+    assert isinstance(state, BackingOff) and state.book.attempts == 1 and state.until == t + 61.0
+
+
+def test_ready_only_after_the_first_hello_ok() -> None:
+    state, steps = replay(boot(), UP[:2])
+    assert not [a for step in steps for a in actions(step) if a == READY]
+    state, steps = replay(state, [UP[2], (4.0, LinkLost(1, 1, None, "")), (5.0, HandshakeDone(1, 2, "v", 4))])
+    assert [a for step in steps for a in actions(step) if a == READY] == [READY]
+    state, _ = crash_and_come_back(state, 6.0)
+    assert isinstance(state, Running)
+
+
+def test_status_once_per_transition_and_none_without_one() -> None:
+    script = [*UP, (40.0, HealthChecked(1, 1, True, None)), (41.0, TimerFired(TimerKind.HEALTH))]
+    _, steps = replay(boot(), script)
+    counts = [actions(step).count(ST) for step in steps]
+    assert counts == [0, 1, 0, 0, 0], "probing -> spawning keeps the cause; READY carries the running status"
+
+
+def test_restart_of_an_adopted_gateway_over_the_control_socket_is_refused() -> None:
+    handle = object()
+    state, steps = replay(at("running_adopted"), [(5.0, RestartRequested("asked", handle))])
+    assert isinstance(state, Running)
+    assert [e for e in steps[0] if isinstance(e, Reply)] == [Reply(handle, None, NOT_OWNED)]
+
+
+def test_restart_of_our_gateway_over_the_control_socket_is_accepted() -> None:
+    handle = object()
+    state, steps = replay(at("running"), [(5.0, RestartRequested("asked", handle))])
+    assert isinstance(state, Restarting)
+    assert [e for e in steps[0] if isinstance(e, Reply)] == [Reply(handle, {"restarting": True})]
+
+
+def test_a_restart_asked_while_stopping_is_answered_not_done() -> None:
+    handle = object()
+    state, steps = replay(at("stopping"), [(5.0, RestartRequested("asked", handle))])
+    replies = [e for e in steps[0] if isinstance(e, Reply)]
+    assert isinstance(state, Stopping) and replies[0].error is not None and replies[0].error[0] == "UNAVAILABLE"
+
+
+def test_a_reload_that_changes_the_port_restarts_an_adopted_gateway_and_drops_its_link_first() -> None:
+    state, steps = replay(at("running_adopted"), [(5.0, ConfigLoaded(changed_port(), TOKEN, {}))])
+    assert isinstance(state, Probing) and state.book.gen == 2
+    names = actions(steps[0])
+    assert names.index("CloseLink:1") < names.index("Probe:2")
+
+
+def test_the_watchdog_fires_every_interval_from_the_start() -> None:
+    state = boot(watchdog=1.0)
+    sent, now = 0, 0.0
+    while now < 10.0:
+        due = next_deadline(state)
+        assert due is not None and due[0] - now <= 1.0
+        while due is not None and due[0] <= now:
+            state, effects = machine.step(state, TimerFired(due[1]), now)
+            sent += actions(effects).count("Notify:watchdog")
+            due = next_deadline(state)
+        now += 0.25
+    assert sent == 10
+
+
+def test_sigterm_sends_stopping_and_ends_without_a_gateway() -> None:
+    state, steps = replay(at("running_adopted"), [(5.0, SignalReceived(signal.SIGTERM))])
+    assert isinstance(state, Stopped) and STOP in actions(steps[0])
+
+
+# ---------------------------------------------------------------- the restart policy
+
+
+def delays(attempts: int, config: ReconnectConfig, seed: int = 5) -> list[float | None]:
+    out = []
+    for attempt in range(1, attempts + 1):
+        delay, seed = restart_delay(attempt, config, seed)
+        out.append(delay)
+    return out
+
+
+def test_first_failure_restarts_at_once_then_backs_off_within_the_cap() -> None:
+    drawn = delays(41, ReconnectConfig(base_delay=1.0, max_delay=8.0, max_attempts=0))
+    assert drawn[0] == 0.0
+    for attempt, delay in enumerate(drawn[1:], start=2):
+        assert delay is not None and 0.0 <= delay <= min(8.0, 2.0 ** (attempt - 2)), (attempt, delay)
+    at_cap = drawn[11:]
+    assert len(set(at_cap)) > 1, "jitter must be kept once the delay reaches the cap"
+    assert max(d for d in at_cap if d is not None) > 4.0, "at the cap the delay is drawn from [0, max_delay]"
+
+
+def test_gives_up_after_max_attempts_and_zero_means_never() -> None:
+    assert [d is not None for d in delays(4, ReconnectConfig(max_attempts=3))] == [True, True, True, False]
+    assert all(d is not None for d in delays(100, ReconnectConfig(max_attempts=0)))
+
+
+def test_the_jitter_replays_from_the_seed() -> None:
+    config = ReconnectConfig(max_attempts=0)
+    assert delays(10, config, seed=1) == delays(10, config, seed=1)
+    assert delays(10, config, seed=1) != delays(10, config, seed=2)
+
+
+def test_a_reload_applies_new_restart_limits() -> None:
+    state, t = crash_and_come_back(at("running"), 3.0)
+    state, t = crash_and_come_back(state, t)
+    strict = replace(CONFIG, reconnect=replace(CONFIG.reconnect, max_attempts=2))
+    state, _ = machine.step(state, ConfigLoaded(strict, TOKEN, {}), t)
+    state, _ = machine.step(state, ProcessExited(state.book.gen, PID, CRASH), t + 1)
+    assert isinstance(state, Stopped) and state.book.exit_code == exitcodes.FAIL
+
+
+PURE = ("machine", "states", "effects", "backoff", "moves", "starting", "running", "lifecycle")
+IMPURE = {"threading", "subprocess", "socket", "os", "time", "logging", "selectors", "asyncio", "queue"}
+
+
+@pytest.mark.parametrize("module", PURE)
+def test_the_machine_modules_import_nothing_that_does_io(module: str) -> None:
+    source = importlib.import_module(f"clawsvc.service.{module}").__file__
+    assert source is not None
+    tree = ast.parse(Path(source).read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not imported & IMPURE, imported & IMPURE
+    froms = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    clawsvc_modules = {m for m in froms if m.split(".")[0] == "clawsvc"}
+    assert clawsvc_modules <= {"clawsvc", "clawsvc.config", "clawsvc.events", "clawsvc.service",
+                               *(f"clawsvc.service.{name}" for name in PURE)}, clawsvc_modules
