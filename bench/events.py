@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import Context, Row, Section, median, realgw
-from clawsvc.connection import GatewayConnection
-from clawsvc.protocol import GatewayEvent
+from clawsvc.gateway.connection import GatewayConnection
+from clawsvc.gateway.protocol import GatewayEvent
 from tests.double import start_double
 
 TARGET_RATE = 10_000

@@ -28,7 +28,8 @@ def total(pids: list[int], measure: Callable[[int], float]) -> float:
 
 IMPORTS = {
     "python": "pass",
-    "no keyring": "import clawsvc.config, clawsvc.connection, clawsvc.control, clawsvc.notify, clawsvc.policy, yaml",
+    "no keyring": ("import clawsvc.config, clawsvc.gateway.connection, clawsvc.control.server, "
+                   "clawsvc.service.notify, clawsvc.service.readiness, yaml"),
     "modules": "import clawsvc.service.run",
     "backend": "import clawsvc.service.run, keyring; keyring.get_keyring()",
 }

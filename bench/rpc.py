@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bench.common import Context, Row, Section, median, percentile, realgw, us
-from clawsvc.connection import GatewayConnection
+from clawsvc.gateway.connection import GatewayConnection
 from tests.double import start_double
 
 TARGET_RATIO = 1.1

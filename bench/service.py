@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from bench.common import Backend, gateway_processes, realgw
-from clawsvc import control_client
+from clawsvc.control import client as control_client
 from tests.notify_peer import Datagram, NotifyPeer
 
 READY_TIMEOUT = 180.0  # the real gateway needs ~7 s idle, much more on a loaded 2-core machine

@@ -22,7 +22,7 @@ import websocket
 from bench.common import Context, Row, Section, median, ms, realgw, signed_ms, spread
 from bench.service import READY_TIMEOUT, ServiceRun, kill_leftovers, spawned_pid
 from clawsvc.config import load_config
-from clawsvc.process import build_argv, build_env, check_command, prepare_state_dir
+from clawsvc.gateway.process import build_argv, build_env, check_command, prepare_state_dir
 
 PROBE_EVERY = 0.010
 TARGET = 0.050

@@ -12,14 +12,14 @@ from clawsvc import __version__, exitcodes
 # command name -> "module:function"; each function takes the parsed args and returns an exit code.
 HANDLERS = {
     "run": "clawsvc.service.run:main",
-    "check-config": "clawsvc.checkconfig:main",
-    "status": "clawsvc.control_cli:status_main",
-    "rpc": "clawsvc.control_cli:rpc_main",
-    "restart-gateway": "clawsvc.control_cli:restart_main",
-    "keys": "clawsvc.keys_cli:main",
-    "install": "clawsvc.install:main",
-    "doctor": "clawsvc.doctor:main",
-    "gateway-install": "clawsvc.provision:main",
+    "check-config": "clawsvc.commands.check_config:main",
+    "status": "clawsvc.commands.control:status_main",
+    "rpc": "clawsvc.commands.control:rpc_main",
+    "restart-gateway": "clawsvc.commands.control:restart_main",
+    "keys": "clawsvc.commands.keys:main",
+    "install": "clawsvc.commands.install:main",
+    "doctor": "clawsvc.commands.doctor:main",
+    "gateway-install": "clawsvc.commands.gateway_install:main",
 }
 
 

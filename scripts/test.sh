@@ -26,6 +26,7 @@ fi
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]"
 "$venv/bin/ruff" check .
+"$venv/bin/lint-imports" --no-cache >/dev/null || "$venv/bin/lint-imports" --no-cache
 fast=()
 if [ "${1:-}" = --fast ]; then
     shift

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from realgw import RealGateway, cache_dir, provision
 
-from clawsvc.provision import Installation, ProvisionError
+from clawsvc.commands.gateway_install import Installation, ProvisionError
 
 
 def in_ci() -> bool:

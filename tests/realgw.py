@@ -24,8 +24,8 @@ from typing import Any
 
 import websocket
 
-from clawsvc.proctree import environ_has
-from clawsvc.provision import DEFAULT_VERSION, Installation, ensure_installed
+from clawsvc.commands.gateway_install import DEFAULT_VERSION, Installation, ensure_installed
+from clawsvc.gateway.proctree import environ_has
 
 QUIET_ENV = {
     "OPENCLAW_SKIP_CHANNELS": "1",

@@ -28,7 +28,8 @@ from notify_peer import NotifyPeer
 from realgw import processes_with_env
 from waiting import poll
 
-from clawsvc import control_client, control_wire
+from clawsvc.control import client as control_client
+from clawsvc.control import wire as control_wire
 
 STRIPPED = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM", "LISTEN_PID", "LISTEN_FDS",
             "CLAWSVC_CONFIG", "CREDENTIALS_DIRECTORY")

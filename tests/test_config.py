@@ -111,7 +111,7 @@ def test_example_documents_every_key():
 
 
 def test_dev_config_takes_the_provisioned_command():
-    from clawsvc.provision import Installation, config_snippet
+    from clawsvc.commands.gateway_install import Installation, config_snippet
 
     install = Installation(node=Path("/opt/gw/node-24/bin/node"), entry=Path("/opt/gw/oc/openclaw.mjs"),
                            version="2026.9.6", node_version="24.21.0")

@@ -16,12 +16,10 @@ from pathlib import Path
 import pytest
 from double import DoubleProcess, free_port, start_double
 
-from clawsvc import ports
 from clawsvc.config import parse_config
-from clawsvc.connection import GatewayConnection, Liveness
-from clawsvc.connector import Connector, PeerCheck, PeerGone, always
-from clawsvc.events import HandshakeDone, HandshakeFailed, HandshakeKind, Message
-from clawsvc.protocol import (
+from clawsvc.gateway import ports
+from clawsvc.gateway.connection import GatewayConnection, Liveness
+from clawsvc.gateway.protocol import (
     AuthError,
     ConnectionLost,
     GatewayError,
@@ -35,6 +33,8 @@ from clawsvc.protocol import (
     UntrustedPeerError,
     parse_hello,
 )
+from clawsvc.service.connector import Connector, PeerCheck, PeerGone, always
+from clawsvc.service.messages import HandshakeDone, HandshakeFailed, HandshakeKind, Message
 
 TICK_MS = 400
 MAX_PAYLOAD = 65536
@@ -133,7 +133,7 @@ def test_token_never_reaches_the_log(double, connect, caplog):
 def test_no_granted_scopes_is_explained_in_a_warning(double, caplog):
     conn = GatewayConnection(double.url, double.token, verify_peer=None)
     no_scopes = {"type": "hello-ok", "protocol": 4, "auth": {"role": "operator", "scopes": []}}
-    with caplog.at_level(logging.WARNING, logger="clawsvc.connection"):
+    with caplog.at_level(logging.WARNING, logger="clawsvc.gateway.connection"):
         conn._log_hello(parse_hello(no_scopes))
     assert "granted no scopes" in caplog.text and "Origin header" in caplog.text
 
@@ -398,7 +398,7 @@ def test_seq_gap_is_counted_and_events_keep_flowing(double, connect):
 
 def test_garbage_frames_are_counted_and_the_reader_survives(double, connect, caplog):
     conn, _ = connect(double)
-    caplog.set_level(logging.WARNING, logger="clawsvc.connection")
+    caplog.set_level(logging.WARNING, logger="clawsvc.gateway.connection")
     for _ in range(4):
         assert conn.rpc("double.garbage") == {"sent": 5}
     assert conn.stats.malformed == 20

@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from realgw import RealGateway
 
-from clawsvc.connection import GatewayConnection
-from clawsvc.protocol import AuthError, ConnectionLost, GatewayEvent, LinkDown, RpcError
+from clawsvc.gateway.connection import GatewayConnection
+from clawsvc.gateway.protocol import AuthError, ConnectionLost, GatewayEvent, LinkDown, RpcError
 
 pytestmark = pytest.mark.realgateway
 READ_METHODS = ("health", "status", "system-presence", "last-heartbeat")

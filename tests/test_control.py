@@ -26,17 +26,21 @@ from typing import Any
 import pytest
 from waiting import poll
 
-from clawsvc import control, control_cli, control_client, control_wire, exitcodes
-from clawsvc.control import ControlServer
-from clawsvc.control_client import ClientRefusal, request
-from clawsvc.control_path import ControlSocketError
-from clawsvc.control_wire import ControlError, ServiceNotRunning
+from clawsvc import exitcodes
+from clawsvc.commands import control as control_cli
+from clawsvc.control import client as control_client
+from clawsvc.control import server as control
+from clawsvc.control import wire as control_wire
+from clawsvc.control.client import ClientRefusal, request
+from clawsvc.control.path import ControlSocketError
+from clawsvc.control.server import ControlServer
+from clawsvc.control.wire import ControlError, ServiceNotRunning
 
 NOBODY = 65534
 
 
 class FakeGatewayError(Exception):
-    """Shaped like clawsvc.protocol.GatewayError: code, message, details."""
+    """Shaped like clawsvc.gateway.protocol.GatewayError: code, message, details."""
 
     def __init__(self, code: str, message: str, details: Any = None) -> None:
         super().__init__(message)
@@ -125,7 +129,7 @@ def test_unexpected_handler_error_is_internal_and_logged(server, handler, sock_p
     def boom(method, params, timeout):
         raise RuntimeError("queue exploded")
     handler.rpc_behaviour = boom
-    with caplog.at_level(logging.ERROR, logger="clawsvc.control"), pytest.raises(ControlError) as err:
+    with caplog.at_level(logging.ERROR, logger="clawsvc.control.server"), pytest.raises(ControlError) as err:
         request(sock_path, {"cmd": "rpc", "method": "health", "params": None, "timeout": None}, 5)
     assert err.value.code == "INTERNAL"
     assert "RuntimeError: queue exploded" in err.value.message
@@ -380,8 +384,8 @@ def test_a_request_whose_thread_cannot_start_gives_its_slot_back(server, sock_pa
 CLIENT = """
 import json, sys
 from pathlib import Path
-from clawsvc.control_client import request
-from clawsvc.control_wire import ControlError
+from clawsvc.control.client import request
+from clawsvc.control.wire import ControlError
 try:
     print(json.dumps({"result": request(Path(sys.argv[1]), {"cmd": "status"}, 10)}))
 except ControlError as exc:
@@ -487,7 +491,7 @@ def test_the_client_refuses_a_socket_served_by_another_uid_and_sends_nothing(nob
 TRUSTED_AS_NOBODY = """
 import json, sys
 from pathlib import Path
-from clawsvc import control_client
+from clawsvc.control import client as control_client
 control_client.service_uid = lambda: 4242
 print(json.dumps([sorted(control_client.trusted_server_uids(Path(p))) for p in sys.argv[1:]]))
 """

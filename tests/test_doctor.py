@@ -19,8 +19,9 @@ from double import double_command
 from realgw import free_port
 from service_proc import ServiceProcess, base_config
 
-from clawsvc import doctor, exitcodes, install
-from clawsvc.provision import Installation, node_version_of
+from clawsvc import exitcodes
+from clawsvc.commands import doctor, install
+from clawsvc.commands.gateway_install import Installation, node_version_of
 
 HELPERS = Path(__file__).parent / "helpers"
 TOKEN = "doctor-test-token-" + "Zq9" * 8

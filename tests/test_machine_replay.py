@@ -14,7 +14,11 @@ import pytest
 
 from clawsvc import exitcodes
 from clawsvc.config import Config, GatewayConfig, HealthConfig, ReconnectConfig
-from clawsvc.events import (
+from clawsvc.service import machine
+from clawsvc.service.backoff import restart_delay
+from clawsvc.service.effects import Connect, LoadConfig, Log, Notify, NotifyKind, Probe, Publish, Reply
+from clawsvc.service.lifecycle import NOT_OWNED
+from clawsvc.service.messages import (
     ConfigFailed,
     ConfigLoaded,
     ExitInfo,
@@ -35,10 +39,6 @@ from clawsvc.events import (
     TimerFired,
     TimerKind,
 )
-from clawsvc.service import machine
-from clawsvc.service.backoff import restart_delay
-from clawsvc.service.effects import Connect, LoadConfig, Log, Notify, NotifyKind, Probe, Publish, Reply
-from clawsvc.service.lifecycle import NOT_OWNED
 from clawsvc.service.states import (
     Adopting,
     AwaitingHello,
@@ -560,5 +560,5 @@ def test_the_machine_modules_import_nothing_that_does_io(module: str) -> None:
     assert not imported & IMPURE, imported & IMPURE
     froms = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     clawsvc_modules = {m for m in froms if m.split(".")[0] == "clawsvc"}
-    assert clawsvc_modules <= {"clawsvc", "clawsvc.config", "clawsvc.events", "clawsvc.service",
+    assert clawsvc_modules <= {"clawsvc", "clawsvc.config", "clawsvc.service.messages", "clawsvc.service",
                                *(f"clawsvc.service.{name}" for name in PURE)}, clawsvc_modules

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from clawsvc.notify import Notifier
+from clawsvc.service.notify import Notifier
 
 
 class FakeSystemd:
@@ -138,7 +138,7 @@ def test_without_notify_socket_every_call_is_a_no_op(systemd):
 
 def test_send_error_is_logged_once_and_never_raises(tmp_path, caplog):
     notifier = make(str(tmp_path / "nobody-listens.sock"))
-    with caplog.at_level(logging.WARNING, logger="clawsvc.notify"):
+    with caplog.at_level(logging.WARNING, logger="clawsvc.service.notify"):
         for _ in range(5):
             notifier.watchdog()
             notifier.status("still here")
@@ -150,7 +150,7 @@ def test_send_error_is_logged_once_and_never_raises(tmp_path, caplog):
 def test_recovers_when_the_socket_comes_back(tmp_path, caplog):
     address = str(tmp_path / "later.sock")
     notifier = make(address)
-    with caplog.at_level(logging.INFO, logger="clawsvc.notify"):
+    with caplog.at_level(logging.INFO, logger="clawsvc.service.notify"):
         notifier.watchdog()
         fake = FakeSystemd(address)
         try:

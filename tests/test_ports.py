@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from clawsvc.ports import (
+from clawsvc.gateway.ports import (
     PortHolder,
     _proc_endpoint,
     pid_with_socket,

@@ -21,12 +21,12 @@ from double import double_command, free_port, pid_alive
 from realgw import connect, gateway_env
 from waiting import poll
 
-from clawsvc import leftovers, proctree
 from clawsvc.config import Config, GatewayConfig, LoggingConfig
-from clawsvc.configvalues import TOKEN_ENV
-from clawsvc.gateway_output import MAX_LINE, TRUNCATED, OutputPump, clean, line_level
+from clawsvc.config.values import TOKEN_ENV
+from clawsvc.gateway import leftovers, proctree
+from clawsvc.gateway.output import MAX_LINE, TRUNCATED, OutputPump, clean, line_level
+from clawsvc.gateway.process import ExitInfo, GatewayProcess, SpawnError, build_argv, build_env, check_command
 from clawsvc.logs import redact, register_secret, secret_safe_cut
-from clawsvc.process import ExitInfo, GatewayProcess, SpawnError, build_argv, build_env, check_command
 
 HELPERS = Path(__file__).parent / "helpers"
 FAKE = (sys.executable, str(HELPERS / "fake_gateway.py"))

@@ -7,8 +7,7 @@ import json
 import pytest
 
 from clawsvc import __version__
-from clawsvc.logs import register_secret
-from clawsvc.protocol import (
+from clawsvc.gateway.protocol import (
     DEFAULT_MAX_PAYLOAD,
     DEFAULT_TICK_INTERVAL,
     AuthError,
@@ -29,6 +28,7 @@ from clawsvc.protocol import (
     parse_frame,
     parse_hello,
 )
+from clawsvc.logs import register_secret
 
 HELLO = {
     "type": "hello-ok", "protocol": 4,

@@ -14,19 +14,16 @@ from pathlib import Path
 import pytest
 from realgw import cache_dir, free_port
 
-from clawsvc import provision
-from clawsvc.config import parse_config
-from clawsvc.provision import (
+from clawsvc.commands import gateway_install as provision
+from clawsvc.commands.gateway_install import (
     DEFAULT_VERSION,
     NODE_VERSION,
-    ProvisionError,
     find_installation,
     node_package,
-    node_problem,
-    node_satisfies,
     npm_failure,
-    required_node,
 )
+from clawsvc.config import parse_config
+from clawsvc.gateway.node import ProvisionError, node_problem, node_satisfies, required_node
 
 ENGINES = ">=24.16.0 <25 || >=26.1.0"
 OPENCLAW_DIR = f"openclaw-{DEFAULT_VERSION}"

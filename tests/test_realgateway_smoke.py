@@ -9,7 +9,7 @@ import pytest
 import websocket
 from realgw import QUIET_ENV, GatewayError, RealGateway, call, connect, gateway_env
 
-from clawsvc.provision import Installation
+from clawsvc.commands.gateway_install import Installation
 
 pytestmark = pytest.mark.realgateway
 

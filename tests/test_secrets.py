@@ -1,6 +1,6 @@
 """Gateway token and provider keys: order of sources, generation, redaction, keyring trouble on headless boxes.
 
-The keyring is only ever touched in clawsvc.keyring_child processes, so the tests choose its backend the way
+The keyring is only ever touched in clawsvc.secrets.keyring_child processes, so the tests choose its backend the way
 an admin would, through PYTHON_KEYRING_BACKEND (test backends in tests/helpers/keyring_file_backend.py).
 """
 
@@ -213,7 +213,7 @@ def keyring_children_of(tmp_path: Path) -> list[int]:
     pids = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            if b"clawsvc.keyring_child" in (proc / "cmdline").read_bytes() and \
+            if b"clawsvc.secrets.keyring_child" in (proc / "cmdline").read_bytes() and \
                     marker in (proc / "environ").read_bytes().split(b"\0"):
                 pids.append(int(proc.name))
         except OSError:
@@ -278,7 +278,7 @@ def test_one_keyring_child_per_load_and_no_secret_in_its_argv(tmp_path: Path, fi
     assert secrets.load_all(config) == ("keyring-token-value-0001", "keyring",
                                         {"ANTHROPIC_API_KEY": "sk-ant-keyring-0001",
                                          "OPENAI_API_KEY": "sk-openai-keyring-0001"})
-    assert children == [[sys.executable, "-m", "clawsvc.keyring_child"]]
+    assert children == [[sys.executable, "-m", "clawsvc.secrets.keyring_child"]]
     file_keyring("anthropic", "sk-ant-rotated-0002")  # nothing is cached: a later load reads afresh
     assert secrets.load_all(config)[2]["ANTHROPIC_API_KEY"] == "sk-ant-rotated-0002"
     assert len(children) == 2

@@ -23,8 +23,9 @@ import pytest
 from realgw import connect, free_port, gateway_env
 from service_proc import ServiceProcess, base_config, merge, poll
 
-from clawsvc import exitcodes, proctree
-from clawsvc.provision import Installation
+from clawsvc import exitcodes
+from clawsvc.commands.gateway_install import Installation
+from clawsvc.gateway import proctree
 
 pytestmark = pytest.mark.realgateway
 

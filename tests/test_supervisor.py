@@ -12,13 +12,13 @@ import pytest
 import tenacity
 
 from clawsvc.config import Config
-from clawsvc.events import RestartRequested
-from clawsvc.notify import Notifier
-from clawsvc.policy import ReadyGate, readiness_retrying
-from clawsvc.protocol import AuthError, GatewayError, RetryableError, TransportError
+from clawsvc.gateway.protocol import AuthError, GatewayError, RetryableError, TransportError
 from clawsvc.service.effects import CloseLink, Reply
 from clawsvc.service.executor import Executor
 from clawsvc.service.loop import Supervisor
+from clawsvc.service.messages import RestartRequested
+from clawsvc.service.notify import Notifier
+from clawsvc.service.readiness import ReadyGate, readiness_retrying
 from clawsvc.threads import live
 
 

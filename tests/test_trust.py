@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from clawsvc import checkconfig, exitcodes, secrets, trust
+from clawsvc import exitcodes, secrets, trust
+from clawsvc.commands import check_config as checkconfig
 from clawsvc.config import AuthConfig, Config, ConfigError, GatewayConfig, load_config
-from clawsvc.preflight import preflight
-from clawsvc.process import SpawnError, prepare_state_dir
+from clawsvc.gateway.process import SpawnError, prepare_state_dir
 from clawsvc.secrets import SecretError
+from clawsvc.service.preflight import preflight
 
 OTHER = 65534
 NOBODY = re.escape(f"user nobody (uid {OTHER})")  # as messages name uid 65534

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from clawsvc import cli, install
+from clawsvc import cli
+from clawsvc.commands import install
 from clawsvc.config import GatewayConfig
 
 REPO = Path(__file__).resolve().parent.parent

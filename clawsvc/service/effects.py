@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from clawsvc.config import Config
-from clawsvc.events import State
+from clawsvc.service.messages import State
 
 DEBUG, INFO, WARNING, ERROR = 10, 20, 30, 40  # the logging module's levels, without importing it here
 
 
 class NotifyKind(enum.Enum):
-    """The sd_notify messages of clawsvc/notify.py; READY and STATUS carry the latest published status line."""
+    """The sd_notify messages of clawsvc/service/notify.py; READY and STATUS carry the latest published status line."""
     READY = "ready"
     STATUS = "status"
     RELOADING = "reloading"

@@ -15,26 +15,14 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from clawsvc import leftovers
 from clawsvc.config import Config, ConfigError, load_config
-from clawsvc.connection import GatewayConnection
-from clawsvc.connector import Connector, always
-from clawsvc.events import (
-    ConfigFailed,
-    ConfigLoaded,
-    ExitInfo,
-    HealthChecked,
-    Message,
-    ProcessExited,
-    Spawned,
-    SpawnFailed,
-)
+from clawsvc.gateway import leftovers
+from clawsvc.gateway.connection import GatewayConnection
+from clawsvc.gateway.process import GatewayProcess, SpawnError, stop_bound
+from clawsvc.gateway.protocol import GatewayError, describe_error
 from clawsvc.logs import set_level
-from clawsvc.notify import Notifier
-from clawsvc.preflight import preflight
-from clawsvc.process import GatewayProcess, SpawnError, stop_bound
-from clawsvc.protocol import GatewayError, describe_error
 from clawsvc.secrets import SecretError
+from clawsvc.service.connector import Connector, always
 from clawsvc.service.effects import (
     AbortConnect,
     ApplyConfig,
@@ -53,7 +41,19 @@ from clawsvc.service.effects import (
     StopProcess,
     View,
 )
-from clawsvc.status import Snapshot, status_line
+from clawsvc.service.messages import (
+    ConfigFailed,
+    ConfigLoaded,
+    ExitInfo,
+    HealthChecked,
+    Message,
+    ProcessExited,
+    Spawned,
+    SpawnFailed,
+)
+from clawsvc.service.notify import Notifier
+from clawsvc.service.preflight import preflight
+from clawsvc.service.status import Snapshot, status_line
 from clawsvc.text import cut
 from clawsvc.threads import start_thread
 

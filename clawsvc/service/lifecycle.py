@@ -7,7 +7,6 @@ from dataclasses import replace
 
 from clawsvc import exitcodes
 from clawsvc.config import gateway_affecting
-from clawsvc.events import ConfigFailed, ConfigLoaded, ProcessExited, RestartRequested, SignalReceived, TimerFired
 from clawsvc.service.backoff import forgiven
 from clawsvc.service.effects import (
     ERROR,
@@ -21,6 +20,14 @@ from clawsvc.service.effects import (
     NotifyKind,
     Reply,
     StopProcess,
+)
+from clawsvc.service.messages import (
+    ConfigFailed,
+    ConfigLoaded,
+    ProcessExited,
+    RestartRequested,
+    SignalReceived,
+    TimerFired,
 )
 from clawsvc.service.moves import EXTEND_EVERY, Outcome, begin, drop_link, fail, schedule_restart, shutdown
 from clawsvc.service.states import (

@@ -11,11 +11,11 @@ from concurrent.futures import Future
 from typing import Any
 
 from clawsvc.config import Config
-from clawsvc.events import Message, RestartRequested, TimerFired, TimerKind
-from clawsvc.notify import Notifier
-from clawsvc.protocol import GatewayError
+from clawsvc.gateway.protocol import GatewayError
 from clawsvc.service import machine
 from clawsvc.service.executor import Executor, Secrets
+from clawsvc.service.messages import Message, RestartRequested, TimerFired, TimerKind
+from clawsvc.service.notify import Notifier
 from clawsvc.service.states import MState, Stopped, next_deadline
 
 IDLE_WAIT = 60.0  # with no timer pending (no watchdog, nothing to retry), still wake up now and then

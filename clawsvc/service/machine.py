@@ -11,7 +11,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from clawsvc.config import Config
-from clawsvc.events import (
+from clawsvc.service import lifecycle, running, starting
+from clawsvc.service.effects import DEBUG, INFO, CloseLink, Effect, Log, Notify, NotifyKind, Publish, Reply
+from clawsvc.service.messages import (
     ConfigFailed,
     ConfigLoaded,
     GatewayEventSeen,
@@ -31,8 +33,6 @@ from clawsvc.events import (
     TimerFired,
     TimerKind,
 )
-from clawsvc.service import lifecycle, running, starting
-from clawsvc.service.effects import DEBUG, INFO, CloseLink, Effect, Log, Notify, NotifyKind, Publish, Reply
 from clawsvc.service.moves import Outcome, begin
 from clawsvc.service.states import (
     Adopting,

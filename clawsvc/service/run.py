@@ -10,15 +10,16 @@ import signal
 from collections.abc import Mapping
 from types import FrameType
 
-from clawsvc import __version__, exitcodes, proctree, threads
+from clawsvc import __version__, exitcodes, threads
 from clawsvc.config import Config, ConfigError, load_config
-from clawsvc.control import ControlServer
-from clawsvc.events import Message, SignalReceived
+from clawsvc.control.server import ControlServer
+from clawsvc.gateway import proctree
 from clawsvc.logs import set_level, setup_logging
-from clawsvc.notify import Notifier
-from clawsvc.preflight import preflight
 from clawsvc.secrets import SecretError, load_all
 from clawsvc.service.loop import Supervisor
+from clawsvc.service.messages import Message, SignalReceived
+from clawsvc.service.notify import Notifier
+from clawsvc.service.preflight import preflight
 
 log = logging.getLogger("clawsvc")
 THREADS_GRACE = 5.0  # at exit, how long to wait in all for the threads still finishing (closes, stops)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from clawsvc.events import GatewayEventSeen, HealthChecked, LinkLost, TimerFired
 from clawsvc.service.backoff import forgiven
 from clawsvc.service.effects import DEBUG, INFO, WARNING, CheckHealth, Effect, Log
+from clawsvc.service.messages import GatewayEventSeen, HealthChecked, LinkLost, TimerFired
 from clawsvc.service.moves import Outcome, reconnect, replace_gateway
 from clawsvc.service.states import Running, with_book
 

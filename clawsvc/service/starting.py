@@ -5,8 +5,16 @@ from __future__ import annotations
 from dataclasses import replace
 
 from clawsvc import exitcodes
-from clawsvc.events import HandshakeDone, HandshakeFailed, HandshakeKind, PortFree, PortTaken, Spawned, SpawnFailed
 from clawsvc.service.effects import INFO, Connect, Effect, Log, Notify, NotifyKind, Spawn, StopProcess
+from clawsvc.service.messages import (
+    HandshakeDone,
+    HandshakeFailed,
+    HandshakeKind,
+    PortFree,
+    PortTaken,
+    Spawned,
+    SpawnFailed,
+)
 from clawsvc.service.moves import Outcome, fail, fail_in, replace_gateway, schedule_restart
 from clawsvc.service.states import (
     Adopting,

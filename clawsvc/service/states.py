@@ -7,8 +7,8 @@ from dataclasses import dataclass, field, replace
 
 from clawsvc import exitcodes
 from clawsvc.config import Config
-from clawsvc.events import State, TimerKind
 from clawsvc.service.effects import View
+from clawsvc.service.messages import State, TimerKind
 
 
 @dataclass(frozen=True)

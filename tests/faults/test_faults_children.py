@@ -18,8 +18,8 @@ from double import double_command, pid_alive
 from faultkit import Services, cli, gone, ready, running_other_than, stops_clean
 from service_proc import ServiceProcess, poll
 
-from clawsvc import leftovers
-from clawsvc.gateway_output import MAX_LINE, TRUNCATED
+from clawsvc.gateway import leftovers
+from clawsvc.gateway.output import MAX_LINE, TRUNCATED
 
 # gateway.command wrapper: maybe print a file, maybe start a sleeping daemon (writing its pid), then exec the double;
 # a stubborn daemon ignores SIGTERM, so only the SIGKILL HELPER_GRACE (3 s) after the gateway's exit ends it

@@ -39,7 +39,9 @@ from faultkit import (
 )
 from service_proc import poll
 
-from clawsvc import control_client, control_wire, exitcodes
+from clawsvc import exitcodes
+from clawsvc.control import client as control_client
+from clawsvc.control import wire as control_wire
 
 NOBODY = 65534
 

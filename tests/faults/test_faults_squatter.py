@@ -21,8 +21,8 @@ from service_proc import ServiceProcess
 from waiting import poll
 
 from clawsvc import exitcodes
-from clawsvc.connection import GatewayConnection
-from clawsvc.protocol import TransportError
+from clawsvc.gateway.connection import GatewayConnection
+from clawsvc.gateway.protocol import TransportError
 
 SQUATTER = Path(__file__).parent.parent / "helpers" / "squatter.py"
 NOBODY = 65534

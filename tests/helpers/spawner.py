@@ -8,8 +8,8 @@ import sys
 import threading
 
 from clawsvc.config import load_config
+from clawsvc.gateway.process import GatewayProcess
 from clawsvc.logs import setup_logging
-from clawsvc.process import GatewayProcess
 
 setup_logging("debug")
 process = GatewayProcess(load_config(sys.argv[1]), os.environ["SPAWNER_TOKEN"], {}, lambda info: None)

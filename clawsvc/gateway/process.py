@@ -19,16 +19,17 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from clawsvc import leftovers, proctree, trust
+from clawsvc import trust
 from clawsvc.config import SECRET_ENV, Config
-from clawsvc.configvalues import TOKEN_ENV
-from clawsvc.events import ExitInfo
-from clawsvc.gateway_output import OutputPump
+from clawsvc.config.values import TOKEN_ENV
+from clawsvc.gateway import leftovers, proctree
+from clawsvc.gateway.exits import ExitInfo
+from clawsvc.gateway.node import ProvisionError, node_problem
+from clawsvc.gateway.output import OutputPump
 from clawsvc.logs import register_secret
-from clawsvc.provision import ProvisionError, node_problem
 from clawsvc.threads import start_thread
 
-log = logging.getLogger("clawsvc.process")
+log = logging.getLogger("clawsvc.gateway.process")
 
 GATEWAY_CONFIG = "openclaw.json"
 FIX = "run `clawsvc gateway-install` and set gateway.command to the paths it prints"

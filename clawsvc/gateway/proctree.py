@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-log = logging.getLogger("clawsvc.process")
+log = logging.getLogger("clawsvc.gateway.process")
 KILL_WAIT = 5.0
 GATEWAY_ID_ENV = "CLAWSVC_GATEWAY_ID"
 SWEEP_ROUNDS = 3  # a killed orphan's own children are orphaned in turn: look again, a bounded number of times

@@ -18,9 +18,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from clawsvc import proctree, trust
+from clawsvc import trust
+from clawsvc.gateway import proctree
 
-log = logging.getLogger("clawsvc.process")
+log = logging.getLogger("clawsvc.gateway.process")
 PIDFILE = "clawsvc-gateway.pid"
 PIDFILE_MAX = 4096
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")

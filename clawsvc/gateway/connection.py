@@ -28,8 +28,7 @@ import websocket
 from websocket import ABNF
 
 from clawsvc.config import Config
-from clawsvc.logs import register_secret
-from clawsvc.protocol import (
+from clawsvc.gateway.protocol import (
     ADMIN_SCOPE,
     CHALLENGE_EVENT,
     ConnectionLost,
@@ -49,9 +48,10 @@ from clawsvc.protocol import (
     parse_frame,
     parse_hello,
 )
+from clawsvc.logs import register_secret
 from clawsvc.threads import start_thread
 
-log = logging.getLogger("clawsvc.connection")
+log = logging.getLogger("clawsvc.gateway.connection")
 # websocket-client logs every abnormal close at ERROR itself; this module reports each close once, classified.
 logging.getLogger("websocket").setLevel(logging.CRITICAL)
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from clawsvc.control_path import SocketFile, group_id
-from clawsvc.control_wire import (
+from clawsvc.control.path import SocketFile, group_id
+from clawsvc.control.wire import (
     COMMANDS,
     MAX_DEPTH,
     MAX_REQUEST,
@@ -33,7 +33,7 @@ from clawsvc.logs import redact
 from clawsvc.text import shown
 from clawsvc.threads import start_thread
 
-log = logging.getLogger("clawsvc.control")
+log = logging.getLogger("clawsvc.control.server")
 
 READ_TIMEOUT = 2.0  # a client has this long to send its request line
 WRITE_TIMEOUT = 30.0  # and this long to take the reply

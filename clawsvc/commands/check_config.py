@@ -8,7 +8,7 @@ import sys
 
 from clawsvc import exitcodes, trust
 from clawsvc.config import ConfigError, dump, load_config
-from clawsvc.preflight import preflight
+from clawsvc.service.preflight import preflight
 
 
 def main(args: argparse.Namespace) -> int:

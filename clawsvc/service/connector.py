@@ -12,23 +12,12 @@ import threading
 import time
 from collections.abc import Callable
 
-from clawsvc import ports
 from clawsvc.config import Config
-from clawsvc.connection import GatewayConnection
-from clawsvc.events import (
-    GatewayEventSeen,
-    HandshakeDone,
-    HandshakeFailed,
-    HandshakeKind,
-    LinkLost,
-    Message,
-    PortFree,
-    PortTaken,
-)
-from clawsvc.policy import readiness_retrying
-from clawsvc.ports import port_holder, port_in_use
-from clawsvc.proctree import descendants
-from clawsvc.protocol import (
+from clawsvc.gateway import ports
+from clawsvc.gateway.connection import GatewayConnection
+from clawsvc.gateway.ports import port_holder, port_in_use
+from clawsvc.gateway.proctree import descendants
+from clawsvc.gateway.protocol import (
     AuthError,
     GatewayEvent,
     LinkDown,
@@ -38,6 +27,17 @@ from clawsvc.protocol import (
     UntrustedPeerError,
     describe_error,
 )
+from clawsvc.service.messages import (
+    GatewayEventSeen,
+    HandshakeDone,
+    HandshakeFailed,
+    HandshakeKind,
+    LinkLost,
+    Message,
+    PortFree,
+    PortTaken,
+)
+from clawsvc.service.readiness import readiness_retrying
 from clawsvc.threads import start_thread
 
 Post = Callable[[Message], None]

@@ -6,10 +6,11 @@ its pid. Only the state machine (clawsvc.service.machine) decides what an outcom
 from __future__ import annotations
 
 import enum
-import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from clawsvc.gateway.exits import ExitInfo
 
 if TYPE_CHECKING:
     from clawsvc.config import Config
@@ -23,32 +24,6 @@ class State(enum.Enum):
     RECONNECTING = "reconnecting"
     ERROR = "error"
     STOPPING = "stopping"
-
-
-@dataclass(frozen=True)
-class ExitInfo:
-    returncode: int | None  # exit status, None if killed by a signal (or never started)
-    signal: int | None  # signal number if killed by one
-    forced: bool = False  # True when stop() had to SIGKILL
-
-    @classmethod
-    def from_returncode(cls, returncode: int, forced: bool = False) -> ExitInfo:
-        if returncode < 0:
-            return cls(None, -returncode, forced)
-        return cls(returncode, None, forced)
-
-    def describe(self) -> str:
-        if self.signal is not None:
-            try:
-                name = signal.Signals(self.signal).name
-            except ValueError:
-                name = f"signal {self.signal}"
-            text = f"killed by {name}"
-        elif self.returncode is not None:
-            text = f"exited with status {self.returncode}"
-        else:
-            return "did not exit even after SIGKILL" if self.forced else "never started"
-        return text + " (forced: it did not stop within stop_timeout)" if self.forced else text
 
 
 class HandshakeKind(enum.Enum):

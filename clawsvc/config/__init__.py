@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from clawsvc import trust
-from clawsvc.configvalues import (
+from clawsvc.config.values import (
     BINDS,
     LEVELS,
     MAX_DIGITS,

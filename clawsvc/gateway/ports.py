@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clawsvc import proctree
+from clawsvc.gateway import proctree
 from clawsvc.users import describe_uid
 
 PROC = Path("/proc")

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import tenacity
 
-from clawsvc.protocol import GatewayError, RetryableError, TransportError
+from clawsvc.gateway.protocol import GatewayError, RetryableError, TransportError
 
 PROBE_EVERY = 0.025  # a refused loopback connect or a /readyz GET costs well under a millisecond
 

@@ -1,7 +1,7 @@
 """Gateway token and provider API keys from the keyring, systemd credentials and files.
 
 Every secret this module returns has been passed to `register_secret()`, so no later log line shows it.
-Every keyring call runs in a short-lived child (clawsvc.keyring_child), killed at KEYRING_TIMEOUT: the
+Every keyring call runs in a short-lived child (clawsvc.secrets.keyring_child), killed at KEYRING_TIMEOUT: the
 service never imports `keyring` (~13 MiB for good), and a Secret Service that never answers (a locked
 collection waiting for a GUI prompt on a headless box) cannot hang it.
 """
@@ -82,15 +82,15 @@ def _last_line(text: str) -> str:
     return cut(redact(lines[-1].strip()), 200) if lines else ""
 
 
-PACKAGE_PARENT = Path(__file__).resolve().parent.parent
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # the directory holding the clawsvc package
 
 
 def _keyring_child(op: str, usernames: Sequence[str] = (), value: str | None = None) -> dict[str, Any]:
-    """Runs one operation in clawsvc.keyring_child; KeyringUnavailable when the keyring cannot serve it."""
+    """Runs one operation in clawsvc.secrets.keyring_child; KeyringUnavailable when the keyring cannot serve it."""
     if _KeyringState.broken:
         raise KeyringUnavailable(_KeyringState.broken)
     request = json.dumps({"op": op, "service": KEYRING_SERVICE, "usernames": list(usernames), "value": value})
-    command = [sys.executable, "-m", "clawsvc.keyring_child"]
+    command = [sys.executable, "-m", "clawsvc.secrets.keyring_child"]
     try:
         # `-m` puts the working directory first on sys.path: run from the one holding this very clawsvc, so
         # a keyring.py lying in the caller's directory (say /tmp) can never see the keys

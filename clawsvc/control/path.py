@@ -11,9 +11,9 @@ import stat
 from pathlib import Path
 
 from clawsvc import trust
-from clawsvc.control_wire import peer_of
+from clawsvc.control.wire import peer_of
 
-log = logging.getLogger("clawsvc.control")
+log = logging.getLogger("clawsvc.control.server")
 
 DIR_WHAT = "control socket directory"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from clawsvc import trust
 from clawsvc.config import Config, ConfigError
-from clawsvc.process import SpawnError, build_argv, build_env, check_command, state_dir
+from clawsvc.gateway.process import SpawnError, build_argv, build_env, check_command, state_dir
 from clawsvc.secrets import describe_token_source
 
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from sdnotify import SystemdNotifier
 
-log = logging.getLogger("clawsvc.notify")
+log = logging.getLogger("clawsvc.service.notify")
 
 STATUS_MAX = 1000  # characters; `systemctl status` shows one line, the journal keeps the rest of the story
 _CONTROL_CHARS = re.compile(r"\s*[\x00-\x1f\x7f]+\s*")

@@ -13,9 +13,9 @@ from typing import Any
 
 from clawsvc import exitcodes
 from clawsvc.config import SYSTEM_CONTROL_SOCKET, Config, ConfigError, default_control_socket, load_config
-from clawsvc.control_client import ClientRefusal, RequestTooLarge, request
-from clawsvc.control_wire import MAX_DEPTH, MAX_REQUEST, MAX_RPC_TIMEOUT, ControlError, ServiceNotRunning, too_deep
-from clawsvc.status import human_duration
+from clawsvc.control.client import ClientRefusal, RequestTooLarge, request
+from clawsvc.control.wire import MAX_DEPTH, MAX_REQUEST, MAX_RPC_TIMEOUT, ControlError, ServiceNotRunning, too_deep
+from clawsvc.service.status import human_duration
 
 STATUS_TIMEOUT = 10.0
 MARGIN = 5.0  # the service's own timeout fires first, so its error (not ours) reaches the user

@@ -1,4 +1,4 @@
-"""The only module that imports `keyring`; run as `python -m clawsvc.keyring_child` by clawsvc.secrets.
+"""The only module that imports `keyring`; run as `python -m clawsvc.secrets.keyring_child` by clawsvc.secrets.
 
 Importing keyring and resolving its backend costs ~13 MiB that a 24/7 service would carry for good, and a
 Secret Service waiting for a GUI prompt can hang the call; in a short-lived child both are bounded: the
@@ -66,7 +66,7 @@ def main() -> int:
     try:
         request = json.loads(sys.stdin.read())
     except ValueError as exc:
-        print(f"clawsvc.keyring_child: bad request: {exc.__class__.__name__}", file=sys.stderr)
+        print(f"clawsvc.secrets.keyring_child: bad request: {exc.__class__.__name__}", file=sys.stderr)
         return 2
     with reply_to:
         json.dump(handle(request), reply_to)

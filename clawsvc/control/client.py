@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from clawsvc.config import SYSTEM_CONTROL_SOCKET
-from clawsvc.control_wire import (
+from clawsvc.control.wire import (
     MAX_REPLY,
     MAX_REQUEST,
     ControlError,

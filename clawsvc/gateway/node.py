@@ -1,12 +1,15 @@
-"""Node version vs an npm `engines.node` range: || alternatives of comparators, x-ranges, ^, ~ and hyphen ranges.
-
-Minimal on purpose (prerelease tags are ignored), but exact for the ranges Node packages put in `engines`.
+"""The node that runs the gateway: its version against the openclaw package's `engines.node` range (|| alternatives
+of comparators, x-ranges, ^, ~ and hyphen ranges; minimal on purpose, prerelease tags are ignored, but exact for the
+ranges Node packages put in `engines`).
 """
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 Version = tuple[int, int, int]
 _PART = r"(\d+|[xX*])"
@@ -79,3 +82,35 @@ def below_every_alternative(node_version: str, engines_range: str) -> bool:
     have = parse_version(node_version)
     lows = [bound for alt in _alternatives(engines_range) for op, bound in alt if op in (">", ">=", "=")]
     return bool(lows) and all(have < low for low in lows)
+
+
+class ProvisionError(Exception):
+    """A one-line, admin-readable reason this node cannot run the gateway, or the install cannot go on."""
+
+
+def node_version_of(node: Path | str) -> str:
+    """`node --version` without the leading v, e.g. 24.21.0."""
+    try:
+        done = subprocess.run([str(node), "--version"], capture_output=True, text=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ProvisionError(f"cannot run {node} --version: {exc}") from None
+    return done.stdout.strip().removeprefix("v")
+
+
+def required_node(entry: Path) -> str:
+    """The `engines.node` range of the openclaw package whose entry script is `entry` ("*" if none)."""
+    try:
+        package = json.loads((Path(entry).parent / "package.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ProvisionError(f"cannot read the gateway's package.json next to {entry}: {exc}") from None
+    engines = package.get("engines") or {}
+    return str(engines.get("node") or "*")
+
+
+def node_problem(node: Path | str, entry: Path) -> str | None:
+    """Why this node cannot run this gateway entry script, or None when it can."""
+    needs, have = required_node(entry), node_version_of(node)
+    if node_satisfies(have, needs):
+        return None
+    verdict = "too old" if below_every_alternative(have, needs) else "not supported"
+    return f"node {verdict} for the gateway: needs {needs}, have {have}; run `clawsvc gateway-install`"

@@ -26,7 +26,7 @@ TEMPLATE_EXE = "/usr/local/bin/clawsvc"  # what ExecStart= / ProgramArguments na
 INSTALL_ROOT_ENV = "CLAWSVC_INSTALL_ROOT"  # like DESTDIR: every file is written below it (packaging, tests)
 # A system service runs with ProtectHome=yes and PrivateTmp=yes: nothing below these is visible to it.
 HIDDEN_FROM_SYSTEM_UNIT = ("/home", "/root", "/run/user", "/tmp", "/var/tmp")
-_REPO = Path(__file__).resolve().parent.parent
+_REPO = Path(__file__).resolve().parents[2]  # a source checkout: clawsvc/commands/install.py
 
 
 class InstallError(Exception):

@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from clawsvc import exitcodes
-from clawsvc.noderange import below_every_alternative, node_satisfies
+from clawsvc.gateway.node import ProvisionError, node_satisfies, node_version_of, required_node
 
 DEFAULT_VERSION = "2026.9.6"
 NODE_VERSION = "24.21.0"
@@ -41,10 +41,6 @@ NETWORK_CODES = frozenset({"ENOTFOUND", "EAI_AGAIN", "ETIMEDOUT", "ECONNREFUSED"
                            "UNABLE_TO_GET_ISSUER_CERT", "SELF_SIGNED_CERT_IN_CHAIN", "CERT_HAS_EXPIRED",
                            "UNABLE_TO_VERIFY_LEAF_SIGNATURE"})
 EXACT_VERSION = re.compile(r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.+-]+)?$")
-
-
-class ProvisionError(Exception):
-    """A one-line, admin-readable reason the install cannot go on."""
 
 
 @dataclass(frozen=True)
@@ -233,34 +229,6 @@ def _check_entry(entry: Path, node: Path, have: str) -> None:
     needs = required_node(entry)
     if not node_satisfies(have, needs):
         raise ProvisionError(f"node {have} from {node} does not meet openclaw's engines.node {needs!r}")
-
-
-def node_version_of(node: Path | str) -> str:
-    """`node --version` without the leading v, e.g. 24.21.0."""
-    try:
-        done = subprocess.run([str(node), "--version"], capture_output=True, text=True, timeout=30, check=True)
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise ProvisionError(f"cannot run {node} --version: {exc}") from None
-    return done.stdout.strip().removeprefix("v")
-
-
-def required_node(entry: Path) -> str:
-    """The `engines.node` range of the openclaw package whose entry script is `entry` ("*" if none)."""
-    try:
-        package = json.loads((Path(entry).parent / "package.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ProvisionError(f"cannot read the gateway's package.json next to {entry}: {exc}") from None
-    engines = package.get("engines") or {}
-    return str(engines.get("node") or "*")
-
-
-def node_problem(node: Path | str, entry: Path) -> str | None:
-    """Why this node cannot run this gateway entry script, or None when it can."""
-    needs, have = required_node(entry), node_version_of(node)
-    if node_satisfies(have, needs):
-        return None
-    verdict = "too old" if below_every_alternative(have, needs) else "not supported"
-    return f"node {verdict} for the gateway: needs {needs}, have {have}; run `clawsvc gateway-install`"
 
 
 def config_snippet(installation: Installation) -> str:

@@ -21,16 +21,17 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from clawsvc import exitcodes, install
+from clawsvc import exitcodes
+from clawsvc.commands import install
+from clawsvc.commands.control import client_socket
 from clawsvc.config import Config, ConfigError, default_config_path, load_config
-from clawsvc.control_cli import client_socket
-from clawsvc.control_client import request
-from clawsvc.control_wire import ControlError, ServiceNotRunning
+from clawsvc.control.client import request
+from clawsvc.control.wire import ControlError, ServiceNotRunning
+from clawsvc.gateway.node import ProvisionError, node_version_of, required_node
+from clawsvc.gateway.ports import port_holder
+from clawsvc.gateway.process import SpawnError, check_command
+from clawsvc.gateway.proctree import descendants
 from clawsvc.logs import redact
-from clawsvc.ports import port_holder
-from clawsvc.process import SpawnError, check_command
-from clawsvc.proctree import descendants
-from clawsvc.provision import ProvisionError, node_version_of, required_node
 from clawsvc.secrets import describe_token_source, keyring_status, provider_env_name, provider_keys
 
 STATUS_TIMEOUT = 3.0
