@@ -3,6 +3,8 @@
 on_event does what the supervisor's does (put the event on a SimpleQueue); a consumer thread counts the
 events and checks that their seq has no gap. The baseline is a bare websocket-client loop that reads and
 parses the same flood on its own connection, alternating with clawsvc's.
+The stream row runs `clawsvc run` on the double and one `clawsvc events --follow --json` consumer, and
+counts the flood's lines on that consumer's stdout (and its `missed` records).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import json
 import queue
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import Context, Row, Section, median, realgw
+from bench.service import ServiceRun
 from clawsvc.gateway.connection import GatewayConnection
 from clawsvc.gateway.protocol import GatewayEvent
 from tests.double import start_double
@@ -116,6 +121,55 @@ def flood_bare(url: str, token: str, count: int) -> Flood:
     return Flood(count, received, gaps, seconds)
 
 
+class StreamCounter:
+    """Reads a `clawsvc events --follow --json` consumer's stdout: flood lines, missed counts, markers."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self.popen = popen
+        self.floods = self.missed = self.markers = 0
+        self.last_at = 0.0
+        self.thread = threading.Thread(target=self._read, name="clawsvc-bench-stream", daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            event = json.loads(line)
+            if event["name"] == "flood":
+                self.floods += 1
+                self.last_at = time.perf_counter()
+            elif event["name"] == "missed":
+                self.missed += event["payload"]["count"]
+            elif event["name"] == "marker":
+                self.markers += 1
+
+
+def flood_stream(ctx: Context, count: int) -> Flood:
+    """Events through clawsvc, its control socket and one `clawsvc events --follow --json` process."""
+    with ServiceRun(ctx.backend("double")).start() as svc:
+        svc.wait_ready()
+        argv = [sys.executable, "-m", "clawsvc", "events", "-c", str(svc.config_path), "--follow", "--json",
+                "--name", "flood", "--name", "marker"]
+        popen = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        try:
+            counter = StreamCounter(popen)
+            deadline = time.monotonic() + 30
+            while not counter.markers:  # subscribed once a marker event comes through
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the events consumer never got a marker event")
+                svc.request("rpc", method="double.event", params={"event": "marker", "payload": {}})
+                threading.Event().wait(0.2)
+            t0 = time.perf_counter()
+            svc.request("rpc", timeout=FLOOD_TIMEOUT, method="double.flood", params={"count": count})
+            end = time.monotonic() + 60
+            while counter.floods + counter.missed < count and time.monotonic() < end:
+                threading.Event().wait(0.05)
+            return Flood(count, counter.floods, 0, counter.last_at - t0)
+        finally:
+            popen.kill()
+            popen.wait()
+
+
 def run(ctx: Context) -> Section:
     count = ctx.reps(30_000, 5_000)
     rounds = ctx.reps(3, 1)
@@ -131,7 +185,8 @@ def run(ctx: Context) -> Section:
                     results[kind].append(floods[kind](gw.url, gw.token, count))
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    return report(results, count)
+    stream = [flood_stream(ctx, count) for _ in range(rounds)]
+    return report(results, count, stream)
 
 
 def capped(bare_rate: float) -> str:
@@ -141,7 +196,7 @@ def capped(bare_rate: float) -> str:
             "target cannot be shown here; read the ratio. ")
 
 
-def report(results: dict[str, list[Flood]], count: int) -> Section:
+def report(results: dict[str, list[Flood]], count: int, stream: list[Flood]) -> Section:
     bare_rate = median([f.rate for f in results["bare"]])
     mine = results["direct"] + results["queued"]
     lost = sum(f.sent - f.received for f in mine)
@@ -162,9 +217,16 @@ def report(results: dict[str, list[Flood]], count: int) -> Section:
     section.add(Row("events lost", f"{lost}", f"{sum(f.sent - f.received for f in results['bare'])} bare", "",
                     "0", lost == 0), why_missed=f"{gaps} gap(s) in seq were seen.")
     section.add(Row("seq gaps seen", f"{gaps}", f"{sum(f.gaps for f in results['bare'])} bare"))
+    streamed = median([f.rate for f in stream])
+    missed = sum(f.sent - f.received for f in stream)
+    section.add(Row("  through `clawsvc events --follow --json` (one consumer)", f"{streamed:,.0f} /s",
+                    f"{bare_rate:,.0f} /s bare", f"{streamed / bare_rate:.2f}x"))
+    section.add(Row("  missed by that consumer", f"{missed}", "", "", "reported, never silent"))
     section.notes.append("Rate = events handled / (flood request sent → last event handled); the double sends "
                          "every event before its reply, so the double's own send rate caps every side. "
                          "\"on_event\" counts and checks seq on the reader thread; \"through a queue\" puts each "
                          "event on a SimpleQueue for another thread, as Connector → Supervisor does. Lost and gaps "
-                         "are summed over both.")
+                         "are summed over both. The stream row adds the hub, the control socket's follower "
+                         "thread and the `clawsvc events` process (JSON in, JSON out) to the queued path; what "
+                         "that consumer could not keep up with arrives as `missed` counts.")
     return section

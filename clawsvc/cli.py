@@ -16,6 +16,7 @@ HANDLERS = {
     "status": "clawsvc.commands.control:status_main",
     "rpc": "clawsvc.commands.control:rpc_main",
     "restart-gateway": "clawsvc.commands.control:restart_main",
+    "events": "clawsvc.commands.events:main",
     "keys": "clawsvc.commands.keys:main",
     "install": "clawsvc.commands.install:main",
     "doctor": "clawsvc.commands.doctor:main",
@@ -59,6 +60,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("restart-gateway", help="restart the gateway child; the service stays up")
     _config_arg(p)
+
+    p = sub.add_parser(
+        "events", help="print the service's and the gateway's events (state changes, restarts, chat, ...)",
+        description="Recent events, or with --follow every event as it happens: clawsvc's own (state, "
+                    "gateway.spawned, gateway.exited, restart, restart.requested, health.failed, reload, ready, "
+                    "error; missed when this consumer fell behind) and the gateway's (chat, health, "
+                    "sessions.changed, shutdown, ...; tick only when named). Payloads can hold chat content.",
+        epilog="exit: 0 (also on Ctrl-C or a closed pipe); 1 refused (not allowed, too many followers, or the "
+               "socket is served by another user); 3 not running")
+    _config_arg(p)
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing events as they happen")
+    p.add_argument("--json", action="store_true",
+                   help='one JSON object per line: {"time", "source", "name", "payload", "seq"}')
+    p.add_argument("--name", dest="names", action="append", default=None, metavar="NAME",
+                   help="only events of this name (repeatable); `tick` only arrives when named")
 
     p = sub.add_parser("keys", help="provider API keys in the system keyring")
     _config_arg(p)

@@ -22,12 +22,8 @@ from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from clawsvc.users import describe_uid, service_uid, user_name
-
-if TYPE_CHECKING:
-    from clawsvc.config import Config
 
 log = logging.getLogger("clawsvc.trust")
 
@@ -169,7 +165,7 @@ def resolve(path: Path, what: str) -> tuple[Path, os.stat_result | None]:
 
 # ---------------------------------------------------------------- the object itself
 
-def _check_owned(path: Path, st: os.stat_result, what: str, *, directory: bool, mode_fix: str) -> None:
+def check_owned(path: Path, st: os.stat_result, what: str, *, directory: bool, mode_fix: str) -> None:
     """`path` is a directory (or a regular file) owned by a trusted user that nobody else can write."""
     wanted = "a directory" if directory else "a regular file"
     if not (stat.S_ISDIR if directory else stat.S_ISREG)(st.st_mode):
@@ -184,7 +180,7 @@ def _check_owned(path: Path, st: os.stat_result, what: str, *, directory: bool, 
 
 
 def _check_dir(path: Path, st: os.stat_result, what: str) -> None:
-    _check_owned(path, st, what, directory=True, mode_fix="700")
+    check_owned(path, st, what, directory=True, mode_fix="700")
 
 
 def _too_big(path: Path | str, what: str, cap: int, size: int | None = None) -> TrustError:
@@ -194,7 +190,7 @@ def _too_big(path: Path | str, what: str, cap: int, size: int | None = None) -> 
                       "right file?")
 
 
-def _check_size(path: Path, st: os.stat_result, what: str, cap: int = SECRET_CAP) -> None:
+def check_size(path: Path, st: os.stat_result, what: str, cap: int = SECRET_CAP) -> None:
     if st.st_size > cap:
         raise _too_big(path, what, cap, st.st_size)
 
@@ -203,7 +199,7 @@ def check_file(path: Path, what: str, mode_fix: str = "go-w") -> os.stat_result 
     """Check a file and its path without opening it; None when it does not exist."""
     _, st = resolve(path, what)
     if st is not None:
-        _check_owned(path, st, what, directory=False, mode_fix=mode_fix)
+        check_owned(path, st, what, directory=False, mode_fix=mode_fix)
     return st
 
 
@@ -219,7 +215,7 @@ def check_dir(path: Path, what: str) -> Path | None:
 
 # ---------------------------------------------------------------- reading a small regular file
 
-def _link_refused(path: Path | str, what: str) -> TrustError:
+def link_refused(path: Path | str, what: str) -> TrustError:
     return TrustError(f"{what} {path} is a symbolic link, which clawsvc never follows there; remove it and check "
                       "where it pointed")
 
@@ -228,7 +224,7 @@ def _check_regular(st: os.stat_result, shown: Path | str, what: str) -> None:
     if stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(shown))
     if stat.S_ISLNK(st.st_mode):
-        raise _link_refused(shown, what)
+        raise link_refused(shown, what)
     if not stat.S_ISREG(st.st_mode):
         raise TrustError(f"{what} {shown} is {file_kind(st.st_mode)}, not a regular file; use a regular file there")
 
@@ -238,7 +234,7 @@ def _open_regular(path: Path | str, shown: Path | str, what: str, nofollow: bool
         return os.open(path, READ_FLAGS | (os.O_NOFOLLOW if nofollow else 0), dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno == errno.ELOOP and nofollow:  # O_NOFOLLOW met a symlink
-            raise _link_refused(shown, what) from None
+            raise link_refused(shown, what) from None
         raise
 
 
@@ -268,7 +264,7 @@ def read_regular(path: Path | str, what: str, *, cap: int, nofollow: bool, dir_f
         _check_regular(st, shown, what)
         if vet is not None:
             vet(st)
-        _check_size(Path(shown), st, what, cap)
+        check_size(Path(shown), st, what, cap)
         return RegularFile(_read_fd(fd, shown, what, cap), st)
     finally:
         os.close(fd)
@@ -309,7 +305,7 @@ def open_private_dir(path: Path, what: str) -> int:
 
 def _read_secret(name: Path | str, shown: Path, what: str, dir_fd: int | None) -> SecretFile:
     def vet(st: os.stat_result) -> None:
-        _check_owned(shown, st, what, directory=False, mode_fix="600")
+        check_owned(shown, st, what, directory=False, mode_fix="600")
 
     found = read_regular(name, what, cap=SECRET_CAP, nofollow=True, dir_fd=dir_fd, shown=shown, vet=vet)
     try:
@@ -324,7 +320,7 @@ def read_secret(path: Path, what: str) -> SecretFile:
     resolved, st = resolve(path, what)
     if st is None:
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
-    _check_owned(path, st, what, directory=False, mode_fix="600")  # before opening: not even a device is opened
+    check_owned(path, st, what, directory=False, mode_fix="600")  # before opening: not even a device is opened
     return _read_secret(resolved, path, what, None)
 
 
@@ -341,41 +337,3 @@ def create_secret_at(dir_fd: int, name: str, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-# ---------------------------------------------------------------- the config as a whole
-
-def _check_generated_token(state_dir: Path) -> None:
-    path = state_dir / GENERATED_TOKEN_NAME
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    what = "generated gateway token"
-    if stat.S_ISLNK(st.st_mode):
-        raise _link_refused(path, what)
-    _check_owned(path, st, what, directory=False, mode_fix="600")
-    _check_size(path, st, what)
-
-
-def _check_token_file(path: Path) -> None:
-    st = check_file(path, "auth.token_file", "600")
-    if st is None:
-        raise TrustError(f"auth.token_file {path} does not exist; create it (mode 0600, one line holding the token) "
-                         "or set auth.token_file: null")
-    _check_size(path, st, "auth.token_file")
-
-
-def check_config_paths(config: Config) -> None:
-    """Raise TrustError when a path the config names (config file, state dir, token file) is not trusted."""
-    try:
-        if config.source is not None:
-            check_file(config.source, "config file")
-        state_dir = check_dir(config.gateway.state_dir.absolute(), "gateway.state_dir")
-        token_file = config.auth.token_file
-        if token_file is not None:
-            _check_token_file(token_file)
-        if state_dir is not None and token_file is None:
-            _check_generated_token(state_dir)
-    except OSError as exc:
-        raise TrustError(f"cannot check {exc.filename}: {exc.strerror or exc.__class__.__name__}") from None

@@ -2,8 +2,11 @@
 # Runs the whole test suite from nothing: Python deps into .venv, Debian tools the tests use, then ruff and
 # pytest. The real gateway (Node 24 + openclaw from the npm registry) is provisioned by the test session
 # itself into $CLAWSVC_TEST_CACHE (default /var/cache/clawsvc-test as root), reused across runs.
-# `scripts/test.sh --fast [PYTEST ARGS]` skips the real-gateway and real-systemd tests (the fast tier);
-# any other arguments go to pytest.
+# `scripts/test.sh --fast [PYTEST ARGS]` skips the real-gateway and real-systemd tests (the fast tier, run by
+# $CLAWSVC_TEST_WORKERS pytest-xdist workers, default 4: its tests mostly wait on child processes, not on the CPU).
+# Without arguments: the fast tier in parallel, then the real-gateway and systemd tests one at a time (heavy, and
+# they share the provisioned gateway); the exit status is the first failure's. Any other arguments: one serial
+# pytest run with them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${CLAWSVC_VENV:-.venv}
@@ -27,9 +30,20 @@ fi
 "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]"
 "$venv/bin/ruff" check .
 "$venv/bin/lint-imports" --no-cache >/dev/null || "$venv/bin/lint-imports" --no-cache
-fast=()
+# Bytecode for the package and the test helpers once, not recompiled in each of the hundreds of clawsvc and
+# gateway-double processes the tests start (PYTHONDONTWRITEBYTECODE may be set).
+"$venv/bin/python" -m compileall -q clawsvc tests >/dev/null
+pytest=("$venv/bin/python" -m pytest -q -ra)
+fast_tier=(-m "not realgateway and not systemd" -n "${CLAWSVC_TEST_WORKERS:-4}")
 if [ "${1:-}" = --fast ]; then
     shift
-    fast=(-m "not realgateway and not systemd")
+    exec "${pytest[@]}" "${fast_tier[@]}" "$@"
 fi
-"$venv/bin/python" -m pytest -q -ra "${fast[@]}" "$@"
+if (($#)); then
+    exec "${pytest[@]}" "$@"
+fi
+status=0
+"${pytest[@]}" "${fast_tier[@]}" || status=$?
+slow=0
+"${pytest[@]}" -m "realgateway or systemd" || slow=$?
+exit $((status ? status : slow))

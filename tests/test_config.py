@@ -20,12 +20,12 @@ DEV = REPO / "etc" / "clawsvc-dev.yaml"
 
 @pytest.fixture
 def as_root(monkeypatch):
-    monkeypatch.setattr(cfg.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
 
 
 @pytest.fixture
 def as_user(monkeypatch, tmp_path):
-    monkeypatch.setattr(cfg.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     for var in ("XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_RUNTIME_DIR", "CLAWSVC_CONFIG"):
         monkeypatch.delenv(var, raising=False)

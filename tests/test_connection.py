@@ -18,7 +18,9 @@ from double import DoubleProcess, free_port, start_double
 
 from clawsvc.config import parse_config
 from clawsvc.gateway import ports
-from clawsvc.gateway.connection import GatewayConnection, Liveness
+from clawsvc.gateway.connection import GatewayConnection
+from clawsvc.gateway.frames import Liveness
+from clawsvc.gateway.hello import parse_hello
 from clawsvc.gateway.protocol import (
     AuthError,
     ConnectionLost,
@@ -31,7 +33,6 @@ from clawsvc.gateway.protocol import (
     RpcTimeout,
     TransportError,
     UntrustedPeerError,
-    parse_hello,
 )
 from clawsvc.service.connector import Connector, PeerCheck, PeerGone, always
 from clawsvc.service.messages import HandshakeDone, HandshakeFailed, HandshakeKind, Message

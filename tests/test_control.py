@@ -35,6 +35,8 @@ from clawsvc.control.client import ClientRefusal, request
 from clawsvc.control.path import ControlSocketError
 from clawsvc.control.server import ControlServer
 from clawsvc.control.wire import ControlError, ServiceNotRunning
+from clawsvc.service import status
+from clawsvc.service.messages import State
 
 NOBODY = 65534
 
@@ -769,10 +771,96 @@ def test_cli_subprocess_end_to_end(server, config_file):
     assert json.loads(done.stdout)["params"] == [1]
 
 
+def reply(**changes: Any) -> dict[str, Any]:
+    """A status reply as the service sends it, with `changes`; a change to None leaves the key out."""
+    base = {"state": "running", "pid": 4242, "port": 18789, "owned": True, "gatewayVersion": "2026.9.6",
+            "uptime": 7380.0, "connectedAt": 1_700_000_000.0, "error": None, "cause": None, "reconnectAttempts": 0,
+            "restarts": 2, "lastExit": "killed by SIGKILL", "servicePid": 77, "serviceUptime": 90000.0,
+            "config": "/etc/clawsvc/clawsvc.yaml"}
+    base.update(changes)
+    return {key: value for key, value in base.items() if value is not None}
+
+
+@pytest.fixture
+def utc() -> Iterator[None]:
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = "UTC"
+    time.tzset()
+    yield
+    if before is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = before
+    time.tzset()
+
+
+def test_status_block_renders_the_typed_snapshot(utc):
+    snap = status.Snapshot.from_dict(reply())
+    assert snap.state is State.RUNNING
+    text = status.status_block(snap, "/run/clawsvc/control.sock", status.REPLIED, 1_700_000_000.0 + 7380)
+    assert text.splitlines()[1:] == [
+        "     State: running since Tue 2023-11-14 22:13:20 UTC; 2h 3min ago",
+        "   Gateway: pid 4242, port 18789, openclaw 2026.9.6, started by clawsvc",
+        "  Restarts: 2, reconnect attempts: 0",
+        " Last exit: killed by SIGKILL",
+        "   Service: pid 77, up 1d 1h",
+        "    Config: /etc/clawsvc/clawsvc.yaml",
+        "   Control: /run/clawsvc/control.sock"]
+    assert text.splitlines()[0].endswith(" clawsvc - OpenClaw gateway service: running")
+
+
 def test_render_adopted_gateway_and_missing_fields():
-    text = control_cli.render_status({"state": "running", "pid": 77, "port": 18790, "owned": False,
-                                      "uptime": 30.0, "connectedAt": None}, "/run/x.sock", now=0)
+    snap = status.Snapshot.from_dict({"state": "running", "pid": 77, "port": 18790, "owned": False, "uptime": 30.0,
+                                      "connectedAt": None, "reconnectAttempts": 0, "restarts": 0, "servicePid": 9,
+                                      "serviceUptime": 5.0})
+    text = status.status_block(snap, "/run/x.sock", status.REPLIED, wall_now=0)
     assert "State: running (gateway up 30s)" in text
     assert "pid 77, port 18790, adopted (clawsvc will not stop it)" in text
     assert "Last exit" not in text and "Error" not in text
     assert "Config: built-in defaults" in text
+    assert "Service: pid 9, up 5s" in text
+
+
+@pytest.mark.parametrize("state", list(State))
+def test_a_reply_reads_back_as_the_snapshot_it_came_from(state):
+    sent = status.Snapshot(state, 4242, 18789, False, "2026.9.6", 1000.25, 1_700_000_000.5, "boom", "link lost",
+                           3, 1, "exit 1", 77, 12.5, None, 0)
+    now = 4321.75
+    wire = json.loads(json.dumps(sent.to_dict(now)))
+    read = status.Snapshot.from_dict(wire)
+    assert read.state is state
+    assert read.to_dict(status.REPLIED) == wire
+    assert status.status_line(read, status.REPLIED) == status.status_line(sent, now)
+
+
+@pytest.mark.parametrize(("data", "named"), [
+    (["running"], "not an object"),
+    (reply(state="exploded"), '"state"'),
+    ({key: value for key, value in reply().items() if key != "state"}, '"state"'),
+    (reply(port="18789"), '"port"'),
+    (reply(port=True), '"port"'),
+    (reply(port=70000), '"port"'),
+    (reply(pid=-1), '"pid"'),
+    (reply(owned="yes"), '"owned"'),
+    (reply(uptime=float("nan")), '"uptime"'),
+    (reply(uptime=-1), '"uptime"'),
+    (reply(connectedAt=1e300), '"connectedAt"'),
+    (reply(restarts=1.5), '"restarts"'),
+    (reply(serviceUptime=float("inf")), '"serviceUptime"'),
+    ({key: value for key, value in reply().items() if key != "servicePid"}, '"servicePid"'),
+    (reply(error=["x" * 10_000]), '"error"'),
+])
+def test_a_status_reply_that_is_no_snapshot_is_refused_in_one_line(data, named):
+    with pytest.raises(status.BadSnapshot) as caught:
+        status.Snapshot.from_dict(data)
+    message = str(caught.value)
+    assert named in message and "\n" not in message and len(message) < 200, message
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_status_cli_refuses_a_garbage_reply(server, handler, config_file, capsys, as_json):
+    handler.snapshot["state"] = "on fire\nnext line"
+    assert control_cli.status_main(ns(config_file, json=as_json)) == exitcodes.FAIL
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1 and '"state"' in err and "cannot use" in err, err

@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from double import double_command
-from realgw import free_port
+from double import double_command, free_port
 from service_proc import ServiceProcess, base_config
 
 from clawsvc import exitcodes

@@ -16,7 +16,7 @@ from clawsvc import exitcodes
 from clawsvc.config import Config, GatewayConfig, HealthConfig, ReconnectConfig
 from clawsvc.service import machine
 from clawsvc.service.backoff import restart_delay
-from clawsvc.service.effects import Connect, LoadConfig, Log, Notify, NotifyKind, Probe, Publish, Reply
+from clawsvc.service.effects import Connect, Emit, LoadConfig, Log, Notify, NotifyKind, Probe, Publish, Reply
 from clawsvc.service.lifecycle import NOT_OWNED
 from clawsvc.service.messages import (
     ConfigFailed,
@@ -84,7 +84,9 @@ def actions(effects: list[Any]) -> list[str]:
     for effect in effects:
         if isinstance(effect, Log | Publish):
             continue
-        if isinstance(effect, Notify):
+        if isinstance(effect, Emit):
+            names.append(f"{'Emit' if effect.source == 'service' else 'Gateway'}:{effect.name}")
+        elif isinstance(effect, Notify):
             names.append(f"Notify:{effect.kind.value}")
         elif hasattr(effect, "pid") and not hasattr(effect, "gen"):
             names.append(f"{type(effect).__name__}:{effect.pid}")
@@ -127,58 +129,63 @@ def at(name: str, config: Config = CONFIG) -> MState:
 
 T = 10.0
 ST, READY = "Notify:status", "Notify:ready"
+# the events: the phase changed (always after the handler's own events), clawsvc gives up, the gateway's exit
+STATE, ERR, EXITED, RESTART, ASKED = "Emit:state", "Emit:error", "Emit:gateway.exited", "Emit:restart", \
+    "Emit:restart.requested"
 # (fixture, message, expected state type, expected actions): one row per specific TRANSITIONS entry
 ROWS: list[tuple[str, Any, type, list[str]]] = [
     ("probing", PortFree(1), Spawning, ["Spawn"]),
     ("probing", PortTaken(1, "pid 9"), Adopting, ["Connect"]),
-    ("spawning", Spawned(1, PID), AwaitingHello, [ST, "Connect"]),
-    ("spawning", SpawnFailed(1, "no node"), Stopped, [ST, "AbortConnect"]),
-    ("restarting_spawn", Spawned(1, PID), Restarting, [f"StopProcess:{PID}"]),
-    ("restarting_spawn", SpawnFailed(1, "no node"), Stopped, [ST, "AbortConnect"]),
-    ("stopping_spawn", Spawned(1, PID), Stopping, [f"StopProcess:{PID}"]),
-    ("stopping_spawn", SpawnFailed(1, "no node"), Stopped, [ST]),
-    ("adopting", HandshakeDone(1, 1, "v1", 4), Running, [READY]),
-    ("awaiting", HandshakeDone(1, 1, "v1", 4), Running, [READY]),
-    ("reconnecting", HandshakeDone(1, 2, "v1", 4), Running, [ST]),
-    ("adopting", HandshakeFailed(1, HandshakeKind.OTHER, "not a gateway"), Stopped, [ST, "AbortConnect"]),
+    ("spawning", Spawned(1, PID), AwaitingHello, [ST, "Emit:gateway.spawned", "Connect"]),
+    ("spawning", SpawnFailed(1, "no node"), Stopped, [ST, ERR, "AbortConnect", STATE]),
+    ("restarting_spawn", Spawned(1, PID), Restarting, ["Emit:gateway.spawned", f"StopProcess:{PID}"]),
+    ("restarting_spawn", SpawnFailed(1, "no node"), Stopped, [ST, ERR, "AbortConnect", STATE]),
+    ("stopping_spawn", Spawned(1, PID), Stopping, ["Emit:gateway.spawned", f"StopProcess:{PID}"]),
+    ("stopping_spawn", SpawnFailed(1, "no node"), Stopped, [ST, STATE]),
+    ("adopting", HandshakeDone(1, 1, "v1", 4), Running, [READY, "Emit:ready", STATE]),
+    ("awaiting", HandshakeDone(1, 1, "v1", 4), Running, [READY, "Emit:ready", STATE]),
+    ("reconnecting", HandshakeDone(1, 2, "v1", 4), Running, [ST, STATE]),
+    ("adopting", HandshakeFailed(1, HandshakeKind.OTHER, "not a gateway"), Stopped,
+     [ST, ERR, "AbortConnect", STATE]),
     ("awaiting", HandshakeFailed(1, HandshakeKind.TRANSPORT, "refused", True, 20.0), Replacing,
-     [ST, "AbortConnect", f"StopProcess:{PID}"]),
+     [ST, "AbortConnect", f"StopProcess:{PID}", STATE]),
     ("reconnecting", HandshakeFailed(1, HandshakeKind.AUTH, "token mismatch"), Stopping,
-     [ST, "AbortConnect", f"StopProcess:{PID}"]),
+     [ST, ERR, "AbortConnect", f"StopProcess:{PID}", STATE]),
     ("running", GatewayEventSeen(1, 1, "shutdown", {"reason": "update", "restartExpectedMs": 1500}), Reconnecting,
-     [ST, "CloseLink:1", "Connect"]),
-    ("running", LinkLost(1, 1, 1006, "gone"), Reconnecting, [ST, "CloseLink:1", "Connect"]),
+     [ST, "Gateway:shutdown", "CloseLink:1", "Connect", STATE]),
+    ("running", LinkLost(1, 1, 1006, "gone"), Reconnecting, [ST, "CloseLink:1", "Connect", STATE]),
     ("running", TimerFired(TimerKind.HEALTH), Running, ["CheckHealth:1"]),
-    ("running", HealthChecked(1, 1, False, "timeout"), Running, []),
-    ("awaiting", ProcessExited(1, PID, CRASH), BackingOff, [ST, "AbortConnect"]),
-    ("running", ProcessExited(1, PID, CRASH), BackingOff, [ST, "CloseLink:1", "AbortConnect"]),
-    ("reconnecting", ProcessExited(1, PID, CRASH), BackingOff, [ST, "AbortConnect"]),
-    ("replacing", ProcessExited(1, PID, ExitInfo(None, 15)), BackingOff, [ST, "AbortConnect"]),
-    ("restarting", ProcessExited(1, PID, ExitInfo(0, None)), Probing, [ST, "Probe:2"]),
-    ("stopping", ProcessExited(1, PID, ExitInfo(0, None)), Stopped, [ST]),
-    ("backing_off", TimerFired(TimerKind.BACKOFF), Probing, [ST, "Probe:2"]),
-    ("probing", RestartRequested("r"), Probing, ["AbortConnect", "Probe:2"]),
-    ("adopting", RestartRequested("r"), Probing, ["AbortConnect", "Probe:2"]),
-    ("spawning", RestartRequested("r"), Restarting, [ST]),
-    ("awaiting", RestartRequested("r"), Restarting, [ST, "AbortConnect", f"StopProcess:{PID}"]),
-    ("running", RestartRequested("r"), Restarting, [ST, "AbortConnect", "CloseLink:1", f"StopProcess:{PID}"]),
-    ("reconnecting", RestartRequested("r"), Restarting, [ST, "AbortConnect", f"StopProcess:{PID}"]),
-    ("replacing", RestartRequested("r"), Restarting, [ST, "AbortConnect", f"StopProcess:{PID}"]),
-    ("restarting", RestartRequested("r"), Restarting, []),
-    ("backing_off", RestartRequested("r"), Probing, [ST, "AbortConnect", "Probe:2"]),
+    ("running", HealthChecked(1, 1, False, "timeout"), Running, ["Emit:health.failed"]),
+    ("awaiting", ProcessExited(1, PID, CRASH), BackingOff, [ST, EXITED, "AbortConnect", RESTART, STATE]),
+    ("running", ProcessExited(1, PID, CRASH), BackingOff, [ST, EXITED, "CloseLink:1", "AbortConnect", RESTART, STATE]),
+    ("reconnecting", ProcessExited(1, PID, CRASH), BackingOff, [ST, EXITED, "AbortConnect", RESTART]),
+    ("replacing", ProcessExited(1, PID, ExitInfo(None, 15)), BackingOff, [ST, EXITED, "AbortConnect", RESTART]),
+    ("restarting", ProcessExited(1, PID, ExitInfo(0, None)), Probing, [ST, EXITED, "Probe:2"]),
+    ("stopping", ProcessExited(1, PID, ExitInfo(0, None)), Stopped, [ST, EXITED, STATE]),
+    ("backing_off", TimerFired(TimerKind.BACKOFF), Probing, [ST, "Probe:2", STATE]),
+    ("probing", RestartRequested("r"), Probing, [ASKED, "AbortConnect", "Probe:2"]),
+    ("adopting", RestartRequested("r"), Probing, [ASKED, "AbortConnect", "Probe:2"]),
+    ("spawning", RestartRequested("r"), Restarting, [ST, ASKED]),
+    ("awaiting", RestartRequested("r"), Restarting, [ST, ASKED, "AbortConnect", f"StopProcess:{PID}"]),
+    ("running", RestartRequested("r"), Restarting,
+     [ST, ASKED, "AbortConnect", "CloseLink:1", f"StopProcess:{PID}", STATE]),
+    ("reconnecting", RestartRequested("r"), Restarting, [ST, ASKED, "AbortConnect", f"StopProcess:{PID}", STATE]),
+    ("replacing", RestartRequested("r"), Restarting, [ST, ASKED, "AbortConnect", f"StopProcess:{PID}", STATE]),
+    ("restarting", RestartRequested("r"), Restarting, [ASKED]),
+    ("backing_off", RestartRequested("r"), Probing, [ST, ASKED, "AbortConnect", "Probe:2", STATE]),
 ]
 STOP = "Notify:stopping"
 # the rows every state has: a stop, a reload's outcome, the watchdog and extend-timeout timers
 SIGTERM_ROWS: dict[str, tuple[type, list[str]]] = {
-    "probing": (Stopped, [ST, STOP, "AbortConnect"]),
-    "adopting": (Stopped, [ST, STOP, "AbortConnect"]),
-    "spawning": (Stopping, [ST, STOP, "AbortConnect"]),
-    "awaiting": (Stopping, [ST, STOP, "AbortConnect", f"StopProcess:{PID}"]),
-    "running": (Stopping, [ST, STOP, "AbortConnect", "CloseLink:1", f"StopProcess:{PID}"]),
-    "reconnecting": (Stopping, [ST, STOP, "AbortConnect", f"StopProcess:{PID}"]),
-    "replacing": (Stopping, [ST, STOP, "AbortConnect", f"StopProcess:{PID}"]),
-    "restarting": (Stopping, [ST, STOP, "AbortConnect", f"StopProcess:{PID}"]),
-    "backing_off": (Stopped, [ST, STOP, "AbortConnect"]),
+    "probing": (Stopped, [ST, STOP, "AbortConnect", STATE]),
+    "adopting": (Stopped, [ST, STOP, "AbortConnect", STATE]),
+    "spawning": (Stopping, [ST, STOP, "AbortConnect", STATE]),
+    "awaiting": (Stopping, [ST, STOP, "AbortConnect", f"StopProcess:{PID}", STATE]),
+    "running": (Stopping, [ST, STOP, "AbortConnect", "CloseLink:1", f"StopProcess:{PID}", STATE]),
+    "reconnecting": (Stopping, [ST, STOP, "AbortConnect", f"StopProcess:{PID}", STATE]),
+    "replacing": (Stopping, [ST, STOP, "AbortConnect", f"StopProcess:{PID}", STATE]),
+    "restarting": (Stopping, [ST, STOP, "AbortConnect", f"StopProcess:{PID}", STATE]),
+    "backing_off": (Stopped, [ST, STOP, "AbortConnect", STATE]),
     "stopping": (Stopping, []),
 }
 READY_SENT = {"running", "reconnecting", "restarting", "backing_off", "stopping"}
@@ -192,9 +199,10 @@ def _row_key(state: MState, message: Any) -> tuple[type, Any]:
 ALL_ROWS = [
     *ROWS,
     *[(name, SignalReceived(signal.SIGTERM), kind, expected) for name, (kind, expected) in SIGTERM_ROWS.items()],
-    *[(name, ConfigLoaded(CONFIG, TOKEN, {}), TYPES[name], ["ApplyConfig", READY if name in READY_SENT else ST])
+    *[(name, ConfigLoaded(CONFIG, TOKEN, {}), TYPES[name],
+       ["ApplyConfig", "Emit:reload", READY if name in READY_SENT else ST]) for name in SIGTERM_ROWS],
+    *[(name, ConfigFailed("bad yaml"), TYPES[name], ["Emit:reload", READY if name in READY_SENT else ST])
       for name in SIGTERM_ROWS],
-    *[(name, ConfigFailed("bad yaml"), TYPES[name], [READY if name in READY_SENT else ST]) for name in SIGTERM_ROWS],
     *[(name, TimerFired(TimerKind.WATCHDOG), TYPES[name], ["Notify:watchdog"]) for name in SIGTERM_ROWS],
     *[(name, TimerFired(TimerKind.EXTEND), TYPES[name], ["Notify:extend-timeout"] if name in STILL_STARTING else [])
       for name in SIGTERM_ROWS],
@@ -339,9 +347,9 @@ def test_shutdown_with_restart_expected_waits_instead_of_spawning() -> None:
     assert not [a for step in steps for a in actions(step) if a in ("Spawn", "StopProcess:100")]
 
 
-def test_shutdown_without_restart_expected_only_logs() -> None:
+def test_shutdown_without_restart_expected_only_logs_and_passes_it_on() -> None:
     state, steps = replay(at("running"), [(5.0, GatewayEventSeen(1, 1, "shutdown", {"reason": "bye"}))])
-    assert isinstance(state, Running) and actions(steps[0]) == []
+    assert isinstance(state, Running) and actions(steps[0]) == ["Gateway:shutdown"]
 
 
 @pytest.mark.parametrize("name", list(SIGTERM_ROWS))
@@ -390,7 +398,7 @@ def test_health_failures_replace_an_owned_gateway() -> None:
     state, steps = replay(at("running"), [(40.0, HealthChecked(1, 1, False, "timeout")),
                                           (80.0, HealthChecked(1, 1, False, "timeout"))])
     assert isinstance(state, Replacing) and state.pid == PID
-    assert actions(steps[1])[-1] == f"StopProcess:{PID}"
+    assert actions(steps[1])[-2:] == [f"StopProcess:{PID}", STATE]
     state, _ = replay(state, [(81.0, ProcessExited(1, PID, ExitInfo(None, 15)))])
     assert isinstance(state, BackingOff) and state.book.attempts == 1
 
@@ -502,6 +510,114 @@ def test_the_watchdog_fires_every_interval_from_the_start() -> None:
 def test_sigterm_sends_stopping_and_ends_without_a_gateway() -> None:
     state, steps = replay(at("running_adopted"), [(5.0, SignalReceived(signal.SIGTERM))])
     assert isinstance(state, Stopped) and STOP in actions(steps[0])
+
+
+# ---------------------------------------------------------------- events for `clawsvc events`
+
+
+def emitted(steps: list[list[Any]]) -> list[tuple[str, str, Any]]:
+    """(source, name, payload) of every Emit, in order."""
+    return [(e.source, e.name, e.payload) for step in steps for e in step if isinstance(e, Emit)]
+
+
+def test_events_of_a_start_up_to_ready() -> None:
+    state, first = machine.start(CONFIG, TOKEN, {}, 0.0, None, seed=7)
+    state, steps = replay(state, UP)
+    assert emitted([first, *steps]) == [
+        ("service", "state", {"from": "stopped", "to": "starting", "cause": "checking port 18789"}),
+        ("service", "gateway.spawned", {"pid": PID}),
+        ("service", "ready", {"version": "v1", "pid": PID}),
+        ("service", "state", {"from": "starting", "to": "running", "cause": None}),
+    ]
+
+
+def test_ready_is_emitted_only_for_the_first_hello_ok() -> None:
+    _, steps = replay(at("running"), [(4.0, LinkLost(1, 1, None, "")), (5.0, HandshakeDone(1, 2, "v", 4))])
+    assert [name for _, name, _ in emitted(steps)] == ["state", "state"]
+
+
+def test_events_of_a_crash_and_the_restart() -> None:
+    state, steps = replay(at("running"), [(5.0, ProcessExited(1, PID, CRASH))])
+    assert isinstance(state, BackingOff)
+    cause = f"gateway pid {PID} exited with status 1"
+    assert emitted(steps) == [
+        ("service", "gateway.exited", {"pid": PID, "status": "exited with status 1", "returncode": 1,
+                                       "signal": None}),
+        ("service", "restart", {"reason": cause, "attempt": 1, "delay": 0.0}),
+        ("service", "state", {"from": "running", "to": "reconnecting", "cause": cause}),
+    ]
+
+
+def test_events_of_a_restart_over_the_control_socket() -> None:
+    state, steps = replay(at("running"), [(5.0, RestartRequested("asked", object())),
+                                          (6.0, ProcessExited(1, PID, ExitInfo(None, 15))),
+                                          (6.0, PortFree(2)), (6.0, Spawned(2, PID + 1)),
+                                          (7.0, HandshakeDone(2, 2, "v1", 4))])
+    assert isinstance(state, Running)
+    assert emitted(steps) == [
+        ("service", "restart.requested", {"reason": "asked"}),
+        ("service", "state", {"from": "running", "to": "starting", "cause": "restarting gateway (asked)"}),
+        ("service", "gateway.exited", {"pid": PID, "status": "killed by SIGTERM", "returncode": None,
+                                       "signal": 15}),
+        ("service", "gateway.spawned", {"pid": PID + 1}),
+        ("service", "state", {"from": "starting", "to": "running", "cause": None}),
+    ]
+
+
+def test_a_refused_restart_emits_nothing() -> None:
+    _, steps = replay(at("running_adopted"), [(5.0, RestartRequested("asked", object()))])
+    assert emitted(steps) == []
+
+
+def test_events_of_failed_health_checks() -> None:
+    _, steps = replay(at("running"), [(40.0, HealthChecked(1, 1, False, "timeout")),
+                                      (80.0, HealthChecked(1, 1, False, "closed"))])
+    events = emitted(steps)
+    assert events[:2] == [("service", "health.failed", {"failures": 1, "limit": 2, "error": "timeout"}),
+                          ("service", "health.failed", {"failures": 2, "limit": 2, "error": "closed"})]
+    assert events[2][1] == "state" and events[2][2]["to"] == "reconnecting"
+
+
+def test_events_of_reloads() -> None:
+    _, steps = replay(at("running"), [(5.0, ConfigFailed("bad: line 3")), (6.0, ConfigLoaded(CONFIG, TOKEN, {})),
+                                      (7.0, ConfigLoaded(changed_port(), TOKEN, {}))])
+    assert emitted(steps)[:3] == [("service", "reload", {"ok": False, "error": "bad: line 3"}),
+                                  ("service", "reload", {"ok": True, "changed": []}),
+                                  ("service", "reload", {"ok": True, "changed": ["gateway.port"]})]
+    assert emitted(steps)[3][1] == "restart.requested"
+
+
+def test_giving_up_emits_error_then_the_state() -> None:
+    state, t = at("running"), 3.0
+    for _ in range(3):
+        state, _ = machine.step(state, ProcessExited(state.book.gen, PID, CRASH), t)
+        t = state.until
+        state, _ = replay(state, [(t, TimerFired(TimerKind.BACKOFF)), (t, PortFree(state.book.gen + 1)),
+                                  (t, Spawned(state.book.gen + 1, PID))])
+    state, steps = replay(state, [(t + 1, ProcessExited(state.book.gen, PID, CRASH))])
+    assert isinstance(state, Stopped)
+    events = emitted(steps)
+    assert [name for _, name, _ in events] == ["gateway.exited", "error", "state"]
+    assert events[1][2] == {"error": f"gateway pid {PID} exited with status 1; gave up after 3 attempts in a row",
+                            "exit_code": exitcodes.FAIL}
+    assert events[2][2] == {"from": "starting", "to": "error", "cause": events[1][2]["error"]}
+
+
+def test_gateway_events_are_passed_on_with_their_seq_ticks_included() -> None:
+    chat = {"text": "hello"}
+    _, steps = replay(at("running"), [(5.0, GatewayEventSeen(1, 1, "chat", chat, 7)),
+                                      (5.1, GatewayEventSeen(1, 1, "tick", {"ts": 1}, 8)),
+                                      (5.2, GatewayEventSeen(1, 99, "chat", chat, 1))])  # a link already dropped
+    assert [e for step in steps for e in step if isinstance(e, Emit)] == [
+        Emit("chat", chat, "gateway", 7), Emit("tick", {"ts": 1}, "gateway", 8)]
+
+
+def test_gateway_payloads_never_reach_a_log_line() -> None:
+    secret = {"text": "my card number is 4111"}
+    _, steps = replay(at("running"), [(5.0, GatewayEventSeen(1, 1, "chat", secret, 1)),
+                                      (6.0, GatewayEventSeen(1, 1, "shutdown", {"reason": "x", **secret}, 2))])
+    logged = " ".join(e.text for step in steps for e in step if isinstance(e, Log))
+    assert "4111" not in logged and "chat" in logged
 
 
 # ---------------------------------------------------------------- the restart policy

@@ -7,9 +7,8 @@ import json
 import pytest
 
 from clawsvc import __version__
+from clawsvc.gateway.hello import DEFAULT_MAX_PAYLOAD, DEFAULT_TICK_INTERVAL, connect_params, parse_hello
 from clawsvc.gateway.protocol import (
-    DEFAULT_MAX_PAYLOAD,
-    DEFAULT_TICK_INTERVAL,
     AuthError,
     GatewayError,
     GatewayEvent,
@@ -20,13 +19,11 @@ from clawsvc.gateway.protocol import (
     RetryableError,
     RpcError,
     TransportError,
-    connect_params,
     encode_request,
     error_from_close,
     error_from_reply,
     parse_close,
     parse_frame,
-    parse_hello,
 )
 from clawsvc.logs import register_secret
 

@@ -12,7 +12,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from realgw import cache_dir, free_port
+from double import free_port
+from realgw import cache_dir
 
 from clawsvc.commands import gateway_install as provision
 from clawsvc.commands.gateway_install import (

@@ -23,7 +23,7 @@ import pytest
 from clawsvc import secrets
 from clawsvc.config import AuthConfig, Config, GatewayConfig
 from clawsvc.logs import MASK, redact
-from clawsvc.secrets import SecretError
+from clawsvc.secrets import SecretError, keyring_client
 
 HELPERS = Path(__file__).parent / "helpers"
 FILE_BACKEND = "keyring_file_backend.FileKeyring"
@@ -39,8 +39,8 @@ def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.Log
     monkeypatch.setenv("KEYRING_FILE", str(tmp_path / "keyring.json"))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(HELPERS), os.environ.get("PYTHONPATH")])))
     monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
-    monkeypatch.setattr(secrets._KeyringState, "broken", None)
-    monkeypatch.setattr(secrets._KeyringState, "warned", False)
+    monkeypatch.setattr(keyring_client._KeyringState, "broken", None)
+    monkeypatch.setattr(keyring_client._KeyringState, "warned", False)
     yield
 
 
@@ -82,7 +82,7 @@ def credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def children(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    """The argv of every process secrets.py starts."""
+    """The argv of every process clawsvc.secrets starts."""
     started: list[list[str]] = []
     real_popen = subprocess.Popen
 
@@ -90,7 +90,7 @@ def children(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
         started.append(list(args))
         return real_popen(args, **kwargs)
 
-    monkeypatch.setattr(secrets.subprocess, "Popen", popen)
+    monkeypatch.setattr(keyring_client.subprocess, "Popen", popen)
     return started
 
 
@@ -226,7 +226,7 @@ def test_hanging_keyring_is_killed_at_the_deadline_and_falls_back(tmp_path: Path
                                                                    children: list[list[str]],
                                                                    caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring_file_backend.HangingKeyring")
-    monkeypatch.setattr(secrets, "KEYRING_TIMEOUT", 3.0)  # well above a child's start-up on a busy box
+    monkeypatch.setattr(keyring_client, "KEYRING_TIMEOUT", 3.0)  # well above a child's start-up on a busy box
     (credentials / "gateway-token").write_text("credential-token-000000001")
     started = time.monotonic()
     assert secrets.load_gateway_token(config_for(tmp_path))[1] == "credential gateway-token"
@@ -335,3 +335,38 @@ def test_the_keyring_child_ignores_a_keyring_module_in_the_callers_directory(
     monkeypatch.chdir(trap)
     secrets.keyring_status()
     assert not marker.exists(), "`python -m` in the caller's directory imported its keyring.py"
+
+
+def test_describe_names_the_source_load_takes_at_every_step_and_stores_nothing(
+        tmp_path: Path, file_keyring: Store, credentials: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = config_for(tmp_path)
+    state = tmp_path / "state"
+    assert secrets.describe_token_source(config) == secrets.TokenSource(
+        f"none yet: will be generated on first start at {state}/gateway-token")
+    assert not state.exists() and caplog.records == []
+
+    def both(config: Config) -> tuple[str, str]:
+        return secrets.load_gateway_token(config)[1], secrets.describe_token_source(config).source
+
+    assert both(config) == (f"generated {state}/gateway-token",) * 2
+    (credentials / "gateway-token").write_text("credential-token-000000001")
+    assert both(config) == ("credential gateway-token",) * 2
+    file_keyring("gateway-token", "keyring-token-value-0001")
+    assert both(config) == ("keyring",) * 2
+    token_file = tmp_path / "token"
+    token_file.write_text("file-token-value-0000000001\n")
+    token_file.chmod(0o644)
+    config = config_for(tmp_path, token_file)
+    assert both(config) == (f"file {token_file}",) * 2
+    described = secrets.describe_token_source(config)
+    assert described.problem is None and f"chmod 600 {token_file}" in str(described.warning)
+
+def test_describe_reports_a_refused_token_as_a_problem_without_raising(tmp_path: Path, no_keyring: None,
+                                                                       credentials: Path) -> None:
+    (credentials / "gateway-token").write_text("abc")
+    config = config_for(tmp_path)
+    described = secrets.describe_token_source(config)
+    assert described.source == "credential gateway-token" and described.problem is not None
+    with pytest.raises(SecretError, match="too short") as caught:
+        secrets.load_gateway_token(config)
+    assert str(caught.value) == described.problem and "abc" not in described.problem

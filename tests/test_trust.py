@@ -21,8 +21,9 @@ import yaml
 from clawsvc import exitcodes, secrets, trust
 from clawsvc.commands import check_config as checkconfig
 from clawsvc.config import AuthConfig, Config, ConfigError, GatewayConfig, load_config
+from clawsvc.config.trusted import check_config_paths
 from clawsvc.gateway.process import SpawnError, prepare_state_dir
-from clawsvc.secrets import SecretError
+from clawsvc.secrets import SecretError, keyring_client
 from clawsvc.service.preflight import preflight
 
 OTHER = 65534
@@ -37,7 +38,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown f
 def no_keyring(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
-    monkeypatch.setattr(secrets._KeyringState, "broken", None)
+    monkeypatch.setattr(keyring_client._KeyringState, "broken", None)
 
 
 def config(state_dir: Path, token_file: Path | None = None, source: Path | None = None) -> Config:
@@ -105,7 +106,7 @@ def test_a_state_dir_of_another_user_with_a_planted_token_is_refused(tmp_path: P
     with pytest.raises(SpawnError, match=f"owned by {NOBODY}"):
         prepare_state_dir(config(state))
     with pytest.raises(trust.TrustError, match=f"owned by {NOBODY}"):
-        trust.check_config_paths(config(state))
+        check_config_paths(config(state))
 
 
 def test_our_own_state_dir_writable_by_others_is_refused_not_silently_tightened(tmp_path: Path) -> None:
@@ -139,7 +140,7 @@ def test_a_new_state_dir_is_made_0700_below_new_parents_that_others_cannot_write
         os.umask(old)
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
     assert stat.S_IMODE(state.parent.stat().st_mode) == 0o755
-    trust.check_config_paths(config(state))
+    check_config_paths(config(state))
 
 
 def test_a_foreign_symlink_in_a_sticky_dir_is_never_followed(tmp_path: Path) -> None:
@@ -153,7 +154,7 @@ def test_a_foreign_symlink_in_a_sticky_dir_is_never_followed(tmp_path: Path) -> 
     with pytest.raises(SecretError, match=rf"symlink {link} on its path is owned by {NOBODY}"):
         secrets.load_gateway_token(config(link))
     with pytest.raises(trust.TrustError, match="symlink"):
-        trust.check_config_paths(config(link))
+        check_config_paths(config(link))
     assert snapshot(target) == before
 
 
@@ -173,7 +174,7 @@ def test_a_missing_state_dir_below_a_foreign_directory_is_refused_and_not_create
     os.chown(foreign, OTHER, OTHER)
     state = foreign / "sub" / "state"
     with pytest.raises(trust.TrustError, match=rf"directory {foreign} on its path is owned by {NOBODY}"):
-        trust.check_config_paths(config(state))
+        check_config_paths(config(state))
     with pytest.raises(SpawnError, match=f"directory {foreign} on its path"):
         prepare_state_dir(config(state))
     assert list(foreign.iterdir()) == []
@@ -246,7 +247,7 @@ def test_a_symlink_planted_as_the_generated_token_is_refused_and_its_target_neve
     with pytest.raises(SecretError, match=rf"generated gateway token {state}/gateway-token is a symbolic link"):
         secrets.load_gateway_token(config(state))
     with pytest.raises(trust.TrustError, match="is a symbolic link"):
-        trust.check_config_paths(config(state))
+        check_config_paths(config(state))
     assert not victim.exists()
     assert sorted(p.name for p in state.iterdir()) == ["gateway-token"]  # no temp file left either
 
@@ -269,7 +270,7 @@ def test_check_config_paths_accepts_our_own_files_and_changes_nothing(tmp_path: 
     source = tmp_path / "clawsvc.yaml"
     source.write_text("")
     token = secret_file(tmp_path / "token", mode=0o640)
-    trust.check_config_paths(config(tmp_path / "state", token, source))
+    check_config_paths(config(tmp_path / "state", token, source))
     assert not (tmp_path / "state").exists()
 
 
@@ -278,19 +279,19 @@ def test_check_config_paths_refuses_a_config_file_of_another_user(tmp_path: Path
     source.write_text("")
     os.chown(source, OTHER, OTHER)
     with pytest.raises(trust.TrustError, match=rf"config file {source} is owned by {NOBODY}"):
-        trust.check_config_paths(config(tmp_path / "state", source=source))
+        check_config_paths(config(tmp_path / "state", source=source))
 
 
 def test_check_config_paths_refuses_what_reading_the_token_would(tmp_path: Path) -> None:
     with pytest.raises(trust.TrustError, match=rf"auth.token_file {tmp_path}/absent does not exist"):
-        trust.check_config_paths(config(tmp_path / "state", tmp_path / "absent"))
+        check_config_paths(config(tmp_path / "state", tmp_path / "absent"))
     big = secret_file(tmp_path / "big", "x" * trust.SECRET_CAP)
     with pytest.raises(trust.TrustError, match=rf"{big} is larger than 64 KiB"):
-        trust.check_config_paths(config(tmp_path / "state", big))
+        check_config_paths(config(tmp_path / "state", big))
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo, 0o600)
     with pytest.raises(trust.TrustError, match="is a FIFO, not a regular file"):
-        trust.check_config_paths(config(tmp_path / "state", fifo))
+        check_config_paths(config(tmp_path / "state", fifo))
 
 
 # ---------------------------------------------------------------- `..` on the way
@@ -305,7 +306,7 @@ def test_dotdot_back_into_a_shared_dir_is_judged_as_that_dir(tmp_path: Path) -> 
                                                r"\(mode 1777\)"):
         trust.check_dir(state, "gateway.state_dir")
     with pytest.raises(trust.TrustError, match=rf"gateway.state_dir {shared} is writable by group/others"):
-        trust.check_config_paths(config(state))
+        check_config_paths(config(state))
     with pytest.raises(SpawnError, match=rf"gateway.state_dir {shared} is writable by group/others"):
         prepare_state_dir(config(state))
     assert sorted(p.name for p in shared.iterdir()) == ["x"]
@@ -318,7 +319,7 @@ def test_dotdot_that_stays_in_trusted_dirs_still_works(tmp_path: Path) -> None:
     assert source == f"generated {state}/gateway-token"
     assert (tmp_path / "a" / "state" / "gateway-token").read_text() == token + "\n"
     assert trust.check_dir(state, "gateway.state_dir") == tmp_path / "a" / "state"
-    trust.check_config_paths(config(state))
+    check_config_paths(config(state))
 
 
 def test_dotdot_after_a_symlink_climbs_from_its_target_like_the_kernel(tmp_path: Path) -> None:
@@ -332,7 +333,7 @@ def test_dotdot_after_a_regular_file_is_not_a_directory(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     (tmp_path / "state").mkdir(mode=0o700)
     with pytest.raises(trust.TrustError, match=rf"cannot check {tmp_path}/file: Not a directory"):
-        trust.check_config_paths(config(tmp_path / "file" / ".." / "state"))
+        check_config_paths(config(tmp_path / "file" / ".." / "state"))
 
 
 # ---------------------------------------------------------------- root and the service user

@@ -15,21 +15,22 @@ from clawsvc import exitcodes
 from clawsvc.config import SYSTEM_CONTROL_SOCKET, Config, ConfigError, default_control_socket, load_config
 from clawsvc.control.client import ClientRefusal, RequestTooLarge, request
 from clawsvc.control.wire import MAX_DEPTH, MAX_REQUEST, MAX_RPC_TIMEOUT, ControlError, ServiceNotRunning, too_deep
-from clawsvc.service.status import human_duration
+from clawsvc.service.messages import State
+from clawsvc.service.status import REPLIED, BadSnapshot, Snapshot, status_block
 
 STATUS_TIMEOUT = 10.0
 MARGIN = 5.0  # the service's own timeout fires first, so its error (not ours) reaches the user
 
 
-def _fail(text: str) -> None:
+def fail(text: str) -> None:
     print(f"clawsvc: {text}", file=sys.stderr)
 
 
-def _load(args: argparse.Namespace) -> Config | None:
+def load(args: argparse.Namespace) -> Config | None:
     try:
         return load_config(args.config)
     except ConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return None
 
 
@@ -42,17 +43,17 @@ def client_socket(config: Config) -> Path:
     return path
 
 
-def _ask(config: Config, message: dict[str, Any], timeout: float,
+def ask(config: Config, message: dict[str, Any], timeout: float,
          refused_exit: int = exitcodes.FAIL) -> tuple[int, Any]:
     """(exit code, result); on failure the reason is already on stderr. Exit codes: 2 a request too large to
     send (usage), 1 this client refused the server or its reply, else `refused_exit` for the service's refusals."""
     try:
         return exitcodes.OK, request(client_socket(config), message, timeout)
     except ServiceNotRunning as exc:
-        _fail(f"{exc}; is the service started? (systemctl status clawsvc)")
+        fail(f"{exc}; is the service started? (systemctl status clawsvc)")
         return exitcodes.NOT_RUNNING, None
     except ControlError as exc:
-        _fail(f"{exc.code}: {exc.message}")
+        fail(f"{exc.code}: {exc.message}")
         if exc.details is not None:
             print(json.dumps(exc.details, indent=2, ensure_ascii=False, default=str), file=sys.stderr)
         if isinstance(exc, RequestTooLarge):
@@ -60,75 +61,24 @@ def _ask(config: Config, message: dict[str, Any], timeout: float,
         return exitcodes.FAIL if isinstance(exc, ClientRefusal) else refused_exit, None
 
 
-def _bullet(running: bool) -> str:
-    bullet = "●" if running else "○"
-    try:
-        bullet.encode(sys.stdout.encoding or "ascii")
-    except (UnicodeEncodeError, LookupError):
-        return "*"
-    return bullet
-
-
-def _state_line(status: dict[str, Any], now: float) -> str:
-    state = str(status.get("state") or "unknown")
-    uptime, since = status.get("uptime"), status.get("connectedAt")
-    if state == "running" and isinstance(since, int | float):
-        stamp = time.strftime("%a %Y-%m-%d %H:%M:%S %Z", time.localtime(since))
-        return f"{state} since {stamp}; {human_duration(now - since)} ago"
-    if isinstance(uptime, int | float):
-        return f"{state} (gateway up {human_duration(uptime)})"
-    if state == "reconnecting" and status.get("reconnectAttempts"):
-        return f"{state} (attempt {status['reconnectAttempts']})"
-    return state
-
-
-def _gateway_line(status: dict[str, Any]) -> str:
-    parts = [f"pid {status['pid']}" if status.get("pid") else "no process",
-             f"port {status.get('port', '?')}"]
-    if status.get("gatewayVersion"):
-        parts.append(f"openclaw {status['gatewayVersion']}")
-    if status.get("pid") or status.get("state") == "running":
-        parts.append("started by clawsvc" if status.get("owned") else "adopted (clawsvc will not stop it)")
-    return ", ".join(parts)
-
-
-def render_status(status: dict[str, Any], socket_path: object, now: float | None = None) -> str:
-    """The human view of a status snapshot, in the spirit of `systemctl status`."""
-    now = time.time() if now is None else now
-    state = str(status.get("state") or "unknown")
-    rows = [("State", _state_line(status, now)), ("Gateway", _gateway_line(status)),
-            ("Restarts", f"{status.get('restarts', 0)}, reconnect attempts: {status.get('reconnectAttempts', 0)}")]
-    if status.get("cause") and state != "running":
-        rows.append(("Cause", str(status["cause"])))
-    if status.get("lastExit"):
-        rows.append(("Last exit", str(status["lastExit"])))
-    if status.get("error"):
-        rows.append(("Error", str(status["error"])))
-    service = f"pid {status.get('servicePid', '?')}"
-    if isinstance(status.get("serviceUptime"), int | float):
-        service += f", up {human_duration(status['serviceUptime'])}"
-    rows += [("Service", service), ("Config", str(status.get("config") or "built-in defaults")),
-             ("Control", str(socket_path))]
-    lines = [f"{_bullet(state == 'running')} clawsvc - OpenClaw gateway service: {state}"]
-    lines += [f"{label:>10}: {value}" for label, value in rows]
-    return "\n".join(lines)
-
-
 def status_main(args: argparse.Namespace) -> int:
-    config = _load(args)
+    config = load(args)
     if config is None:
         return exitcodes.CONFIG
-    code, status = _ask(config, {"cmd": "status"}, STATUS_TIMEOUT, refused_exit=exitcodes.NOT_RUNNING)
+    code, reply = ask(config, {"cmd": "status"}, STATUS_TIMEOUT, refused_exit=exitcodes.NOT_RUNNING)
     if code != exitcodes.OK:
         return code
-    if not isinstance(status, dict):
-        _fail(f"unexpected status reply: {status!r}")
+    path = client_socket(config)
+    try:
+        snap = Snapshot.from_dict(reply)
+    except BadSnapshot as exc:
+        fail(f"clawsvc at {path} sent a status reply this client cannot use: {exc}")
         return exitcodes.FAIL
     if args.json:
-        print(json.dumps(status, indent=2, ensure_ascii=False))
+        print(json.dumps(reply, indent=2, ensure_ascii=False))
     else:
-        print(render_status(status, client_socket(config)))
-    return exitcodes.OK if status.get("state") == "running" else exitcodes.NOT_RUNNING
+        print(status_block(snap, path, REPLIED, time.time()))
+    return exitcodes.OK if snap.state is State.RUNNING else exitcodes.NOT_RUNNING
 
 
 class _BadParams(Exception):
@@ -179,27 +129,27 @@ def rpc_main(args: argparse.Namespace) -> int:
     try:
         params = read_params(args.params)
     except _BadParams as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return exitcodes.USAGE
     if args.timeout is not None and not (math.isfinite(args.timeout) and 0 < args.timeout <= MAX_RPC_TIMEOUT):
-        _fail(f"--timeout must be a positive number of seconds up to {MAX_RPC_TIMEOUT:g}")
+        fail(f"--timeout must be a positive number of seconds up to {MAX_RPC_TIMEOUT:g}")
         return exitcodes.USAGE
-    config = _load(args)
+    config = load(args)
     if config is None:
         return exitcodes.CONFIG
     message = {"cmd": "rpc", "method": args.method, "params": params, "timeout": args.timeout}
-    code, result = _ask(config, message, (args.timeout or config.connection.request_timeout) + MARGIN)
+    code, result = ask(config, message, (args.timeout or config.connection.request_timeout) + MARGIN)
     if code == exitcodes.OK:
         print(json.dumps(result, indent=2, ensure_ascii=False))
     return code
 
 
 def restart_main(args: argparse.Namespace) -> int:
-    config = _load(args)
+    config = load(args)
     if config is None:
         return exitcodes.CONFIG
     wait = config.gateway.stop_timeout + config.gateway.start_timeout + MARGIN
-    code, result = _ask(config, {"cmd": "restart-gateway"}, wait)
+    code, result = ask(config, {"cmd": "restart-gateway"}, wait)
     if code == exitcodes.OK:
         message = result.get("message") if isinstance(result, dict) else None
         print(message or "gateway restart requested; follow it with: clawsvc status")

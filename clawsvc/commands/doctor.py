@@ -19,11 +19,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
 
 from clawsvc import exitcodes
 from clawsvc.commands import install
 from clawsvc.commands.control import client_socket
+from clawsvc.commands.installed_units import read_unit, unit_path
 from clawsvc.config import Config, ConfigError, default_config_path, load_config
 from clawsvc.control.client import request
 from clawsvc.control.wire import ControlError, ServiceNotRunning
@@ -33,10 +33,10 @@ from clawsvc.gateway.process import SpawnError, check_command
 from clawsvc.gateway.proctree import descendants
 from clawsvc.logs import redact
 from clawsvc.secrets import describe_token_source, keyring_status, provider_env_name, provider_keys
+from clawsvc.service.messages import State
+from clawsvc.service.status import BadSnapshot, Snapshot
 
 STATUS_TIMEOUT = 3.0
-UNIT_NAMES = {"system": "clawsvc.service", "user": "clawsvc.service", "launchd": "ai.openclaw.clawsvc.plist"}
-CREDENTIAL_KEYS = ("LoadCredential=", "LoadCredentialEncrypted=", "SetCredential=", "SetCredentialEncrypted=")
 
 
 class Level(Enum):
@@ -63,7 +63,7 @@ class Doctor:
     units: dict[str, Path] = field(default_factory=dict)  # kind -> installed unit file
     unit_configs: dict[str, Path] = field(default_factory=dict)  # kind -> the unit's `run -c FILE`
     credentials: dict[str, str | None] = field(default_factory=dict)  # credential id -> source file (units)
-    status: dict[str, Any] | None = None  # the running service's status reply
+    status: Snapshot | None = None  # the running service's status reply
     unreachable: str | None = None  # why a control socket that is there did not answer
     keyring_usable: bool = False
 
@@ -108,39 +108,19 @@ def check_keyring(doc: Doctor) -> list[Finding]:
                     "token and API keys as systemd credentials (LoadCredential=, see the unit) or auth.token_file")]
 
 
-def _unit_path(kind: str) -> Path | None:
-    try:
-        planned = install.plan(kind, config=Path("/dev/null"), command=("clawsvc",))
-    except install.InstallError:
-        return None
-    found = next((f.path for f in planned.files if f.path.name == UNIT_NAMES[kind]), None)
-    return install.install_root() / found.relative_to(found.anchor) if found else None
-
-
 def _read_unit(doc: Doctor, kind: str, unit: Path) -> list[Finding]:
     """Note the unit's config file and credentials; a LoadCredential= file that is missing is a problem."""
-    findings, lines = [], []
-    for path in [unit, *sorted(unit.parent.glob(f"{unit.name}.d/*.conf"))]:  # drop-ins override, in order
-        with contextlib.suppress(OSError, UnicodeDecodeError):
-            lines += path.read_text(encoding="utf-8").splitlines()
-    for line in lines:
-        words = line.removeprefix("ExecStart=").split() if line.startswith("ExecStart=") else []
-        if "-c" in words[:-1]:
-            doc.unit_configs[kind] = Path(words[words.index("-c") + 1])
-        key = next((k for k in CREDENTIAL_KEYS if line.startswith(k)), None)
-        if key is None:
-            continue
-        name, _, source = line.removeprefix(key).strip().partition(":")
-        doc.credentials[name] = source if key.startswith("Load") and source.startswith("/") else None
-        if key.startswith("Load") and source.startswith("/") and not os.path.exists(source):
-            findings.append(Finding(Level.FAIL, "units", f"{unit} loads credential {name} from {source}, which "
-                                    "does not exist: systemd will refuse to start the unit"))
-    return findings
+    facts = read_unit(unit)
+    if facts.config is not None:
+        doc.unit_configs[kind] = facts.config
+    doc.credentials.update(facts.credentials)
+    return [Finding(Level.FAIL, "units", f"{unit} loads credential {name} from {source}, which does not exist: "
+                    "systemd will refuse to start the unit") for name, source in facts.missing]
 
 
 def check_units(doc: Doctor) -> list[Finding]:
     kinds = ("launchd",) if sys.platform == "darwin" else ("system", "user")
-    paths = {kind: _unit_path(kind) for kind in kinds}
+    paths = {kind: unit_path(kind) for kind in kinds}
     doc.units = {kind: path for kind, path in paths.items() if path is not None and path.is_file()}
     if not doc.units:
         looked = ", ".join(str(p) for p in paths.values() if p is not None)
@@ -195,20 +175,21 @@ def ask_service(doc: Doctor, config: Config) -> None:
     except ControlError as exc:
         doc.unreachable = f"cannot ask clawsvc: {exc.message}"
         return
-    if isinstance(reply, dict):
-        doc.status = reply
-    else:
-        doc.unreachable = f"unexpected status reply from {config.control.socket}"
+    try:
+        doc.status = Snapshot.from_dict(reply)
+    except BadSnapshot as exc:
+        doc.unreachable = f"unexpected status reply from {config.control.socket}: {exc}"
 
 
 def _ours(doc: Doctor, pid: int | None) -> bool:
     """Whether pid is the running service's gateway (or, when the OS does not name the holder, the service
     reports that its gateway is running on this port)."""
-    status = doc.status or {}
+    status = doc.status
+    if status is None:
+        return False
     if pid is None:
-        return status.get("state") == "running"
-    service = status.get("servicePid")
-    return pid == status.get("pid") or (isinstance(service, int) and pid in descendants(service))
+        return status.state is State.RUNNING
+    return pid == status.pid or pid in descendants(status.service_pid)
 
 
 def check_port(doc: Doctor, config: Config) -> list[Finding]:
@@ -216,9 +197,9 @@ def check_port(doc: Doctor, config: Config) -> list[Finding]:
     holder = port_holder(port)
     if holder is None:
         return [Finding(Level.OK, "gateway.port", f"{port} is free")]
-    if doc.status is not None and doc.status.get("port") == port and _ours(doc, holder.pid):
+    if doc.status is not None and doc.status.port == port and _ours(doc, holder.pid):
         return [Finding(Level.OK, "gateway.port", f"{port} is held by {holder.describe()}, the gateway of the "
-                        f"running clawsvc (pid {doc.status.get('servicePid')})")]
+                        f"running clawsvc (pid {doc.status.service_pid})")]
     text = f"{port} is held by {holder.describe()}"
     if doc.unreachable:
         return [Finding(Level.WARN, "gateway.port", f"{text}; whether by clawsvc's gateway is unknown: "
@@ -292,9 +273,8 @@ def check_dirs(doc: Doctor, config: Config) -> list[Finding]:
     findings = [_directory("state dir", config.gateway.state_dir, private=True)]
     socket = config.control.socket
     if doc.status is not None:
-        state = doc.status.get("state")
         findings.append(Finding(Level.OK, "control socket", f"{socket}: clawsvc is running (pid "
-                                f"{doc.status.get('servicePid')}, gateway {state})"))
+                                f"{doc.status.service_pid}, gateway {doc.status.state.value})"))
     elif doc.unreachable:
         findings.append(Finding(Level.WARN, "control socket", f"{socket}: {doc.unreachable}"))
     else:

@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,57 @@ def request(path: Path, message: dict[str, Any], timeout: float) -> Any:
         _check_server(sock, path)
         line = _exchange(sock, payload, path, deadline, timeout)
     return _result(line, path)
+
+
+def follow(path: Path, message: dict[str, Any], timeout: float) -> Iterator[bytes]:
+    """Send one streaming request; once the service accepted it (within `timeout`), yield each line it sends
+    until it closes the connection. Raises like request() before the first line."""
+    payload = encode(message)
+    if len(payload) > MAX_REQUEST:
+        raise RequestTooLarge("TOO_LARGE", f"the request is {len(payload)} bytes; clawsvc takes at most "
+                                           f"{MAX_REQUEST}")
+    with _connect(path, min(timeout, CONNECT_WINDOW)) as sock:
+        _check_server(sock, path)
+        with contextlib.suppress(OSError):  # a refusal may come with the connection already closed: read on
+            sock.sendall(payload)
+        lines = _lines(sock, path, time.monotonic() + timeout, timeout)
+        first = next(lines, b"")
+        if not first:
+            raise ControlError("DISCONNECTED", f"clawsvc at {path} closed the connection without answering")
+        _result(first, path)
+        yield from lines
+
+
+def _lines(sock: socket.socket, path: Path, deadline: float, timeout: float) -> Iterator[bytes]:
+    """The lines the server sends, until it closes; only the first must arrive before `deadline`."""
+    partial: list[bytes] = []  # the line being received, in chunks (joined once, when it is complete)
+    size = 0
+    first = True
+    while True:
+        sock.settimeout(max(0.001, deadline - time.monotonic()) if first else None)
+        try:
+            chunk = sock.recv(1 << 16)
+        except TimeoutError:
+            raise ControlError("TIMEOUT", f"no answer from clawsvc at {path} within {timeout:g}s") from None
+        except OSError as exc:
+            raise ControlError("DISCONNECTED", f"connection to clawsvc at {path} failed: "
+                                               f"{exc.strerror or exc}") from None
+        if not chunk:
+            if partial:
+                yield b"".join(partial)
+            return
+        head, *rest = chunk.split(b"\n")
+        partial.append(head)
+        size += len(head)
+        if size > MAX_REPLY:
+            raise ClientRefusal("TOO_LARGE", f"clawsvc at {path} sent a line of more than {MAX_REPLY >> 20} MiB; "
+                                             "not reading on")
+        if not rest:
+            continue
+        first = False
+        yield b"".join(partial)
+        yield from rest[:-1]
+        partial, size = [rest[-1]], len(rest[-1])
 
 
 def trusted_server_uids(path: Path) -> set[int]:

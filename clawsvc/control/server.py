@@ -1,10 +1,10 @@
-"""The server end of the control socket (wire format in control_wire): peers are checked with SO_PEERCRED
-before they hold anything, then one thread collects request lines and each complete request gets a slot."""
+"""The server end of the control socket (wire format in wire.py, what a request means in requests.py): peers
+are checked with SO_PEERCRED before they hold anything, then one thread collects request lines and each
+complete request gets a slot (an events stream gets a follower thread instead, see stream.py)."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import selectors
@@ -13,24 +13,19 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from clawsvc.control.path import SocketFile, group_id
+from clawsvc.control.requests import ControlHandler, answer
+from clawsvc.control.stream import Followers, follow_request
 from clawsvc.control.wire import (
-    COMMANDS,
-    MAX_DEPTH,
     MAX_REQUEST,
-    MAX_RPC_TIMEOUT,
-    ControlError,
     Peer,
     encode,
     error,
     peer_of,
     supplementary_groups,
-    too_deep,
 )
-from clawsvc.logs import redact
-from clawsvc.text import shown
 from clawsvc.threads import start_thread
 
 log = logging.getLogger("clawsvc.control.server")
@@ -41,12 +36,6 @@ MAX_CLIENTS = 32  # requests being answered at once, one thread each
 RESERVED = 4  # of those, kept for root and the service's own uid
 MAX_WAITING = 64  # connections whose request line has not arrived yet; the oldest goes when a new one comes
 WARN_EVERY = 10.0  # seconds between two "too many clients" or "refused" warnings
-
-
-class ControlHandler(Protocol):
-    def status(self) -> dict[str, Any]: ...
-    def rpc(self, method: str, params: Any, timeout: float | None) -> Any: ...
-    def restart_gateway(self) -> dict[str, Any]: ...
 
 
 def _reply_now(conn: socket.socket, message: dict[str, Any]) -> None:
@@ -109,6 +98,7 @@ class ControlServer:
         self._refused = _Throttle(WARN_EVERY)
         self._thread: threading.Thread | None = None
         self._closed = threading.Event()
+        self._followers = Followers(handler, self._uid)
 
     def start(self) -> None:
         self._gid = group_id(self.group)
@@ -122,6 +112,7 @@ class ControlServer:
         if self._closed.is_set():
             return
         self._closed.set()
+        self._followers.close()
         if self._wake_w is not None and self._wake_r is not None and self._thread is not None:
             self._wake_w.send(b"x")
             self._thread.join(timeout=5)
@@ -256,6 +247,10 @@ class ControlServer:
         self._start(waiting)
 
     def _start(self, waiting: _Waiting) -> None:
+        follow = follow_request(bytes(waiting.buf))
+        if follow is not None:  # a stream: it has slots of its own
+            self._followers.serve(waiting.conn, follow, waiting.peer)
+            return
         if not self._take_slot(waiting.privileged):
             held = self._crowded.due()
             if held is not None:
@@ -289,7 +284,7 @@ class ControlServer:
     def _serve(self, conn: socket.socket, raw: bytes, peer: Peer | None) -> None:
         try:
             with conn:
-                reply = self._dispatch(raw, peer)
+                reply = answer(self.handler, raw, peer)
                 conn.settimeout(WRITE_TIMEOUT)
                 conn.sendall(self._encode_reply(reply))
         except OSError as exc:
@@ -316,55 +311,3 @@ class ControlServer:
     @staticmethod
     def _groups_of(peer: Peer) -> frozenset[int] | set[int]:
         return peer.groups if peer.groups is not None else supplementary_groups(peer.pid)
-
-    def _dispatch(self, raw: bytes, peer: Peer | None) -> dict[str, Any]:
-        if too_deep(raw):
-            return error("BAD_REQUEST", f"request nested deeper than {MAX_DEPTH} levels")
-        try:
-            request = json.loads(raw)
-        except ValueError as exc:
-            return error("BAD_REQUEST", f"not valid JSON: {exc}")
-        except RecursionError:
-            return error("BAD_REQUEST", f"request nested deeper than {MAX_DEPTH} levels")
-        if not isinstance(request, dict):
-            return error("BAD_REQUEST", 'a request is a JSON object like {"cmd": "status"}')
-        cmd = str(request.get("cmd"))[:40]
-        log.debug("control: %s%s from %s", cmd, f" {str(request.get('method'))[:80]}" if cmd == "rpc" else "",
-                  f"uid {peer.uid} pid {peer.pid}" if peer else "a local client")
-        try:
-            return {"ok": True, "result": self._run(request)}
-        except Exception as exc:
-            return self._failure(cmd, exc)
-
-    def _run(self, request: dict[str, Any]) -> Any:
-        cmd = request.get("cmd")
-        if cmd == "status":
-            return self.handler.status()
-        if cmd == "restart-gateway":
-            return self.handler.restart_gateway()
-        if cmd != "rpc":
-            raise ControlError("BAD_REQUEST", f"unknown command {str(cmd)[:40]!r}; known: {', '.join(COMMANDS)}")
-        method = request.get("method")
-        if not isinstance(method, str) or not method:
-            raise ControlError("BAD_REQUEST", "rpc needs a method name")
-        return self.handler.rpc(method, request.get("params"), rpc_timeout(request.get("timeout")))
-
-    @staticmethod
-    def _failure(cmd: str, exc: Exception) -> dict[str, Any]:
-        code, message = getattr(exc, "code", None), getattr(exc, "message", None)
-        if isinstance(code, str) and isinstance(message, str):  # GatewayError, ControlError
-            return error(code, message, getattr(exc, "details", None))
-        if isinstance(exc, TimeoutError):
-            return error("TIMEOUT", redact(str(exc)) or "timed out")
-        log.exception("control: %s failed with an unexpected error", cmd)
-        return error("INTERNAL", redact(f"{exc.__class__.__name__}: {exc}"))
-
-
-def rpc_timeout(value: Any) -> float | None:
-    """An rpc request's "timeout": null, or seconds, finite, > 0 and at most MAX_RPC_TIMEOUT."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= MAX_RPC_TIMEOUT:
-        raise ControlError("BAD_REQUEST", f"rpc timeout must be a positive number of seconds up to "
-                                          f"{MAX_RPC_TIMEOUT:g}, got {shown(value)}")
-    return float(value)

@@ -2,7 +2,9 @@
 limits, the error shape, and SO_PEERCRED (the server checks its clients, the client its server).
 
 Requests:  {"cmd": "status"} | {"cmd": "rpc", "method": M, "params": P, "timeout": S|null} | {"cmd": "restart-gateway"}
+           | {"cmd": "events", "follow": B, "names": [N, ...]|null}
 Replies:   {"ok": true, "result": R} | {"ok": false, "error": {"code": C, "message": M, "details": D|null}}
+           events with follow: {"ok": true, "result": "following"}, then one event object per line (stream.py)
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ MAX_REQUEST = 1 << 20  # bytes of a request line
 MAX_REPLY = 64 << 20  # bytes of a reply line the client reads; beyond that it is not clawsvc talking
 MAX_DEPTH = 100  # nesting of arrays and objects in a request
 MAX_RPC_TIMEOUT = 3600.0  # seconds; the cap on an rpc request's "timeout"
-COMMANDS = ("status", "rpc", "restart-gateway")
+COMMANDS = ("status", "rpc", "restart-gateway", "events")
+MAX_NAMES = 64  # event names in one events request
+MAX_NAME = 100  # characters of one event name
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13; Python does not name it
 
 _STRING = re.compile(rb'"(?:[^"\\]++|\\.?)*+(?:"|\Z)', re.DOTALL)  # unterminated ones too: linear time

@@ -21,32 +21,27 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any
 
 import websocket
 from websocket import ABNF
 
 from clawsvc.config import Config
+from clawsvc.gateway.frames import PONG_TIMEOUT_MAX, ConnectionStats, FrameCheck, Liveness
+from clawsvc.gateway.hello import ADMIN_SCOPE, HelloOk, connect_params, parse_hello
 from clawsvc.gateway.protocol import (
-    ADMIN_SCOPE,
     CHALLENGE_EVENT,
     ConnectionLost,
     GatewayError,
     GatewayEvent,
-    HelloOk,
     LinkDown,
-    MalformedFrame,
     Response,
     RpcTimeout,
     TransportError,
-    connect_params,
     describe_error,
     encode_request,
     error_from_close,
     parse_close,
-    parse_frame,
-    parse_hello,
 )
 from clawsvc.logs import register_secret
 from clawsvc.threads import start_thread
@@ -59,55 +54,6 @@ SOCKET_TIMEOUT = 10.0     # bounds a blocked send or a half-received frame
 CLOSE_REPLY_WAIT = 0.25   # how long close() waits for the gateway to answer our close frame
 CLOSE_SEND_TIMEOUT = 0.5  # bounds sending our close frame to a peer that stopped reading
 CLOSE_GRACE = 2.0         # how long to wait for the reader thread once its socket is shut down
-PONG_TIMEOUT_MAX = 10.0
-
-
-@dataclass
-class ConnectionStats:
-    """Counters over the life of this object (all connections); written by the reader thread only."""
-
-    events: int = 0
-    malformed: int = 0
-    seq_gaps: int = 0
-    unmatched: int = 0
-    pings: int = 0
-
-
-@dataclass
-class Liveness:
-    """The reader's deadlines: tick silence and, with pings on, the pong answer."""
-
-    last_frame: float
-    silence_limit: float
-    ping_interval: float
-    pong_timeout: float
-    tick_interval: float
-    pong_due: float | None = None
-    last_ping: float | None = None
-
-    def check(self, now: float) -> str | None:
-        """Why the link is dead, or None."""
-        if now - self.last_frame > self.silence_limit:
-            return f"no tick for {now - self.last_frame:.1f}s (tickIntervalMs={self.tick_interval * 1000:.0f})"
-        if self.pong_due is not None and now > self.pong_due:
-            return f"no pong within {self.pong_timeout:g}s"
-        return None
-
-    def ping_due(self, now: float) -> bool:
-        """True (and the pong clock started) when a ping should go out now."""
-        if self.ping_interval <= 0 or (self.last_ping is not None and now < self.last_ping + self.ping_interval):
-            return False
-        self.last_ping = now
-        self.pong_due = self.pong_due or now + self.pong_timeout
-        return True
-
-    def next_deadline(self) -> float:
-        deadlines = [self.last_frame + self.silence_limit]
-        if self.pong_due is not None:
-            deadlines.append(self.pong_due)
-        if self.ping_interval > 0 and self.last_ping is not None:
-            deadlines.append(self.last_ping + self.ping_interval)
-        return min(deadlines)
 
 
 class GatewayConnection:
@@ -134,6 +80,7 @@ class GatewayConnection:
         self.verify_peer = verify_peer
         self.hello: HelloOk | None = None
         self.stats = ConnectionStats()
+        self._frames = FrameCheck(url, self.stats)
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._pending: dict[str, tuple[str, Future[Any]]] = {}
@@ -141,7 +88,6 @@ class GatewayConnection:
         self._reader: threading.Thread | None = None
         self._down: LinkDown | None = None
         self._closing: tuple[int, str] | None = None
-        self._last_seq: int | None = None
 
     @classmethod
     def from_config(cls, config: Config, token: str, *, verify_peer: Callable[[socket.socket], None],
@@ -167,7 +113,7 @@ class GatewayConnection:
         if self._reader is not None and self._reader is not threading.current_thread():
             self._reader.join(CLOSE_GRACE)
         deadline = time.monotonic() + self.handshake_timeout
-        # frames are decoded (and so UTF-8-checked) once in _parse; websocket-client's own check is pure Python
+        # frames are UTF-8-checked once, in FrameCheck.parse; websocket-client's own check is pure Python
         ws = websocket.WebSocket(enable_multithread=True, skip_utf8_validation=True)
         try:
             ws.connect(self.url, timeout=self.handshake_timeout, suppress_origin=True)
@@ -183,7 +129,8 @@ class GatewayConnection:
             raise
         ws.settimeout(SOCKET_TIMEOUT)
         with self._lock:
-            self._ws, self.hello, self._down, self._closing, self._last_seq = ws, hello, None, None, None
+            self._ws, self.hello, self._down, self._closing = ws, hello, None, None
+            self._frames.last_seq = None
         self._reader = start_thread("ws-reader", self._read_loop, ws, hello)
         self._log_hello(hello)
         return hello
@@ -224,7 +171,7 @@ class GatewayConnection:
             if opcode == ABNF.OPCODE_CLOSE:
                 raise error_from_close(*parse_close(data))
             if opcode in (ABNF.OPCODE_TEXT, ABNF.OPCODE_BINARY):
-                frame = self._parse(opcode, data)
+                frame = self._frames.parse(opcode, data)
                 if frame is not None:
                     return frame
 
@@ -347,7 +294,7 @@ class GatewayConnection:
                     live.pong_due = None
                 elif opcode in (ABNF.OPCODE_TEXT, ABNF.OPCODE_BINARY):
                     live.last_frame = time.monotonic()
-                    self._dispatch(self._parse(opcode, data))
+                    self._dispatch(self._frames.parse(opcode, data))
         except websocket.WebSocketTimeoutException:
             self._remote_down(None, f"gateway stalled mid-frame for {SOCKET_TIMEOUT:g}s")
         except (OSError, websocket.WebSocketException, ValueError) as exc:
@@ -374,24 +321,6 @@ class GatewayConnection:
         readable, _, _ = select.select([sock], [], [], max(0.0, timeout))
         return bool(readable)
 
-    def _parse(self, opcode: int, data: bytes) -> Response | GatewayEvent | None:
-        try:
-            text = data.decode("utf-8") if opcode == ABNF.OPCODE_TEXT else data
-            return parse_frame(text)
-        except UnicodeDecodeError:
-            exc = MalformedFrame("text frame is not valid UTF-8")
-        except MalformedFrame as caught:
-            exc = caught
-        self._count_malformed(exc)
-        return None
-
-    def _count_malformed(self, exc: MalformedFrame) -> None:
-        self.stats.malformed += 1
-        count = self.stats.malformed
-        if count & (count - 1) == 0:  # 1st, 2nd, 4th, 8th...: a flood cannot flood the journal
-            log.warning("ignored a malformed frame from gateway at %s: %s (%d so far; the next report "
-                        "comes at %d)", self.url, exc, count, count * 2)
-
     def _dispatch(self, frame: Response | GatewayEvent | None) -> None:
         if isinstance(frame, Response):
             with self._lock:
@@ -404,7 +333,7 @@ class GatewayConnection:
             else:
                 entry[1].set_result(frame.payload)
         elif isinstance(frame, GatewayEvent) and frame.name != CHALLENGE_EVENT:
-            self._check_seq(frame)
+            self._frames.check_seq(frame)
             self.stats.events += 1
             on_event = self.on_event
             if on_event is not None:
@@ -412,14 +341,3 @@ class GatewayConnection:
                     on_event(frame)
                 except Exception:
                     log.exception("on_event callback failed for event %s", frame.name)
-
-    def _check_seq(self, event: GatewayEvent) -> None:
-        if event.seq is None:
-            return
-        last, self._last_seq = self._last_seq, event.seq
-        if last is not None and event.seq > last + 1:
-            self.stats.seq_gaps += 1
-            log.warning("gateway events %d..%d never arrived (before %s); state may be stale",
-                        last + 1, event.seq - 1, event.name)
-        elif last is not None and event.seq <= last:
-            log.info("gateway event sequence restarted at %d (was %d)", event.seq, last)

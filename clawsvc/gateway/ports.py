@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from clawsvc.gateway import proctree
+from clawsvc.text import printable
 from clawsvc.users import describe_uid
 
 PROC = Path("/proc")
@@ -190,7 +191,7 @@ def process_start(pid: int) -> str | None:
 
 def _comm(pid: int) -> str | None:
     try:
-        return (PROC / str(pid) / "comm").read_text().strip() or None
+        return printable((PROC / str(pid) / "comm").read_text()) or None  # any user can name a process
     except OSError:
         return None
 

@@ -1,6 +1,7 @@
 """The gateway's WebSocket protocol (v3..v4) as plain data: frames, connect params, hello-ok, errors.
 
-Pure: no sockets, no threads. connection.py does the I/O and calls into this module.
+Pure: no sockets, no threads. connection.py does the I/O and calls into this module; the handshake's own
+messages (connect params, hello-ok) are in hello.py.
 
 Frames (text, JSON, closed objects):
   request  {"type":"req","id","method","params"?}
@@ -16,23 +17,14 @@ from __future__ import annotations
 
 import json
 import struct
-import sys
 from dataclasses import dataclass
 from typing import Any
 
-from clawsvc import __version__
 from clawsvc.logs import redact
 
 PROTOCOL_MIN = 3
 PROTOCOL_MAX = 4
-CLIENT_ID = "gateway-client"
-CLIENT_MODE = "backend"
-DISPLAY_NAME = "clawsvc"
-ROLE = "operator"
-ADMIN_SCOPE = "operator.admin"
 CHALLENGE_EVENT = "connect.challenge"
-DEFAULT_TICK_INTERVAL = 30.0
-DEFAULT_MAX_PAYLOAD = 25 * 1024 * 1024
 
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_POLICY = 1008
@@ -119,20 +111,6 @@ class MalformedFrame(ValueError):
 # ---------------------------------------------------------------- values
 
 @dataclass(frozen=True)
-class HelloOk:
-    protocol: int
-    server_version: str
-    build_id: str | None
-    conn_id: str | None
-    methods: frozenset[str]
-    events: frozenset[str]
-    tick_interval: float
-    max_payload: int
-    role: str | None
-    scopes: tuple[str, ...]
-
-
-@dataclass(frozen=True)
 class GatewayEvent:
     name: str
     payload: Any
@@ -164,23 +142,6 @@ Frame = Response | GatewayEvent
 
 
 # ---------------------------------------------------------------- outgoing
-
-def client_platform() -> str:
-    return "linux" if sys.platform.startswith("linux") else sys.platform
-
-
-def connect_params(token: str, scopes: tuple[str, ...] = (ADMIN_SCOPE,)) -> dict[str, Any]:
-    return {
-        "minProtocol": PROTOCOL_MIN,
-        "maxProtocol": PROTOCOL_MAX,
-        "client": {"id": CLIENT_ID, "displayName": DISPLAY_NAME, "version": __version__,
-                   "platform": client_platform(), "mode": CLIENT_MODE},
-        "auth": {"token": token},
-        "role": ROLE,
-        "scopes": list(scopes),
-        "caps": [],
-    }
-
 
 def encode_request(request_id: str, method: str, params: Any = None) -> str:
     """The request as JSON text; params are left out when None (the gateway rejects null params)."""
@@ -214,11 +175,11 @@ def parse_frame(data: str | bytes) -> Frame:
         if not isinstance(name, str) or not name:
             raise MalformedFrame("event without a name")
         seq = frame.get("seq")
-        return GatewayEvent(name, frame.get("payload"), seq if _is_int(seq) else None)
+        return GatewayEvent(name, frame.get("payload"), seq if is_int(seq) else None)
     raise MalformedFrame(f"unknown frame type {str(kind)[:40]!r}")
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -226,7 +187,7 @@ def _frame_id(frame: dict[str, Any]) -> str:
     value = frame.get("id")
     if isinstance(value, str) and value:
         return value
-    if _is_int(value):
+    if is_int(value):
         return str(value)
     raise MalformedFrame("response without an id")
 
@@ -273,14 +234,14 @@ def error_from_reply(error: dict[str, Any]) -> GatewayError:
         return ProtocolMismatchError(code, f"{message}: {versions(server)}", details)
     if error.get("retryable") is True or code == "UNAVAILABLE":
         after = error.get("retryAfterMs")
-        retry_after = after / 1000.0 if _is_number(after) and after >= 0 else None
+        retry_after = after / 1000.0 if is_number(after) and after >= 0 else None
         return RetryableError(code, message, details, retry_after)
     if _is_auth_code(code) or _is_auth_code(detail_code):
         return AuthError(code, message, details)
     return RpcError(code, message, details)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -313,42 +274,3 @@ def error_from_close(code: int | None, reason: str) -> GatewayError:
     if code == CLOSE_PROTOCOL_ERROR:
         return ProtocolMismatchError("PROTOCOL_MISMATCH", f"{said}; {versions(None)}")
     return TransportError("CLOSED", said)
-
-
-def parse_hello(payload: Any) -> HelloOk:
-    """The connect response's payload; raises ProtocolMismatchError or GatewayError("BAD_HELLO")."""
-    if not isinstance(payload, dict) or payload.get("type") != "hello-ok":
-        raise GatewayError("BAD_HELLO", "connect answer is not a hello-ok")
-    protocol = payload.get("protocol")
-    if not _is_int(protocol):
-        raise GatewayError("BAD_HELLO", f"hello-ok without a protocol version ({protocol!r})")
-    if not PROTOCOL_MIN <= protocol <= PROTOCOL_MAX:
-        raise ProtocolMismatchError("PROTOCOL_MISMATCH", f"hello-ok chose an unsupported version: {versions(protocol)}")
-    server, features = _section(payload, "server"), _section(payload, "features")
-    auth, policy = _section(payload, "auth"), _section(payload, "policy")
-    tick_ms, max_payload = policy.get("tickIntervalMs"), policy.get("maxPayload")
-    return HelloOk(
-        protocol=protocol,
-        server_version=str(server.get("version") or "unknown"),
-        build_id=_opt_str(server.get("buildId")),
-        conn_id=_opt_str(server.get("connId")),
-        methods=_names(features.get("methods")),
-        events=_names(features.get("events")),
-        tick_interval=tick_ms / 1000.0 if _is_number(tick_ms) and tick_ms > 0 else DEFAULT_TICK_INTERVAL,
-        max_payload=max_payload if _is_int(max_payload) and max_payload > 0 else DEFAULT_MAX_PAYLOAD,
-        role=_opt_str(auth.get("role")),
-        scopes=tuple(item for item in auth.get("scopes") or () if isinstance(item, str)),
-    )
-
-
-def _section(payload: dict[str, Any], key: str) -> dict[str, Any]:
-    value = payload.get(key)
-    return value if isinstance(value, dict) else {}
-
-
-def _opt_str(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def _names(value: Any) -> frozenset[str]:
-    return frozenset(item for item in value if isinstance(item, str)) if isinstance(value, list) else frozenset()

@@ -149,7 +149,7 @@ class PeerCheck:
 
 
 def _forward_event(post: Post, gen: int, link: int, event: GatewayEvent) -> None:
-    post(GatewayEventSeen(gen, link, event.name, event.payload))
+    post(GatewayEventSeen(gen, link, event.name, event.payload, event.seq))
 
 
 def _forward_down(post: Post, gen: int, link: int, down: LinkDown) -> None:

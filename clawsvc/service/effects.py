@@ -132,5 +132,15 @@ class Log:
     text: str
 
 
+@dataclass(frozen=True)
+class Emit:
+    """An event for `clawsvc events` subscribers: clawsvc's own (source "service") or one the gateway sent,
+    with its seq. The executor stamps the wall-clock time when it hands it on."""
+    name: str
+    payload: Any
+    source: str = "service"
+    seq: int | None = None
+
+
 Effect = (Probe | Spawn | Connect | AbortConnect | CloseLink | StopProcess | CheckHealth | Notify | Publish
-          | LoadConfig | ApplyConfig | Reply | Log)
+          | LoadConfig | ApplyConfig | Reply | Log | Emit)

@@ -30,6 +30,7 @@ from clawsvc.service.effects import (
     CloseLink,
     Connect,
     Effect,
+    Emit,
     LoadConfig,
     Log,
     Notify,
@@ -41,6 +42,8 @@ from clawsvc.service.effects import (
     StopProcess,
     View,
 )
+from clawsvc.service.eventhub import EventHub
+from clawsvc.service.events import Event
 from clawsvc.service.messages import (
     ConfigFailed,
     ConfigLoaded,
@@ -73,6 +76,7 @@ class Executor:
         self.connector = Connector(post, self._register)
         self.on_reload: Callable[[Config, Config], None] | None = None
         self.snapshot = Snapshot.empty(config, os.getpid())
+        self.events = EventHub()
         self._lock = threading.Lock()  # guards the three below: control threads read them
         self._processes: dict[int, GatewayProcess] = {}
         self._links: dict[int, GatewayConnection] = {}
@@ -89,6 +93,8 @@ class Executor:
         match effect:
             case Log():
                 log.log(effect.level, "%s", effect.text)
+            case Emit():  # payloads may hold chat content: never logged
+                self.events.publish(Event(time.time(), effect.source, effect.name, effect.payload, effect.seq))
             case Publish():
                 self._publish(effect.view)
             case Notify():
@@ -120,7 +126,7 @@ class Executor:
         if view.connected_at is not None and (self._epoch is None or self._epoch[0] != view.connected_at):
             self._epoch = (view.connected_at, time.time() - (self.clock() - view.connected_at))
         self.snapshot = Snapshot(
-            state=view.state.value, pid=view.pid, port=view.port, owned=view.owned,
+            state=view.state, pid=view.pid, port=view.port, owned=view.owned,
             gateway_version=view.gateway_version, ready_at=view.ready_at,
             connected_at=self._epoch[1] if view.connected_at is not None and self._epoch else None,
             error=view.error, cause=view.cause, reconnect_attempts=view.reconnect_attempts, restarts=view.restarts,
@@ -223,7 +229,7 @@ class Executor:
         with self._lock:
             connection = self._current
         if connection is None:
-            raise GatewayError("UNAVAILABLE", f"gateway is not connected (state: {self.snapshot.state})")
+            raise GatewayError("UNAVAILABLE", f"gateway is not connected (state: {self.snapshot.state.value})")
         return connection.rpc(method, params, timeout=timeout)
 
     def close(self, config: Config) -> None:

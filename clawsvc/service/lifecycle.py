@@ -14,6 +14,7 @@ from clawsvc.service.effects import (
     AbortConnect,
     ApplyConfig,
     Effect,
+    Emit,
     LoadConfig,
     Log,
     Notify,
@@ -51,6 +52,12 @@ from clawsvc.service.states import (
 NOT_OWNED = ("NOT_OWNED", "the gateway was adopted, not started by clawsvc; restart it where it was started")
 
 
+def exited(message: ProcessExited) -> Emit:
+    info = message.info
+    return Emit("gateway.exited", {"pid": message.pid, "status": info.describe(), "returncode": info.returncode,
+                                   "signal": info.signal})
+
+
 def on_crash(state: AwaitingHello | Running | Reconnecting | Replacing, message: ProcessExited,
              now: float) -> Outcome:
     """Our gateway exited on its own (or as replaced): 78 ends clawsvc, anything else is restarted."""
@@ -58,7 +65,7 @@ def on_crash(state: AwaitingHello | Running | Reconnecting | Replacing, message:
     ran = now - book.ready_at if book.ready_at is not None else 0.0
     last = message.info.describe()
     book = replace(book, last_exit=last, ready_at=None)
-    effects: list[Effect] = [*drop_link(state), AbortConnect()]
+    effects: list[Effect] = [exited(message), *drop_link(state), AbortConnect()]
     if message.info.returncode == exitcodes.CONFIG:
         new, more = fail(book, f"gateway pid {message.pid} exited with status 78 (its configuration is unusable; "
                                "see its last log lines above)", exitcodes.CONFIG)
@@ -76,19 +83,22 @@ def on_planned_exit(state: Restarting, message: ProcessExited, now: float) -> Ou
     last = message.info.describe()
     book = replace(state.book, last_exit=last, ready_at=None, restarts=state.book.restarts + 1)
     new, effects = begin(book, now)
-    return new, [Log(INFO, f"gateway pid {message.pid} {last}; starting it again as asked"), *effects]
+    return new, [Log(INFO, f"gateway pid {message.pid} {last}; starting it again as asked"), exited(message),
+                 *effects]
 
 
 def on_final_exit(state: Stopping, message: ProcessExited, now: float) -> Outcome:
     last = message.info.describe()
-    return Stopped(replace(state.book, last_exit=last)), [Log(INFO, f"gateway pid {message.pid} {last}")]
+    return Stopped(replace(state.book, last_exit=last)), [Log(INFO, f"gateway pid {message.pid} {last}"),
+                                                          exited(message)]
 
 
 def on_restart(state: MState, message: RestartRequested, now: float) -> Outcome:
     """Stop our gateway and start it again; with nothing of ours running, start again at once."""
     if adopted(state) and message.reply is not None:
         return state, [Reply(message.reply, None, NOT_OWNED)]
-    effects: list[Effect] = [Log(INFO, f"gateway restart requested ({message.reason})")]
+    effects: list[Effect] = [Log(INFO, f"gateway restart requested ({message.reason})"),
+                             Emit("restart.requested", {"reason": message.reason})]
     if message.reply is not None:
         effects.append(Reply(message.reply, {"restarting": True}))
     pid, book = pid_of(state), state.book
@@ -130,6 +140,7 @@ def on_config_loaded(state: MState, message: ConfigLoaded, now: float) -> Outcom
     if not stopping and (message.token, dict(message.provider_env)) != (book.token, dict(book.provider_env)):
         changed.append("the gateway token or provider keys")
     effects: list[Effect] = [ApplyConfig(old, new)]
+    effects.append(Emit("reload", {"ok": True, "changed": [] if stopping else changed}))
     if not changed or stopping:
         effects.append(Log(INFO, f"reloaded {new.source}; no gateway restart needed"))
         return with_book(state, replace(book, config=new)), [*effects, _reload_done(book.ready_sent)]
@@ -142,7 +153,8 @@ def on_config_loaded(state: MState, message: ConfigLoaded, now: float) -> Outcom
 
 def on_config_failed(state: MState, message: ConfigFailed, now: float) -> Outcome:
     text = f"reload failed, still running on the previous config: {message.problem}"
-    return state, [Log(ERROR, text), _reload_done(state.book.ready_sent, f" (reload failed: {message.problem})")]
+    return state, [Log(ERROR, text), Emit("reload", {"ok": False, "error": message.problem}),
+                   _reload_done(state.book.ready_sent, f" (reload failed: {message.problem})")]
 
 
 def on_watchdog(state: MState, message: TimerFired, now: float) -> Outcome:

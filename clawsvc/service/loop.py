@@ -13,6 +13,7 @@ from typing import Any
 from clawsvc.config import Config
 from clawsvc.gateway.protocol import GatewayError
 from clawsvc.service import machine
+from clawsvc.service.eventhub import Feed
 from clawsvc.service.executor import Executor, Secrets
 from clawsvc.service.messages import Message, RestartRequested, TimerFired, TimerKind
 from clawsvc.service.notify import Notifier
@@ -23,7 +24,8 @@ REPLY_WAIT = 10.0  # a control client asking for a restart waits this long for t
 
 
 class Supervisor:
-    """Public surface for `clawsvc run` and the control socket: post, run, status, rpc, restart_gateway."""
+    """Public surface for `clawsvc run` and the control socket: post, run, status, rpc, restart_gateway,
+    event_history, subscribe."""
 
     def __init__(self, config: Config, secrets: Secrets, notifier: Notifier,
                  clock: Callable[[], float] = time.monotonic, seed: int | None = None) -> None:
@@ -86,6 +88,12 @@ class Supervisor:
 
     def rpc(self, method: str, params: Any, timeout: float | None) -> Any:
         return self.executor.rpc(method, params, timeout)
+
+    def event_history(self, names: frozenset[str] | None) -> list[dict[str, Any]]:
+        return self.executor.events.history(names)
+
+    def subscribe(self, names: frozenset[str] | None) -> Feed:
+        return self.executor.events.subscribe(names)
 
     def restart_gateway(self) -> dict[str, Any]:
         """Whether the gateway may be restarted (NOT_OWNED when adopted) is the machine's call."""

@@ -12,7 +12,7 @@ from typing import Any
 
 from clawsvc.config import Config
 from clawsvc.service import lifecycle, running, starting
-from clawsvc.service.effects import DEBUG, INFO, CloseLink, Effect, Log, Notify, NotifyKind, Publish, Reply
+from clawsvc.service.effects import DEBUG, INFO, CloseLink, Effect, Emit, Log, Notify, NotifyKind, Publish, Reply
 from clawsvc.service.messages import (
     ConfigFailed,
     ConfigLoaded,
@@ -149,17 +149,19 @@ def _dropped(state: MState, message: Message, stale: bool) -> list[Effect]:
 
 def _announce(old: MState, new: MState, effects: list[Effect]) -> list[Effect]:
     """Log a change of phase, publish a changed view and send STATUS once per transition (READY carries it
-    when the handler sends READY)."""
+    when the handler sends READY); the `state` event comes after the handler's own events (its causes)."""
     before, after = view(old), view(new)
     out: list[Effect] = []
+    changed: list[Effect] = []
     if before.state is not after.state:
         why = f" ({after.cause})" if after.cause and after.state is not State.ERROR else ""
         out.append(Log(INFO, f"state {before.state.value} -> {after.state.value}{why}"))
+        changed.append(Emit("state", {"from": before.state.value, "to": after.state.value, "cause": after.cause}))
     if after != before:
         out.append(Publish(after))
     ready = any(isinstance(effect, Notify) and effect.kind is NotifyKind.READY for effect in effects)
     if (before.state, before.cause) != (after.state, after.cause) and not ready:
         out.append(Notify(NotifyKind.STATUS))
-    return out + effects
+    return out + effects + changed
 
 

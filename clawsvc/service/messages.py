@@ -109,6 +109,7 @@ class GatewayEventSeen:
     link: int
     name: str
     payload: Any
+    seq: int | None = None  # the gateway's sequence number, where the frame had one
 
 
 @dataclass(frozen=True)

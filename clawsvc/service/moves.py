@@ -6,7 +6,18 @@ from dataclasses import replace
 
 from clawsvc import exitcodes
 from clawsvc.service.backoff import restart_delay
-from clawsvc.service.effects import ERROR, WARNING, AbortConnect, CloseLink, Connect, Effect, Log, Probe, StopProcess
+from clawsvc.service.effects import (
+    ERROR,
+    WARNING,
+    AbortConnect,
+    CloseLink,
+    Connect,
+    Effect,
+    Emit,
+    Log,
+    Probe,
+    StopProcess,
+)
 from clawsvc.service.states import (
     BackingOff,
     Book,
@@ -51,7 +62,8 @@ def fail(book: Book, error: str, code: int, pid: int | None = None, link: int | 
           pending_spawn: bool = False) -> Outcome:
     """A problem retrying cannot fix: stop, and exit so systemd's Restart=/start limits decide."""
     new, effects = shutdown(replace(book, error=error, exit_code=code), pid, link, pending_spawn)
-    return new, [Log(ERROR, f"{error}; stopping clawsvc (exit {code})"), *effects]
+    return new, [Log(ERROR, f"{error}; stopping clawsvc (exit {code})"),
+                 Emit("error", {"error": error, "exit_code": code}), *effects]
 
 
 def fail_in(state: MState, error: str, code: int) -> Outcome:
@@ -67,7 +79,8 @@ def schedule_restart(book: Book, cause: str, now: float) -> Outcome:
         return fail(book, f"{cause}; gave up after {limit} attempts in a row", exitcodes.FAIL)
     book = replace(book, restarts=book.restarts + 1)
     text = f"{cause}; restarting in {delay:.1f}s (attempt {attempts}/{limit or '∞'})"
-    return BackingOff(book, now + delay, cause), [Log(WARNING, text)]
+    restart = Emit("restart", {"reason": cause, "attempt": attempts, "delay": delay})
+    return BackingOff(book, now + delay, cause), [Log(WARNING, text), restart]
 
 
 def replace_gateway(state: MState, pid: int, why: str) -> Outcome:

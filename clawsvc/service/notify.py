@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import socket
 import threading
 import time
@@ -12,10 +11,11 @@ from collections.abc import Mapping
 
 from sdnotify import SystemdNotifier
 
+from clawsvc.text import printable
+
 log = logging.getLogger("clawsvc.service.notify")
 
 STATUS_MAX = 1000  # characters; `systemctl status` shows one line, the journal keeps the rest of the story
-_CONTROL_CHARS = re.compile(r"\s*[\x00-\x1f\x7f]+\s*")
 
 
 def status_text(text: str) -> str:
@@ -24,7 +24,7 @@ def status_text(text: str) -> str:
     systemd ignores a STATUS= that is not valid UTF-8, and sdnotify encodes Latin-1 (raising on anything
     beyond U+00FF), so the UTF-8 bytes are smuggled through as the Latin-1 characters of the same values.
     """
-    line = _CONTROL_CHARS.sub(" ", text).strip()
+    line = printable(text)
     if len(line) > STATUS_MAX:
         line = line[: STATUS_MAX - 3] + "..."
     return line.encode("utf-8", "replace").decode("latin-1")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from clawsvc import trust
 from clawsvc.config import Config, ConfigError
+from clawsvc.config.trusted import check_config_paths
 from clawsvc.gateway.process import SpawnError, build_argv, build_env, check_command, state_dir
 from clawsvc.secrets import describe_token_source
 
@@ -19,7 +20,7 @@ from clawsvc.secrets import describe_token_source
 def preflight(config: Config) -> None:
     """Raise ConfigError (exit 78) for anything that would make `run` refuse this config."""
     try:
-        trust.check_config_paths(config)
+        check_config_paths(config)
     except trust.TrustError as exc:
         raise ConfigError(str(exc)) from None
     _check_token_file(config)

@@ -5,27 +5,29 @@ from __future__ import annotations
 from dataclasses import replace
 
 from clawsvc.service.backoff import forgiven
-from clawsvc.service.effects import DEBUG, INFO, WARNING, CheckHealth, Effect, Log
+from clawsvc.service.effects import DEBUG, INFO, WARNING, CheckHealth, Effect, Emit, Log
 from clawsvc.service.messages import GatewayEventSeen, HealthChecked, LinkLost, TimerFired
 from clawsvc.service.moves import Outcome, reconnect, replace_gateway
 from clawsvc.service.states import Running, with_book
 
 
 def on_event(state: Running, message: GatewayEventSeen, now: float) -> Outcome:
+    """Every event goes to `clawsvc events` subscribers (ticks only to those asking for them by name)."""
     if message.link != state.link:
         return state, []
+    emit = Emit(message.name, message.payload, "gateway", message.seq)
     if message.name != "shutdown":
-        return state, [] if message.name == "tick" else [Log(DEBUG, f"gateway event {message.name}")]
+        return state, [emit] if message.name == "tick" else [Log(DEBUG, f"gateway event {message.name}"), emit]
     payload = message.payload if isinstance(message.payload, dict) else {}
     reason = str(payload.get("reason", "")) or "no reason given"
     expected = payload.get("restartExpectedMs")
     if not isinstance(expected, int | float) or isinstance(expected, bool):
-        return state, [Log(INFO, f"gateway announced shutdown ({reason})")]
+        return state, [Log(INFO, f"gateway announced shutdown ({reason})"), emit]
     seconds = expected / 1000.0
     text = f"gateway is restarting itself ({reason}); waiting up to {seconds:.0f}s for it instead of spawning another"
     new, effects = reconnect(state, f"gateway restarting itself ({payload.get('reason', '')})",
                               seconds + state.book.config.gateway.start_timeout)
-    return new, [Log(INFO, text), *effects]
+    return new, [Log(INFO, text), emit, *effects]
 
 
 def on_link_lost(state: Running, message: LinkLost, now: float) -> Outcome:
@@ -57,7 +59,9 @@ def on_health(state: Running, message: HealthChecked, now: float) -> Outcome:
         return replace(checked, failures=0), back if state.failures else []
     failures = state.failures + 1
     effects: list[Effect] = [Log(WARNING, f"gateway health check failed ({failures}/{health.failures}): "
-                                          f"{message.error}")]
+                                          f"{message.error}"),
+                             Emit("health.failed", {"failures": failures, "limit": health.failures,
+                                                    "error": message.error})]
     if failures < health.failures:
         return replace(checked, failures=failures), effects
     if checked.pid is None:

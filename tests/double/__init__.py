@@ -9,7 +9,10 @@ For clawsvc itself, use `double_command()` as gateway.command: clawsvc appends `
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import os
+import random
 import re
 import secrets
 import signal
@@ -17,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -29,10 +33,30 @@ def double_command() -> tuple[str, ...]:
     return (sys.executable, str(DOUBLE_SCRIPT))
 
 
+# Test ports come from below the kernel's ephemeral range (32768+ by default), so no outgoing connection or
+# bind(0) elsewhere takes one between free_port() and the bind that uses it; under pytest-xdist every worker
+# gets its own slice, so two workers never hand out the same port.
+PORT_RANGE = range(20000, 32000)
+
+
+@functools.cache
+def _worker_ports() -> Iterator[int]:
+    """This worker's slice of PORT_RANGE, from a random point (another run on the machine starts elsewhere)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    size = len(PORT_RANGE) // max(count, 1)
+    first = PORT_RANGE.start + int(worker) * size if worker.isdigit() else PORT_RANGE.start
+    offset = random.randrange(size)
+    return itertools.cycle([*range(first + offset, first + size), *range(first, first + offset)])
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback TCP port nobody holds now and no other test of this run will be given."""
+    for port in itertools.islice(_worker_ports(), len(PORT_RANGE)):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock, contextlib.suppress(OSError):
+            sock.bind(("127.0.0.1", port))
+            return port
+    raise RuntimeError(f"no free loopback port in {PORT_RANGE.start}-{PORT_RANGE.stop - 1}")
 
 
 def pid_alive(pid: int) -> bool:

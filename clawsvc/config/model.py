@@ -1,0 +1,128 @@
+"""The frozen, typed Config and its defaults (paths follow root vs. XDG); what counts as a secret env name."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+SECRET_ENV = re.compile(r"TOKEN|KEY|SECRET|PASSW|CREDENTIAL", re.IGNORECASE)
+REDACTED = "<redacted>"
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; str() is one line naming file:line and key."""
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _xdg(var: str, fallback: str) -> Path:
+    value = os.environ.get(var)
+    return Path(value) if value else Path.home() / fallback
+
+
+def default_config_path() -> Path:
+    """-c is handled by the caller; then $CLAWSVC_CONFIG, /etc as root, else XDG config."""
+    env = os.environ.get("CLAWSVC_CONFIG")
+    if env:
+        return Path(env)
+    if _is_root():
+        return Path("/etc/clawsvc/clawsvc.yaml")
+    return _xdg("XDG_CONFIG_HOME", ".config") / "clawsvc" / "clawsvc.yaml"
+
+
+def default_state_dir() -> Path:
+    if _is_root():
+        return Path("/var/lib/clawsvc/openclaw")
+    return _xdg("XDG_STATE_HOME", ".local/state") / "clawsvc" / "openclaw"
+
+
+SYSTEM_CONTROL_SOCKET = Path("/run/clawsvc/control.sock")
+
+
+def default_control_socket() -> Path:
+    if _is_root():
+        return SYSTEM_CONTROL_SOCKET
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = Path(runtime) if runtime else Path(f"/tmp/clawsvc-{os.getuid()}")
+    return base / "clawsvc" / "control.sock"
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    command: tuple[str, ...] = ("openclaw",)
+    port: int = 18789
+    bind: str = "loopback"
+    state_dir: Path = field(default_factory=default_state_dir)
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    adopt_existing: bool = True
+    start_timeout: float = 120.0
+    stop_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    token_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class ConnectionConfig:
+    path: str = "/"
+    request_timeout: float = 30.0
+    handshake_timeout: float = 10.0
+    ping_interval: float = 30.0
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    interval: float = 30.0
+    timeout: float = 5.0
+    failures: int = 3
+    tick_grace: float = 2.0
+
+
+@dataclass(frozen=True)
+class ReconnectConfig:
+    base_delay: float = 1.0
+    max_delay: float = 30.0
+    max_attempts: int = 10
+    stable_after: float = 60.0
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    socket: Path = field(default_factory=default_control_socket)
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "info"
+    gateway_stdout: str = "debug"
+    gateway_stderr: str = "warning"
+    suppress: tuple[re.Pattern[str], ...] = ()
+
+
+DEFAULT_PROVIDERS = ("anthropic", "openai", "google", "openrouter")
+
+
+@dataclass(frozen=True)
+class Config:
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    providers: tuple[str, ...] = DEFAULT_PROVIDERS
+    connection: ConnectionConfig = field(default_factory=ConnectionConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    source: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.gateway.port}{self.connection.path}"

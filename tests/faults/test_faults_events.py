@@ -1,0 +1,204 @@
+"""`clawsvc events` on the gateway double: a follower sees a restart and the gateway's events, a stopped
+follower holds up neither `status`, the watchdog nor another follower and learns what it missed, the peer
+check, the follower cap, history without --follow, not running, Ctrl-C and a closed pipe."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from faultkit import Callers, Services, cli, cli_argv, finish, ready, write_config
+from service_proc import ServiceProcess, poll
+
+from clawsvc import exitcodes
+from clawsvc.control.stream import MAX_FOLLOWERS
+
+NOBODY = 65534
+FLOOD = 10000  # events: far more than a follower's buffer (1000) and the socket buffers hold
+FOLLOW = ("events", "--follow", "--json")
+
+
+class Follower:
+    """A background `clawsvc events --follow --json ...` whose stdout lines are collected as they come."""
+
+    def __init__(self, callers: Callers, svc: ServiceProcess, *args: str) -> None:
+        self.popen = callers.start(svc, *FOLLOW, *args)
+        self.lines: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read, name="clawsvc-test-follower", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            with self._lock:
+                self.lines.append(json.loads(line))
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            return [e for e in self.lines if name is None or e["name"] == name]
+
+    def wait_for(self, name: str, timeout: float = 20.0) -> dict[str, Any]:
+        return poll(lambda: next(iter(self.events(name)), None), timeout, f"a {name!r} event; got "
+                    f"{[e['name'] for e in self.events()][-20:]}")
+
+
+@pytest.fixture
+def followers_of(callers: Callers) -> Iterator[list[Follower]]:
+    started: list[Follower] = []
+    yield started
+    callers.close()  # kills what is still running; the reader threads then see EOF
+
+
+def follow(started: list[Follower], callers: Callers, svc: ServiceProcess, *names: str) -> Follower:
+    """A follower that is subscribed (it has seen a tick: ask for `tick` among the names)."""
+    follower = Follower(callers, svc, *(arg for name in names for arg in ("--name", name)))
+    started.append(follower)
+    follower.wait_for("tick")
+    return follower
+
+
+def test_a_follower_sees_a_restart_then_the_gateway_events(services: Services, callers: Callers,
+                                                          followers_of: list[Follower]) -> None:
+    svc = services.start()
+    old = ready(svc)["pid"]
+    watcher = follow(followers_of, callers, svc, "tick", "state", "gateway.exited", "gateway.spawned", "chat")
+    assert cli(svc, "restart-gateway").returncode == 0
+    back = watcher.wait_for("gateway.spawned")
+    new = back["payload"]["pid"]
+    poll(lambda: [e for e in watcher.events("state") if e["payload"]["to"] == "running"], 20, "running again")
+    assert cli(svc, "rpc", "double.event", json.dumps({"event": "chat", "payload": {"text": "hi"}})).returncode == 0
+    chat = watcher.wait_for("chat")
+    names = [(e["name"], e["payload"].get("to")) for e in watcher.events() if e["name"] != "tick"]
+    assert names == [("state", "starting"), ("gateway.exited", None), ("gateway.spawned", None),
+                     ("state", "running"), ("chat", None)], names
+    assert watcher.events("gateway.exited")[0]["payload"] == {
+        "pid": old, "status": "exited with status 0", "returncode": 0, "signal": None}
+    assert new != old and new == svc.status()["pid"]
+    assert chat["source"] == "gateway" and chat["payload"] == {"text": "hi"} and isinstance(chat["seq"], int)
+    assert chat["time"].endswith("Z") and watcher.events("state")[0]["source"] == "service"
+    poll(lambda: [e for e in watcher.events("tick") if e["time"] > back["time"]], 10, "a tick of the new gateway")
+    assert "hi" not in svc.log(), "payloads stay out of clawsvc's log (even at debug level here)"
+
+
+def test_a_stopped_follower_holds_up_nobody_and_learns_what_it_missed(services: Services, callers: Callers,
+                                                                      followers_of: list[Follower]) -> None:
+    # the double answers the health RPC only after its whole flood: FAST's 0.5 s health timeout would replace it
+    svc = services.start(env={"WATCHDOG_USEC": "500000"}, extra={"health": {"interval": 10.0, "timeout": 10.0}})
+    ready(svc)
+    stopped = follow(followers_of, callers, svc, "tick", "flood")
+    other = follow(followers_of, callers, svc, "tick", "flood")
+    os.killpg(stopped.popen.pid, signal.SIGSTOP)
+    try:
+        mark = svc.peer.mark()
+        flood = callers.start(svc, "rpc", "double.flood", json.dumps({"count": FLOOD}), "--timeout", "120")
+        slowest = 0.0
+        while flood.poll() is None:
+            began = time.monotonic()
+            assert cli(svc, "status", timeout=10).returncode == 0
+            slowest = max(slowest, time.monotonic() - began)
+        code, _, err = finish(flood)
+        assert code == 0, err
+        assert slowest < 2.0, f"clawsvc status took {slowest:.2f}s during the flood"
+        poll(lambda: len(other.events("flood")) + sum(e["payload"]["count"] for e in other.events("missed"))
+             >= FLOOD, 60, "the other follower to be served to the end of the flood")
+        assert other.events("flood")[-1]["payload"]["i"] > FLOOD - 1000, "served while the stopped one sleeps"
+        pings = [d.at for d in svc.peer.find("^WATCHDOG=1", since=mark)]
+        assert len(pings) >= 2 and max(b - a for a, b in itertools.pairwise(pings)) < 1.0, pings
+    finally:
+        os.killpg(stopped.popen.pid, signal.SIGCONT)
+    missed = stopped.wait_for("missed")
+    assert missed["source"] == "service" and missed["payload"]["count"] > 0
+    poll(lambda: [e for e in stopped.events("tick") if e["time"] > missed["time"]], 10, "the stream to go on")
+    got, lost = len(stopped.events("flood")), sum(e["payload"]["count"] for e in stopped.events("missed"))
+    assert got < FLOOD and got + lost >= FLOOD, (got, lost)  # what was lost is counted (ticks too)
+
+
+@pytest.fixture
+def open_services() -> Iterator[Services]:
+    """Services rooted in a directory other users may traverse, so that uid 65534 can read the config file."""
+    root = Path(tempfile.mkdtemp(prefix="clawsvc-events-"))
+    root.chmod(0o711)
+    started = Services(root)
+    try:
+        yield started
+    finally:
+        started.close()
+        shutil.rmtree(root)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+def test_another_uid_is_refused(open_services: Services) -> None:
+    svc = open_services.start()
+    ready(svc)
+    svc.config_path.chmod(0o644)
+    svc.control_socket.parent.chmod(0o711)  # let uid 65534 reach the server: SO_PEERCRED alone must refuse it
+    svc.control_socket.chmod(0o666)
+    for args in (("events",), ("events", "--follow"), ("events", "--follow", "--json", "--name", "tick")):
+        result = cli(svc, *args, user=NOBODY)
+        assert result.returncode == exitcodes.FAIL, (args, result.stderr)
+        assert f"EACCES: uid {NOBODY} is not allowed to control clawsvc" in result.stderr
+        assert result.stdout == ""
+
+
+def test_followers_are_capped_apart_from_requests_and_one_that_leaves_is_forgotten_at_once(
+        services: Services, callers: Callers, followers_of: list[Follower]) -> None:
+    svc = services.start()
+    ready(svc)
+    crowd = [follow(followers_of, callers, svc, "tick") for _ in range(MAX_FOLLOWERS)]
+    refused = cli(svc, "events", "--follow")
+    assert refused.returncode == exitcodes.FAIL and "BUSY" in refused.stderr, refused.stderr
+    assert cli(svc, "status").returncode == 0
+    assert cli(svc, "events").returncode == 0, "history is a request, not a follower"
+    os.killpg(crowd[0].popen.pid, signal.SIGKILL)
+    newcomer = Follower(callers, svc, "--name", "tick")
+    followers_of.append(newcomer)
+    newcomer.wait_for("tick", timeout=10)
+
+
+def test_history_without_follow_then_exit_0(services: Services) -> None:
+    svc = services.start()
+    pid = ready(svc)["pid"]
+    text = cli(svc, "events")
+    assert text.returncode == 0, text.stderr
+    assert f"service gateway.spawned: pid {pid}" in text.stdout
+    assert "service state: starting -> running" in text.stdout and " tick " not in text.stdout
+    lines = [json.loads(line) for line in cli(svc, "events", "--json").stdout.splitlines()]
+    assert [e["name"] for e in lines][:4] == ["state", "gateway.spawned", "ready", "state"]
+    only = cli(svc, "events", "--json", "--name", "ready").stdout.splitlines()
+    assert [json.loads(line)["payload"]["pid"] for line in only] == [pid]
+
+
+def test_not_running_exits_3(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {})
+    for args in (("events",), ("events", "--follow")):
+        result = subprocess.run([sys.executable, "-m", "clawsvc", *args, "-c", str(config)], capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode == exitcodes.NOT_RUNNING, result.stderr
+        assert "not running" in result.stderr
+
+
+def test_ctrl_c_and_a_closed_pipe_end_quietly_with_0(services: Services, callers: Callers,
+                                                    followers_of: list[Follower]) -> None:
+    svc = services.start()
+    ready(svc)
+    command = " ".join(f"'{arg}'" for arg in cli_argv(svc, "events", "--follow", "--name", "tick"))
+    head = subprocess.run(["bash", "-c", f"set -o pipefail; {command} | head -1"], capture_output=True, text=True,
+                          timeout=60)
+    assert head.returncode == 0 and " gateway tick " in head.stdout and head.stderr == "", head
+    follower = follow(followers_of, callers, svc, "tick")
+    follower.popen.send_signal(signal.SIGINT)
+    code, _, err = finish(follower.popen)
+    assert code == 0 and "Traceback" not in err, err

@@ -1,0 +1,141 @@
+"""The event stream's buffer policy (clawsvc/service/events.py), without threads or sleeps: the clock is a number
+passed in. Also the hub's bookkeeping and the CLI's readable lines."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from clawsvc.commands.events import readable
+from clawsvc.service.eventhub import EventHub
+from clawsvc.service.events import Event as E
+from clawsvc.service.events import History, Outbox, dropped, iso_time, wanted
+
+
+def ev(n: int, name: str = "chat", source: str = "gateway") -> E:
+    return E(1000.0 + n, source, name, {"n": n}, n)
+
+
+def numbers(batch: list[E] | None) -> list[Any]:
+    assert batch is not None
+    return [e.payload.get("n", f"missed {e.payload.get('count')}") for e in batch]
+
+
+def test_the_json_form() -> None:
+    assert E(0.123, "gateway", "chat", {"a": 1}, 5).to_json() == {
+        "time": "1970-01-01T00:00:00.123Z", "source": "gateway", "name": "chat", "payload": {"a": 1}, "seq": 5}
+    assert "seq" not in E(0.0, "service", "state", {}).to_json()
+    assert iso_time(1795899600.123) == "2026-11-28T21:00:00.123Z"
+
+
+def test_ticks_only_when_asked_by_name_and_names_filter_exactly() -> None:
+    assert wanted(None, "chat") and not wanted(None, "tick")
+    assert wanted(frozenset({"tick"}), "tick") and not wanted(frozenset({"tick"}), "chat")
+    box = Outbox(frozenset({"gateway.spawned", "tick"}), capacity=10)
+    for event in (ev(1), ev(2, "tick"), ev(3, "gateway.spawned", "service"), ev(4, "state", "service")):
+        box.offer(event)
+    assert numbers(box.take()) == [2, 3]
+
+
+def test_overflow_drops_the_newest_counts_them_and_says_so_where_the_gap_is() -> None:
+    box = Outbox(None, capacity=3)
+    for n in range(1, 9):  # 1..3 fit, 4..8 are dropped
+        box.offer(ev(n))
+    batch = box.take()
+    assert numbers(batch) == [1, 2, 3, "missed 5"]
+    assert batch is not None and batch[3].to_json()["source"] == "service" and batch[3].name == "missed"
+    assert batch[3].time == ev(8).time, "the missed record is dated at the last dropped event"
+    for n in range(9, 13):  # 9..11 fit, 12 is dropped
+        box.offer(ev(n))
+    assert numbers(box.take()) == [9, 10, 11, "missed 1"], "the count starts again from zero"
+    box.offer(ev(13))
+    assert numbers(box.take()) == [13]
+    assert box.take() == []
+
+
+def test_events_a_subscriber_does_not_want_never_count_as_missed() -> None:
+    box = Outbox(None, capacity=1)
+    box.offer(ev(1))
+    for n in range(2, 50):
+        box.offer(ev(n, "tick"))
+    assert numbers(box.take()) == [1]
+    assert box.take() == []
+
+
+def test_the_writer_is_woken_once_when_idle_and_not_while_busy() -> None:
+    box = Outbox(None, capacity=10)
+    assert box.offer(ev(1)) is False, "not idle yet: the writer has not asked"
+    assert numbers(box.take()) == [1]
+    assert box.take() == []  # idle from now on
+    assert box.offer(ev(2)) is True
+    assert box.offer(ev(3)) is False, "one wake-up is enough"
+    assert numbers(box.take()) == [2, 3]
+
+
+def test_close_lets_the_writer_drain_then_ends() -> None:
+    box = Outbox(None, capacity=10)
+    box.offer(ev(1))
+    box.close()
+    box.offer(ev(2))
+    assert numbers(box.take()) == [1]
+    assert box.take() is None
+    idle = Outbox(None)
+    assert idle.take() == [] and idle.close() is True, "an idle writer is woken to see the end"
+
+
+def test_a_writer_blocked_longer_than_the_bound_is_stuck_by_the_injected_clock() -> None:
+    box = Outbox(None, stuck_after=60.0)
+    box.sending(100.0)
+    assert not box.stuck(159.9)
+    box.sending(150.0)  # still the same blocked write: the first moment counts
+    assert box.stuck(160.0)
+    box.sent()
+    assert not box.stuck(1000.0)
+    box.sending(1000.0)
+    assert not box.stuck(1059.0) and box.stuck(1060.0)
+    last = dropped(5.0, 60.0).to_json()
+    assert last["name"] == "dropped" and "60s" in last["payload"]["reason"]
+
+
+def test_history_keeps_the_last_non_tick_events() -> None:
+    history = History(size=3)
+    for n in range(1, 6):
+        history.add(ev(n))
+        history.add(ev(100 + n, "tick"))
+    assert [e.payload["n"] for e in history.recent(None)] == [3, 4, 5]
+    assert history.recent(frozenset({"tick"})) == []
+    assert [e.payload["n"] for e in history.recent(frozenset({"chat"}))] == [3, 4, 5]
+
+
+def test_the_hub_forgets_a_subscriber_at_once_and_never_blocks_on_a_full_one() -> None:
+    hub = EventHub(history=5, capacity=2)
+    slow, fast = hub.subscribe(None), hub.subscribe(frozenset({"chat"}))
+    try:
+        assert hub.subscribers() == 2
+        for n in range(1, 101):
+            hub.publish(ev(n))
+        assert [e["payload"] for e in fast.take() or []] == [{"n": 1}, {"n": 2}, {"count": 98}]
+        hub.publish(ev(101))
+        assert [e["payload"]["n"] for e in fast.take() or []] == [101], "the slow one held nobody up"
+        assert [e["payload"] for e in slow.take() or []] == [{"n": 1}, {"n": 2}, {"count": 99}]
+        assert [e["payload"]["n"] for e in hub.history(None)] == [97, 98, 99, 100, 101]
+    finally:
+        slow.close()
+    assert hub.subscribers() == 1
+    fast.close()
+    assert hub.subscribers() == 0
+
+
+def test_readable_lines() -> None:
+    state = {"time": "2026-11-28T21:00:00.123Z", "source": "service", "name": "state",
+             "payload": {"from": "starting", "to": "running", "cause": None}}
+    assert readable(state) == "2026-11-28T21:00:00.123Z service state: starting -> running"
+    chat = {"time": "T", "source": "gateway", "name": "chat", "payload": {"text": "x" * 500, "nl": "a\nb"}, "seq": 3}
+    line = readable(chat)
+    assert line.startswith('T gateway chat {"text":"xxx') and len(line) < 240 and "\n" not in line
+    odd = {"time": "T", "source": "service", "name": "state", "payload": {"unexpected": 1}}
+    assert readable(odd) == 'T service state {"unexpected":1}'
+    exited = {"time": "T", "source": "service", "name": "gateway.exited",
+              "payload": {"pid": 7, "status": "killed by SIGKILL", "returncode": None, "signal": 9}}
+    assert readable(exited) == "T service gateway.exited: pid 7 killed by SIGKILL"
+    assert json.loads(json.dumps(chat)) == chat
