@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,3 +23,16 @@ def callers() -> Iterator[Callers]:
     started = Callers()
     yield started
     started.close()
+
+
+@pytest.fixture
+def open_services() -> Iterator[Services]:
+    """Services rooted in a directory other users may traverse, so that uid 65534 can read the config file."""
+    root = Path(tempfile.mkdtemp(prefix="clawsvc-faults-"))
+    root.chmod(0o711)
+    started = Services(root)
+    try:
+        yield started
+    finally:
+        started.close()
+        shutil.rmtree(root)

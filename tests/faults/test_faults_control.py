@@ -46,19 +46,6 @@ from clawsvc.control import wire as control_wire
 NOBODY = 65534
 
 
-@pytest.fixture
-def open_services() -> Iterator[Services]:
-    """Services rooted in a directory other users may traverse, so that uid 65534 can read the config file."""
-    root = Path(tempfile.mkdtemp(prefix="clawsvc-faults-"))
-    root.chmod(0o711)
-    started = Services(root)
-    try:
-        yield started
-    finally:
-        started.close()
-        shutil.rmtree(root)
-
-
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
 def test_another_uid_is_refused_by_file_mode_and_by_peer_credentials(open_services: Services) -> None:
     svc = open_services.start()

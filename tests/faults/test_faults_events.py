@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -124,19 +123,6 @@ def test_a_stopped_follower_holds_up_nobody_and_learns_what_it_missed(services: 
     poll(lambda: [e for e in stopped.events("tick") if e["time"] > missed["time"]], 10, "the stream to go on")
     got, lost = len(stopped.events("flood")), sum(e["payload"]["count"] for e in stopped.events("missed"))
     assert got < FLOOD and got + lost >= FLOOD, (got, lost)  # what was lost is counted (ticks too)
-
-
-@pytest.fixture
-def open_services() -> Iterator[Services]:
-    """Services rooted in a directory other users may traverse, so that uid 65534 can read the config file."""
-    root = Path(tempfile.mkdtemp(prefix="clawsvc-events-"))
-    root.chmod(0o711)
-    started = Services(root)
-    try:
-        yield started
-    finally:
-        started.close()
-        shutil.rmtree(root)
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
