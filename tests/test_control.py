@@ -847,6 +847,8 @@ def test_a_reply_reads_back_as_the_snapshot_it_came_from(state):
     (reply(connectedAt=1e300), '"connectedAt"'),
     (reply(restarts=1.5), '"restarts"'),
     (reply(serviceUptime=float("inf")), '"serviceUptime"'),
+    (reply(serviceUptime=10 ** 400), '"serviceUptime"'),
+    (reply(connectedAt=-(10 ** 400)), '"connectedAt"'),
     ({key: value for key, value in reply().items() if key != "servicePid"}, '"servicePid"'),
     (reply(error=["x" * 10_000]), '"error"'),
 ])

@@ -6,7 +6,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from websocket import ABNF
+
 from clawsvc.commands.events import readable
+from clawsvc.gateway.frames import EVENT_MAX, ConnectionStats, FrameCheck
+from clawsvc.gateway.protocol import GatewayEvent
 from clawsvc.service.eventhub import EventHub
 from clawsvc.service.events import Event as E
 from clawsvc.service.events import History, Outbox, dropped, iso_time, wanted
@@ -97,6 +101,14 @@ def test_a_writer_blocked_longer_than_the_bound_is_stuck_by_the_injected_clock()
     assert last["name"] == "dropped" and "60s" in last["payload"]["reason"]
 
 
+def test_a_closing_socket_gives_a_blocked_writer_a_second_not_a_minute() -> None:
+    box = Outbox(None, stuck_after=60.0)
+    box.sending(100.0)
+    assert not box.stuck(101.5)
+    box.close()
+    assert box.stuck(101.5) and not Outbox(None, stuck_after=60.0).stuck(101.5)
+
+
 def test_history_keeps_the_last_non_tick_events() -> None:
     history = History(size=3)
     for n in range(1, 6):
@@ -139,3 +151,70 @@ def test_readable_lines() -> None:
               "payload": {"pid": 7, "status": "killed by SIGKILL", "returncode": None, "signal": 9}}
     assert readable(exited) == "T service gateway.exited: pid 7 killed by SIGKILL"
     assert json.loads(json.dumps(chat)) == chat
+
+
+def test_an_event_frame_over_the_cap_is_passed_on_as_its_size() -> None:
+    check = FrameCheck("ws://test", ConnectionStats())
+    small = json.dumps({"type": "event", "event": "chat", "payload": {"text": "hi"}, "seq": 1}).encode()
+    big = json.dumps({"type": "event", "event": "chat", "payload": {"text": "x" * EVENT_MAX}, "seq": 2}).encode()
+    assert check.parse(ABNF.OPCODE_TEXT, small) == GatewayEvent("chat", {"text": "hi"}, 1)
+    assert check.parse(ABNF.OPCODE_TEXT, big) == GatewayEvent("chat", {"truncated": True, "bytes": len(big)}, 2)
+
+
+class _FakeFeed:
+    def __init__(self) -> None:
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Handler:
+    """Subscribing hands out a fake feed; `during` runs inside subscribe (to stage a race with close())."""
+
+    def __init__(self, during: Any = None) -> None:
+        self.feeds: list[_FakeFeed] = []
+        self.during = during
+
+    def subscribe(self, names: Any) -> _FakeFeed:
+        if self.during is not None:
+            self.during()
+        self.feeds.append(_FakeFeed())
+        return self.feeds[-1]
+
+
+def _serve_one(followers: Any) -> dict[str, Any]:
+    import socket
+
+    from clawsvc.control.stream import Follow
+
+    ours, theirs = socket.socketpair()
+    with theirs:
+        followers.serve(ours, Follow(None), None)
+        theirs.settimeout(5)
+        return json.loads(theirs.recv(65536).splitlines()[0])
+
+
+def test_a_follower_that_races_the_close_is_refused_and_its_feed_ended() -> None:
+    from clawsvc.control.stream import Followers
+
+    handler = _Handler()
+    followers = Followers(handler, 0)  # type: ignore[arg-type]
+    handler.during = followers.close  # close() lands between the first check and the subscription
+    reply = _serve_one(followers)
+    assert reply["error"]["code"] == "UNAVAILABLE" and handler.feeds[0].closed
+    assert followers._count == 0 and not followers._feeds
+
+
+def test_a_follower_whose_thread_cannot_start_gives_back_its_feed_and_place(monkeypatch: Any) -> None:
+    from clawsvc.control import stream
+
+    def no_thread(*args: Any) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(stream, "start_thread", no_thread)
+    handler = _Handler()
+    followers = stream.Followers(handler, 0)  # type: ignore[arg-type]
+    reply = _serve_one(followers)
+    assert reply["error"]["code"] == "BUSY" and handler.feeds[0].closed
+    assert followers._count == 0 and not followers._feeds

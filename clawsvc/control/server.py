@@ -112,12 +112,12 @@ class ControlServer:
         if self._closed.is_set():
             return
         self._closed.set()
-        self._followers.close()
         if self._wake_w is not None and self._wake_r is not None and self._thread is not None:
             self._wake_w.send(b"x")
             self._thread.join(timeout=5)
             self._wake_r.close()
             self._wake_w.close()
+        self._followers.close()  # after the accept loop: no follower can start behind it
         if self._listener is not None:
             self._listener.close()
             self._listener = None

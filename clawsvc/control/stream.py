@@ -55,6 +55,10 @@ def _encode_event(event: dict[str, Any]) -> bytes:
         return encode({**event, "payload": None, "unencodable": True})
 
 
+class _Closing(Exception):
+    """A follow request that raced the control socket's close."""
+
+
 class Followers:
     def __init__(self, handler: ControlHandler, uid: int) -> None:
         self.handler = handler
@@ -75,16 +79,25 @@ class Followers:
             _say(conn, error("BUSY", f"clawsvc has {self._count} events followers already; try again later"))
             conn.close()
             return
+        feed: Feed | None = None
         try:
             feed = self.handler.subscribe(follow.names)
-            with self._lock:
-                self._feeds.add(feed)
+            with self._lock:  # close() may have run since the check above: decide again, with the feed known
+                closing = self._closed
+                if not closing:
+                    self._feeds.add(feed)
+            if closing:
+                raise _Closing
             start_thread("events", self._follow, conn, feed, peer)
-        except Exception as exc:  # out of fds or threads: refuse this one, keep serving
-            log.warning("control socket: cannot follow events for a client: %s", exc)
-            _say(conn, error("BUSY", "clawsvc cannot take an events follower right now; try again"))
+        except Exception as exc:  # closing, or out of fds or threads: refuse this one, keep serving
+            if not isinstance(exc, _Closing):
+                log.warning("control socket: cannot follow events for a client: %s", exc)
+            if feed is not None:
+                feed.close()
+            _say(conn, error("UNAVAILABLE", "clawsvc is closing its control socket") if isinstance(exc, _Closing)
+                 else error("BUSY", "clawsvc cannot take an events follower right now; try again"))
             conn.close()
-            self._done(None)
+            self._done(feed)
 
     def close(self) -> None:
         """The socket is closing: every follower sends what it has, then ends."""

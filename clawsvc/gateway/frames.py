@@ -12,6 +12,7 @@ from websocket import ABNF
 from clawsvc.gateway.protocol import GatewayEvent, MalformedFrame, Response, parse_frame
 
 log = logging.getLogger("clawsvc.gateway.connection")  # these lines are about the connection
+EVENT_MAX = 256 * 1024  # bytes of one event frame kept whole; a bigger one is passed on as its size
 
 PONG_TIMEOUT_MAX = 10.0
 
@@ -39,7 +40,10 @@ class FrameCheck:
         """The frame, or None for one this client cannot use (counted, and reported now and then)."""
         try:
             text = data.decode("utf-8") if opcode == ABNF.OPCODE_TEXT else data
-            return parse_frame(text)
+            frame = parse_frame(text)
+            if isinstance(frame, GatewayEvent) and len(data) > EVENT_MAX:  # held by every events subscriber
+                return GatewayEvent(frame.name, {"truncated": True, "bytes": len(data)}, frame.seq)
+            return frame
         except UnicodeDecodeError:
             exc = MalformedFrame("text frame is not valid UTF-8")
         except MalformedFrame as caught:

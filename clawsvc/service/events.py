@@ -14,6 +14,7 @@ SOURCES = ("service", "gateway")
 HISTORY = 200  # recent events (ticks left out) that `clawsvc events` without --follow prints
 CAPACITY = 1000  # events waiting for one subscriber; beyond that they are dropped and counted
 STUCK_AFTER = 60.0  # seconds a subscriber's socket may stay full before the subscriber is dropped
+CLOSED_GRACE = 1.0  # once the socket is closing, seconds a blocked writer gets before it is dropped
 
 
 @dataclass(frozen=True)
@@ -111,8 +112,10 @@ class Outbox:
         self._blocked_since = None
 
     def stuck(self, now: float) -> bool:
-        """The writer has made no progress for stuck_after seconds."""
-        return self._blocked_since is not None and now - self._blocked_since >= self.stuck_after
+        """The writer has made no progress for stuck_after seconds (CLOSED_GRACE once the socket is closing:
+        a stop or a reload must not wait a minute for a consumer that stopped reading)."""
+        limit = CLOSED_GRACE if self.closed else self.stuck_after
+        return self._blocked_since is not None and now - self._blocked_since >= limit
 
     def _wake(self) -> bool:
         idle, self._idle = self._idle, False

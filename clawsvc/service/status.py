@@ -106,8 +106,13 @@ def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+MAX_EXACT = 2 ** 53  # larger integers are no time, pid or count a service reports (and overflow isfinite)
+
+
 def _is_number(value: object) -> TypeGuard[float]:
-    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return _is_int(value) and abs(value) <= MAX_EXACT
 
 
 def _is_state(value: object) -> bool:
