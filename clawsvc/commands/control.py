@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -14,7 +13,15 @@ from typing import Any
 from clawsvc import exitcodes
 from clawsvc.config import SYSTEM_CONTROL_SOCKET, Config, ConfigError, default_control_socket, load_config
 from clawsvc.control.client import ClientRefusal, RequestTooLarge, request
-from clawsvc.control.wire import MAX_DEPTH, MAX_REQUEST, MAX_RPC_TIMEOUT, ControlError, ServiceNotRunning, too_deep
+from clawsvc.control.wire import (
+    MAX_DEPTH,
+    MAX_REQUEST,
+    TIMEOUT_RULE,
+    ControlError,
+    ServiceNotRunning,
+    rpc_timeout,
+    too_deep,
+)
 from clawsvc.service.messages import State
 from clawsvc.service.status import REPLIED, BadSnapshot, Snapshot, status_block
 
@@ -131,8 +138,10 @@ def rpc_main(args: argparse.Namespace) -> int:
     except _BadParams as exc:
         fail(str(exc))
         return exitcodes.USAGE
-    if args.timeout is not None and not (math.isfinite(args.timeout) and 0 < args.timeout <= MAX_RPC_TIMEOUT):
-        fail(f"--timeout must be a positive number of seconds up to {MAX_RPC_TIMEOUT:g}")
+    try:
+        rpc_timeout(args.timeout)
+    except ControlError:
+        fail(f"--timeout must be {TIMEOUT_RULE}")
         return exitcodes.USAGE
     config = load(args)
     if config is None:

@@ -13,10 +13,10 @@ from clawsvc.control.wire import (
     MAX_DEPTH,
     MAX_NAME,
     MAX_NAMES,
-    MAX_RPC_TIMEOUT,
     ControlError,
     Peer,
     error,
+    rpc_timeout,
     too_deep,
 )
 from clawsvc.logs import redact
@@ -105,11 +105,3 @@ def event_names(value: Any) -> frozenset[str] | None:
     return frozenset(value) or None
 
 
-def rpc_timeout(value: Any) -> float | None:
-    """An rpc request's "timeout": null, or seconds, finite, > 0 and at most MAX_RPC_TIMEOUT."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= MAX_RPC_TIMEOUT:
-        raise ControlError("BAD_REQUEST", f"rpc timeout must be a positive number of seconds up to "
-                                          f"{MAX_RPC_TIMEOUT:g}, got {shown(value)}")
-    return float(value)

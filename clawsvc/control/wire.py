@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clawsvc.text import shown
+
 MAX_REQUEST = 1 << 20  # bytes of a request line
 MAX_REPLY = 64 << 20  # bytes of a reply line the client reads; beyond that it is not clawsvc talking
 MAX_DEPTH = 100  # nesting of arrays and objects in a request
@@ -122,3 +124,16 @@ def encode(message: dict[str, Any]) -> bytes:
 
 def error(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {"ok": False, "error": {"code": code, "message": message, "details": details}}
+
+
+TIMEOUT_RULE = f"a positive number of seconds up to {MAX_RPC_TIMEOUT:g}"
+
+
+def rpc_timeout(value: Any) -> float | None:
+    """An rpc request's "timeout" (the server's check, and the CLI's on --timeout): null, or seconds, finite, > 0
+    and at most MAX_RPC_TIMEOUT (NaN and infinity fail the range)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= MAX_RPC_TIMEOUT:
+        raise ControlError("BAD_REQUEST", f"rpc timeout must be {TIMEOUT_RULE}, got {shown(value)}")
+    return float(value)
