@@ -19,15 +19,30 @@ HANDLERS = {
     "events": "clawsvc.commands.events:main",
     "keys": "clawsvc.commands.keys:main",
     "install": "clawsvc.commands.install:main",
+    "uninstall": "clawsvc.commands.uninstall:main",
+    "upgrade": "clawsvc.commands.upgrade:main",
     "doctor": "clawsvc.commands.doctor:main",
     "gateway-install": "clawsvc.commands.gateway_install:main",
 }
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-c", "--config", metavar="FILE",
-                        help="config file (default: $CLAWSVC_CONFIG, /etc/clawsvc/clawsvc.yaml as root, "
-                             "else $XDG_CONFIG_HOME/clawsvc/clawsvc.yaml)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("-c", "--config", metavar="FILE",
+                       help="config file (default: $CLAWSVC_CONFIG, /etc/clawsvc/clawsvc.yaml as root, "
+                            "else $XDG_CONFIG_HOME/clawsvc/clawsvc.yaml)")
+    which.add_argument("-i", "--instance", metavar="NAME",
+                       help="a named instance (unit clawsvc@NAME.service, config /etc/clawsvc/NAME.yaml)")
+
+
+def _kind_args(parser: argparse.ArgumentParser) -> None:
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--system", dest="kind", action="store_const", const="system",
+                      help="the system unit (default as root on Linux)")
+    kind.add_argument("--user", dest="kind", action="store_const", const="user",
+                      help="a systemd --user unit (default for other users on Linux)")
+    kind.add_argument("--launchd", dest="kind", action="store_const", const="launchd",
+                      help="a launchd agent (default on macOS)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,17 +94,42 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("keys", help="provider API keys in the system keyring")
     _config_arg(p)
     keys = p.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
-    keys.add_parser("set", help="store a key (read from stdin or a no-echo prompt)").add_argument("provider")
-    keys.add_parser("delete", help="remove a stored key").add_argument("provider")
-    keys.add_parser("list", help="list providers and whether a key is stored")
+    key_set = keys.add_parser("set", help="store a key (read from stdin or a no-echo prompt)")
+    key_set.add_argument("provider", help="a provider name, or gateway-token")
+    key_set.add_argument("--store", choices=("auto", "keyring", "credential"), default="auto",
+                         help="where: the keyring, or an encrypted systemd credential for the unit (root only); "
+                              "auto: the keyring when it has a backend, else a credential")
+    keys.add_parser("delete", help="remove a stored key (from the keyring and the unit's credentials)"
+                    ).add_argument("provider")
+    keys.add_parser("list", help="list providers and where each key is stored")
 
-    p = sub.add_parser("install", help="write the systemd unit or launchd plist for this machine")
+    p = sub.add_parser("install", help="set up the service: unit, user, config, gateway; start it and wait for READY",
+                       epilog="exit: 0 READY (or written, with --no-start or --dry-run); 1 failed (the unit's last "
+                              "journal lines are printed); 78 bad config")
     _config_arg(p)
-    kind = p.add_mutually_exclusive_group()
-    kind.add_argument("--system", dest="kind", action="store_const", const="system")
-    kind.add_argument("--user", dest="kind", action="store_const", const="user")
-    kind.add_argument("--launchd", dest="kind", action="store_const", const="launchd")
-    p.add_argument("--dry-run", action="store_true", help="print what would be written, write nothing")
+    _kind_args(p)
+    p.add_argument("--port", type=int, default=None, metavar="P",
+                   help="the gateway's port for a new --instance config (default: the first free one from 18790)")
+    p.add_argument("--no-start", action="store_true", help="write everything and enable the unit, but do not start it")
+    p.add_argument("--dry-run", action="store_true", help="print what would be written and run, change nothing")
+
+    p = sub.add_parser("uninstall", help="stop, disable and remove what install wrote (state and config stay)")
+    _config_arg(p)
+    _kind_args(p)
+    p.add_argument("--purge", action="store_true",
+                   help="also remove the config, the state directory and the stored credentials")
+
+    p = sub.add_parser(
+        "upgrade", help="switch the gateway to another openclaw version: provision, canary, switch, verify",
+        description="Provision VERSION beside the current gateway (from `gateway-install`), start it once on a "
+                    "scratch port as a canary, switch the stable link the config names, restart the gateway "
+                    "through the running service, and roll back if it does not come up healthy.",
+        epilog="exit: 0 upgraded (or already on VERSION); 1 refused by the canary or rolled back (the old "
+               "gateway keeps serving); 3 the service is not running; 78 bad config")
+    _config_arg(p)
+    p.add_argument("target_version", nargs="?", default=None, metavar="VERSION",
+                   help="an openclaw version or npm tag (default: the newest published release)")
+    p.add_argument("--rollback", action="store_true", help="go back to the previous version")
 
     p = sub.add_parser("doctor", help="check node, the gateway, port, token, keyring and units")
     _config_arg(p)
@@ -102,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "instance", None) is not None:
+        from clawsvc.config import instances  # only here: `run` must not pay for imports it does not use
+
+        try:
+            args.config = str(instances.config_path(args.instance))
+        except instances.InstanceError as exc:
+            print(f"clawsvc: {exc}", file=sys.stderr)
+            return exitcodes.USAGE
     module_name, func_name = HANDLERS[args.command].split(":")
     handler = getattr(importlib.import_module(module_name), func_name)
     try:

@@ -48,7 +48,7 @@ ALWAYS_MASKED = ("console-getty.service", "getty@tty1.service", "systemd-timesyn
 HOST_WANTS = ("multi-user.target.wants", "timers.target.wants", "getty.target.wants", "sysinit.target.wants")
 _names = itertools.count(1)
 
-# $1 scratch dir (tmpfs goes here), $2 cgroup name, $3 staged files, then pairs of bind SRC DST.
+# $1 scratch dir (tmpfs goes here), $2 cgroup name, $3 staged files, then triples of bind SRC DST ro|rw.
 BOOT_SCRIPT = r"""
 set -eu
 B=$1 NAME=$2 STAGE=$3; shift 3
@@ -65,8 +65,8 @@ ln -s pts/ptmx "$R/dev/ptmx"
 touch "$B/console.log" "$R/dev/console"; mount --bind "$B/console.log" "$R/dev/console"
 mount -t sysfs -o ro sysfs "$R/sys"
 cp -a "$STAGE/." "$R/"
-while [ $# -ge 2 ]; do
-  mkdir -p "$R$2"; mount --bind "$1" "$R$2"; mount -o remount,bind,ro "$R$2"; shift 2
+while [ $# -ge 3 ]; do
+  mkdir -p "$R$2"; mount --bind "$1" "$R$2"; [ "$3" = rw ] || mount -o remount,bind,ro "$R$2"; shift 3
 done
 mkdir -p "/sys/fs/cgroup/unified/$NAME"
 echo $$ > "/sys/fs/cgroup/unified/$NAME/cgroup.procs"
@@ -256,19 +256,21 @@ def _halt(popen: subprocess.Popen[bytes], pid1: int | None) -> None:
 @contextlib.contextmanager
 def booted_systemd(tmp_path: Path, units: Mapping[str, str] | None = None,
                    files: Mapping[str, str | bytes] | None = None,
-                   binds: Mapping[Path, Path] | None = None) -> Iterator[Guest]:
-    """Boot a guest systemd with `units` in /etc/systemd/system, `files` at their guest paths and `binds`
-    (host dir -> guest dir, read-only) plus this Python runtime; yield a Guest; always tear it down."""
+                   binds: Mapping[Path, Path] | None = None,
+                   writable: Mapping[Path, Path] | None = None) -> Iterator[Guest]:
+    """Boot a guest systemd with `units` in /etc/systemd/system, `files` at their guest paths, `binds`
+    (host dir -> guest dir, read-only), `writable` (host dir -> guest dir, read-write: the guest's writes reach
+    the host) plus this Python runtime; yield a Guest; always tear it down."""
     require_guest_support()
     runtime_binds, runtime_files = python_runtime()
-    all_binds = {**runtime_binds, **(binds or {})}
+    all_binds = {**runtime_binds, **(binds or {}), **(writable or {})}
     stage, scratch, log = tmp_path / "stage", tmp_path / "scratch", tmp_path / "boot.log"
     scratch.mkdir()
     _stage(stage, units or {}, {**runtime_files, **(files or {})})
     name = f"clawsvc-test-{os.getpid()}-{next(_names)}"
     argv = ["unshare", "--mount", "sh", "-c", BOOT_SCRIPT, "boot", str(scratch), name, str(stage)]
     for host, guest in all_binds.items():
-        argv += [str(host), str(guest)]
+        argv += [str(host), str(guest), "rw" if host in (writable or {}) else "ro"]
     with open(log, "wb") as out:
         popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                  start_new_session=True)

@@ -111,15 +111,15 @@ def test_example_documents_every_key():
 
 
 def test_dev_config_takes_the_provisioned_command():
-    from clawsvc.commands.gateway_install import Installation, config_snippet
+    from clawsvc.commands.gateway_install import config_snippet
+    from clawsvc.commands.gateway_links import stable_command
 
-    install = Installation(node=Path("/opt/gw/node-24/bin/node"), entry=Path("/opt/gw/oc/openclaw.mjs"),
-                           version="2026.9.6", node_version="24.21.0")
-    command_line = next(line for line in config_snippet(install).splitlines() if "command:" in line)
+    command = stable_command(Path("/opt/gw"))
+    command_line = next(line for line in config_snippet(command).splitlines() if "command:" in line)
     text = DEV.read_text()
     assert text.count("  command: [openclaw]\n") == 1
     c = parse_config(text.replace("  command: [openclaw]", command_line), "dev.yaml")
-    assert c.gateway.command == install.command
+    assert c.gateway.command == command
     assert c.gateway.port != Config().gateway.port
     assert c.control.socket != Config().control.socket
     assert c.gateway.state_dir.is_absolute() and c.control.socket.is_absolute()

@@ -23,6 +23,7 @@ from clawsvc.commands.gateway_install import (
     node_package,
     npm_failure,
 )
+from clawsvc.commands.gateway_links import linked_version, stable_command
 from clawsvc.config import parse_config
 from clawsvc.gateway.node import ProvisionError, node_problem, node_satisfies, required_node
 
@@ -90,13 +91,21 @@ def snippet_command(stdout: str) -> tuple[str, ...]:
     return parse_config(stdout, "<gateway-install output>").gateway.command
 
 
+def assert_runs(stdout: str, prefix: Path, found: provision.Installation) -> None:
+    """The printed command is the prefix's stable one, and it resolves to `found`'s node and entry script."""
+    command = snippet_command(stdout)
+    assert command == stable_command(prefix)
+    assert [os.path.realpath(word) for word in command] == [os.path.realpath(found.node),
+                                                             os.path.realpath(found.entry)]
+
+
 def test_fresh_install_then_second_run_is_a_noop(tmp_path: Path, fake_npm: dict[str, str]) -> None:
     prefix = tmp_path / "prefix"
     first = run_install(prefix, fake_npm)
     assert first.returncode == 0, first.stderr
     found = find_installation(prefix, DEFAULT_VERSION)
     assert found is not None and found.node_version == NODE_VERSION
-    assert snippet_command(first.stdout) == found.command
+    assert_runs(first.stdout, prefix, found)
     package = node_package()
     assert installed_specs(fake_npm) == [f"{package}@{NODE_VERSION}", f"openclaw@{DEFAULT_VERSION}"]
     openclaw_call = next(c for c in npm_calls(fake_npm) if c["args"][-1] == f"openclaw@{DEFAULT_VERSION}")
@@ -110,7 +119,20 @@ def test_fresh_install_then_second_run_is_a_noop(tmp_path: Path, fake_npm: dict[
     assert second.returncode == 0, second.stderr
     assert "already installed" in second.stderr and "nothing to do" in second.stderr
     assert npm_calls(fake_npm) == calls_before
-    assert snippet_command(second.stdout) == found.command
+    assert_runs(second.stdout, prefix, found)
+
+
+def test_a_second_version_is_installed_beside_without_switching_current(tmp_path: Path,
+                                                                        fake_npm: dict[str, str]) -> None:
+    prefix = tmp_path / "prefix"
+    assert run_install(prefix, fake_npm).returncode == 0
+    assert linked_version(prefix) == DEFAULT_VERSION
+    other = run_install(prefix, fake_npm, "--version", "2026.9.5")
+    assert other.returncode == 0, other.stderr
+    assert find_installation(prefix, "2026.9.5") is not None
+    assert linked_version(prefix) == DEFAULT_VERSION, "gateway-install must not switch the version in use"
+    assert "clawsvc upgrade 2026.9.5" in other.stderr
+    assert_runs(other.stdout, prefix, find_installation(prefix, DEFAULT_VERSION))
 
 
 def test_killed_install_is_not_taken_as_complete_and_is_cleaned_up(tmp_path: Path, fake_npm: dict[str, str]) -> None:
@@ -299,6 +321,6 @@ def test_cached_install_is_found_without_npm(gateway_install: provision.Installa
     result = run_install(cache_dir(), {"PATH": str(empty), "HOME": str(tmp_path)})
     assert result.returncode == 0, result.stderr
     assert "nothing to do" in result.stderr
-    assert snippet_command(result.stdout) == gateway_install.command
+    assert_runs(result.stdout, cache_dir(), gateway_install)
     assert node_problem(gateway_install.node, gateway_install.entry) is None
     assert node_satisfies(gateway_install.node_version, required_node(gateway_install.entry))

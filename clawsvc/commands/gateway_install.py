@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from clawsvc import exitcodes
+from clawsvc.commands import gateway_links
 from clawsvc.gateway.node import ProvisionError, node_satisfies, node_version_of, required_node
 
 DEFAULT_VERSION = "2026.9.6"
@@ -54,6 +55,11 @@ class Installation:
     def command(self) -> tuple[str, str]:
         """The `gateway.command` argv: this node running this openclaw entry script."""
         return (str(self.node), str(self.entry))
+
+    @property
+    def version_path(self) -> Path:
+        """PREFIX/openclaw-<version>: what PREFIX/current points at when this version is the one in use."""
+        return self.entry.parents[2]
 
 
 def default_prefix() -> Path:
@@ -112,12 +118,34 @@ def ensure_installed(prefix: Path, version: str = DEFAULT_VERSION, node_version:
     except OSError as exc:
         raise ProvisionError(f"cannot install into {prefix}: {exc}") from None
     report(f"installed openclaw {found.version} with node {found.node_version} in {prefix}")
-    return found
+    return _with_node_link(found, prefix)
 
 
 def _already(found: Installation, prefix: Path, report: Callable[[str], None]) -> Installation:
     report(f"openclaw {found.version} with node {found.node_version} is already installed in {prefix}; nothing to do")
+    return _with_node_link(found, prefix)
+
+
+def _with_node_link(found: Installation, prefix: Path) -> Installation:
+    try:
+        gateway_links.ensure_node_link(found.version_path, found.node)
+    except OSError as exc:
+        raise ProvisionError(f"cannot link {found.version_path / gateway_links.NODE_LINK}: {exc.strerror}") from None
     return found
+
+
+def ensure_current(prefix: Path, found: Installation, report: Callable[[str], None]) -> None:
+    """Point PREFIX/current at `found` when nothing is current yet; never switch a version in use (upgrade does)."""
+    current = gateway_links.linked_version(prefix)
+    if current is None:
+        try:
+            gateway_links.point(prefix, gateway_links.CURRENT, found.version)
+        except OSError as exc:
+            raise ProvisionError(f"cannot create {prefix / gateway_links.CURRENT}: {exc.strerror}") from None
+        report(f"{prefix / gateway_links.CURRENT} -> openclaw-{found.version}")
+    elif current != found.version:
+        report(f"{prefix / gateway_links.CURRENT} stays at openclaw {current}; "
+               f"`clawsvc upgrade {found.version}` switches the service to {found.version}")
 
 
 @contextlib.contextmanager
@@ -231,8 +259,8 @@ def _check_entry(entry: Path, node: Path, have: str) -> None:
         raise ProvisionError(f"node {have} from {node} does not meet openclaw's engines.node {needs!r}")
 
 
-def config_snippet(installation: Installation) -> str:
-    return yaml.safe_dump({"gateway": {"command": list(installation.command)}}, default_flow_style=None,
+def config_snippet(command: tuple[str, ...]) -> str:
+    return yaml.safe_dump({"gateway": {"command": list(command)}}, default_flow_style=None,
                           sort_keys=False, width=1 << 16)
 
 
@@ -241,11 +269,12 @@ def main(args: argparse.Namespace) -> int:
     prefix = Path(args.prefix).expanduser().absolute() if args.prefix else default_prefix()
     try:
         found = ensure_installed(prefix, version, report=_say)
+        ensure_current(prefix, found, _say)
     except ProvisionError as exc:
         _say(f"error: {exc}")
         return exitcodes.FAIL
-    print("# paste under your clawsvc config (e.g. /etc/clawsvc/clawsvc.yaml):")
-    sys.stdout.write(config_snippet(found))
+    print("# paste under your clawsvc config (e.g. /etc/clawsvc/clawsvc.yaml), or let `clawsvc install` do it:")
+    sys.stdout.write(config_snippet(gateway_links.stable_command(prefix)))
     return exitcodes.OK
 
 

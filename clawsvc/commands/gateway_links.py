@@ -1,0 +1,64 @@
+"""The stable paths a config names for a gateway installed by `gateway-install`, and switching them.
+
+PREFIX/current -> openclaw-<ver> (and PREFIX/previous -> the one before it) are relative symlinks. Each
+openclaw-<ver> holds a `node` link to the Node it was installed with, so the config's `gateway.command`,
+[PREFIX/current/node, PREFIX/current/node_modules/openclaw/openclaw.mjs], follows a switch without the YAML being
+rewritten; the gateway picks up the new target at its next start (a restart or reload through the service).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CURRENT = "current"
+PREVIOUS = "previous"
+NODE_LINK = "node"
+ENTRY = Path("node_modules/openclaw/openclaw.mjs")
+VERSION_DIR_PREFIX = "openclaw-"
+
+
+def stable_command(prefix: Path) -> tuple[str, str]:
+    """The `gateway.command` argv that always runs the version `current` points at."""
+    current = prefix / CURRENT
+    return (str(current / NODE_LINK), str(current / ENTRY))
+
+
+def version_dir(prefix: Path, version: str) -> Path:
+    return prefix / f"{VERSION_DIR_PREFIX}{version}"
+
+
+def linked_version(prefix: Path, name: str = CURRENT) -> str | None:
+    """The openclaw version PREFIX/<name> points at, or None when the link is absent or not one of ours."""
+    try:
+        target = os.readlink(prefix / name)
+    except OSError:
+        return None
+    if "/" in target or not target.startswith(VERSION_DIR_PREFIX):
+        return None
+    return target.removeprefix(VERSION_DIR_PREFIX) or None
+
+
+def ensure_node_link(version_path: Path, node: Path) -> None:
+    """Give an openclaw-<ver> directory its `node` link (relative, so the prefix can move) unless it has one."""
+    link = version_path / NODE_LINK
+    if link.is_symlink():
+        return
+    _replace_link(link, os.path.relpath(node, version_path))
+
+
+def point(prefix: Path, name: str, version: str) -> None:
+    """Atomically make PREFIX/<name> point at openclaw-<version> (rename over the old link)."""
+    _replace_link(prefix / name, f"{VERSION_DIR_PREFIX}{version}")
+
+
+def uses_stable_paths(command: tuple[str, ...], prefix: Path) -> bool:
+    """Whether a config's gateway.command is this prefix's stable command (so a switch reaches the service)."""
+    return tuple(command[:2]) == stable_command(prefix)
+
+
+def _replace_link(link: Path, target: str) -> None:
+    tmp = link.with_name(f".{link.name}.link-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    os.symlink(target, tmp)
+    os.replace(tmp, link)

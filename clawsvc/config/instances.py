@@ -1,0 +1,41 @@
+"""Named instances: one more supervised gateway per `clawsvc@NAME.service`, each with its own config, port,
+state and control socket. The layout lives here so install, the CLI and the units agree on it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+INSTANCE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+CONFIG_DIR = Path("/etc/clawsvc")
+STATE_ROOT = Path("/var/lib/clawsvc")
+RUNTIME_ROOT = Path("/run/clawsvc")
+
+
+class InstanceError(ValueError):
+    """A bad instance name; str() is one line."""
+
+
+def check_name(name: str) -> str:
+    if not INSTANCE_NAME.fullmatch(name):
+        shown = name if len(name) <= 40 else name[:40] + "..."
+        raise InstanceError(f"instance name {shown!r} must be 1-32 of a-z, 0-9, _ and -, starting with a letter "
+                            "or digit")
+    return name
+
+
+def config_path(name: str) -> Path:
+    return CONFIG_DIR / f"{check_name(name)}.yaml"
+
+
+def unit_name(name: str | None) -> str:
+    """The systemd unit: clawsvc.service, or clawsvc@NAME.service for an instance."""
+    return "clawsvc.service" if name is None else f"clawsvc@{check_name(name)}.service"
+
+
+def state_dir(name: str) -> Path:
+    return STATE_ROOT / check_name(name) / "openclaw"
+
+
+def control_socket(name: str) -> Path:
+    return RUNTIME_ROOT / check_name(name) / "control.sock"
