@@ -1,4 +1,5 @@
-"""`python -m bench [--quick] [--only NAMES] [--no-write] [--gateway real|double]`."""
+"""`python -m bench [--quick] [--only NAMES] [--no-write] [--gateway real|double]`;
+`python -m bench peers|hardening [--rounds N]` (in a booted systemd guest; print markdown, write raw JSON)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import time
 import traceback
 from collections.abc import Callable
 
-from bench import events, faults, footprint, report, rpc, soak, startup
+from bench import events, faults, footprint, ownstart, report, rpc, soak, startup
 from bench.common import REPO, Context, Row, Section
 
 BENCHES: dict[str, tuple[str, Callable[[Context], Section]]] = {
     "start": ("start overhead", startup.run),
+    "own-start": ("clawsvc's own start", ownstart.run),
     "crash": ("crash recovery", faults.crash),
     "hang": ("hang detection", faults.hang),
     "rpc": ("RPC latency and throughput", rpc.run),
@@ -21,6 +23,8 @@ BENCHES: dict[str, tuple[str, Callable[[Context], Section]]] = {
     "footprint": ("footprint", footprint.run),
     "soak": ("restart soak", soak.run),
 }
+
+GUEST_BENCHES = ("peers", "hardening")  # own command lines and output: they compare units, not clawsvc vs bare
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -49,7 +53,17 @@ def failed(name: str, exc: BaseException) -> Section:
     return section
 
 
+def guest_bench(name: str) -> Callable[[list[str]], int]:
+    if name == "peers":
+        from bench import peers
+        return peers.main
+    from bench import hardening
+    return hardening.main
+
+
 def main(argv: list[str]) -> int:
+    if argv and argv[0] in GUEST_BENCHES:
+        return guest_bench(argv[0])(argv[1:])
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     logging.getLogger("websocket").setLevel(logging.CRITICAL)  # the 10 ms prober's 1013 closes are expected

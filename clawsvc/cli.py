@@ -117,15 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(p)
     _kind_args(p)
     p.add_argument("--purge", action="store_true",
-                   help="also remove the config, the state directory and the stored credentials")
+                   help="also remove the config, the state and cache directories (and the service user with the "
+                        "last unit); the unit's credentials go in any case")
 
     p = sub.add_parser(
         "upgrade", help="switch the gateway to another openclaw version: provision, canary, switch, verify",
         description="Provision VERSION beside the current gateway (from `gateway-install`), start it once on a "
                     "scratch port as a canary, switch the stable link the config names, restart the gateway "
                     "through the running service, and roll back if it does not come up healthy.",
-        epilog="exit: 0 upgraded (or already on VERSION); 1 refused by the canary or rolled back (the old "
-               "gateway keeps serving); 3 the service is not running; 78 bad config")
+        epilog="exit: 0 upgraded (or already on VERSION; or, with the service stopped, switched for its next "
+               "start); 1 refused (canary, layout, npm) or rolled back (the old gateway keeps serving); 2 VERSION "
+               "with --rollback; 78 bad config; 130 interrupted (nothing left running)")
     _config_arg(p)
     p.add_argument("target_version", nargs="?", default=None, metavar="VERSION",
                    help="an openclaw version or npm tag (default: the newest published release)")

@@ -51,7 +51,8 @@ def base_config(root: Path, command: tuple[str, ...], port: int) -> dict[str, An
         token_file.chmod(0o600)
     return {
         "gateway": {"command": list(command), "port": port, "state_dir": str(root / "state"),
-                    "stop_timeout": "3s", "start_timeout": "60s", "adopt_existing": True},
+                    "compile_cache": str(root / "compile-cache"), "stop_timeout": "3s", "start_timeout": "60s",
+                    "adopt_existing": True},
         "auth": {"token_file": str(token_file)},
         "providers": [],
         "control": {"socket": str(root / "ctl" / "control.sock")},

@@ -70,6 +70,8 @@ while [ $# -ge 3 ]; do
 done
 mkdir -p "/sys/fs/cgroup/unified/$NAME"
 echo $$ > "/sys/fs/cgroup/unified/$NAME/cgroup.procs"
+# systemd sets up LoadCredential*= in a private mount namespace and relies on / being shared (see systemd.md)
+mount --make-rshared "$R"
 exec unshare --pid --fork --uts --ipc --net --cgroup --root="$R" sh -c \
   'mount -t proc proc /proc && mount -t cgroup2 cgroup2 /sys/fs/cgroup &&
    exec env -i container=unshare /lib/systemd/systemd --system --unit=multi-user.target'

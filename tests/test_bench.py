@@ -50,3 +50,54 @@ def test_unknown_benchmark_is_a_usage_error(args: tuple[str, ...]) -> None:
     done = run_bench(*args, "--no-write", timeout=60)
     assert done.returncode == 2
     assert "unknown benchmark" in done.stderr
+
+
+# ---------------------------------------------------------------- the guest benches' pure parts (no guest booted)
+
+def test_sandbox_settings_are_the_shipped_units_hardening_only() -> None:
+    from bench.guestbench import sandbox_settings
+    settings = sandbox_settings()
+    keys = [key for key, _ in settings]
+    assert ("PrivateTmp", "yes") in settings and ("LimitNOFILE", "65536") in settings
+    assert keys.count("SystemCallFilter") >= 2, "repeated filter lines are all kept, in order"
+    assert not {"ExecStart", "User", "Type", "Restart", "StateDirectory", "Environment"} & set(keys)
+
+
+def test_hardening_setups_leave_out_one_group_each_and_keep_tmp_writable() -> None:
+    from bench.guestbench import sandbox_settings
+    from bench.hardening import GROUPS, TMP_WRITABLE, group_of, setups
+    settings = sandbox_settings()
+    made = {setup.key: setup for setup in setups(settings)}
+    full = set(made["full"].lines)
+    assert made["plain"].lines == () and len(full) == len(settings)
+    assert {group_of(key) for key, _ in settings} <= {*GROUPS, "other"}
+    without = [s for s in made.values() if s.key.startswith("without")]
+    assert len(without) == len({group_of(key) for key, _ in settings})
+    no_tmp = next(s for s in without if "PrivateTmp=" in s.label)
+    assert "PrivateTmp=yes" not in no_tmp.lines and TMP_WRITABLE in no_tmp.lines
+    assert set(no_tmp.lines) - {TMP_WRITABLE} == full - {"PrivateTmp=yes"}
+
+
+def test_plain_unit_runs_the_stable_entry_without_the_token_on_argv(tmp_path: Path) -> None:
+    from bench.guestbench import plain_unit
+    text = plain_unit("bench-x", 18801, tmp_path / "node", 5, ("PrivateTmp=yes",))
+    exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+    assert "/opt/bench-gateway/current/node_modules/openclaw/openclaw.mjs gateway run --port 18801" in exec_start
+    assert "TOKEN" not in exec_start and "EnvironmentFile=/etc/bench/gateway.env" in text
+    assert "RestartSec=5\n" in text and "Restart=always\n" in text and text.rstrip().endswith("PrivateTmp=yes")
+
+
+def test_summaries_compare_medians_with_the_baseline() -> None:
+    from bench.guestbench import describe, versus
+    assert describe([3.0, 1.0, 2.0]) == "2.00 s (1.00..3.00)"
+    assert versus([3.0, 3.0], [2.0, 2.0]) == "+1.00 s, 1.50x"
+    assert describe([]) == versus([], [1.0]) == "n/a"
+
+
+def test_cold_start_empties_where_the_gateway_keeps_its_compile_cache() -> None:
+    from bench.peers import CLAWSVC, DIRECT, cache_dirs
+    named = {"compile_cache": "/var/cache/clawsvc/ncc", "tmpdir": "/x"}
+    assert cache_dirs(named, CLAWSVC) == ["/var/cache/clawsvc/ncc"]
+    assert cache_dirs({"tmpdir": "/var/cache/x"}, DIRECT) == ["/var/cache/x/node-compile-cache"]
+    assert cache_dirs({}, DIRECT) == ["/tmp/node-compile-cache"]
+    assert cache_dirs({}, CLAWSVC) == [], "under PrivateTmp= every unit start has a fresh /tmp already"

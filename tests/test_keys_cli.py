@@ -1,4 +1,5 @@
-"""`clawsvc keys` as a real command: a file-backed keyring selected through PYTHON_KEYRING_BACKEND."""
+"""`clawsvc keys` as a real command: a file-backed keyring selected through PYTHON_KEYRING_BACKEND, credentials
+below a tmp $CLAWSVC_INSTALL_ROOT (encrypted credentials themselves: tests/test_credstore.py)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def env(tmp_path: Path) -> dict[str, str]:
     config.write_text("providers: [anthropic, openai, google]\n")
     base = {k: v for k, v in os.environ.items() if not k.startswith(("DBUS", "CREDENTIALS"))}
     return {**base, "PYTHON_KEYRING_BACKEND": "keyring_file_backend.FileKeyring", "PYTHONPATH": str(HELPERS),
-            "KEYRING_FILE": str(tmp_path / "keyring.json"), "CLAWSVC_CONFIG": str(config)}
+            "KEYRING_FILE": str(tmp_path / "keyring.json"), "CLAWSVC_CONFIG": str(config),
+            "CLAWSVC_INSTALL_ROOT": str(tmp_path / "root")}
 
 
 def keys(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
@@ -43,14 +45,15 @@ def test_set_list_delete_never_print_the_value(env: dict[str, str]) -> None:
 
     listing = keys(env, "list")
     assert listing.returncode == 0
-    rows = {line.split()[0]: line for line in listing.stdout.splitlines()[1:]}
-    assert rows["anthropic"].endswith(" stored") and rows["openai"].endswith("not stored")
-    assert "GEMINI_API_KEY" in rows["google"]
+    assert listing.stdout.startswith("keyring: keyring_file_backend.FileKeyring\n")
+    rows = {line.split()[0]: line for line in listing.stdout.splitlines()[2:]}
+    assert rows["anthropic"].endswith(" keyring") and rows["openai"].endswith("not stored")
+    assert "GEMINI_API_KEY" in rows["google"] and rows["gateway-token"].endswith("not stored")
 
     assert keys(env, "delete", "anthropic").returncode == 0
     assert stored(env) == {}
     again = keys(env, "delete", "anthropic")
-    assert again.returncode == 1 and "no API key for anthropic" in again.stderr
+    assert again.returncode == 1 and "no key for anthropic is stored in the keyring" in again.stderr
     for result in (done, listing, again):
         assert KEY not in result.stdout + result.stderr
 
@@ -69,13 +72,25 @@ def test_bad_input_is_refused(env: dict[str, str]) -> None:
     assert stored(env) == {}
 
 
-def test_no_keyring_backend_exits_1_with_a_clear_message(env: dict[str, str]) -> None:
+def test_gateway_token_goes_where_the_service_looks_for_it(env: dict[str, str]) -> None:
+    done = keys(env, "set", "gateway-token", stdin=KEY)
+    assert done.returncode == 0, done.stderr
+    assert stored(env) == {"clawsvc/gateway-token": KEY}
+    assert "stored the gateway token in the keyring" in done.stdout and "not listed" not in done.stderr
+
+
+def test_no_keyring_backend(env: dict[str, str]) -> None:
     env = {**env, "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"}
-    for args in (("set", "anthropic"), ("delete", "anthropic"), ("list",)):
-        done = keys(env, *args, stdin=KEY)
-        assert done.returncode == 1, (args, done.stderr)
-        assert "no keyring backend" in done.stderr and "LoadCredential=" in done.stderr
-        assert "Traceback" not in done.stderr and KEY not in done.stderr
+    refused = keys(env, "set", "anthropic", "--store", "keyring", stdin=KEY)
+    assert refused.returncode == 1
+    assert "no keyring backend" in refused.stderr and "--store credential" in refused.stderr
+    listing = keys(env, "list")
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout.startswith("keyring: none (no keyring backend")
+    absent = keys(env, "delete", "anthropic")
+    assert absent.returncode == 1 and "no key for anthropic is stored" in absent.stderr
+    for done in (refused, listing, absent):
+        assert "Traceback" not in done.stderr and KEY not in done.stdout + done.stderr
 
 
 def test_bad_config_exits_78(env: dict[str, str], tmp_path: Path) -> None:

@@ -36,7 +36,8 @@ TOKEN = "tok-" + "Zq9" * 12
 def make_config(tmp_path: Path, command: tuple[str, ...] = FAKE, env: dict[str, str] | None = None,
                 stop_timeout: float = 5.0, port: int = 18789, **logging: object) -> Config:
     gateway = GatewayConfig(command=command, port=port, state_dir=tmp_path / "state",
-                            env=MappingProxyType(env or {}), stop_timeout=stop_timeout)
+                            compile_cache=tmp_path / "compile-cache", env=MappingProxyType(env or {}),
+                            stop_timeout=stop_timeout)
     return Config(gateway=gateway, logging=LoggingConfig(**logging))  # type: ignore[arg-type]
 
 

@@ -253,7 +253,7 @@ def test_keyring_status_and_key_management(tmp_path: Path, file_keyring: Store) 
 def test_key_management_without_backend_says_what_to_do(no_keyring: None) -> None:
     usable, description = secrets.keyring_status()
     assert not usable and "keyring.backends.fail.Keyring" in description
-    with pytest.raises(secrets.KeyringUnavailable, match="LoadCredential=") as caught:
+    with pytest.raises(secrets.KeyringUnavailable, match="--store credential") as caught:
         secrets.set_key("anthropic", "sk-ant-never-stored-0001")
     assert "sk-ant-never-stored-0001" not in str(caught.value)
 

@@ -156,7 +156,7 @@ def clawsvc_guest(tmp_path_factory: pytest.TempPathFactory, gateway_install) -> 
     command = tuple(str(guest_root / Path(p).relative_to(gateway_root)) for p in gateway_install.command)
     with booted_systemd(tmp_path_factory.mktemp("clawsvc-guest"), files={CONFIG: guest_config(command)},
                         binds={gateway_root: guest_root}) as guest:
-        installed = guest.run("clawsvc", "install", "--system", check=True)
+        installed = guest.run("clawsvc", "install", "--system", "--no-start", check=True)
         assert f"kept     {CONFIG}" in installed.stdout, installed.stdout
         assert "user     clawsvc" in installed.stdout, installed.stdout
         guest.systemctl("daemon-reload", check=True)

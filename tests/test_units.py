@@ -24,7 +24,8 @@ SYSTEM_UNITS = ("clawsvc.service", "clawsvc@.service")
 # must be a deliberate decision recorded here and in the README.
 EXPOSURE_MAX = {"clawsvc.service": 1.6, "clawsvc@.service": 1.6, "user/clawsvc.service": 6.8}
 # Keys that may differ between clawsvc.service and the template (everything else, hardening included, must not).
-PER_INSTANCE_KEYS = {"Description", "ExecStart", "StateDirectory", "RuntimeDirectory", "RuntimeDirectoryPreserve"}
+PER_INSTANCE_KEYS = {"Description", "ExecStart", "StateDirectory", "RuntimeDirectory", "RuntimeDirectoryPreserve",
+                     "CacheDirectory", "Environment"}
 
 
 def in_ci() -> bool:
@@ -158,6 +159,10 @@ def test_template_differs_from_the_main_unit_only_per_instance():
     assert template["Service"]["ExecStart"] == [f"{install.TEMPLATE_EXE} run -c /etc/clawsvc/%i.yaml"]
     assert template["Service"]["StateDirectory"] == ["clawsvc/%i"]
     assert template["Service"]["RuntimeDirectory"] == ["clawsvc/%i"]
+    assert template["Service"]["CacheDirectory"] == ["clawsvc/%i"] and main["Service"]["CacheDirectory"] == ["clawsvc"]
+    assert main["Service"]["CacheDirectoryMode"] == template["Service"]["CacheDirectoryMode"] == ["0700"]
+    # An instance may write only below its own StateDirectory=: the gateway's HOME must be there, not the user's.
+    assert template["Service"]["Environment"] == [*main["Service"]["Environment"], "HOME=%S/clawsvc/%i"]
     assert main["Service"]["RuntimeDirectoryPreserve"] == ["yes"], "stopping clawsvc would delete instance sockets"
 
 
@@ -245,14 +250,22 @@ def test_system_install_writes_units_sysusers_and_config(tmp_path):
     result = run_install(tmp_path, "--system")
     assert result.returncode == 0, result.stderr
     root = tmp_path / "root"
-    assert files_below(root) == ["etc/clawsvc/clawsvc.yaml", "etc/systemd/system/clawsvc.service",
-                                 "etc/systemd/system/clawsvc@.service", "etc/sysusers.d/clawsvc.conf"]
+    # This checkout's venv python may live below /root: then the unit gets the reachability drop-in too.
+    reach = "etc/systemd/system/clawsvc.service.d/10-clawsvc-reach.conf"
+    dropin = [reach] if install.hidden_paths(clawsvc_exe()) else []
+    assert files_below(root) == sorted(["etc/clawsvc/clawsvc.yaml", "etc/systemd/system/clawsvc.service",
+                                        "etc/systemd/system/clawsvc@.service", "etc/sysusers.d/clawsvc.conf",
+                                        *dropin])
     unit = parse_unit((root / "etc/systemd/system/clawsvc.service").read_text())
     assert unit["Service"]["ExecStart"] == [f"{' '.join(clawsvc_exe())} run -c /etc/clawsvc/clawsvc.yaml"]
     template = parse_unit((root / "etc/systemd/system/clawsvc@.service").read_text())
     assert template["Service"]["ExecStart"] == [f"{' '.join(clawsvc_exe())} run -c /etc/clawsvc/%i.yaml"]
     config = root / "etc/clawsvc/clawsvc.yaml"
-    assert config.read_text() == (REPO / "etc/clawsvc.yaml").read_text()
+    differing = [line for line, shipped in zip(config.read_text().splitlines(),
+                                               (REPO / "etc/clawsvc.yaml").read_text().splitlines(), strict=True)
+                 if line != shipped]
+    assert differing == ['  command: ["/opt/clawsvc/gateway/current/node", '
+                         '"/opt/clawsvc/gateway/current/node_modules/openclaw/openclaw.mjs"]']
     assert stat.S_IMODE(config.stat().st_mode) == 0o640
     assert "systemctl daemon-reload" in result.stdout
 

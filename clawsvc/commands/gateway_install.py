@@ -107,7 +107,7 @@ def ensure_installed(prefix: Path, version: str = DEFAULT_VERSION, node_version:
     installer = _Installer(prefix, npm, env, report)
     try:
         prefix.mkdir(parents=True, exist_ok=True)
-        with _locked(prefix, report):
+        with locked(prefix, report):
             if found := find_installation(prefix, version):
                 return _already(found, prefix, report)
             installer.clean_stale()
@@ -149,14 +149,29 @@ def ensure_current(prefix: Path, found: Installation, report: Callable[[str], No
 
 
 @contextlib.contextmanager
-def _locked(prefix: Path, report: Callable[[str], None]) -> Iterator[None]:
+def locked(prefix: Path, report: Callable[[str], None]) -> Iterator[None]:
+    """The prefix's lock: held while installing, switching `current` or pruning versions."""
     with open(prefix / LOCK_NAME, "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            report(f"another gateway-install is running in {prefix}; waiting for it")
+            report(f"another gateway-install or upgrade is working in {prefix}; waiting for it")
             fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+def resolve_version(prefix: Path, spec: str) -> str:
+    """The exact openclaw version an npm spec or tag (e.g. `latest`) names, asked of the npm registry."""
+    if EXACT_VERSION.match(spec):
+        return spec
+    npm = shutil.which("npm", path=os.environ.get("PATH", os.defpath))
+    if npm is None:
+        raise ProvisionError(f"npm not found on PATH, so {spec!r} cannot be resolved: install npm or name a version")
+    try:
+        prefix.mkdir(parents=True, exist_ok=True)
+        return _Installer(prefix, npm, dict(os.environ), lambda _msg: None).resolve("openclaw", spec)
+    except OSError as exc:
+        raise ProvisionError(f"cannot use {prefix}: {exc.strerror}") from None
 
 
 class _Installer:

@@ -28,6 +28,12 @@ def version_dir(prefix: Path, version: str) -> Path:
     return prefix / f"{VERSION_DIR_PREFIX}{version}"
 
 
+def version_command(prefix: Path, version: str) -> tuple[str, str]:
+    """The argv that runs one installed version directly (its own `node` link), whatever `current` says."""
+    path = version_dir(prefix, version)
+    return (str(path / NODE_LINK), str(path / ENTRY))
+
+
 def linked_version(prefix: Path, name: str = CURRENT) -> str | None:
     """The openclaw version PREFIX/<name> points at, or None when the link is absent or not one of ours."""
     try:
@@ -50,6 +56,24 @@ def ensure_node_link(version_path: Path, node: Path) -> None:
 def point(prefix: Path, name: str, version: str) -> None:
     """Atomically make PREFIX/<name> point at openclaw-<version> (rename over the old link)."""
     _replace_link(prefix / name, f"{VERSION_DIR_PREFIX}{version}")
+
+
+def switch(prefix: Path, current: str, previous: str | None) -> None:
+    """PREFIX/previous -> openclaw-<previous> (removed when None), then PREFIX/current -> openclaw-<current>.
+    Each step is one atomic rename; in between, both links still name installed versions."""
+    if previous is None:
+        (prefix / PREVIOUS).unlink(missing_ok=True)
+    else:
+        point(prefix, PREVIOUS, previous)
+    point(prefix, CURRENT, current)
+
+
+def prefix_of(command: tuple[str, ...]) -> Path | None:
+    """The prefix whose stable command `command` is (PREFIX/current/node + entry), or None for any other."""
+    if len(command) < 2 or not os.path.isabs(command[0]):
+        return None
+    prefix = Path(command[0]).parent.parent
+    return prefix if uses_stable_paths(command, prefix) else None
 
 
 def uses_stable_paths(command: tuple[str, ...], prefix: Path) -> bool:

@@ -10,6 +10,7 @@ INSTANCE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 CONFIG_DIR = Path("/etc/clawsvc")
 STATE_ROOT = Path("/var/lib/clawsvc")
 RUNTIME_ROOT = Path("/run/clawsvc")
+CACHE_ROOT = Path("/var/cache/clawsvc")
 
 
 class InstanceError(ValueError):
@@ -35,6 +36,11 @@ def unit_name(name: str | None) -> str:
 
 def state_dir(name: str) -> Path:
     return STATE_ROOT / check_name(name) / "openclaw"
+
+
+def compile_cache(name: str) -> Path:
+    """Named in the instance's config too, so `sudo check-config -i NAME` (outside the unit) sees the same path."""
+    return CACHE_ROOT / check_name(name) / "node-compile-cache"
 
 
 def control_socket(name: str) -> Path:

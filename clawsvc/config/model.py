@@ -42,6 +42,19 @@ def default_state_dir() -> Path:
     return _xdg("XDG_STATE_HOME", ".local/state") / "clawsvc" / "openclaw"
 
 
+def default_compile_cache() -> Path:
+    """Under systemd's CacheDirectory= ($CACHE_DIRECTORY, its first entry when it lists several), else
+    /var/cache/clawsvc as root, else the XDG cache dir: where Node's compile cache outlives a restart."""
+    systemd = os.environ.get("CACHE_DIRECTORY", "").split(":")[0]
+    if systemd:
+        base = Path(systemd)
+    elif _is_root():
+        base = Path("/var/cache/clawsvc")
+    else:
+        base = _xdg("XDG_CACHE_HOME", ".cache") / "clawsvc"
+    return base / "node-compile-cache"
+
+
 SYSTEM_CONTROL_SOCKET = Path("/run/clawsvc/control.sock")
 
 
@@ -59,6 +72,7 @@ class GatewayConfig:
     port: int = 18789
     bind: str = "loopback"
     state_dir: Path = field(default_factory=default_state_dir)
+    compile_cache: Path | None = field(default_factory=default_compile_cache)  # None: `false`, not set by clawsvc
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     adopt_existing: bool = True
     start_timeout: float = 120.0

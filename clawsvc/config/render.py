@@ -39,6 +39,8 @@ def to_dict(config: Config, redact: bool = True) -> dict[str, Any]:
             out[f.name] = {sub.name: _plain(getattr(value, sub.name)) for sub in fields(value)}
         else:
             out[f.name] = _plain(value)
+    if out["gateway"]["compile_cache"] is None:
+        out["gateway"]["compile_cache"] = False  # as written in the file: null would read as "no value"
     if redact:
         out["gateway"]["env"] = {key: REDACTED if SECRET_ENV.search(key) else item
                                  for key, item in out["gateway"]["env"].items()}

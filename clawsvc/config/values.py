@@ -136,6 +136,15 @@ def path(value: Any) -> Path:
     return Path(expanded)
 
 
+def path_or_false(value: Any) -> Path | None:
+    """A path, or `false` (None) for a feature turned off."""
+    if value is False:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"expected a path or false, got {_type_name(value)} {shown(value)}")
+    return path(value)
+
+
 def socket_path(value: Any) -> Path:
     """A path a unix socket can be bound to: the kernel's sun_path holds 107 bytes and a NUL."""
     result = path(value)

@@ -6,8 +6,10 @@ ranges Node packages put in `engines`).
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -88,13 +90,38 @@ class ProvisionError(Exception):
     """A one-line, admin-readable reason this node cannot run the gateway, or the install cannot go on."""
 
 
+_versions: dict[tuple[str, int, int, int, int], str] = {}  # node_version_of's answers by _binary_key
+SETTLED = 2.0  # seconds since a binary last changed before its version is remembered (a file written in the
+               # same clock tick as the one before it can have the same ctime)
+
+
+def _binary_key(node: Path | str) -> tuple[str, int, int, int, int] | None:
+    """What identifies the binary `node` runs: its real path, inode, size and change time; None for one that
+    changed in the last SETTLED seconds (or cannot be looked at), whose version is asked every time."""
+    try:
+        real = os.path.realpath(node)
+        info = os.stat(real)
+    except OSError:
+        return None
+    if time.time() - info.st_ctime < SETTLED:
+        return None
+    return (real, info.st_dev, info.st_ino, info.st_size, info.st_ctime_ns)
+
+
 def node_version_of(node: Path | str) -> str:
-    """`node --version` without the leading v, e.g. 24.21.0."""
+    """`node --version` without the leading v, e.g. 24.21.0; asked once per binary (the check before every
+    spawn would otherwise run node twice at start and once per restart)."""
+    key = _binary_key(node)
+    if key is not None and key in _versions:
+        return _versions[key]
     try:
         done = subprocess.run([str(node), "--version"], capture_output=True, text=True, timeout=30, check=True)
     except (OSError, subprocess.SubprocessError) as exc:
         raise ProvisionError(f"cannot run {node} --version: {exc}") from None
-    return done.stdout.strip().removeprefix("v")
+    version = done.stdout.strip().removeprefix("v")
+    if key is not None:
+        _versions[key] = version
+    return version
 
 
 def required_node(entry: Path) -> str:

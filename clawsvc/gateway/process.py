@@ -22,7 +22,7 @@ from pathlib import Path
 from clawsvc import trust
 from clawsvc.config import SECRET_ENV, Config
 from clawsvc.config.values import TOKEN_ENV
-from clawsvc.gateway import leftovers, proctree
+from clawsvc.gateway import compile_cache, leftovers, proctree
 from clawsvc.gateway.exits import ExitInfo
 from clawsvc.gateway.node import ProvisionError, node_problem
 from clawsvc.gateway.output import OutputPump
@@ -81,11 +81,13 @@ def build_env(config: Config, token: str, provider_env: Mapping[str, str],
     env.update(EXTERNAL_SUPERVISOR_ENV)
     env["OPENCLAW_STATE_DIR"] = str(state_dir(config))
     env["OPENCLAW_CONFIG_PATH"] = str(state_dir(config) / GATEWAY_CONFIG)
+    compile_cache.set_env(config, env)
     for key, value in config.gateway.env.items():
         if key != TOKEN_ENV:
             env[key] = value
             if SECRET_ENV.search(key):
                 register_secret(value)
+    compile_cache.keep_gateway_unwrapped(env)
     env[TOKEN_ENV] = token
     return env
 
@@ -100,6 +102,14 @@ def prepare_state_dir(config: Config) -> None:
     except OSError as exc:
         raise SpawnError(f"cannot create gateway.state_dir {path}: {exc.strerror}; create it (mode 0700) "
                          "for the user clawsvc runs as") from None
+
+
+def prepare_compile_cache(config: Config, env: dict[str, str]) -> None:
+    """compile_cache.prepare, refusing a directory we cannot trust like prepare_state_dir does."""
+    try:
+        compile_cache.prepare(config, env)
+    except trust.TrustError as exc:
+        raise SpawnError(str(exc)) from None
 
 
 def _executable(name: str, path_env: str | None) -> str:
@@ -209,6 +219,7 @@ class GatewayProcess:
             env[proctree.GATEWAY_ID_ENV] = self._marker
             argv = check_command(build_argv(self.config), env)
             prepare_state_dir(self.config)
+            prepare_compile_cache(self.config, env)
             if killed := leftovers.kill_leftovers(state_dir(self.config)):
                 log.warning("killed %d process(es) left over from an earlier gateway of %s (pids %s); their "
                             "clawsvc must have been killed without a chance to stop them",

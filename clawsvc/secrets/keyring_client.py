@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,16 +88,77 @@ def keyring_status() -> tuple[bool, str]:
 
 def keyring_values(usernames: Sequence[str], *, quiet: bool = False) -> dict[str, str]:
     """The stored values found, all in one child; {} when the keyring is unusable, which is warned about once
-    per process unless `quiet` (a check that reports, rather than a load)."""
+    per process unless `quiet` (a check that reports, rather than a load). Where no backend can exist, no child
+    is started (it would take a few hundred ms of every start to say so)."""
     if not usernames:
         return {}
     try:
+        if (why := no_backend_here()) is not None:
+            raise KeyringUnavailable(why)
         values = keyring_child("get", usernames)["values"]
     except KeyringUnavailable as exc:
         if not quiet:
             _warn_once(exc)
         return {}
     return {name: found for name, found in values.items() if found}
+
+
+def no_backend_here(environ: Mapping[str, str] = os.environ) -> str | None:
+    """Why the keyring cannot have a backend here, or None when it may have one and must be asked.
+
+    Only on Linux, where every backend keyring ships talks to a D-Bus session bus: without one (no
+    $DBUS_SESSION_BUS_ADDRESS, no $XDG_RUNTIME_DIR/bus, no X display to autolaunch one) none of them is viable,
+    unless a backend is chosen (PYTHON_KEYRING_BACKEND, keyringrc.cfg) or another package installs one."""
+    if not sys.platform.startswith("linux") or environ.get("PYTHON_KEYRING_BACKEND"):
+        return None
+    if environ.get("DBUS_SESSION_BUS_ADDRESS") or environ.get("DISPLAY"):
+        return None
+    runtime = environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.exists(os.path.join(runtime, "bus")):
+        return None
+    home = environ.get("HOME") or os.path.expanduser("~")
+    config_home = environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
+    if os.path.exists(os.path.join(config_home, "python_keyring", "keyringrc.cfg")):
+        return None
+    if _other_backends():
+        return None
+    return "no keyring backend can run here (no D-Bus session bus, no PYTHON_KEYRING_BACKEND, no keyringrc.cfg)"
+
+
+def _other_backends() -> list[str]:
+    """Keyring backends registered by packages other than keyring (entry point group keyring.backends), found the
+    way importlib.metadata finds them (*.dist-info and *.egg-info on sys.path, the child's first) but without
+    importing it: that import alone costs more than the whole scan."""
+    found = []
+    for directory in dict.fromkeys([str(PACKAGE_PARENT), *sys.path]):
+        try:
+            names = os.listdir(directory or ".")
+        except OSError:
+            continue
+        for name in names:
+            if name.endswith((".dist-info", ".egg-info")):
+                found += [value for value in _entry_points(os.path.join(directory, name), "keyring.backends")
+                          if not value.startswith("keyring.backends.")]
+    return found
+
+
+def _entry_points(distribution: str, group: str) -> list[str]:
+    """The values of one entry point group in a distribution's entry_points.txt ([] when it has none)."""
+    try:
+        with open(os.path.join(distribution, "entry_points.txt"), encoding="utf-8", errors="replace") as file:
+            text = file.read()
+    except OSError:
+        return []
+    if f"[{group}]" not in text:
+        return []
+    values, inside = [], False
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            inside = line == f"[{group}]"
+        elif inside and "=" in line:
+            values.append(line.split("=", 1)[1].strip())
+    return values
 
 
 def _warn_once(exc: KeyringUnavailable) -> None:

@@ -38,12 +38,18 @@ def provider_env_name(provider: str) -> str:
     return PROVIDER_ENV.get(provider, provider.upper().replace("-", "_") + "_API_KEY")
 
 
+def provider_credential(provider: str) -> str:
+    """The systemd credential (in $CREDENTIALS_DIRECTORY) holding the provider's key."""
+    return f"{provider}-api-key"
+
+
 def _provider_key(provider: str, in_keyring: dict[str, str]) -> tuple[str, str] | None:
     if provider in in_keyring:
         return in_keyring[provider], "keyring"
-    value = credential(f"{provider}-api-key")
+    name = provider_credential(provider)
+    value = credential(name)
     if value is not None:
-        return value, f"credential {provider}-api-key"
+        return value, f"credential {name}"
     return None
 
 
@@ -82,20 +88,27 @@ def _managing(op: str, usernames: Sequence[str], value: str | None = None) -> di
     try:
         return keyring_child(op, usernames, value)
     except KeyringUnavailable as exc:
-        raise KeyringUnavailable(f"{exc}; on a headless server put the key in a systemd credential "
-                                 "instead (LoadCredential=<provider>-api-key:/path/to/file)") from None
+        raise KeyringUnavailable(f"{exc}; on a headless server store the key as an encrypted systemd credential "
+                                 "instead: sudo clawsvc keys set NAME --store credential") from None
 
 
 def require_keyring() -> None:
     _managing("status", ())
 
 
-def set_key(provider: str, value: str) -> None:
+def clean_value(name: str, value: str) -> str:
+    """The key as it is stored: surrounding whitespace dropped; one word, as clawsvc reads it back."""
     value = value.strip()
     if not value:
-        raise SecretError(f"empty key for {provider}: nothing stored")
+        raise SecretError(f"empty key for {name}: nothing stored")
+    if any(ch.isspace() for ch in value):
+        raise SecretError(f"the key for {name} contains whitespace: paste the key alone, on one line")
     register_secret(value)
-    _managing("set", [provider], value)
+    return value
+
+
+def set_key(provider: str, value: str) -> None:
+    _managing("set", [provider], clean_value(provider, value))
 
 
 def delete_key(provider: str) -> bool:
@@ -105,5 +118,11 @@ def delete_key(provider: str) -> bool:
 
 def stored_providers(config: Config) -> list[str]:
     """Configured providers that have a key in the keyring."""
-    values = _managing("get", config.providers)["values"]
-    return [p for p in config.providers if values.get(p)]
+    stored = in_keyring(config.providers)
+    return [p for p in config.providers if p in stored]
+
+
+def in_keyring(usernames: Sequence[str]) -> set[str]:
+    """Which of `usernames` have a key in the keyring; KeyringUnavailable when it has no usable backend."""
+    values = _managing("get", usernames)["values"]
+    return {name for name in usernames if values.get(name)}

@@ -8,8 +8,6 @@ import random
 from types import SimpleNamespace
 from typing import cast
 
-import tenacity
-
 from clawsvc.config import ReconnectConfig
 
 
@@ -19,6 +17,8 @@ def restart_delay(attempts: int, config: ReconnectConfig, seed: int) -> tuple[fl
         return None, seed
     if attempts == 1:
         return 0.0, seed
+    import tenacity  # not at start: a first restart needs none of it
+
     cap = tenacity.wait_exponential(multiplier=config.base_delay, max=config.max_delay)
     # wait_exponential reads only attempt_number; a real RetryCallState would read the clock
     high = float(cap(cast(tenacity.RetryCallState, SimpleNamespace(attempt_number=attempts - 1))))

@@ -1,20 +1,22 @@
 """Connector threads: find out what holds the port, wait for a gateway's hello-ok, and report the raw outcome
-to the loop (what an outcome means is decided by clawsvc.service.machine)."""
+to the loop (what an outcome means is decided by clawsvc.service.machine).
+
+The WebSocket, HTTP and retrying stacks are imported by the first handshake's thread, not at start: the gateway
+is spawned before they are needed (tests/test_startup_imports.py)."""
 
 from __future__ import annotations
 
 import functools
-import http.client
 import itertools
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from clawsvc.config import Config
 from clawsvc.gateway import ports
-from clawsvc.gateway.connection import GatewayConnection
 from clawsvc.gateway.ports import port_holder, port_in_use
 from clawsvc.gateway.proctree import descendants
 from clawsvc.gateway.protocol import (
@@ -37,11 +39,13 @@ from clawsvc.service.messages import (
     PortFree,
     PortTaken,
 )
-from clawsvc.service.readiness import readiness_retrying
 from clawsvc.threads import start_thread
 
+if TYPE_CHECKING:
+    from clawsvc.gateway.connection import GatewayConnection
+
 Post = Callable[[Message], None]
-Register = Callable[[int, GatewayConnection], None]
+Register = Callable[[int, "GatewayConnection"], None]
 _links = itertools.count(1)
 
 
@@ -51,6 +55,8 @@ def always() -> bool:
 
 def readyz(port: int) -> bool:
     """The gateway's own HTTP readiness probe on its WebSocket port (200 once it can serve)."""
+    import http.client
+
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=0.5)
     try:
         connection.request("GET", "/readyz")
@@ -184,6 +190,8 @@ class Connector:
 
     def _connection(self, config: Config, token: str, gen: int, link: int,
                     verify_peer: PeerCheck) -> GatewayConnection:
+        from clawsvc.gateway.connection import GatewayConnection
+
         return GatewayConnection.from_config(
             config, token,
             on_event=functools.partial(_forward_event, self.post, gen, link),
@@ -222,6 +230,8 @@ class Connector:
 
     def _wait_ready(self, cancel: threading.Event, config: Config, token: str, gen: int, timeout: float,
                     alive: Callable[[], bool], verify_peer: PeerCheck, stranger: str | None) -> None:
+        from clawsvc.service.readiness import readiness_retrying
+
         retry_on = (RetryableError, PeerGone) if stranger is not None else (RetryableError, TransportError)
         ready = functools.partial(readyz, config.gateway.port)
         retrying = readiness_retrying(cancel, timeout, alive, retry_on, ready)

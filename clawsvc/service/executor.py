@@ -13,11 +13,10 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clawsvc.config import Config, ConfigError, load_config
 from clawsvc.gateway import leftovers
-from clawsvc.gateway.connection import GatewayConnection
 from clawsvc.gateway.process import GatewayProcess, SpawnError, stop_bound
 from clawsvc.gateway.protocol import GatewayError, describe_error
 from clawsvc.logs import set_level
@@ -59,6 +58,9 @@ from clawsvc.service.preflight import preflight
 from clawsvc.service.status import Snapshot, status_line
 from clawsvc.text import cut
 from clawsvc.threads import start_thread
+
+if TYPE_CHECKING:
+    from clawsvc.gateway.connection import GatewayConnection
 
 log = logging.getLogger("clawsvc.supervisor")
 Secrets = Callable[[Config], tuple[str, Mapping[str, str]]]

@@ -13,6 +13,7 @@ from pathlib import Path
 from clawsvc import trust
 from clawsvc.config import Config, ConfigError
 from clawsvc.config.trusted import check_config_paths
+from clawsvc.gateway import compile_cache
 from clawsvc.gateway.process import SpawnError, build_argv, build_env, check_command, state_dir
 from clawsvc.secrets import describe_token_source
 
@@ -26,6 +27,7 @@ def preflight(config: Config) -> None:
     _check_token_file(config)
     _check_command(config)
     _check_state_dir(config)
+    _check_compile_cache(config)
     _check_control_group(config)
 
 
@@ -54,6 +56,14 @@ def _check_state_dir(config: Config) -> None:
         raise ConfigError(f"gateway.state_dir {path}: {existing} is not a directory; {fix}")
     if existing != path and not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"gateway.state_dir {path} cannot be created: {existing} is not writable; {fix}")
+
+
+def _check_compile_cache(config: Config) -> None:
+    """gateway.compile_cache refused as `run` would refuse it (one it cannot create only costs a warning there)."""
+    try:
+        compile_cache.check(config)
+    except trust.TrustError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _check_control_group(config: Config) -> None:

@@ -6,9 +6,10 @@ Messages, error codes and close codes are those the real openclaw@2026.9.6 sends
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, NamedTuple
 
-VERSION = "double-1"
+VERSION = os.environ.get("DOUBLE_VERSION", "double-1")  # the server.version it reports (tests of upgrade)
 CLIENT_IDS = frozenset({"gateway-client", "cli", "test", "openclaw-probe", "webchat", "openclaw-control-ui"})
 CLIENT_MODES = frozenset({"webchat", "cli", "ui", "backend", "node", "worker", "probe", "test"})
 READ_SCOPES = frozenset({"operator.read", "operator.write", "operator.admin"})

@@ -11,6 +11,7 @@ Env knobs (all optional):
     DOUBLE_UNAVAILABLE_FOR=S     then for S seconds `connect` gets UNAVAILABLE (retryAfterMs 500) + close 1013
     DOUBLE_TICK_MS=N             tick event interval, also hello-ok policy.tickIntervalMs (default 30000)
     DOUBLE_PROTOCOL=N            protocol version served (default 4)
+    DOUBLE_VERSION=V             server.version in hello-ok (default double-1)
     DOUBLE_MAX_PAYLOAD=N         policy.maxPayload and the inbound frame limit (default 26214400)
     DOUBLE_HANDSHAKE_TIMEOUT=S   close 1000 when no connect arrives within S seconds (default 15)
     DOUBLE_EXIT_AFTER=S          exit S seconds after start with DOUBLE_EXIT_CODE (default 1; 78 prints

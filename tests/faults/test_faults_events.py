@@ -30,11 +30,17 @@ FOLLOW = ("events", "--follow", "--json")
 
 
 class Follower:
-    """A background `clawsvc events --follow --json ...` whose stdout lines are collected as they come."""
+    """A background `clawsvc events --follow --json ...` whose stdout lines are collected as they come.
+
+    Its reader thread is the only reader of that stdout, up to EOF: a second one (communicate()) would take a
+    share of the same pipe, and since print() writes the text and its newline in two writes when stdout is
+    unbuffered (PYTHONUNBUFFERED), a lone newline could land here as a line of its own. Lines that are not
+    JSON are kept in `junk` for the test to show."""
 
     def __init__(self, callers: Callers, svc: ServiceProcess, *args: str) -> None:
         self.popen = callers.start(svc, *FOLLOW, *args)
         self.lines: list[dict[str, Any]] = []
+        self.junk: list[str] = []
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._read, name="clawsvc-test-follower", daemon=True)
         self._thread.start()
@@ -42,8 +48,26 @@ class Follower:
     def _read(self) -> None:
         assert self.popen.stdout is not None
         for line in self.popen.stdout:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                with self._lock:
+                    self.junk.append(line)
+                continue
             with self._lock:
-                self.lines.append(json.loads(line))
+                self.lines.append(event)
+
+    def finish(self, timeout: float = 60.0) -> tuple[int, str]:
+        """(exit code, stderr) once it has exited and its stdout is read to the end; AssertionError naming where
+        it waits (/proc wchan) if it is still running at `timeout`."""
+        try:
+            code = self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"follower pid {self.popen.pid} still running after {timeout:g}s, waiting in "
+                                 f"{_wchan(self.popen.pid)}") from None
+        self._thread.join(timeout)
+        assert self.popen.stderr is not None
+        return code, self.popen.stderr.read()
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         with self._lock:
@@ -52,6 +76,13 @@ class Follower:
     def wait_for(self, name: str, timeout: float = 20.0) -> dict[str, Any]:
         return poll(lambda: next(iter(self.events(name)), None), timeout, f"a {name!r} event; got "
                     f"{[e['name'] for e in self.events()][-20:]}")
+
+
+def _wchan(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/wchan").read_text() or "(running)"
+    except OSError:
+        return "(unknown)"
 
 
 @pytest.fixture
@@ -186,5 +217,6 @@ def test_ctrl_c_and_a_closed_pipe_end_quietly_with_0(services: Services, callers
     assert head.returncode == 0 and " gateway tick " in head.stdout and head.stderr == "", head
     follower = follow(followers_of, callers, svc, "tick")
     follower.popen.send_signal(signal.SIGINT)
-    code, _, err = finish(follower.popen)
+    code, err = follower.finish()
     assert code == 0 and "Traceback" not in err, err
+    assert follower.junk == []

@@ -1,0 +1,186 @@
+"""The upgrade's canary: one start of a new openclaw version beside the running one, until its hello-ok.
+
+It runs as the service's gateway would (the same env from the same config, the service's compile cache, so it
+warms it), but on a free loopback port, with a scratch state dir and a throwaway token, and is always stopped:
+on success, failure, timeout and Ctrl-C alike.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import functools
+import logging
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from clawsvc import trust, users
+from clawsvc.config import Config
+from clawsvc.gateway import process
+from clawsvc.gateway.compile_cache import compile_cache_dir
+from clawsvc.gateway.connection import GatewayConnection
+from clawsvc.gateway.exits import ExitInfo
+from clawsvc.gateway.process import GatewayProcess, SpawnError
+from clawsvc.gateway.protocol import GatewayError, describe_error
+from clawsvc.service.connector import PeerCheck, readyz
+from clawsvc.service.readiness import readiness_retrying
+
+LOG_LINES = 20
+SCRATCH_PREFIX = "clawsvc-canary-"
+GATEWAY_LOGGER = "clawsvc.gateway"  # where OutputPump logs the gateway's (redacted) lines
+
+
+class CanaryFailed(Exception):
+    """The new version did not answer; str() is one line, `lines` its last log lines (redacted)."""
+
+    def __init__(self, reason: str, lines: list[str]) -> None:
+        super().__init__(reason)
+        self.lines = lines
+
+
+@dataclasses.dataclass(frozen=True)
+class RunAs:
+    """The account the canary runs as: the service's, so what it writes in the compile cache is the service's."""
+    uid: int
+    gid: int
+    name: str
+
+    def command(self, command: tuple[str, ...]) -> tuple[str, ...]:
+        setpriv = shutil.which("setpriv") or "setpriv"
+        # --pdeathsig again: changing uid clears the one the outer setpriv (GatewayProcess) set
+        return (setpriv, "--reuid", str(self.uid), "--regid", str(self.gid), "--init-groups",
+                "--pdeathsig", "KILL", "--", *command)
+
+
+def service_account(config: Config) -> RunAs | None:
+    """As root, when gateway.state_dir belongs to the service user (a system service): that user; else None."""
+    if os.geteuid() != 0 or (uid := users.service_uid()) is None:
+        return None
+    try:
+        owner = process.state_dir(config).stat().st_uid
+    except OSError:
+        return None
+    return RunAs(uid, pwd.getpwuid(uid).pw_gid, users.SERVICE_USER) if owner == uid else None
+
+
+def warmed_cache(config: Config, run_as: RunAs | None) -> Path | None:
+    """The service's compile cache dir, which the canary's env names as the service's does (process.build_env),
+    so the canary warms it. Run as the service user, a cache dir that does not exist yet is left alone (root
+    would create it for root): None, and the canary runs without one."""
+    path = compile_cache_dir(config)
+    if path is None or (run_as is not None and not path.is_dir()):
+        return None
+    return path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class _Tail(logging.Handler):
+    """The last gateway lines the canary printed (OutputPump has redacted them already)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: collections.deque[str] = collections.deque(maxlen=LOG_LINES)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _captured() -> Iterator[_Tail]:
+    logger = logging.getLogger(GATEWAY_LOGGER)
+    tail, saved = _Tail(), (logger.level, logger.propagate)
+    logger.addHandler(tail)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    try:
+        yield tail
+    finally:
+        logger.removeHandler(tail)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+@contextlib.contextmanager
+def _scratch(run_as: RunAs | None) -> Iterator[Path]:
+    """A private (0700) state dir with its own HOME and TMPDIR, owned by the canary's account; removed after."""
+    root = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
+    try:
+        for path in (root / "home", root / "tmp"):
+            path.mkdir(mode=0o700)
+        if run_as is not None:
+            for path in (root, root / "home", root / "tmp"):
+                os.chown(path, run_as.uid, run_as.gid)
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def canary_config(config: Config, command: tuple[str, ...], state: Path, port: int,
+                  run_as: RunAs | None) -> Config:
+    """The service's config with the canary's command, port and scratch dirs; everything else (env, quiet
+    settings, compile cache, timeouts) as the service's gateway gets it."""
+    gw = config.gateway
+    env = {**gw.env, "HOME": str(state / "home"), "OPENCLAW_HOME": str(state / "home"), "TMPDIR": str(state / "tmp")}
+    command = run_as.command(command) if run_as is not None else command
+    return dataclasses.replace(config, gateway=dataclasses.replace(
+        gw, command=command, port=port, state_dir=state, env=env, adopt_existing=False,
+        compile_cache=warmed_cache(config, run_as)))
+
+
+def run_canary(config: Config, command: tuple[str, ...]) -> float:
+    """Start `command` (a version's node + entry) like the service would, wait for a real hello-ok, stop it.
+    Returns seconds from spawn to hello-ok; CanaryFailed when it never answered within gateway.start_timeout."""
+    run_as = service_account(config)
+    judged = trust.judged_as_the_service() if run_as is not None else contextlib.nullcontext()
+    with _captured() as tail, _scratch(run_as) as state, judged:
+        canary = canary_config(config, command, state, free_port(), run_as)
+        exited, token = threading.Event(), secrets.token_urlsafe(32)  # throwaway: never the service's
+        gateway = GatewayProcess(canary, token, {}, lambda _info: exited.set())
+        try:
+            return _answered(canary, gateway, token, exited, tail)
+        finally:
+            gateway.stop()
+
+
+def _answered(canary: Config, gateway: GatewayProcess, token: str, exited: threading.Event, tail: _Tail) -> float:
+    started = time.monotonic()
+    try:
+        pid = gateway.start()
+    except SpawnError as exc:
+        raise CanaryFailed(str(exc), list(tail.lines)) from None
+    timeout = canary.gateway.start_timeout
+    cancel = threading.Event()
+    retrying = readiness_retrying(cancel, timeout, lambda: not exited.is_set(),
+                                  ready=functools.partial(readyz, canary.gateway.port))
+    try:
+        for attempt in retrying:
+            with attempt:
+                link = GatewayConnection.from_config(canary, token,
+                                                     verify_peer=PeerCheck(canary.gateway.port, False, pid))
+                link.connect()
+        link.close()
+        return time.monotonic() - started
+    except GatewayError as exc:
+        reason = _why(exc, exited, gateway, timeout)
+    raise CanaryFailed(reason, list(tail.lines))
+
+
+def _why(exc: GatewayError, exited: threading.Event, gateway: GatewayProcess, timeout: float) -> str:
+    if exited.is_set():
+        info: ExitInfo = gateway.stop()
+        return f"it {info.describe()} before answering"
+    return f"no hello-ok within {timeout:g}s (gateway.start_timeout): {describe_error(exc)}"

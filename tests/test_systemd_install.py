@@ -1,0 +1,192 @@
+"""`clawsvc install --system` end to end in a booted systemd 252 (tests/systemd_guest.py), with the real gateway.
+
+The guest starts like a machine where only `clawsvc gateway-install` was run: /opt/clawsvc/gateway is a writable
+"farm" (a tmp dir with symlinks to the test cache's node and openclaw, so nothing is copied into the guest's 2 GB
+tmpfs), nothing in /etc/clawsvc, no clawsvc user. One guest for the module; the tests build on each other in
+file order (install, rerun, restart, instances, the unreachable interpreter last, as it rewrites the main unit).
+Run alone with:  pytest -m systemd tests/test_systemd_install.py -s   (-s shows the measured timings)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from systemd_guest import Guest, booted_systemd
+
+from clawsvc.commands.gateway_install import Installation
+
+pytestmark = [pytest.mark.systemd, pytest.mark.realgateway, pytest.mark.timeout(1800)]
+
+PREFIX = "/opt/clawsvc/gateway"
+CONFIG = "/etc/clawsvc/clawsvc.yaml"
+INSTALL_TIMEOUT = 600.0  # to READY: the gateway needs ~7 s idle, minutes on a loaded 2-core machine
+WRITTEN = ("/etc/systemd/system/clawsvc.service", "/etc/systemd/system/clawsvc@.service",
+           "/etc/sysusers.d/clawsvc.conf", CONFIG)
+HOST_VENV_CLAWSVC = Path(sys.executable).with_name("clawsvc")  # this checkout's venv: python under /root/.pyenv
+EXPOSURE_MAX = 2.0
+
+
+def farm(tmp: Path, gateway: Installation) -> Path:
+    """A gateway-install prefix whose version dirs are links into the shared cache (which is never switched)."""
+    prefix = tmp / "gateway"
+    prefix.mkdir()
+    prefix.chmod(0o755)  # it becomes /opt/clawsvc/gateway, which the service user must traverse
+    cache = gateway.version_path.parent
+    for name in (gateway.version_path.name, gateway.node.relative_to(cache).parts[0]):
+        (prefix / name).symlink_to(cache / name)
+    return prefix
+
+
+@pytest.fixture(scope="module")
+def guest(tmp_path_factory: pytest.TempPathFactory, gateway_install: Installation) -> Iterator[Guest]:
+    tmp = tmp_path_factory.mktemp("install-guest")
+    with booted_systemd(tmp, writable={farm(tmp, gateway_install): Path(PREFIX)}) as booted:
+        yield booted
+        for unit in ("clawsvc.service", "clawsvc@alpha.service", "clawsvc@beta.service"):
+            print(f"--- {unit}\n{booted.journal(unit)[-3000:]}")  # shown by pytest when a test failed
+
+
+def install(guest: Guest, *args: str, exe: str = "clawsvc") -> tuple[float, str, str]:
+    started = time.monotonic()
+    result = guest.run(exe, "install", "--system", *args, timeout=INSTALL_TIMEOUT)
+    took = time.monotonic() - started
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return took, result.stdout, result.stderr
+
+
+def mtimes(guest: Guest, paths: tuple[str, ...]) -> dict[str, int]:
+    return {p: guest.path(p).stat().st_mtime_ns for p in paths}
+
+
+def rpc_health(guest: Guest, *args: str) -> dict[str, object]:
+    result = guest.run("clawsvc", "rpc", "health", *args, timeout=120)
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert isinstance(payload, dict)
+    return payload
+
+
+def gateway_pid(guest: Guest, *args: str) -> int:
+    result = guest.run("clawsvc", "status", "--json", *args, timeout=60)
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["state"] == "running"
+    return int(status["pid"])
+
+
+def exposure(guest: Guest, unit: str) -> float:
+    result = guest.run("systemd-analyze", "security", "--no-pager", unit, timeout=120)
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+    assert match, f"{result.stdout[-500:]}\n{result.stderr}"
+    return float(match.group(1))
+
+
+@pytest.fixture(scope="module")
+def first_install(guest: Guest) -> str:
+    """gateway-install (finds the complete install, creates `current`), then `clawsvc install --system` alone."""
+    provisioned = guest.run("clawsvc", "gateway-install", timeout=300)
+    assert provisioned.returncode == 0, provisioned.stderr
+    assert "already installed" in provisioned.stderr and "current ->" in provisioned.stderr
+    assert not guest.path(CONFIG).exists() and guest.run("id", "clawsvc").returncode != 0
+    took, out, _ = install(guest)
+    print(f"\nTIMING install --system to READY (first run, gateway already provisioned): {took:.1f}s")
+    return out
+
+
+def test_install_alone_ends_enabled_active_and_serving(guest, first_install):
+    props = guest.show("clawsvc.service", "ActiveState", "SubState", "UnitFileState", "StatusText")
+    assert props == {"ActiveState": "active", "SubState": "running", "UnitFileState": "enabled",
+                     "StatusText": props["StatusText"]}
+    assert props["StatusText"].startswith("running"), props["StatusText"]
+    assert "enabled and started clawsvc.service: READY after" in first_install
+    assert "clawsvc - OpenClaw gateway service: running" in first_install  # the `clawsvc status` block
+    assert f"Config: {CONFIG}" in first_install
+    rpc_health(guest)
+    config = guest.path(CONFIG).read_text()
+    assert f'command: ["{PREFIX}/current/node", "{PREFIX}/current/node_modules/openclaw/openclaw.mjs"]' in config
+    assert "# The argv that starts OpenClaw" in config, "the example's comments are kept"
+    assert guest.run("id", "-u", "clawsvc").returncode == 0
+    assert not guest.path("/etc/systemd/system/clawsvc.service.d").exists(), "/usr/local/bin/clawsvc needs no drop-in"
+
+
+def test_rerun_changes_nothing_and_restarts_nothing(guest, first_install):
+    before = mtimes(guest, WRITTEN)
+    main_pid = guest.show("clawsvc.service", "MainPID")["MainPID"]
+    gateway = gateway_pid(guest)
+    took, out, _ = install(guest)
+    print(f"\nTIMING install --system rerun (nothing to change): {took:.1f}s")
+    assert "nothing to change: clawsvc.service is enabled and running" in out
+    assert "reloaded systemd" not in out and "wrote" not in out and "updated" not in out
+    assert mtimes(guest, WRITTEN) == before
+    assert not guest.path(CONFIG + ".new").exists()
+    assert guest.show("clawsvc.service", "MainPID")["MainPID"] == main_pid
+    assert gateway_pid(guest) == gateway
+
+
+def test_installed_unit_exposure_stays_low(guest, first_install):
+    assert exposure(guest, "clawsvc.service") <= EXPOSURE_MAX
+
+
+def test_compile_cache_persists_across_a_restart(guest, first_install):
+    guest.systemctl("restart", "clawsvc.service", check=True, timeout=INSTALL_TIMEOUT)
+    cache = guest.path("/var/cache/clawsvc")
+    assert cache.is_dir()
+    found = [p for p in cache.rglob("*") if p.is_file()]
+    assert found, "the gateway's compile cache under /var/cache/clawsvc is empty after a start"
+    rpc_health(guest)
+
+
+def test_two_instances_serve_side_by_side(guest, first_install):
+    guest.systemctl("stop", "clawsvc.service", check=True, timeout=120)  # three gateways would be ~3 GB
+    try:
+        for name in ("alpha", "beta"):
+            took, out, _ = install(guest, "--instance", name)
+            print(f"\nTIMING install --system --instance {name} to READY: {took:.1f}s")
+            assert f"enabled and started clawsvc@{name}.service: READY after" in out
+        ports = set()
+        for name in ("alpha", "beta"):
+            assert guest.show(f"clawsvc@{name}.service", "ActiveState")["ActiveState"] == "active"
+            rpc_health(guest, "--instance", name)
+            assert guest.path(f"/var/lib/clawsvc/{name}/openclaw").is_dir()
+            text = guest.path(f"/etc/clawsvc/{name}.yaml").read_text()
+            assert f'state_dir: "/var/lib/clawsvc/{name}/openclaw"' in text
+            assert f'socket: "/run/clawsvc/{name}/control.sock"' in text
+            ports.add(re.search(r"^  port: (\d+)$", text, re.MULTILINE).group(1))
+        assert ports == {"18790", "18791"}
+        assert gateway_pid(guest, "--instance", "alpha") != gateway_pid(guest, "--instance", "beta")
+        before = mtimes(guest, ("/etc/clawsvc/alpha.yaml",))
+        _, out, _ = install(guest, "--instance", "alpha")
+        assert "nothing to change: clawsvc@alpha.service" in out
+        assert mtimes(guest, ("/etc/clawsvc/alpha.yaml",)) == before
+    finally:
+        for name in ("alpha", "beta"):
+            guest.systemctl("stop", f"clawsvc@{name}.service", timeout=120)
+        guest.systemctl("start", "clawsvc.service", timeout=INSTALL_TIMEOUT)
+
+
+def test_instance_is_refused_for_user_units(guest):
+    result = guest.run("clawsvc", "install", "--user", "--instance", "gamma", timeout=60)
+    assert result.returncode == 2 and "--instance works with --system only" in result.stderr
+    assert not guest.path("/etc/clawsvc/gamma.yaml").exists()
+
+
+def test_clawsvc_under_root_gets_a_drop_in_and_ends_ready(guest, first_install):
+    """This checkout's venv runs /root/.pyenv's python, which ProtectHome=yes hides: a 203/EXEC before."""
+    python_home = Path(os.path.realpath(sys.base_prefix))
+    assert Path("/root") in python_home.parents, "this test needs the venv's python below /root"
+    took, out, _ = install(guest, exe=str(HOST_VENV_CLAWSVC))
+    print(f"\nTIMING install --system from a venv on /root/.pyenv (drop-in, restart to READY): {took:.1f}s")
+    dropin = guest.path("/etc/systemd/system/clawsvc.service.d/10-clawsvc-reach.conf").read_text()
+    assert "ProtectHome=tmpfs" in dropin and f"BindReadOnlyPaths={python_home}" in dropin
+    props = guest.show("clawsvc.service", "ActiveState", "ExecStart")
+    assert props["ActiveState"] == "active" and str(HOST_VENV_CLAWSVC) in props["ExecStart"]
+    assert "restarted (its unit changed) clawsvc.service" in out
+    rpc_health(guest)
+    assert exposure(guest, "clawsvc.service") <= EXPOSURE_MAX
