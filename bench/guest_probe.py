@@ -131,7 +131,8 @@ def trial_restart(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.monotonic()
     subprocess.run(["systemctl", "restart", "--no-block", args.unit], check=True)
     usable, server = wait_usable(args.url, Path(args.token_file), not_boot=before.get("bootId"), version=args.version)
-    return {"usable": usable - t0, "version": server.get("version")}
+    exec_at = int(show(args.unit, "ExecMainStartTimestampMonotonic")) / 1e6
+    return {"usable": usable - t0, "version": server.get("version"), "new_exec_to_usable": usable - exec_at}
 
 
 def main(argv: list[str]) -> int:

@@ -51,6 +51,8 @@ ROWS = {
     "upgrade_cold": (f"upgrade {UPGRADE_FROM} → {UPGRADE_TO} (link switch + `systemctl restart`) → new version's "
                      "hello-ok, its compile cache cold"),
     "upgrade_warm": "same, the new version ran once before (the canary's warm-up)",
+    "upgrade_cold_exec": "of which the new gateway's exec → hello-ok, cold",
+    "upgrade_warm_exec": "of which the new gateway's exec → hello-ok, warm",
 }
 
 
@@ -86,9 +88,11 @@ def fresh_old_version(bench: BenchGuest, variant: Variant, state_dir: str) -> No
     bench.start(variant)
 
 
-def upgrade(bench: BenchGuest, variant: Variant, *extra: str) -> float:
+def upgrade(bench: BenchGuest, variant: Variant, row: str, *extra: str) -> None:
     point(bench.prefix, CURRENT, UPGRADE_TO)
-    return float(bench.probe("restart", variant, "--version", UPGRADE_TO, *extra)["usable"])
+    trial = bench.probe("restart", variant, "--version", UPGRADE_TO, *extra)
+    bench.record(row, variant, trial["usable"])
+    bench.record(f"{row}_exec", variant, trial["new_exec_to_usable"])
 
 
 def upgrade_round(bench: BenchGuest, variant: Variant, state_dir: str) -> None:
@@ -96,10 +100,9 @@ def upgrade_round(bench: BenchGuest, variant: Variant, state_dir: str) -> None:
     version's compile cache emptied, warm after it ran once with the same cache (and flushed it on a clean
     stop), as the canary's run does. Ends stopped, on UPGRADE_TO."""
     fresh_old_version(bench, variant, state_dir)
-    new_cache = f"{GATEWAY_TMP_CACHE}/openclaw/{UPGRADE_TO}"
-    bench.record("upgrade_cold", variant, upgrade(bench, variant, "--empty", new_cache))
+    upgrade(bench, variant, "upgrade_cold", "--empty", f"{GATEWAY_TMP_CACHE}/openclaw/{UPGRADE_TO}")
     fresh_old_version(bench, variant, state_dir)
-    bench.record("upgrade_warm", variant, upgrade(bench, variant))
+    upgrade(bench, variant, "upgrade_warm")
     bench.stop(variant.unit)
 
 

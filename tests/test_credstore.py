@@ -245,3 +245,48 @@ def test_doctor_never_shows_a_value(stored: Path, capsys: pytest.CaptureFixture[
         print(finding.line())
     out = capsys.readouterr().out
     assert "FAIL" in out and KEY not in out and TOKEN not in out
+
+
+def test_a_symlink_planted_as_the_store_is_never_listed_deleted_or_removed_through(
+        env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("PATH", credstore.INSTALL_ROOT_ENV):
+        monkeypatch.setenv(name, env[name])
+    precious = tmp_path / "victim" / "gateway-token"
+    precious.parent.mkdir()
+    precious.write_text("keep me\n")
+    store = root_of(env) / STORE
+    store.parent.mkdir(parents=True)
+    store.symlink_to(precious.parent)
+    for call in (lambda: credstore.delete("clawsvc.service", "gateway-token"),
+                 lambda: credstore.remove_unit_credentials("clawsvc.service"),
+                 lambda: credstore.stored_credentials("clawsvc.service")):
+        with pytest.raises(credstore.CredstoreError, match=f"{store} is a symbolic link .*remove the link"):
+            call()
+    assert precious.read_text() == "keep me\n" and store.is_symlink()
+    done = keys(env, "delete", "gateway-token")
+    assert done.returncode == 1 and "is a symbolic link" in done.stderr and len(done.stderr.splitlines()) == 1
+    assert precious.exists()
+
+
+@pytest.mark.parametrize(("stdin", "message"), [
+    (b"\xff\xfe-not-utf8\n", "the key on stdin is not UTF-8 text: nothing stored"),
+    (b"k" * (10 * 1024 * 1024), "the first line on stdin is longer than 64 KiB, which is no key: nothing stored"),
+    (None, "no stdin to read the key from"),
+])
+def test_absurd_stdin_is_one_line_and_stores_nothing(env: dict[str, str], stdin: bytes | None, message: str) -> None:
+    argv = [sys.executable, "-m", "clawsvc", "keys", "set", "anthropic", "--store", "credential"]
+    if stdin is None:  # stdin closed, as with `<&-`
+        argv = ["sh", "-c", 'exec "$@" <&-', "sh", *argv]
+    done = subprocess.run(argv, input=stdin, env=env, capture_output=True, timeout=60,
+                          stdin=None if stdin is not None else subprocess.DEVNULL)
+    err = done.stderr.decode(errors="replace")
+    assert (done.returncode, err) == (1, f"clawsvc keys: {message}" + ("; pipe the key alone, on one line\n"
+                                                                       if stdin is not None else "\n"))
+    assert not (root_of(env) / STORE).exists() and tool_calls(env) == []
+
+
+def test_a_huge_provider_name_is_refused_before_anything_is_read(env: dict[str, str]) -> None:
+    done = keys(env, "set", "a" * 65, stdin=KEY)
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1 and len(done.stderr) < 300
+    assert "is not a provider name (up to 64 " in done.stderr
+    assert not (root_of(env) / "etc").exists()

@@ -99,6 +99,27 @@ def test_edited_config_is_kept_and_the_new_one_goes_beside_it_once(tmp_path):
     assert beside.stat().st_mtime_ns == stamp and "is in" in again.getvalue()
 
 
+def test_a_symlink_planted_at_a_temporary_or_new_name_is_replaced_never_written_through(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("keep me\n")
+    todo = install.plan("system", Path("/etc/clawsvc/clawsvc.yaml"), ("/usr/bin/clawsvc",),
+                        config_text="gateway:\n  port: 1\n")
+    root = tmp_path / "root"
+    config_dir = root / "etc/clawsvc"
+    config_dir.mkdir(parents=True)
+    (config_dir / "clawsvc.yaml").write_text("gateway:\n  port: 2\n")  # the admin's: the new one goes beside
+    for name in (".clawsvc.yaml.new.clawsvc-tmp", ".clawsvc.service.clawsvc-tmp"):
+        where = config_dir if "yaml" in name else root / "etc/systemd/system"
+        where.mkdir(parents=True, exist_ok=True)
+        (where / name).symlink_to(victim)
+    install.apply(todo, root, io.StringIO())
+    assert victim.read_text() == "keep me\n"
+    beside = config_dir / "clawsvc.yaml.new"
+    assert beside.read_text() == "gateway:\n  port: 1\n" and not beside.is_symlink()
+    assert (beside.stat().st_mode & 0o777) == 0o640
+    assert not list(config_dir.glob(".*")) and not list((root / "etc/systemd/system").glob(".*"))
+
+
 def test_staged_system_install_writes_the_config_with_the_gateway_filled_in(tmp_path):
     result = run_cli(tmp_path, "--system")
     assert result.returncode == 0, result.stderr
@@ -124,6 +145,17 @@ def test_staged_instances_get_successive_ports_and_a_rerun_keeps_them(tmp_path):
 def test_instance_with_a_given_port(tmp_path):
     assert run_cli(tmp_path, "--system", "--instance", "work", "--port", "19000").returncode == 0
     assert parse_config((tmp_path / "root/etc/clawsvc/work.yaml").read_text()).gateway.port == 19000
+
+
+@pytest.mark.parametrize("kind", ["--system", "--user"])
+def test_a_file_where_the_config_directory_belongs_is_one_line(tmp_path, kind):
+    config_dir = tmp_path / ("root/etc/clawsvc" if kind == "--system" else "root" + str(tmp_path / "home/.config"))
+    config_dir.parent.mkdir(parents=True)
+    config_dir.write_text("")
+    result = run_cli(tmp_path, kind, "--no-start")
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"clawsvc: install: cannot write {config_dir}/")
+    assert ": Not a directory; fix what is in its place, then rerun" in result.stderr
 
 
 def test_dry_run_lists_files_and_commands_and_writes_nothing(tmp_path):
@@ -239,6 +271,35 @@ def test_an_unreadable_script_is_refused_but_an_execute_only_binary_is_fine(box)
         reach.check(reach.gateway_needs((str(binary), str(entry))), NOBODY, sandbox)
     entry.chmod(0o644)
     assert reach.check(reach.gateway_needs((str(binary), str(entry))), NOBODY, sandbox) == ()
+
+
+def test_a_prefix_another_user_can_write_is_never_bound_into_the_unit(box):
+    top, sandbox = box
+    python = executable(top / "home/bob/.venv/bin/python3")
+    script = executable(top / "opt/venv/bin/clawsvc", f"#!{python}\n")
+    os.chown(top / "home/bob/.venv", 65534, 65534)  # bob's venv: bob could put code there
+    with pytest.raises(reach.Unreachable, match=r"is owned by .*65534.*run code as the service user; "
+                                                r"or: python3 -m venv /opt/clawsvc/venv"):
+        reach.check(reach.clawsvc_needs((str(script),)), NOBODY, sandbox)
+    os.chown(top / "home/bob/.venv", 0, 0)
+    python.chmod(0o777)  # the interpreter itself writable by everyone
+    with pytest.raises(reach.Unreachable, match=r"writable by group/others .*run code as the service user"):
+        reach.check(reach.clawsvc_needs((str(script),)), NOBODY, sandbox)
+    python.chmod(0o755)
+    (top / "home/bob").chmod(0o777)  # a directory on the way that anyone may swap
+    with pytest.raises(reach.Unreachable, match=f"directory {top / 'home/bob'} on its path is writable"):
+        reach.check(reach.clawsvc_needs((str(script),)), NOBODY, sandbox)
+    (top / "home/bob").chmod(0o755)
+    assert reach.check(reach.clawsvc_needs((str(script),)), NOBODY, sandbox) == (top / "home/bob/.venv",)
+
+
+@pytest.mark.parametrize("name", ["py:3", "py\nExecStartPre=/bin/true", 'py"x'])
+def test_a_prefix_the_dropin_cannot_name_as_one_path_is_refused(box, name):
+    top, sandbox = box
+    python = executable(top / "home" / name / "bin/python3")
+    with pytest.raises(reach.Unreachable) as refused:
+        reach.check([reach.Need(python, "python", "fix")], NOBODY, sandbox)
+    assert "BindReadOnlyPaths= cannot take; fix: fix" in str(refused.value) and "\n" not in str(refused.value)
 
 
 def test_a_bare_gateway_command_is_left_to_check_config():

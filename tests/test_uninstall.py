@@ -224,7 +224,7 @@ def test_user_uninstall_with_purge_removes_the_user_unit_config_state_and_cache(
     shipped = "ExecStart=/usr/local/bin/clawsvc run -c %E/clawsvc/clawsvc.yaml"
     unit = (REPO / "units/user/clawsvc.service").read_text().replace(shipped, f"ExecStart=/x/clawsvc run -c {config}")
     put(root, unit_dir.relative_to("/") / "clawsvc.service", unit)
-    put(root, unit_dir.relative_to("/") / "clawsvc.service.d/50-clawsvc-extra.conf")
+    put(root, unit_dir.relative_to("/") / "clawsvc.service.d/10-clawsvc-reach.conf")
     put(root, config.relative_to("/"))
     put(root, (home / ".local/state/clawsvc/openclaw/db").relative_to("/"))
     put(root, (home / ".cache/clawsvc/node-compile-cache/x").relative_to("/"))
@@ -262,3 +262,64 @@ def test_nothing_installed_for_the_user_needs_no_user_manager(root, tmp_path, mo
         tgt = uninstall.target(kind, None, None, root)
         assert uninstall.uninstall(tgt, True, uninstall.Run(root, out, manage=True)) == 0
         assert out.getvalue() == f"nothing to remove: {tgt.unit} is not installed\n"
+
+
+# ---------------------------------------------------------------- destructive paths: never through a planted link
+
+def victim(tmp_path: Path) -> Path:
+    """What a planted symlink points at: must survive every uninstall."""
+    precious = tmp_path / "victim" / "precious"
+    precious.parent.mkdir()
+    precious.write_text("keep me\n")
+    return precious
+
+
+@pytest.mark.parametrize("planted", ["var/lib/clawsvc/alpha", "var/cache/clawsvc/alpha"])
+def test_purge_refuses_a_symlink_planted_as_an_instance_data_dir(root, tmp_path, capsys, planted):
+    instance_tree(root, "alpha")
+    precious = victim(tmp_path)
+    link = root / planted
+    if link.exists():
+        for child in sorted(link.rglob("*"), reverse=True):
+            child.unlink() if child.is_file() else child.rmdir()
+        link.rmdir()
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(precious.parent)  # the service user owns /var/lib/clawsvc: it can plant this
+    code, _, err = run_cli(capsys, "--instance", "alpha", "--purge")
+    assert code == 1
+    assert err == (f"clawsvc: uninstall: not removing {link}: it is a symbolic link (to {precious.parent}); remove "
+                   "the link, check who planted it and where it points, then rerun\n")
+    assert precious.read_text() == "keep me\n" and link.is_symlink()
+
+
+def test_purge_of_a_data_dir_below_a_directory_another_user_owns_is_refused(root, tmp_path, monkeypatch, capsys):
+    other = tmp_path / "other"  # XDG_STATE_HOME in a directory uid 65534 could swap for a symlink meanwhile
+    put(root, (other / "clawsvc/openclaw/db").relative_to("/"))
+    os.chown(root / other.relative_to("/"), 65534, 65534)
+    monkeypatch.setenv("XDG_STATE_HOME", str(other))
+    home = Path(os.environ["HOME"])
+    put(root, (home / ".config/systemd/user/clawsvc.service").relative_to("/"),
+        (REPO / "units/user/clawsvc.service").read_text())
+    code, _, err = run_cli(capsys, "--user", "--purge")
+    assert code == 1 and err.count("\n") == 1
+    assert f"not removing {root / other.relative_to('/') / 'clawsvc'}: " in err and "owned by" in err
+    assert (root / (other / "clawsvc/openclaw/db").relative_to("/")).exists()
+
+
+def test_a_symlink_inside_the_state_dir_is_removed_not_followed(root, tmp_path, capsys):
+    instance_tree(root, "alpha")
+    precious = victim(tmp_path)
+    (root / "var/lib/clawsvc/alpha/openclaw/escape").symlink_to(precious.parent)
+    code, _, err = run_cli(capsys, "--instance", "alpha", "--purge")
+    assert (code, err) == (0, "")
+    assert not (root / "var/lib/clawsvc/alpha").exists()
+    assert precious.read_text() == "keep me\n"
+
+
+def test_only_the_dropins_clawsvc_writes_are_removed(root, capsys):
+    system_tree(root)
+    admins = put(root, UNITS / "clawsvc.service.d/20-clawsvc-limits.conf", "[Service]\nMemoryMax=2G\n")
+    code, out, _ = run_cli(capsys, "--system")
+    assert code == 0 and admins.exists()
+    assert not (root / UNITS / "clawsvc.service.d/10-clawsvc-reach.conf").exists()
+    assert "holds drop-ins clawsvc did not write: 20-clawsvc-limits.conf" in out

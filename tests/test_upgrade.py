@@ -1,4 +1,5 @@
-"""`clawsvc upgrade` on a farm prefix of gateway doubles: refusals, the canary, the switch, rollback, pruning.
+"""`clawsvc upgrade` on a farm prefix of gateway doubles: refusals, the canary (on a copy of the state), the switch,
+rollback, pruning.
 
 Each openclaw-<v> of the farm is a fake install (marker, entry, `node` link) whose `node` is a shell script
 that sources the version's entry (setting DOUBLE_VERSION, or failing on purpose) and execs the double.
@@ -28,6 +29,12 @@ CANNOT_START = 'echo "boom: this version cannot start" >&2; exit 1'
 NEVER_LISTENS = "DOUBLE_STARTUP_DELAY=1000; export DOUBLE_STARTUP_DELAY"
 ONLY_IN_CANARY = ('case "$OPENCLAW_STATE_DIR" in */clawsvc-canary-*) ;; '
                   '*) echo "fails under the service" >&2; exit 1;; esac')
+# like 2026.9.5 on a state 2026.9.6 migrated: the state dir's schema-18 file stands for the migrated database
+REFUSES_NEWER_STATE = ('if [ -e "$OPENCLAW_STATE_DIR/schema-18" ]; then echo "Gateway refused startup because 1 '
+                       'OpenClaw database schema(s) are newer than this build. supports 17" >&2; exit 78; fi')
+SHOWS_ITS_STATE = ('echo "state: $(cat "$OPENCLAW_STATE_DIR/data/notes.txt") skip=$OPENCLAW_SKIP_CHANNELS'
+                   '$OPENCLAW_SKIP_CRON$OPENCLAW_NO_AUTO_UPDATE key=[${ANTHROPIC_API_KEY:-none}${OPENAI_API_KEY:-none}]'
+                   ' log=$(ls "$OPENCLAW_STATE_DIR"/*.log 2>/dev/null)" >&2; exit 1')
 UPGRADE_TIMEOUT = 120.0
 
 
@@ -279,3 +286,72 @@ def test_prune_keeps_current_previous_and_their_node(tmp_path: Path) -> None:
     assert gateway_install.find_installation(prefix, "1.0.0") is not None
     assert gateway_install.find_installation(prefix, "1.0.1") is not None
     assert not list(prefix.glob(".*.stale-*"))
+
+
+# ---------------------------------------------------------------- the canary runs on a copy of the state
+
+
+def migrated(svc: ServiceProcess) -> Path:
+    """Mark the service's state as migrated by a newer release (what REFUSES_NEWER_STATE refuses)."""
+    marker = Path(svc.state_dir) / "schema-18"
+    marker.write_text("18\n")
+    return marker
+
+
+def assert_refused_for_the_schema(done: subprocess.CompletedProcess[str], version: str) -> None:
+    assert done.returncode == 1, done.stderr
+    assert f"openclaw {version} failed its canary: it exited with status 78 before answering" in done.stderr
+    assert "nothing was switched, openclaw 1.0.1 keeps serving" in done.stderr
+    assert "  | Gateway refused startup because 1 OpenClaw database schema(s) are newer than this build" in done.stderr
+    assert "hint: the service's state was migrated by a newer release than" in done.stderr
+    assert "restored from a backup" in done.stderr
+
+
+def test_a_downgrade_across_a_migration_is_refused_by_the_canary(tmp_path: Path, services) -> None:
+    prefix = farm(tmp_path, "1.0.1", ("1.0.0", REFUSES_NEWER_STATE))
+    svc = services(prefix)
+    marker = migrated(svc)
+    before = svc.status()
+    done = upgrade(tmp_path, svc.config_path, "1.0.0")
+    assert_refused_for_the_schema(done, "1.0.0")
+    after = svc.status()
+    assert (after["pid"], after["gatewayVersion"], after["state"]) == (before["pid"], "1.0.1", "running")
+    assert links(prefix) == ("1.0.1", None)
+    assert marker.read_text() == "18\n"
+    assert_clean(tmp_path, done)
+
+
+def test_rollback_runs_the_canary_and_is_refused_the_same_way(tmp_path: Path, services) -> None:
+    prefix = farm(tmp_path, "1.0.1", ("1.0.0", REFUSES_NEWER_STATE))
+    gateway_links.point(prefix, gateway_links.PREVIOUS, "1.0.0")
+    svc = services(prefix)
+    migrated(svc)
+    before = svc.status()
+    done = upgrade(tmp_path, svc.config_path, "--rollback")
+    assert "canary: starting openclaw 1.0.0" in done.stderr
+    assert_refused_for_the_schema(done, "1.0.0")
+    after = svc.status()
+    assert (after["pid"], after["gatewayVersion"], after["state"]) == (before["pid"], "1.0.1", "running")
+    assert links(prefix) == ("1.0.1", "1.0.0")
+    assert_clean(tmp_path, done)
+
+
+def test_the_canary_sees_the_copied_state_quietly_and_without_keys(tmp_path: Path) -> None:
+    prefix = farm(tmp_path, "1.0.1", ("1.0.3", SHOWS_ITS_STATE))
+    config = service_config(tmp_path, prefix)
+    config["gateway"]["env"]["ANTHROPIC_API_KEY"] = "sk-ant-from-the-config-0123456789"
+    state = Path(config["gateway"]["state_dir"])
+    (state / "data").mkdir(parents=True)
+    (state / "data" / "notes.txt").write_text("copied")
+    (state / "gateway.log").write_text("the service's log\n")
+    path = write_config(tmp_path, config)
+    done = subprocess.run([sys.executable, "-m", "clawsvc", "upgrade", "1.0.3", "-c", str(path)],
+                          env=dict(cli_env(tmp_path), OPENAI_API_KEY="sk-from-the-shell-0123456789"),
+                          capture_output=True, text=True, timeout=UPGRADE_TIMEOUT)
+    assert done.returncode == 1, done.stderr
+    assert "canary: copied the service's state" in done.stderr and "(1 files, 0 database(s)" in done.stderr
+    assert "  | state: copied skip=111 key=[nonenone] log=" in done.stderr
+    assert "sk-" not in done.stderr + done.stdout
+    assert sorted(p.name for p in state.iterdir()) == ["data", "gateway.log"]
+    assert links(prefix) == ("1.0.1", None)
+    assert_clean(tmp_path, done)

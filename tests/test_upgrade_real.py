@@ -4,7 +4,8 @@ Timings (canary duration, switch-to-running downtime) are printed (-s).
 
 The service starts on 2026.9.5 and is upgraded to 2026.9.6: the other way round cannot work on a service's own
 state, because 2026.9.6 migrates the state database to a schema 2026.9.5 refuses (exit 78, "database schema(s)
-are newer than this build"); the last test shows what `--rollback` then does."""
+are newer than this build"). The canary runs on a copy of that state, so the last tests show both ways back
+(`--rollback`, `upgrade 2026.9.5`) refused by the canary while 2026.9.6 keeps serving."""
 
 from __future__ import annotations
 
@@ -156,11 +157,30 @@ def test_a_version_failing_under_the_service_is_rolled_back(service: ServiceProc
     assert links(farm) == (NEW, OLD)
 
 
-def test_rollback_to_a_release_older_than_the_state_switches_back(service: ServiceProcess, farm: Path) -> None:
-    """2026.9.5 refuses the state 2026.9.6 migrated (exit 78, which stops clawsvc): the links go back to 2026.9.6
-    and the admin is told to start clawsvc again."""
-    done = upgrade(service, "--rollback")
+def assert_refused_for_the_schema(service: ServiceProcess, farm: Path, done: subprocess.CompletedProcess[str],
+                                  before: dict[str, Any]) -> None:
     assert done.returncode == 1
-    assert f"error: rolled back to {NEW}: clawsvc is " in done.stderr
+    assert f"openclaw {OLD} failed its canary: it exited with status 78 before answering" in done.stderr
+    assert re.search(r"  \| .*database schema\(s\) are newer than this build", done.stderr)
+    assert f"hint: the service's state was migrated by a newer release than {OLD}" in done.stderr
+    after = service.status()
+    assert (after["pid"], after["gatewayVersion"], after["state"]) == (before["pid"], NEW, "running")
     assert links(farm) == (NEW, OLD)
-    assert service.wait(60) == 78
+
+
+def test_rollback_to_a_release_older_than_the_state_is_refused_by_the_canary(service: ServiceProcess,
+                                                                             farm: Path) -> None:
+    """2026.9.5 refuses the state 2026.9.6 migrated (exit 78): on the canary's copy, so nothing is switched."""
+    before = service.status()
+    done = upgrade(service, "--rollback")
+    assert f"canary: starting openclaw {OLD}" in done.stderr
+    assert_refused_for_the_schema(service, farm, done, before)
+
+
+def test_upgrade_to_a_release_older_than_the_state_is_refused_by_the_canary(service: ServiceProcess,
+                                                                            farm: Path) -> None:
+    """Issue 13's `clawsvc upgrade 2026.9.5` from 2026.9.6: the honest outcome is refused, 2026.9.6 serving."""
+    before = service.status()
+    done = upgrade(service, OLD)
+    assert_refused_for_the_schema(service, farm, done, before)
+    assert service.request({"cmd": "rpc", "method": "health", "params": None}, 60) is not None

@@ -1,8 +1,11 @@
 """The upgrade's canary: one start of a new openclaw version beside the running one, until its hello-ok.
 
 It runs as the service's gateway would (the same env from the same config, the service's compile cache, so it
-warms it), but on a free loopback port, with a scratch state dir and a throwaway token, and is always stopped:
-on success, failure, timeout and Ctrl-C alike.
+warms it), but on a free loopback port, with a throwaway token and a scratch state dir that starts as a copy of
+the service's state (canary_state), so a version that would refuse or break that state fails here, before any
+switch. The copied state must not make it work for real: it runs in the gateway's quiet, offline mode
+(CANARY_ENV: no channels, providers, cron jobs ...) and every secret-looking variable it would inherit (provider
+API keys) is emptied. It is always stopped, and its scratch dir removed: on success, failure, timeout and Ctrl-C.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from clawsvc import trust, users
-from clawsvc.config import Config
+from clawsvc.commands.canary_state import copy_state
+from clawsvc.config import SECRET_ENV, Config
+from clawsvc.config.values import TOKEN_ENV
 from clawsvc.gateway import process
 from clawsvc.gateway.compile_cache import compile_cache_dir
 from clawsvc.gateway.connection import GatewayConnection
@@ -37,6 +42,10 @@ from clawsvc.service.readiness import readiness_retrying
 LOG_LINES = 20
 SCRATCH_PREFIX = "clawsvc-canary-"
 GATEWAY_LOGGER = "clawsvc.gateway"  # where OutputPump logs the gateway's (redacted) lines
+CANARY_ENV = {key: "1" for key in (
+    "OPENCLAW_SKIP_CHANNELS", "OPENCLAW_SKIP_PROVIDERS", "OPENCLAW_SKIP_CRON", "OPENCLAW_SKIP_GMAIL_WATCHER",
+    "OPENCLAW_SKIP_CANVAS_HOST", "OPENCLAW_SKIP_BROWSER_CONTROL_SERVER", "OPENCLAW_SKIP_STARTUP_MODEL_PREWARM",
+    "OPENCLAW_NO_AUTO_UPDATE", "OPENCLAW_DISABLE_BONJOUR")}
 
 
 class CanaryFailed(Exception):
@@ -116,38 +125,48 @@ def _captured() -> Iterator[_Tail]:
 
 @contextlib.contextmanager
 def _scratch(run_as: RunAs | None) -> Iterator[Path]:
-    """A private (0700) state dir with its own HOME and TMPDIR, owned by the canary's account; removed after."""
+    """A private (0700) dir holding the canary's state dir, HOME and TMPDIR, owned by the canary's account;
+    removed after."""
     root = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
     try:
-        for path in (root / "home", root / "tmp"):
+        for path in (root / "state", root / "home", root / "tmp"):
             path.mkdir(mode=0o700)
         if run_as is not None:
-            for path in (root, root / "home", root / "tmp"):
+            for path in (root, root / "state", root / "home", root / "tmp"):
                 os.chown(path, run_as.uid, run_as.gid)
         yield root
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def canary_config(config: Config, command: tuple[str, ...], state: Path, port: int,
+def canary_config(config: Config, command: tuple[str, ...], scratch: Path, port: int,
                   run_as: RunAs | None) -> Config:
-    """The service's config with the canary's command, port and scratch dirs; everything else (env, quiet
-    settings, compile cache, timeouts) as the service's gateway gets it."""
+    """The service's config with the canary's command, port, scratch dirs, quiet env and no secrets; everything
+    else (its other env, compile cache, timeouts) as the service's gateway gets it."""
     gw = config.gateway
-    env = {**gw.env, "HOME": str(state / "home"), "OPENCLAW_HOME": str(state / "home"), "TMPDIR": str(state / "tmp")}
+    emptied = {key: "" for key in (*os.environ, *gw.env) if SECRET_ENV.search(key) and key != TOKEN_ENV
+               and key not in process.STRIP_ENV}
+    env = {**gw.env, **emptied, **CANARY_ENV, "HOME": str(scratch / "home"), "OPENCLAW_HOME": str(scratch / "home"),
+           "TMPDIR": str(scratch / "tmp")}
     command = run_as.command(command) if run_as is not None else command
     return dataclasses.replace(config, gateway=dataclasses.replace(
-        gw, command=command, port=port, state_dir=state, env=env, adopt_existing=False,
+        gw, command=command, port=port, state_dir=scratch / "state", env=env, adopt_existing=False,
         compile_cache=warmed_cache(config, run_as)))
 
 
-def run_canary(config: Config, command: tuple[str, ...]) -> float:
-    """Start `command` (a version's node + entry) like the service would, wait for a real hello-ok, stop it.
-    Returns seconds from spawn to hello-ok; CanaryFailed when it never answered within gateway.start_timeout."""
+def run_canary(config: Config, command: tuple[str, ...], report: Callable[[str], None] = lambda _line: None) -> float:
+    """Copy the service's state, start `command` (a version's node + entry) on it like the service would, wait
+    for a real hello-ok, stop it. Returns seconds from spawn to hello-ok; CanaryFailed when it never answered
+    within gateway.start_timeout, canary_state.StateCopyError when the state cannot be copied."""
     run_as = service_account(config)
     judged = trust.judged_as_the_service() if run_as is not None else contextlib.nullcontext()
-    with _captured() as tail, _scratch(run_as) as state, judged:
-        canary = canary_config(config, command, state, free_port(), run_as)
+    with _captured() as tail, _scratch(run_as) as scratch, judged:
+        source = process.state_dir(config)
+        copied = copy_state(source, scratch / "state", None if run_as is None else (run_as.uid, run_as.gid),
+                            warn=report)
+        report(f"canary: copied the service's state {source} ({copied.files} files, {copied.databases} "
+               f"database(s), {copied.bytes / 1024 ** 2:.1f} MiB) to a scratch dir")
+        canary = canary_config(config, command, scratch, free_port(), run_as)
         exited, token = threading.Event(), secrets.token_urlsafe(32)  # throwaway: never the service's
         gateway = GatewayProcess(canary, token, {}, lambda _info: exited.set())
         try:

@@ -80,6 +80,10 @@ def agent_main(kind: str, args: argparse.Namespace) -> int:
     except PermissionError as exc:
         print(f"clawsvc: install: cannot write {exc.filename}: permission denied", file=sys.stderr)
         return exitcodes.FAIL
+    except OSError as exc:
+        print(f"clawsvc: install: cannot write {exc.filename}: {exc.strerror or exc}; fix what is in its place, "
+              "then rerun", file=sys.stderr)
+        return exitcodes.FAIL
     unit = todo.files[0].path
     if args.dry_run or args.no_start or root != Path("/"):
         print("\n# dry run: nothing was written. Then:" if args.dry_run else "\nNext:", file=out)

@@ -3,6 +3,7 @@ reachability drop-in; shown (--dry-run) or written below the install root, a dif
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
 import plistlib
@@ -19,14 +20,16 @@ from typing import Any, TextIO
 
 from clawsvc.commands import install_reach
 from clawsvc.config import ConfigError, parse_config
+from clawsvc.config.instances import INSTALL_ROOT_ENV as INSTALL_ROOT_ENV
+from clawsvc.config.instances import install_root as install_root
 from clawsvc.users import SERVICE_USER
 
 KINDS = ("system", "user", "launchd")
 TEMPLATE_EXE = "/usr/local/bin/clawsvc"  # what ExecStart= / ProgramArguments name in the shipped files
-INSTALL_ROOT_ENV = "CLAWSVC_INSTALL_ROOT"  # like DESTDIR: every file is written below it (packaging, tests)
 # A system service runs with ProtectHome=yes and PrivateTmp=yes: nothing below these is visible to it.
 HIDDEN_FROM_SYSTEM_UNIT = tuple(str(p) for p in (*install_reach.HOME_HIDDEN, *install_reach.TMP_HIDDEN))
 UNIT_DIR = Path("/etc/systemd/system")
+SYSUSERS_TIMEOUT = 60.0
 _REPO = Path(__file__).resolve().parents[2]  # a source checkout: clawsvc/commands/install_plan.py
 
 
@@ -238,11 +241,25 @@ def _chgrp(path: Path, group: str | None, out: TextIO) -> None:
 
 
 def _write(target: Path, content: str, mode: int) -> None:
+    """Atomically, with its mode before any content is in it, and never through a link planted at the temporary
+    name (O_EXCL|O_NOFOLLOW after removing a leftover; os.replace swaps a link at `target` itself, not its target)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.clawsvc-tmp")
-    tmp.write_text(content, encoding="utf-8")
-    tmp.chmod(mode)
-    os.replace(tmp, target)
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask narrowed it
+        with os.fdopen(fd, "w", encoding="utf-8") as stream:
+            fd = -1
+            stream.write(content)
+        os.replace(tmp, target)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def _read(target: Path) -> str | None:
@@ -297,7 +314,12 @@ def _run_sysusers(conf: Path, out: TextIO) -> None:
         print(f"  note: systemd-sysusers not found; create the user yourself: useradd --system --home-dir "
               f"/var/lib/clawsvc --shell /usr/sbin/nologin {SERVICE_USER}", file=out)
         return
-    result = subprocess.run([tool, str(conf)], capture_output=True, text=True, check=False)
+    try:
+        result = subprocess.run([tool, str(conf)], capture_output=True, text=True, errors="replace", check=False,
+                                stdin=subprocess.DEVNULL, timeout=SYSUSERS_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise InstallError(f"{tool} {conf} did not finish within {SYSUSERS_TIMEOUT:g}s; run it by hand to see why, "
+                           "then rerun install") from None
     if result.returncode != 0:
         raise InstallError(f"{tool} {conf} failed: {result.stderr.strip() or f'exit {result.returncode}'}")
     print(f"user     {SERVICE_USER} ({tool} {conf})", file=out)
@@ -311,5 +333,3 @@ def show(plan: Plan, root: Path, out: TextIO) -> None:
         out.write(item.content if item.content.endswith("\n") else item.content + "\n")
 
 
-def install_root() -> Path:
-    return Path(os.environ.get(INSTALL_ROOT_ENV) or "/")

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from clawsvc import trust
 
 HOME_HIDDEN = (Path("/home"), Path("/root"), Path("/run/user"))  # ProtectHome=yes; tmpfs keeps them visible
 TMP_HIDDEN = (Path("/tmp"), Path("/var/tmp"))  # PrivateTmp=yes: another /tmp, nothing to bind from
@@ -102,6 +104,16 @@ def _prefix(path: Path, home: Path) -> Path:
     return chosen
 
 
+def _bindable(prefix: Path, need: Need) -> Path:
+    """BindReadOnlyPaths= reads `:` as source:destination and a line ends at a newline: such a path cannot be
+    written into the drop-in as one path."""
+    odd = [c for c in str(prefix) if c in ':"\\' or not c.isprintable()]
+    if odd:
+        raise Unreachable(f"{need.what}: its prefix {str(prefix)!r} contains {odd[0]!r}, which "
+                          f"BindReadOnlyPaths= cannot take; fix: {need.fix}")
+    return prefix
+
+
 def _allowed(st: os.stat_result, account: Account, bits: tuple[int, int, int]) -> bool:
     """owner/group/other permission as the kernel checks it for `account` (never root here)."""
     if account.uid is not None and st.st_uid == account.uid:
@@ -153,7 +165,7 @@ def binds_for(needs: Sequence[Need], sandbox: Sandbox) -> tuple[Path, ...]:
                                   f"replaces with its own (PrivateTmp=yes); fix: {need.fix}")
             home = _under(path, sandbox.home)
             if home is not None:
-                found.append(_prefix(path, home))
+                found.append(_bindable(_prefix(path, home), need))
     unique = sorted(set(found), key=lambda p: len(p.parts))
     return tuple(p for p in unique if not any(q in p.parents for q in unique))
 
@@ -164,7 +176,30 @@ def check(needs: Sequence[Need], account: Account, sandbox: Sandbox = Sandbox())
     for need in needs:
         for path in dict.fromkeys([need.path.absolute(), Path(os.path.realpath(need.path))]):
             _check_walk(need, path, binds, account, sandbox)
+    _check_trusted(needs, binds)
     return binds
+
+
+def _check_trusted(needs: Sequence[Need], binds: Sequence[Path]) -> None:
+    """A bound prefix is what the unit runs: if another uid can change it (or a program in it, or a directory on
+    the way), that uid runs code as the service user. Judged by clawsvc's trust rules (root's, when installing)."""
+    for need in needs:
+        inside = {b for p in (need.path.absolute(), Path(os.path.realpath(need.path))) for b in binds
+                  if p == b or b in p.parents}
+        for bind in sorted(inside):
+            _trusted(trust.check_dir, bind, "BindReadOnlyPaths=", need.fix)
+        if inside:
+            _trusted(trust.check_file, need.path, need.what, need.fix)
+
+
+def _trusted(check: Callable[[Path, str], object], path: Path, what: str, fix: str) -> None:
+    try:
+        check(path, what)
+    except trust.TrustError as exc:
+        raise Unreachable(f"{exc}; bound into the unit, it would let that user run code as the service user; "
+                          f"or: {fix}") from None
+    except OSError as exc:
+        raise Unreachable(f"{what} {path}: cannot check {exc.filename}: {exc.strerror}; fix: {fix}") from None
 
 
 def dropin_text(binds: Sequence[Path]) -> str:

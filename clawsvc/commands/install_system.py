@@ -230,4 +230,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"clawsvc: install: {exc}", file=sys.stderr)
     except PermissionError as exc:
         print(f"clawsvc: install: cannot write {exc.filename}: permission denied (run it as root)", file=sys.stderr)
+    except OSError as exc:  # e.g. /etc/clawsvc is a file: ENOTDIR
+        print(f"clawsvc: install: cannot write {exc.filename}: {exc.strerror or exc}; fix what is in its place, "
+              "then rerun", file=sys.stderr)
     return exitcodes.FAIL

@@ -8,7 +8,7 @@ import getpass
 import re
 import sys
 
-from clawsvc import exitcodes
+from clawsvc import exitcodes, trust
 from clawsvc.commands.servicectl import ServiceCtlError, systemctl
 from clawsvc.config import Config, ConfigError, load_config
 from clawsvc.config.instances import unit_name
@@ -24,8 +24,10 @@ from clawsvc.secrets import (
 )
 from clawsvc.secrets.providers import clean_value, in_keyring
 from clawsvc.secrets.tokens import MIN_TOKEN_LENGTH, TOKEN_USERNAME, WEAK_TOKEN_LENGTH
+from clawsvc.text import shown
 
-PROVIDER_NAME = re.compile(r"[a-z][a-z0-9_-]*")
+PROVIDER_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")  # also a file name: <provider>-api-key
+MAX_VALUE = trust.SECRET_CAP  # clawsvc reads no bigger key back (a credential or a token file)
 
 
 def _err(message: str) -> None:
@@ -42,8 +44,19 @@ def _read_value(name: str) -> str:
         raise SecretError("no stdin to read the key from")
     if sys.stdin.isatty():
         label = "gateway token" if name == TOKEN_USERNAME else f"API key for {name}"
-        return getpass.getpass(f"{label} (input hidden): ")
-    return sys.stdin.readline()
+        try:
+            return getpass.getpass(f"{label} (input hidden): ")
+        except UnicodeDecodeError:
+            raise SecretError("the key typed is not UTF-8 text: nothing stored") from None
+    raw = sys.stdin.buffer.readline(MAX_VALUE + 1)
+    if len(raw) > MAX_VALUE:
+        raise SecretError(f"the first line on stdin is longer than {MAX_VALUE // 1024} KiB, which is no key: "
+                          "nothing stored; pipe the key alone, on one line")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SecretError("the key on stdin is not UTF-8 text: nothing stored; pipe the key alone, on one line"
+                          ) from None
 
 
 def _value(name: str) -> str:
@@ -168,7 +181,8 @@ def main(args: argparse.Namespace) -> int:
         return exitcodes.CONFIG
     name = getattr(args, "provider", None)
     if name is not None and not PROVIDER_NAME.fullmatch(name):
-        _err(f"{name!r} is not a provider name (lowercase letters, digits, - and _) or gateway-token")
+        _err(f"{shown(name)} is not a provider name (up to 64 lowercase letters, digits, - and _) or "
+             "gateway-token")
         return exitcodes.USAGE
     unit = unit_name(getattr(args, "instance", None))
     try:

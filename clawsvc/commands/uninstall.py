@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from clawsvc import exitcodes
-from clawsvc.commands import gateway_install, install, install_agents, installed_units, servicectl
+from clawsvc import exitcodes, trust
+from clawsvc.commands import gateway_install, install, install_agents, install_reach, installed_units, servicectl
 from clawsvc.commands.servicectl import ServiceCtlError
 from clawsvc.config import instances
 from clawsvc.secrets import credstore
@@ -26,6 +26,11 @@ TEMPLATE = "clawsvc@.service"
 MAIN_UNIT = "clawsvc.service"
 SYSUSERS = Path("/etc/sysusers.d/clawsvc.conf")
 CACHE_ROOT = Path("/var/cache/clawsvc")
+DROPINS = (install_reach.DROPIN_NAME, credstore.DROPIN_NAME)  # the only drop-ins clawsvc writes
+
+
+class Refused(Exception):
+    """A path uninstall will not remove (or not through); str() is one line naming it and the fix."""
 
 
 @dataclass(frozen=True)
@@ -141,8 +146,8 @@ def _remove_unit_files(run: Run, tgt: Target) -> None:
 
 
 def _remove_dropins(run: Run, dropins: Path) -> None:
-    for path in sorted(run.at(dropins).glob("*clawsvc*")):
-        if path.is_file():
+    for path in (run.at(dropins) / name for name in DROPINS):
+        if path.is_file() or path.is_symlink():
             path.unlink()
             run.say("removed", path, "drop-in")
             run.changed = True
@@ -200,16 +205,35 @@ def _purge(run: Run, tgt: Target) -> None:
     in_use = _data_in_use(run, tgt)
     for directory, what in tgt.data_dirs:
         real = run.at(directory)
-        if not real.is_dir():
+        if not real.is_dir() and not real.is_symlink():
             continue
         if in_use:
             run.say("kept", real, in_use)
             continue
-        shutil.rmtree(real)
+        _remove_tree(real, what, tgt.kind == "system")
         run.say("removed", real, what)
         run.changed = True
     if tgt.kind == "system":
         _purge_user(run, tgt)
+
+
+def _remove_tree(real: Path, what: str, system: bool) -> None:
+    """rm -r of a data directory, never through a symlink nor below a directory an untrusted user could swap.
+    The service user owns /var/lib/clawsvc: for the system kind it counts as trusted (like check-config does);
+    rmtree itself works through descriptors and refuses a symlink found or swapped in on the way."""
+    if real.is_symlink():
+        raise Refused(f"not removing {real}: it is a symbolic link (to {os.readlink(real)}); remove the link, "
+                      "check who planted it and where it points, then rerun")
+    with trust.judged_as_the_service() if system else contextlib.nullcontext():
+        try:
+            trust.resolve(real, f"{what} directory")
+        except trust.TrustError as exc:
+            raise Refused(f"not removing {real}: {exc}") from None
+    try:
+        shutil.rmtree(real)
+    except OSError as exc:
+        raise Refused(f"cannot remove all of {real}: {exc.strerror or exc} (at {exc.filename or real}); check "
+                      "what is left there, then rerun") from None
 
 
 def _say_gateway_kept(run: Run, tgt: Target) -> None:
@@ -251,7 +275,7 @@ def uninstall(tgt: Target, purge: bool, run: Run) -> int:
         _reload(run, tgt)
         if purge:
             _purge(run, tgt)
-    except (ServiceCtlError, credstore.CredstoreError) as exc:
+    except (ServiceCtlError, credstore.CredstoreError, Refused) as exc:
         print(f"clawsvc: uninstall: {exc}", file=sys.stderr)
         return exitcodes.FAIL
     except OSError as exc:

@@ -1,5 +1,6 @@
-"""`clawsvc upgrade [VERSION] [--rollback]`: provision, canary, switch PREFIX/current, restart through the
-service, verify, and switch back when the new version does not come up healthy.
+"""`clawsvc upgrade [VERSION] [--rollback]`: provision, canary (on a copy of the service's state, also before a
+rollback), switch PREFIX/current, restart through the service, verify, and switch back when the new version
+does not come up healthy.
 
 Only a gateway installed by `gateway-install` is upgraded: the config's gateway.command must be the prefix's
 stable command (PREFIX/current/node + entry), so moving the `current` link is the whole switch.
@@ -15,6 +16,7 @@ from pathlib import Path
 from clawsvc import exitcodes
 from clawsvc.commands import gateway_links
 from clawsvc.commands.canary import CanaryFailed, run_canary
+from clawsvc.commands.canary_state import StateCopyError
 from clawsvc.commands.control import load
 from clawsvc.commands.gateway_install import ensure_installed, find_installation, locked, resolve_version
 from clawsvc.commands.gateway_versions import prune
@@ -25,6 +27,7 @@ from clawsvc.service.status import Snapshot
 
 LATEST = "latest"
 INTERRUPTED = 130
+SCHEMA_TOO_NEW = "are newer than this build"  # the gateway's refusal of a state a newer release migrated
 
 
 def say(message: str) -> None:
@@ -50,18 +53,8 @@ class Upgrade:
             return exitcodes.OK
         before = self._service_before()
         found = ensure_installed(self.prefix, target, report=say)
-        command = gateway_links.version_command(self.prefix, found.version)
-        say(f"canary: starting openclaw {target} on a scratch port (bound: gateway.start_timeout "
-            f"{self.config.gateway.start_timeout:g}s)")
-        try:
-            took = run_canary(self.config, command)
-        except CanaryFailed as exc:
-            for line in exc.lines:
-                print(f"  | {line}", file=sys.stderr)
-            return fail(f"openclaw {target} failed its canary: {exc}; nothing was switched, openclaw "
-                        f"{self.current} keeps serving")
-        say(f"canary: openclaw {target} answered hello-ok {took:.1f}s after its start; stopped it")
-        return self._switch(target, before)
+        refused = self._canary(found.version)
+        return refused if refused is not None else self._switch(target, before)
 
     def rollback(self) -> int:
         previous = gateway_links.linked_version(self.prefix, gateway_links.PREVIOUS)
@@ -71,7 +64,30 @@ class Upgrade:
         if find_installation(self.prefix, previous) is None:
             return fail(f"the previous version, {gateway_links.version_dir(self.prefix, previous)}, is missing or "
                         f"incomplete; `clawsvc upgrade {previous}` installs it again and switches to it")
-        return self._switch(previous, self._service_before(), "rolled back")
+        before = self._service_before()
+        refused = self._canary(previous)
+        return refused if refused is not None else self._switch(previous, before, "rolled back")
+
+    def _canary(self, version: str) -> int | None:
+        """Start `version` on a copy of the service's state until its hello-ok: None when it answered, else
+        the exit code after saying why nothing was switched."""
+        keeps = f"nothing was switched, openclaw {self.current} keeps serving"
+        say(f"canary: starting openclaw {version} on a scratch port and a copy of the service's state (bound: "
+            f"gateway.start_timeout {self.config.gateway.start_timeout:g}s)")
+        try:
+            took = run_canary(self.config, gateway_links.version_command(self.prefix, version), report=say)
+        except StateCopyError as exc:
+            return fail(f"{exc}; {keeps}")
+        except CanaryFailed as exc:
+            for line in exc.lines:
+                print(f"  | {line}", file=sys.stderr)
+            if any(SCHEMA_TOO_NEW in line for line in exc.lines):
+                say(f"hint: the service's state was migrated by a newer release than {version}; going back to "
+                    f"{version} needs that state ({self.config.gateway.state_dir}) restored from a backup made "
+                    "before the upgrade")
+            return fail(f"openclaw {version} failed its canary: {exc}; {keeps}")
+        say(f"canary: openclaw {version} answered hello-ok {took:.1f}s after its start; stopped it")
+        return None
 
     def _service_before(self) -> Snapshot | None:
         """The service's state before anything changes; None when it is not running. ServiceRefused when it

@@ -1,16 +1,24 @@
-"""Named instances: one more supervised gateway per `clawsvc@NAME.service`, each with its own config, port,
-state and control socket. The layout lives here so install, the CLI and the units agree on it."""
+"""Where clawsvc's files live on a host, and named instances: one more supervised gateway per
+`clawsvc@NAME.service`, each with its own config, port, state and control socket. The layout lives here so
+install, uninstall, keys, the CLI and the units agree on it."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
+
+INSTALL_ROOT_ENV = "CLAWSVC_INSTALL_ROOT"  # like DESTDIR: every file is written below it (packaging, tests)
 
 INSTANCE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 CONFIG_DIR = Path("/etc/clawsvc")
 STATE_ROOT = Path("/var/lib/clawsvc")
 RUNTIME_ROOT = Path("/run/clawsvc")
 CACHE_ROOT = Path("/var/cache/clawsvc")
+
+
+def install_root() -> Path:
+    return Path(os.environ.get(INSTALL_ROOT_ENV) or "/")
 
 
 class InstanceError(ValueError):

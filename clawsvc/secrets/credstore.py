@@ -20,12 +20,13 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+from clawsvc.config.instances import INSTALL_ROOT_ENV as INSTALL_ROOT_ENV
+from clawsvc.config.instances import install_root
 from clawsvc.secrets.errors import SecretError
 from clawsvc.secrets.providers import provider_credential
 from clawsvc.secrets.tokens import TOKEN_CREDENTIAL, TOKEN_USERNAME
 from clawsvc.text import cut
 
-INSTALL_ROOT_ENV = "CLAWSVC_INSTALL_ROOT"  # the same variable as clawsvc.commands.install.INSTALL_ROOT_ENV
 CREDSTORE = Path("/etc/credstore.encrypted")
 UNIT_DIR = Path("/etc/systemd/system")
 DROPIN_NAME = "50-clawsvc-credentials.conf"
@@ -48,10 +49,6 @@ def credential_name(key: str) -> str:
 def key_name(credname: str) -> str:
     """The `clawsvc keys` name stored as credential `credname` (the inverse of credential_name)."""
     return TOKEN_USERNAME if credname == TOKEN_CREDENTIAL else credname.removesuffix("-api-key")
-
-
-def install_root() -> Path:
-    return Path(os.environ.get(INSTALL_ROOT_ENV) or "/")
 
 
 def _on_disk(path: Path) -> Path:
@@ -173,10 +170,19 @@ def stored_credentials(unit: str) -> dict[str, Path]:
     directory = _on_disk(credential_dir(unit))
     with _errors(f"read {directory}"):
         try:
+            _not_a_link(directory)
             names = sorted(os.listdir(directory))
         except FileNotFoundError:
             return {}
     return {n: directory / n for n in names if CREDNAME.fullmatch(n) and (directory / n).is_file()}
+
+
+def _not_a_link(directory: Path) -> None:
+    """Listing, deleting or rm -r through a symlink planted at the store's place would reach what it points at."""
+    for path in (directory.parent, directory):  # .../clawsvc and .../clawsvc/<stem>
+        if path.is_symlink():
+            raise CredstoreError(f"{path} is a symbolic link (to {os.readlink(path)}), not the directory clawsvc "
+                                 "made; remove the link, check where it points, then rerun")
 
 
 def dropin_lines(unit: str) -> dict[str, str]:
@@ -234,6 +240,7 @@ def remove_unit_credentials(unit: str) -> list[Path]:
     removed = []
     directory = _on_disk(credential_dir(unit))
     with _errors(f"remove {directory}"):
+        _not_a_link(directory)
         if directory.is_dir():
             removed += [directory / n for n in sorted(os.listdir(directory))]
             shutil.rmtree(directory)

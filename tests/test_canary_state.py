@@ -1,0 +1,166 @@
+"""The canary's copy of the service's state (clawsvc.commands.canary_state), in process: consistent SQLite
+copies while a writer holds the database, what is skipped, the limits, the openclaw.json rewrite, ownership."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from clawsvc import trust
+from clawsvc.commands.canary_state import Limits, StateCopyError, copy_state
+from clawsvc.gateway.leftovers import PIDFILE
+
+
+def tree(root: Path) -> list[str]:
+    return sorted(str(path.relative_to(root)) for path in root.rglob("*"))
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> tuple[Path, Path]:
+    source, dest = tmp_path / "state", tmp_path / "copy"
+    source.mkdir(mode=0o700)
+    dest.mkdir(mode=0o700)
+    return source, dest
+
+
+@pytest.fixture
+def busy_db(dirs: tuple[Path, Path]) -> Iterator[sqlite3.Connection]:
+    """state/state/openclaw.sqlite in WAL mode with 100 committed rows and an open, uncommitted transaction."""
+    (dirs[0] / "state").mkdir()
+    db = sqlite3.connect(dirs[0] / "state" / "openclaw.sqlite", isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE rows (n INTEGER)")
+    db.executemany("INSERT INTO rows VALUES (?)", [(n,) for n in range(100)])
+    db.execute("BEGIN IMMEDIATE")
+    db.execute("INSERT INTO rows VALUES (-1)")
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def test_a_database_is_copied_consistently_while_a_writer_holds_it(dirs: tuple[Path, Path],
+                                                                     busy_db: sqlite3.Connection) -> None:
+    source, dest = dirs
+    assert (source / "state" / "openclaw.sqlite-wal").exists()
+    copied = copy_state(source, dest)
+    assert (copied.files, copied.databases) == (1, 1)
+    assert tree(dest) == ["state", "state/openclaw.sqlite"]  # no -wal/-shm companions
+    with sqlite3.connect(dest / "state" / "openclaw.sqlite") as copy:
+        assert copy.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert copy.execute("SELECT count(*), min(n) FROM rows").fetchone() == (100, 0)  # committed rows only
+
+
+def test_a_database_is_copied_while_a_writer_keeps_committing(dirs: tuple[Path, Path],
+                                                               busy_db: sqlite3.Connection) -> None:
+    source, dest = dirs
+    busy_db.execute("COMMIT")
+    stop = threading.Event()
+
+    def write() -> None:
+        while not stop.is_set():
+            busy_db.execute("INSERT INTO rows VALUES (1)")
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        copy_state(source, dest)
+    finally:
+        stop.set()
+        writer.join()
+    with sqlite3.connect(dest / "state" / "openclaw.sqlite") as copy:
+        assert copy.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert copy.execute("SELECT count(*) FROM rows").fetchone()[0] >= 101
+
+
+def test_clawsvc_files_logs_symlinks_and_fifos_are_not_copied(dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    source, dest = dirs
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("not state")
+    (source / PIDFILE).write_text("1 2 3 4\n")
+    (source / trust.GENERATED_TOKEN_NAME).write_text("the-service-token\n")
+    (source / "gateway.log").write_text("log\n")
+    (source / "link.txt").symlink_to(outside / "secret.txt")
+    (source / "linked-dir").symlink_to(outside)
+    os.mkfifo(source / "pipe")
+    (source / "agents" / "main").mkdir(parents=True)
+    (source / "agents" / "main" / "notes.md").write_text("kept")
+    (source / "agents" / "main" / "notes.md").chmod(0o640)
+    (source / "agents" / "main" / "run.log").write_text("log\n")
+    (source / "agents" / PIDFILE).write_text("nested: not clawsvc's")  # only the top-level names are ours
+    copied = copy_state(source, dest)
+    assert tree(dest) == ["agents", "agents/clawsvc-gateway.pid", "agents/main", "agents/main/notes.md"]
+    assert copied.files == 2
+    assert (dest / "agents" / "main" / "notes.md").read_text() == "kept"
+    assert stat.S_IMODE((dest / "agents" / "main" / "notes.md").stat().st_mode) == 0o640
+    assert stat.S_IMODE((dest / "agents").stat().st_mode) == 0o700
+
+
+def test_a_missing_state_dir_is_an_empty_state(tmp_path: Path) -> None:
+    dest = tmp_path / "copy"
+    dest.mkdir()
+    assert copy_state(tmp_path / "never-started", dest).files == 0
+    assert tree(dest) == []
+
+
+@pytest.mark.parametrize("limits, named", [(Limits(max_files=5), "more than 5 files"),
+                                           (Limits(max_bytes=1000), "more than 1000 bytes")])
+def test_a_state_over_the_limits_is_refused_before_copying(dirs: tuple[Path, Path], limits: Limits,
+                                                           named: str) -> None:
+    source, dest = dirs
+    for number in range(6):
+        (source / f"file-{number}").write_bytes(b"x" * 300)
+    with pytest.raises(StateCopyError) as refused:
+        copy_state(source, dest, limits=limits)
+    assert named in str(refused.value) and "\n" not in str(refused.value)
+    assert str(source) in str(refused.value)
+    assert tree(dest) == []
+
+
+def test_openclaw_json_names_the_copy_not_the_service_state(dirs: tuple[Path, Path]) -> None:
+    source, dest = dirs
+    config = {"gateway": {"mode": "local", "port": 18789},
+              "logging": {"file": str(source / "gateway.log"), "level": "info"},
+              "agents": {"defaults": {"workspace": str(source / "workspace")}, "other": str(source) + "-not-it"}}
+    (source / "openclaw.json").write_text(json.dumps(config))
+    copy_state(source, dest)
+    copied = json.loads((dest / "openclaw.json").read_text())
+    assert copied["logging"] == {"file": str(dest / "gateway.log"), "level": "info"}
+    assert copied["agents"] == {"defaults": {"workspace": str(dest / "workspace")}, "other": str(source) + "-not-it"}
+    assert copied["gateway"] == config["gateway"]
+    assert json.loads((source / "openclaw.json").read_text()) == config
+
+
+def test_a_logging_file_outside_the_state_also_moves_into_the_copy(dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    source, dest = dirs
+    (source / "openclaw.json").write_text(json.dumps({"logging": {"file": str(tmp_path / "var-log" / "gw.log")}}))
+    copy_state(source, dest)
+    assert json.loads((dest / "openclaw.json").read_text()) == {"logging": {"file": str(dest / "gw.log")}}
+
+
+def test_a_json5_openclaw_json_is_left_as_it_is_with_a_warning(dirs: tuple[Path, Path]) -> None:
+    source, dest = dirs
+    text = '{\n  // JSON5\n  logging: {file: "/somewhere/gateway.log"},\n}\n'
+    (source / "openclaw.json").write_text(text)
+    warnings: list[str] = []
+    copy_state(source, dest, warn=warnings.append)
+    assert (dest / "openclaw.json").read_text() == text
+    assert len(warnings) == 1 and "logging.file is left as it is" in warnings[0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_the_copy_belongs_to_the_canary_account(dirs: tuple[Path, Path], busy_db: sqlite3.Connection) -> None:
+    source, dest = dirs
+    (source / "openclaw.json").write_text("{}")
+    copy_state(source, dest, owner=(65534, 65534))
+    owners = {(path.lstat().st_uid, path.lstat().st_gid) for path in dest.rglob("*")}
+    assert owners == {(65534, 65534)}
+    assert len(tree(dest)) == 3
