@@ -185,13 +185,13 @@ def describe(values: Sequence[float]) -> str:
     return f"{seconds(s['median'])} ({s['min']:.2f}..{s['max']:.2f})"
 
 
-def versus(values: Sequence[float], base: Sequence[float]) -> str:
-    """Difference of medians and their ratio, against the baseline from the same run."""
+def versus(values: Sequence[float], base: Sequence[float], ratio: bool = True) -> str:
+    """Difference of medians (and their ratio), against the baseline from the same run."""
     if not values or not base:
         return "n/a"
     mine, theirs = statistics.median(values), statistics.median(base)
-    ratio = f", {mine / theirs:.2f}x" if theirs > 0 else ""
-    return f"{mine - theirs:+.2f} s{ratio}"
+    ratio_text = f", {mine / theirs:.2f}x" if ratio and theirs > 0 and mine >= 0 else ""
+    return f"{mine - theirs:+.2f} s{ratio_text}"
 
 
 def write_samples(name: str, meta: dict[str, Any], samples: dict[str, Any], output: Path | None) -> Path:

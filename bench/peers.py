@@ -41,6 +41,8 @@ OPENCLAW = Variant("openclaw", "(b) OpenClaw's unit policy, RestartSec=5", "benc
 CLAWSVC = Variant("clawsvc", "(c) clawsvc.service", "clawsvc.service", 18789, CLAWSVC_TOKEN)
 VARIANTS = (DIRECT, OPENCLAW, CLAWSVC)
 DIRECT_STATE = "/var/lib/bench-direct/openclaw"
+NO_COMPARE = frozenset({"cold_minus_warm"})
+NO_RATIO = frozenset({"active_gap"})  # a gap near zero: only the difference means anything
 
 ROWS = {
     "start": "`systemctl start` → first usable hello-ok",
@@ -120,7 +122,8 @@ def markdown(samples: dict[str, Any], rounds: int, load: str, elapsed: float) ->
             if not values:
                 cells.append("-")
                 continue
-            compare = "" if variant is DIRECT or key.endswith("minus_warm") else f"; vs (a) {versus(values, base)}"
+            compare = "" if variant is DIRECT or key in NO_COMPARE else \
+                f"; vs (a) {versus(values, base, ratio=key not in NO_RATIO)}"
             cells.append(f"{describe(values)}{compare}")
         n = max(len(v) for v in by_variant.values())
         rows.append([f"{title} (n={n})", *cells])

@@ -101,3 +101,23 @@ def test_cold_start_empties_where_the_gateway_keeps_its_compile_cache() -> None:
     assert cache_dirs({"tmpdir": "/var/cache/x"}, DIRECT) == ["/var/cache/x/node-compile-cache"]
     assert cache_dirs({}, DIRECT) == ["/tmp/node-compile-cache"]
     assert cache_dirs({}, CLAWSVC) == [], "under PrivateTmp= every unit start has a fresh /tmp already"
+
+
+def test_peers_table_compares_each_variant_with_the_direct_unit() -> None:
+    from bench.peers import markdown
+    samples = {"start": {"direct": [10.0, 12.0], "openclaw": [11.0, 11.0], "clawsvc": [13.0, 13.0]},
+               "active_gap": {"direct": [9.0, 11.0], "clawsvc": [0.02, 0.04]}}
+    text = markdown(samples, 2, "quiet", 60.0)
+    start = next(line for line in text.splitlines() if line.startswith("| `systemctl start`"))
+    assert start.endswith("| 11.00 s (10.00..12.00) | 11.00 s (11.00..11.00); vs (a) +0.00 s, 1.00x "
+                          "| 13.00 s (13.00..13.00); vs (a) +2.00 s, 1.18x |"), start
+    gap = next(line for line in text.splitlines() if line.startswith("| unit `active`"))
+    assert gap.endswith("| - | 0.03 s (0.02..0.04); vs (a) -9.97 s |"), gap
+    assert "SIGKILL" not in text, "rows without samples are left out"
+
+
+@pytest.mark.parametrize("bench", ["peers", "hardening"])
+def test_guest_benches_refuse_zero_rounds_before_booting_anything(bench: str) -> None:
+    done = run_bench(bench, "--rounds", "0", timeout=60)
+    assert done.returncode == 2
+    assert "--rounds must be at least 1" in done.stderr

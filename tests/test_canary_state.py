@@ -3,17 +3,20 @@ copies while a writer holds the database, what is skipped, the limits, the openc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from clawsvc import trust
+from clawsvc.commands import canary_state
 from clawsvc.commands.canary_state import Limits, StateCopyError, copy_state
 from clawsvc.gateway.leftovers import PIDFILE
 
@@ -80,6 +83,21 @@ def test_a_database_is_copied_while_a_writer_keeps_committing(dirs: tuple[Path, 
         assert copy.execute("SELECT count(*) FROM rows").fetchone()[0] >= 101
 
 
+def test_the_copy_does_not_keep_the_live_gateway_s_leases(dirs: tuple[Path, Path]) -> None:
+    source, dest = dirs
+    with contextlib.closing(sqlite3.connect(source / "openclaw.sqlite")) as live, live:
+        live.execute("CREATE TABLE state_leases (scope TEXT, lease_key TEXT, owner TEXT)")
+        live.execute("CREATE TABLE sessions (id TEXT)")
+        live.execute("INSERT INTO state_leases VALUES ('gateway', 'owner', 'pid 42')")
+        live.execute("INSERT INTO sessions VALUES ('s1')")
+    copy_state(source, dest)
+    with contextlib.closing(sqlite3.connect(dest / "openclaw.sqlite")) as copy:
+        assert copy.execute("SELECT count(*) FROM state_leases").fetchone() == (0,)
+        assert copy.execute("SELECT id FROM sessions").fetchall() == [("s1",)]
+    with contextlib.closing(sqlite3.connect(source / "openclaw.sqlite")) as live:
+        assert live.execute("SELECT owner FROM state_leases").fetchall() == [("pid 42",)]
+
+
 def test_clawsvc_files_logs_symlinks_and_fifos_are_not_copied(dirs: tuple[Path, Path], tmp_path: Path) -> None:
     source, dest = dirs
     outside = tmp_path / "outside"
@@ -96,12 +114,32 @@ def test_clawsvc_files_logs_symlinks_and_fifos_are_not_copied(dirs: tuple[Path, 
     (source / "agents" / "main" / "notes.md").chmod(0o640)
     (source / "agents" / "main" / "run.log").write_text("log\n")
     (source / "agents" / PIDFILE).write_text("nested: not clawsvc's")  # only the top-level names are ours
+    (source / "tmp" / "openclaw-0").mkdir(parents=True)  # the live gateway's runtime dir
+    (source / "tmp" / "openclaw-0" / "gateway.state.lock").write_text('{"pid": 1}')
+    (source / "agents" / "gateway.1234abcd.lock.sqlite").write_bytes(b"")
+    (source / "agents" / "main" / "state.lock").write_text('{"pid": 1}')
     copied = copy_state(source, dest)
     assert tree(dest) == ["agents", "agents/clawsvc-gateway.pid", "agents/main", "agents/main/notes.md"]
     assert copied.files == 2
     assert (dest / "agents" / "main" / "notes.md").read_text() == "kept"
     assert stat.S_IMODE((dest / "agents" / "main" / "notes.md").stat().st_mode) == 0o640
     assert stat.S_IMODE((dest / "agents").stat().st_mode) == 0o700
+
+
+def test_a_database_locked_by_the_live_gateway_is_refused_in_bounded_time(
+        dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(canary_state, "BUSY_TIMEOUT", 1.0)
+    source, dest = dirs
+    with contextlib.closing(sqlite3.connect(source / "held.db", isolation_level=None)) as holder:
+        holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+        holder.execute("CREATE TABLE rows (n INTEGER)")
+        holder.execute("INSERT INTO rows VALUES (1)")  # takes the exclusive lock and keeps it
+        started = time.monotonic()
+        with pytest.raises(StateCopyError) as refused:
+            copy_state(source, dest)
+        assert time.monotonic() - started < 20
+    assert f"cannot copy the database {source / 'held.db'} for the canary: locked by another process" in str(
+        refused.value)
 
 
 def test_a_missing_state_dir_is_an_empty_state(tmp_path: Path) -> None:

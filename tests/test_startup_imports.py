@@ -23,9 +23,12 @@ from waiting import poll
 
 from clawsvc.secrets import keyring_client
 
-# loaded only once the first handshake (or a second restart in a row) needs them
+# loaded only once the first handshake (or a second restart in a row) needs them, or, for the supervisor's
+# machinery and the control socket, only after the first gateway's head start (service/headstart.py)
 LATER = ("websocket", "tenacity", "http.client", "email", "ssl", "importlib.metadata", "keyring",
-         "clawsvc.gateway.connection", "clawsvc.service.readiness")
+         "clawsvc.gateway.connection", "clawsvc.service.readiness", "clawsvc.service.loop",
+         "clawsvc.service.machine", "clawsvc.service.executor", "clawsvc.control.server",
+         "clawsvc.service.eventhub")
 KEYRING_CHILD = "clawsvc.secrets.keyring_child"
 HEADLESS_DROP = ("DBUS_SESSION_BUS_ADDRESS", "DISPLAY", "WAYLAND_DISPLAY", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME",
                  "PYTHON_KEYRING_BACKEND", "CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET", "WATCHDOG_USEC")
@@ -82,8 +85,24 @@ def at_spawn(tmp_path: Path, env: dict[str, str]) -> dict[str, Any]:
             os.killpg(popen.pid, signal.SIGKILL)
             code = popen.wait()
     assert out.exists(), f"no gateway spawned (clawsvc exit {code}):\n{(tmp_path / 'clawsvc.log').read_text()}"
+    # SIGTERM came at the spawn, before the supervisor existed: the gateway is still stopped, then clawsvc exits 0
     assert code == 0, (tmp_path / "clawsvc.log").read_text()
+    assert running(str(gateway)) == [], "the first gateway outlived clawsvc"
     found: dict[str, Any] = json.loads(out.read_text())
+    return found
+
+
+def running(word: str) -> list[int]:
+    """Pids of live (not zombie) processes with `word` in their argv."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if word.encode() in argv and state != "Z":
+            found.append(int(proc.name))
     return found
 
 

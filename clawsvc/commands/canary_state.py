@@ -1,12 +1,16 @@
 """The canary's state: a copy of the service's gateway.state_dir, so whatever a new version would do to the real
 state (refuse a newer database schema, fail a migration) happens to the copy first.
 
-- SQLite databases (the header magic, or an empty file named *.sqlite/*.sqlite3/*.db) are copied with SQLite's
+- SQLite databases (the header magic, or an empty *.sqlite/*.sqlite3/*.db beside its -wal) are copied with SQLite's
   backup API from a read-only connection: consistent while the live gateway writes. Their -wal/-shm/-journal
-  companions are not copied (the backup holds their content).
+  companions are not copied (the backup holds their content). The copy's owner leases (LEASE_TABLES) are
+  released: they name the live gateway, which is alive, so the canary would refuse the state as in use
+  ("Another Gateway owner lease is still active"); the gateway itself drops a dead owner's lease the same way.
 - Other regular files are copied with their mode and times. Not copied: clawsvc's own files (the gateway
-  pidfile, the generated token), logs (*.log), symlinks (never followed: one could point back into the real
-  state), sockets and FIFOs, and any file that vanishes while we copy.
+  pidfile, the generated token), logs (*.log), the gateway's runtime files (its `tmp` dir at the top, `*.lock`
+  and `*.lock.sqlite` files: they name the live gateway and would make the canary think the state is in use),
+  symlinks (never followed: one could point back into the real state), sockets and FIFOs, and any file that
+  vanishes while we copy. A database the live gateway keeps locked for BUSY_TIMEOUT is refused.
 - Bounded: more than MAX_BYTES or MAX_FILES entries is refused before anything is copied.
 - The copy's openclaw.json is rewritten when it is plain JSON: every string naming a path in the real state dir
   names the same path in the copy, and `logging.file` always points into the copy, so the canary never writes
@@ -22,6 +26,7 @@ import os
 import shutil
 import sqlite3
 import stat
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,9 +41,11 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
 SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
 OWN_FILES = frozenset({PIDFILE, trust.GENERATED_TOKEN_NAME})
-LOG_SUFFIX = ".log"
+SKIPPED_SUFFIXES = (".log", ".lock", ".lock.sqlite")
+RUNTIME_DIRS = frozenset({"tmp"})  # at the top of the state dir: the gateway's temp dir (locks, transfers)
 BUSY_TIMEOUT = 30.0  # seconds a backup step waits for the live gateway's write lock
 BACKUP_PAGES = 1024  # pages per backup step: the writer gets the lock between steps
+LEASE_TABLES = ("state_leases", "agent_database_leases")  # OpenClaw 2026.9's process leases on its state
 FREE_SPACE_MARGIN = 64 * 1024 ** 2
 
 
@@ -123,9 +130,15 @@ def _walk(root: Path, rel: Path) -> Iterator[tuple[Path, os.DirEntry[str], bool]
                              "upgrade as root or as the user the service runs as") from None
     names = {entry.name for entry in found}
     for entry in found:
+        if _in_runtime_dir(rel / entry.name):
+            continue
         yield rel / entry.name, entry, _is_companion(entry.name, names)
         if entry.is_dir(follow_symlinks=False):
             yield from _walk(root, rel / entry.name)
+
+
+def _in_runtime_dir(rel: Path) -> bool:
+    return rel.parts[0] in RUNTIME_DIRS
 
 
 def _is_companion(name: str, names: set[str]) -> bool:
@@ -134,7 +147,7 @@ def _is_companion(name: str, names: set[str]) -> bool:
 
 def _wanted(rel: Path, entry: os.DirEntry[str]) -> bool:
     """A regular file that is neither a log nor one of clawsvc's own files (at the top of the state dir)."""
-    if not entry.is_file(follow_symlinks=False) or entry.name.endswith(LOG_SUFFIX):
+    if not entry.is_file(follow_symlinks=False) or entry.name.endswith(SKIPPED_SUFFIXES):
         return False
     return not (entry.name in OWN_FILES and rel.parent == Path())
 
@@ -169,7 +182,8 @@ def _copy_file(src: Path, dst: Path) -> int | None:
 def _is_sqlite(path: Path) -> bool:
     with open(path, "rb", opener=_nofollow) as file:
         header = file.read(len(SQLITE_MAGIC))
-    return header == SQLITE_MAGIC or (not header and path.name.endswith(SQLITE_SUFFIXES))
+    return header == SQLITE_MAGIC or (not header and path.name.endswith(SQLITE_SUFFIXES)
+                                      and Path(f"{path}-wal").exists())
 
 
 def _nofollow(path: str, flags: int) -> int:
@@ -182,7 +196,28 @@ def _backup(src: Path, dst: Path) -> None:
     os.close(fd)
     with contextlib.closing(sqlite3.connect(f"{src.as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)) as live, \
             contextlib.closing(sqlite3.connect(dst)) as copy:
-        live.backup(copy, pages=BACKUP_PAGES)
+        live.backup(copy, pages=BACKUP_PAGES, progress=_deadline(src))
+        _release_leases(copy)
+
+
+def _release_leases(copy: sqlite3.Connection) -> None:
+    tables = {row[0] for row in copy.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    with copy:
+        for table in LEASE_TABLES:
+            if table in tables:
+                copy.execute(f"DELETE FROM {table}")  # a fixed name, not input
+
+
+def _deadline(src: Path) -> Callable[[int, int, int], None]:
+    """A backup progress callback that gives up once the database stayed locked for BUSY_TIMEOUT (Python's
+    backup would otherwise retry a locked source forever)."""
+    give_up = time.monotonic() + BUSY_TIMEOUT
+
+    def progress(status: int, _remaining: int, _total: int) -> None:
+        if status in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) and time.monotonic() > give_up:
+            raise sqlite3.OperationalError(f"locked by another process for {BUSY_TIMEOUT:g}s")
+
+    return progress
 
 
 def _own(path: Path, owner: Owner) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
 import shlex
 import shutil
 import signal
@@ -19,7 +18,7 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from clawsvc import trust
+from clawsvc import randomness, trust
 from clawsvc.config import SECRET_ENV, Config
 from clawsvc.config.values import TOKEN_ENV
 from clawsvc.gateway import compile_cache, leftovers, proctree
@@ -198,7 +197,7 @@ class GatewayProcess:
         self._spawned = threading.Event()
         self._gone = threading.Event()  # the gateway's main process is reaped
         self._exited = threading.Event()  # ... and what it left behind too; on_exit comes next
-        self._marker = secrets.token_hex(16)  # CLAWSVC_GATEWAY_ID: marks this gateway's processes
+        self._marker = randomness.token_hex(16)  # CLAWSVC_GATEWAY_ID: marks this gateway's processes
         register_secret(token)
 
     @property

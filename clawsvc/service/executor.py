@@ -49,6 +49,7 @@ from clawsvc.service.messages import (
     ExitInfo,
     HealthChecked,
     Message,
+    PortFree,
     ProcessExited,
     Spawned,
     SpawnFailed,
@@ -61,6 +62,7 @@ from clawsvc.threads import start_thread
 
 if TYPE_CHECKING:
     from clawsvc.gateway.connection import GatewayConnection
+    from clawsvc.service.headstart import HeadStart
 
 log = logging.getLogger("clawsvc.supervisor")
 Secrets = Callable[[Config], tuple[str, Mapping[str, str]]]
@@ -70,8 +72,9 @@ PROBLEM_MAX = 300  # characters of a reload problem on the STATUS= line
 
 class Executor:
     def __init__(self, post: Post, notifier: Notifier, secrets: Secrets, clock: Callable[[], float],
-                 config: Config) -> None:
+                 config: Config, head_start: HeadStart | None = None) -> None:
         self.post = post
+        self.head_start = head_start
         self.notifier = notifier
         self.secrets = secrets
         self.clock = clock
@@ -102,9 +105,17 @@ class Executor:
             case Notify():
                 self._notify(effect)
             case Probe():
-                self.connector.probe(effect.gen, effect.port)
+                if self.head_start is not None and not self.head_start.probed:
+                    self.head_start.probed = True  # our own gateway holds the port by now: it was free
+                    self.post(PortFree(effect.gen))
+                else:
+                    self.connector.probe(effect.gen, effect.port)
             case Spawn():
-                start_thread("spawn", self._spawn, effect)
+                if self.head_start is not None and not self.head_start.claimed:
+                    self.head_start.claimed = True
+                    start_thread("spawn", self._claim, effect, self.head_start)
+                else:
+                    start_thread("spawn", self._spawn, effect)
             case Connect():
                 self._connect(effect)
             case AbortConnect():
@@ -170,6 +181,15 @@ class Executor:
         pid_box.append(pid)
         self.post(Spawned(effect.gen, pid))
         announced.set()
+
+    def _claim(self, effect: Spawn, head_start: HeadStart) -> None:
+        """Worker: the head start's gateway is this Spawn's (same config, token and keys); report it Spawned."""
+        announced = threading.Event()
+        with self._lock:
+            self._processes[head_start.pid] = head_start.process
+        self.post(Spawned(effect.gen, head_start.pid))
+        announced.set()
+        head_start.relay.attach(functools.partial(self._exited, effect.gen, [head_start.pid], announced))
 
     def _exited(self, gen: int, pid_box: list[int], announced: threading.Event, info: ExitInfo) -> None:
         announced.wait()  # Spawned reaches the loop before this exit does
@@ -237,6 +257,8 @@ class Executor:
     def close(self, config: Config) -> None:
         """The loop is over: end any handshake, close what is still open, and wait (bounded) until the stops
         and the sweeps of what the gateways left behind are done, so that nothing outlives clawsvc."""
+        if self.head_start is not None:
+            self.head_start.discard()  # the loop ended before its first Spawn: nobody else will stop it
         self.connector.abort()
         with self._lock:
             links = list(self._links)

@@ -1,4 +1,8 @@
-"""`clawsvc run`: wire config, secrets, sd_notify, the control socket and signals to the supervisor loop."""
+"""`clawsvc run`: wire config, secrets, sd_notify, the control socket and signals to the supervisor loop.
+
+Order matters for how soon the gateway starts: the config, its checks and the secrets, then the first gateway's
+head start (service/headstart.py), and only then the imports of the supervisor's machinery and the control
+socket (tests/test_startup_imports.py holds that line)."""
 
 from __future__ import annotations
 
@@ -9,17 +13,21 @@ import queue
 import signal
 from collections.abc import Mapping
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from clawsvc import __version__, exitcodes, threads
 from clawsvc.config import Config, ConfigError, load_config
-from clawsvc.control.server import ControlServer
 from clawsvc.gateway import proctree
 from clawsvc.logs import set_level, setup_logging
 from clawsvc.secrets import SecretError, load_all
-from clawsvc.service.loop import Supervisor
-from clawsvc.service.messages import Message, SignalReceived
+from clawsvc.service import headstart
 from clawsvc.service.notify import Notifier
 from clawsvc.service.preflight import preflight
+
+if TYPE_CHECKING:
+    from clawsvc.control.server import ControlServer
+    from clawsvc.service.loop import Supervisor
+    from clawsvc.service.messages import Message, SignalReceived
 
 log = logging.getLogger("clawsvc")
 THREADS_GRACE = 5.0  # at exit, how long to wait in all for the threads still finishing (closes, stops)
@@ -32,8 +40,23 @@ def load_secrets(config: Config) -> tuple[str, Mapping[str, str]]:
     return token, provider_env
 
 
-def _on_signal(inbox: queue.SimpleQueue[Message], signum: int, frame: FrameType | None) -> None:
-    inbox.put(SignalReceived(signum))
+def _on_signal(inbox: queue.SimpleQueue[Message], message: type[SignalReceived], signum: int,
+               frame: FrameType | None) -> None:
+    inbox.put(message(signum))
+
+
+def _held(early: queue.SimpleQueue[int], signum: int, frame: FrameType | None) -> None:
+    early.put(signum)  # until the supervisor's queue exists (the head start runs before it is even imported)
+
+
+def _hand_over(early: queue.SimpleQueue[int], inbox: queue.SimpleQueue[Message]) -> None:
+    """The supervisor's handlers first, then what arrived before them, so no signal falls between."""
+    from clawsvc.service.messages import SignalReceived
+
+    for signum in HANDLED_SIGNALS:
+        signal.signal(signum, functools.partial(_on_signal, inbox, SignalReceived))
+    while not early.empty():
+        inbox.put(SignalReceived(early.get()))
 
 
 class ControlSocket:
@@ -44,6 +67,8 @@ class ControlSocket:
         self.server: ControlServer | None = None
 
     def open(self, config: Config) -> None:
+        from clawsvc.control.server import ControlServer
+
         self.server = ControlServer(config.control.socket, self.supervisor, config.control.group)
         self.server.start()
 
@@ -83,18 +108,26 @@ def main(args: argparse.Namespace) -> int:
     log.info("clawsvc %s starting with %s", __version__, config.source or "built-in defaults (no config file)")
     proctree.become_subreaper()  # what the gateway's processes orphan is ours to end and reap, not init's
     try:
-        supervisor = Supervisor(config, load_secrets, notifier)
+        first_secrets = load_secrets(config)
     except (SecretError, ConfigError) as exc:
         return _refuse(notifier, "cannot load secrets, not starting", str(exc))
+    early: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for signum in HANDLED_SIGNALS:
+        signal.signal(signum, functools.partial(_held, early))
+    head_start = headstart.begin(config, *first_secrets)
+    from clawsvc.service.loop import Supervisor  # the rest of the machinery once the gateway is on its way
+
+    supervisor = Supervisor(config, load_secrets, notifier, first_secrets=first_secrets, head_start=head_start)
     control = ControlSocket(supervisor)
     try:
         control.open(config)
     except Exception as exc:
         log.error("cannot open the control socket %s: %s", config.control.socket, exc)
+        if head_start is not None:
+            head_start.discard()
         return exitcodes.FAIL
     supervisor.on_reload = control.reload
-    for signum in HANDLED_SIGNALS:
-        signal.signal(signum, functools.partial(_on_signal, supervisor.queue))
+    _hand_over(early, supervisor.queue)
     try:
         code = supervisor.run()
     finally:

@@ -137,11 +137,13 @@ def test_a_stopped_follower_holds_up_nobody_and_learns_what_it_missed(services: 
         slowest = 0.0
         while flood.poll() is None:
             began = time.monotonic()
-            assert cli(svc, "status", timeout=10).returncode == 0
+            assert cli(svc, "status", timeout=30).returncode == 0
             slowest = max(slowest, time.monotonic() - began)
         code, _, err = finish(flood)
         assert code == 0, err
-        assert slowest < 2.0, f"clawsvc status took {slowest:.2f}s during the flood"
+        # a status held up by the stopped follower would wait out its 60 s stall; the bound leaves room for a
+        # loaded machine starting the `clawsvc status` processes themselves
+        assert slowest < 15.0, f"clawsvc status took {slowest:.2f}s during the flood"
         poll(lambda: len(other.events("flood")) + sum(e["payload"]["count"] for e in other.events("missed"))
              >= FLOOD, 60, "the other follower to be served to the end of the flood")
         assert other.events("flood")[-1]["payload"]["i"] > FLOOD - 1000, "served while the stopped one sleeps"
