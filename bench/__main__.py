@@ -9,6 +9,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 from bench import events, faults, footprint, ownstart, report, rpc, soak, startup
 from bench.common import REPO, Context, Row, Section
@@ -84,8 +85,9 @@ def main(argv: list[str]) -> int:
     print(report.table(sections))
     if not args.no_write:
         command = "python -m bench " + " ".join(argv) if argv else "python -m bench"
+        kept = report.kept_part(Path(args.output))
         with open(args.output, "w") as out:
-            out.write(report.markdown(sections, command.strip(), elapsed))
+            out.write(report.markdown(sections, command.strip(), elapsed) + kept)
         print(f"\nwrote {args.output}", file=sys.stderr)
     return 1 if any(s.title.endswith("FAILED") for s in sections) else 0
 

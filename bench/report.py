@@ -87,3 +87,16 @@ def markdown(sections: list[Section], command: str, seconds: float) -> str:
     lines += ["## Rerun", "", "    python -m bench                 # full run (about 10 minutes, real gateway)",
               "    python -m bench --quick --only events,rpc --no-write   # smoke test against the double", ""]
     return "\n".join(lines)
+
+
+KEPT_MARKER = "<!-- kept by python -m bench: the guest benches (peers, hardening) and own-start, written by hand -->"
+
+
+def kept_part(path: Path) -> str:
+    """What follows KEPT_MARKER in an existing BENCHMARKS.md (figures from other commands), marker included."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return ""
+    at = text.find(KEPT_MARKER)
+    return "" if at < 0 else "\n" + text[at:]

@@ -121,3 +121,14 @@ def test_guest_benches_refuse_zero_rounds_before_booting_anything(bench: str) ->
     done = run_bench(bench, "--rounds", "0", timeout=60)
     assert done.returncode == 2
     assert "--rounds must be at least 1" in done.stderr
+
+
+def test_a_rerun_keeps_what_follows_the_marker(tmp_path) -> None:
+    from bench import report
+
+    target = tmp_path / "BENCHMARKS.md"
+    assert report.kept_part(target) == ""
+    target.write_text("# old generated part\n\n" + report.KEPT_MARKER + "\n## Peers\nrow\n")
+    assert report.kept_part(target) == "\n" + report.KEPT_MARKER + "\n## Peers\nrow\n"
+    target.write_text("# generated only\n")
+    assert report.kept_part(target) == ""

@@ -194,11 +194,69 @@ def test_a_json5_openclaw_json_is_left_as_it_is_with_a_warning(dirs: tuple[Path,
     assert len(warnings) == 1 and "logging.file is left as it is" in warnings[0]
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
-def test_the_copy_belongs_to_the_canary_account(dirs: tuple[Path, Path], busy_db: sqlite3.Connection) -> None:
+def test_a_symlink_in_place_of_the_copy_s_openclaw_json_is_not_written_through(dirs: tuple[Path, Path],
+                                                                                tmp_path: Path) -> None:
+    """Something swapped the copy's openclaw.json for a symlink before the rewrite: neither read nor written."""
     source, dest = dirs
-    (source / "openclaw.json").write_text("{}")
-    copy_state(source, dest, owner=(65534, 65534))
-    owners = {(path.lstat().st_uid, path.lstat().st_gid) for path in dest.rglob("*")}
-    assert owners == {(65534, 65534)}
-    assert len(tree(dest)) == 3
+    (source / "notes.md").write_text("state")
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(json.dumps({"logging": {"file": "/var/log/elsewhere.log"}}))
+    (dest / "openclaw.json").symlink_to(elsewhere)
+    with pytest.raises(StateCopyError) as refused:
+        copy_state(source, dest)
+    assert json.loads(elsewhere.read_text()) == {"logging": {"file": "/var/log/elsewhere.log"}}
+    assert (dest / "openclaw.json").is_symlink()
+    assert f"{dest / 'openclaw.json'} is a symbolic link" in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_the_rewritten_openclaw_json_keeps_its_mode_and_leaves_no_temp_file(dirs: tuple[Path, Path]) -> None:
+    source, dest = dirs
+    (source / "openclaw.json").write_text(json.dumps({"agents": {"workspace": str(source / "ws")}}))
+    (source / "openclaw.json").chmod(0o640)
+    copy_state(source, dest)
+    assert json.loads((dest / "openclaw.json").read_text()) == {"agents": {"workspace": str(dest / "ws")}}
+    assert stat.S_IMODE((dest / "openclaw.json").lstat().st_mode) == 0o640
+    assert tree(dest) == ["openclaw.json"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_the_canary_account_gets_only_its_copy_s_dir_while_it_copies(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compromised gateway runs as the canary's account: it copies (canary_copy) into scratch/state, its own,
+    through the scratch dir (0711, root's); HOME and TMPDIR stay root's until the copy is in."""
+    from clawsvc.commands import canary
+    from clawsvc.config import Config
+
+    nobody = canary.RunAs(65534, 65534, "nobody")
+    seen: dict[str, dict[str, tuple[int, int]]] = {}
+
+    def owners(scratch: Path) -> dict[str, tuple[int, int]]:
+        return {path.name: (path.stat().st_uid, stat.S_IMODE(path.stat().st_mode))
+                for path in (scratch, scratch / "state", scratch / "home", scratch / "tmp")}
+
+    def copying(uid: int, gid: int, source: Path, dest: Path, warn: object) -> canary_state.Copied:
+        assert (uid, gid) == (65534, 65534)
+        seen["while copying"] = owners(dest.parent)
+        return canary_state.Copied(0, 0, 0)
+
+    class Stop(Exception):
+        pass
+
+    def spawning(config: Config, *args: object) -> None:
+        seen["at the spawn"] = owners(config.gateway.state_dir.parent)
+        raise Stop
+
+    monkeypatch.setattr(canary, "service_account", lambda config: nobody)
+    monkeypatch.setattr(canary.trust, "judged_as_the_service", contextlib.nullcontext)
+    monkeypatch.setattr(canary, "copy_state_as", copying)
+    monkeypatch.setattr(canary, "GatewayProcess", spawning)
+    monkeypatch.setattr(canary.tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(Stop):
+        canary.run_canary(Config(), ("/bin/true",))
+    me = os.geteuid()
+    scratch = next(iter(seen["while copying"]))
+    assert seen["while copying"] == {scratch: (me, 0o711), "state": (65534, 0o700), "home": (me, 0o700),
+                                     "tmp": (me, 0o700)}
+    assert seen["at the spawn"] == {scratch: (65534, 0o700), "state": (65534, 0o700), "home": (65534, 0o700),
+                                    "tmp": (65534, 0o700)}
+    assert list(tmp_path.glob(f"{canary.SCRATCH_PREFIX}*")) == []

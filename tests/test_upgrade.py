@@ -7,6 +7,7 @@ that sources the version's entry (setting DOUBLE_VERSION, or failing on purpose)
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ from service_proc import STRIPPED, ServiceProcess, base_config, merge
 from waiting import poll
 
 from clawsvc.commands import gateway_install, gateway_links
+from clawsvc.commands import upgrade as upgrade_cmd
 from clawsvc.commands.gateway_install import MARKER
 from clawsvc.commands.gateway_versions import prune
 
@@ -168,6 +170,19 @@ def test_rollback_needs_a_previous_version(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "no previous version" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert links(prefix) == ("1.0.1", None)
+
+
+def test_a_second_upgrade_of_the_same_prefix_is_refused_while_one_runs(tmp_path: Path) -> None:
+    prefix = farm(tmp_path, "1.0.1", ("1.0.0", ""))
+    gateway_links.point(prefix, gateway_links.PREVIOUS, "1.0.0")
+    with open(prefix / upgrade_cmd.UPGRADE_LOCK, "w") as running:
+        fcntl.flock(running, fcntl.LOCK_EX)  # the first upgrade, still canarying or switching
+        done = upgrade(tmp_path, write_config(tmp_path, service_config(tmp_path, prefix)), "--rollback")
+    assert done.returncode == 1, done.stderr
+    assert "another `clawsvc upgrade` is working on" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert links(prefix) == ("1.0.1", "1.0.0")
+    assert_clean(tmp_path, done)
 
 
 def test_rollback_and_a_version_together_is_a_usage_error(tmp_path: Path) -> None:

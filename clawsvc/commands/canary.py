@@ -27,7 +27,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from clawsvc import trust, users
-from clawsvc.commands.canary_state import copy_state
+from clawsvc.commands.canary_copy import copy_state_as
+from clawsvc.commands.canary_state import Copied, copy_state
 from clawsvc.config import SECRET_ENV, Config
 from clawsvc.config.values import TOKEN_ENV
 from clawsvc.gateway import process
@@ -124,19 +125,35 @@ def _captured() -> Iterator[_Tail]:
 
 
 @contextlib.contextmanager
-def _scratch(run_as: RunAs | None) -> Iterator[Path]:
-    """A private (0700) dir holding the canary's state dir, HOME and TMPDIR, owned by the canary's account;
-    removed after."""
+def _scratch() -> Iterator[Path]:
+    """A private (0700) dir holding the canary's state dir, HOME and TMPDIR, ours until _hand_to; removed after."""
     root = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
     try:
         for path in (root / "state", root / "home", root / "tmp"):
             path.mkdir(mode=0o700)
-        if run_as is not None:
-            for path in (root, root / "state", root / "home", root / "tmp"):
-                os.chown(path, run_as.uid, run_as.gid)
         yield root
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _copy_state(source: Path, scratch: Path, run_as: RunAs | None, report: Callable[[str], None]) -> Copied:
+    """The service's state into scratch/state, copied by the canary's account when that is not us (canary_copy:
+    root would read whatever that account swaps a dir of the live state for). That account gets scratch/state to
+    write the copy in and may pass through scratch (0711) to it; the rest stays ours until _hand_to."""
+    if run_as is None:
+        return copy_state(source, scratch / "state", warn=report)
+    os.lchown(scratch / "state", run_as.uid, run_as.gid)
+    os.chmod(scratch, 0o711)
+    return copy_state_as(run_as.uid, run_as.gid, source, scratch / "state", warn=report)
+
+
+def _hand_to(root: Path, run_as: RunAs | None) -> None:
+    """Give the scratch dirs to the canary's account once the copy is in: while root copies, that account (the
+    one a compromised gateway runs as) cannot reach in to swap a dir for a symlink root would write through."""
+    if run_as is not None:
+        os.chmod(root, 0o700)
+        for path in (root / "state", root / "home", root / "tmp", root):
+            os.lchown(path, run_as.uid, run_as.gid)
 
 
 def canary_config(config: Config, command: tuple[str, ...], scratch: Path, port: int,
@@ -160,10 +177,10 @@ def run_canary(config: Config, command: tuple[str, ...], report: Callable[[str],
     within gateway.start_timeout, canary_state.StateCopyError when the state cannot be copied."""
     run_as = service_account(config)
     judged = trust.judged_as_the_service() if run_as is not None else contextlib.nullcontext()
-    with _captured() as tail, _scratch(run_as) as scratch, judged:
+    with _captured() as tail, _scratch() as scratch, judged:
         source = process.state_dir(config)
-        copied = copy_state(source, scratch / "state", None if run_as is None else (run_as.uid, run_as.gid),
-                            warn=report)
+        copied = _copy_state(source, scratch, run_as, report)
+        _hand_to(scratch, run_as)
         report(f"canary: copied the service's state {source} ({copied.files} files, {copied.databases} "
                f"database(s), {copied.bytes / 1024 ** 2:.1f} MiB) to a scratch dir")
         canary = canary_config(config, command, scratch, free_port(), run_as)

@@ -6,26 +6,32 @@ state (refuse a newer database schema, fail a migration) happens to the copy fir
   companions are not copied (the backup holds their content). The copy's owner leases (LEASE_TABLES) are
   released: they name the live gateway, which is alive, so the canary would refuse the state as in use
   ("Another Gateway owner lease is still active"); the gateway itself drops a dead owner's lease the same way.
-- Other regular files are copied with their mode and times. Not copied: clawsvc's own files (the gateway
-  pidfile, the generated token), logs (*.log), the gateway's runtime files (its `tmp` dir at the top, `*.lock`
-  and `*.lock.sqlite` files: they name the live gateway and would make the canary think the state is in use),
-  symlinks (never followed: one could point back into the real state), sockets and FIFOs, and any file that
-  vanishes while we copy. A database the live gateway keeps locked for BUSY_TIMEOUT is refused.
+- Other regular files are copied with their mode and times, never through a symlink. Not copied: clawsvc's own
+  files (the gateway pidfile, the generated token), logs (*.log), the gateway's runtime files (its `tmp` dir at
+  the top, `*.lock` and `*.lock.sqlite` files: they name the live gateway and would make the canary think the
+  state is in use), symlinks (never followed: one could point back into the real state), sockets and FIFOs, and
+  any file that vanishes (or turns into one of those) while we copy. A database the live gateway keeps locked for
+  BUSY_TIMEOUT is refused.
 - Bounded: more than MAX_BYTES or MAX_FILES entries is refused before anything is copied.
 - The copy's openclaw.json is rewritten when it is plain JSON: every string naming a path in the real state dir
   names the same path in the copy, and `logging.file` always points into the copy, so the canary never writes
-  into the service's state or its log. A JSON5 openclaw.json is left as it is (said in a warning).
+  into the service's state or its log. A JSON5 openclaw.json is left as it is (said in a warning). The rewrite
+  reads it with O_NOFOLLOW and replaces it by rename, so it never reads or writes through a symlink.
+- Only O_NOFOLLOW's last component is guarded: a dir on the way swapped for a symlink is followed. Whoever may
+  swap dirs of the state (the service's account) must therefore run the copy (canary_copy), never root.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import shutil
 import sqlite3
 import stat
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -47,6 +53,7 @@ BUSY_TIMEOUT = 30.0  # seconds a backup step waits for the live gateway's write 
 BACKUP_PAGES = 1024  # pages per backup step: the writer gets the lock between steps
 LEASE_TABLES = ("state_leases", "agent_database_leases")  # OpenClaw 2026.9's process leases on its state
 FREE_SPACE_MARGIN = 64 * 1024 ** 2
+CONFIG_CAP = 16 * 1024 ** 2  # the most of openclaw.json the rewrite reads
 
 
 class StateCopyError(Exception):
@@ -74,25 +81,20 @@ class _Plan:
     size: int = 0
 
 
-Owner = tuple[int, int] | None  # (uid, gid) the copy is chowned to; None: whoever copies
-
-
-def copy_state(source: Path, dest: Path, owner: Owner = None, limits: Limits = Limits(),
+def copy_state(source: Path, dest: Path, limits: Limits = Limits(),
                warn: Callable[[str], None] = lambda _line: None) -> Copied:
-    """Copy the state dir `source` into the existing, empty, private dir `dest` (see the module's docstring).
-    A missing source is an empty state: nothing is copied."""
+    """Copy the state dir `source` into the existing, empty, private dir `dest` (see the module's docstring);
+    the copy belongs to whoever runs this. A missing source is an empty state: nothing is copied."""
     if not source.is_dir():
         return Copied(0, 0, 0)
     plan = _plan(source, limits)
     _check_space(dest, plan.size)
     for rel in plan.dirs:
         (dest / rel).mkdir(mode=0o700)
-        _own(dest / rel, owner)
     databases = copied = 0
     for rel in plan.files:
         kind = _copy_file(source / rel, dest / rel)
         if kind is not None:
-            _own(dest / rel, owner)
             copied += 1
             databases += kind
     _point_config_at(dest / GATEWAY_CONFIG, source, dest, warn)
@@ -160,13 +162,13 @@ def _check_space(dest: Path, size: int) -> None:
 
 
 def _copy_file(src: Path, dst: Path) -> int | None:
-    """1 for a database, 0 for a file, None when it vanished meanwhile."""
+    """1 for a database, 0 for a file, None when it vanished (or stopped being a regular file) meanwhile."""
     try:
         database = _is_sqlite(src)
         if database:
             _backup(src, dst)
-        else:
-            shutil.copy2(src, dst, follow_symlinks=False)
+        elif not _copy_regular(src, dst):
+            return None
         return int(database)
     except FileNotFoundError:
         return None
@@ -176,7 +178,24 @@ def _copy_file(src: Path, dst: Path) -> int | None:
         raise StateCopyError(f"cannot copy the database {src} for the canary: {exc}; try again, or upgrade with "
                              "the service stopped") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink swapped in meanwhile: never followed
+            return None
         raise StateCopyError(f"cannot copy {src} for the canary: {exc.strerror or exc}") from None
+
+
+def _copy_regular(src: Path, dst: Path) -> bool:
+    """src's bytes, mode and times into a new dst, neither opened through a symlink; False when src is no
+    longer a regular file."""
+    with open(src, "rb", opener=_nofollow) as reading:
+        st = os.fstat(reading.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with open(fd, "wb") as writing:
+            shutil.copyfileobj(reading, writing)
+            os.fchmod(fd, stat.S_IMODE(st.st_mode))
+            os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+    return True
 
 
 def _is_sqlite(path: Path) -> bool:
@@ -220,27 +239,41 @@ def _deadline(src: Path) -> Callable[[int, int, int], None]:
     return progress
 
 
-def _own(path: Path, owner: Owner) -> None:
-    if owner is not None:
-        os.lchown(path, *owner)
-
-
 def _point_config_at(path: Path, source: Path, dest: Path, warn: Callable[[str], None]) -> None:
     try:
-        text = path.read_text(encoding="utf-8")
+        found = trust.read_regular(path, f"the canary's copy of {GATEWAY_CONFIG}", cap=CONFIG_CAP, nofollow=True)
     except FileNotFoundError:
         return
+    except trust.TrustError as exc:  # a symlink, FIFO ... swapped in: never followed
+        raise StateCopyError(str(exc)) from None
+    except OSError as exc:
+        raise StateCopyError(f"cannot read the canary's copy {path}: {exc.strerror}; try the upgrade again") from None
     try:
-        config = json.loads(text)
+        config = json.loads(found.data)
     except ValueError:
-        if "logging" in text:
+        if b"logging" in found.data:
             warn(f"the canary's copy of {GATEWAY_CONFIG} is not plain JSON, so its logging.file is left as it is "
                  "(the canary may log where the service does)")
         return
     config = _moved(config, str(source.absolute()), str(dest))
     if isinstance(config, dict) and isinstance(config.get("logging"), dict) and "file" in config["logging"]:
         config["logging"]["file"] = str(dest / Path(str(config["logging"]["file"])).name)
-    path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    _replace(path, (json.dumps(config, indent=2) + "\n").encode(), stat.S_IMODE(found.st.st_mode))
+
+
+def _replace(path: Path, data: bytes, mode: int) -> None:
+    """Write path anew through a temp file in its dir and a rename: whatever path is (a symlink), it is replaced,
+    never written through."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # O_EXCL | O_NOFOLLOW
+    try:
+        with open(fd, "wb") as file:
+            file.write(data)
+            os.fchmod(fd, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _moved(value: Any, source: str, dest: str) -> Any:

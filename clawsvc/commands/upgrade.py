@@ -9,8 +9,12 @@ stable command (PREFIX/current/node + entry), so moving the `current` link is th
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
+import os
 import shlex
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from clawsvc import exitcodes
@@ -28,6 +32,7 @@ from clawsvc.service.status import Snapshot
 LATEST = "latest"
 INTERRUPTED = 130
 SCHEMA_TOO_NEW = "are newer than this build"  # the gateway's refusal of a state a newer release migrated
+UPGRADE_LOCK = ".upgrade.lock"  # held for a whole upgrade (the prefix's install lock only for each step)
 
 
 def say(message: str) -> None:
@@ -151,6 +156,25 @@ class Upgrade:
             say(f"warning: could not remove old versions from {self.prefix}: {exc.strerror or exc}")
 
 
+@contextlib.contextmanager
+def only_upgrade(prefix: Path) -> Iterator[None]:
+    """One upgrade or rollback of a prefix at a time: a second one would switch the links under the first,
+    and its prune could remove the version the first just installed. ProvisionError when one is running."""
+    try:
+        fd = os.open(prefix / UPGRADE_LOCK, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ProvisionError(f"cannot open {prefix / UPGRADE_LOCK}: {exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ProvisionError(f"another `clawsvc upgrade` is working on {prefix}; let it finish, then see "
+                                 "`clawsvc status`") from None
+        yield
+    finally:
+        os.close(fd)
+
+
 class ServiceRefused(Exception):
     """The running service cannot take a switch; str() is one line with the fix."""
 
@@ -183,7 +207,8 @@ def main(args: argparse.Namespace) -> int:
     assert current is not None
     run = Upgrade(config, prefix, current)
     try:
-        return run.rollback() if args.rollback else run.upgrade(args.target_version or LATEST)
+        with only_upgrade(prefix):
+            return run.rollback() if args.rollback else run.upgrade(args.target_version or LATEST)
     except (ProvisionError, ServiceRefused) as exc:
         return fail(str(exc))
     except KeyboardInterrupt:

@@ -105,8 +105,9 @@ class Executor:
             case Notify():
                 self._notify(effect)
             case Probe():
-                if self.head_start is not None and not self.head_start.probed:
-                    self.head_start.probed = True  # our own gateway holds the port by now: it was free
+                if self.head_start is not None and not self.head_start.claimed:
+                    # our own unclaimed gateway holds the port (also for a Probe again, e.g. a restart asked
+                    # before the first Spawn): it was free, and the next Spawn claims that gateway
                     self.post(PortFree(effect.gen))
                 else:
                     self.connector.probe(effect.gen, effect.port)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from clawsvc.config import Config
 from clawsvc.gateway.exits import ExitInfo
 from clawsvc.gateway.ports import port_in_use
-from clawsvc.gateway.process import GatewayProcess, SpawnError
+from clawsvc.gateway.process import GatewayProcess
 
 
 class ExitRelay:
@@ -46,7 +46,6 @@ class HeadStart:
         self.process = process
         self.pid = pid
         self.relay = relay
-        self.probed = False
         self.claimed = False
 
     def discard(self) -> None:
@@ -64,6 +63,6 @@ def begin(config: Config, token: str, provider_env: Mapping[str, str]) -> HeadSt
     process = GatewayProcess(config, token, provider_env, relay)
     try:
         pid = process.start()
-    except SpawnError:
-        return None  # the machine's own Spawn meets the same problem and reports it the usual way
+    except Exception:  # SpawnError or a surprise: the machine's own Spawn meets it again and reports it as usual
+        return None
     return HeadStart(process, pid, relay)

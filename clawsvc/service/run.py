@@ -96,6 +96,26 @@ def _refuse(notifier: Notifier, message: str, problem: str) -> int:
     return exitcodes.CONFIG
 
 
+def _machinery(config: Config, notifier: Notifier, first_secrets: tuple[str, Mapping[str, str]],
+               head_start: headstart.HeadStart | None) -> tuple[Supervisor, ControlSocket]:
+    """The supervisor and its open control socket; any failure is logged here, then raised."""
+    try:
+        from clawsvc.service.loop import Supervisor  # the rest of the machinery once the gateway is on its way
+
+        supervisor = Supervisor(config, load_secrets, notifier, first_secrets=first_secrets, head_start=head_start)
+    except Exception:
+        log.exception("cannot set up the supervisor (a bug or a broken install); stopping")
+        raise
+    control = ControlSocket(supervisor)
+    try:
+        control.open(config)
+    except Exception as exc:
+        log.error("cannot open the control socket %s: %s", config.control.socket, exc)
+        raise
+    supervisor.on_reload = control.reload
+    return supervisor, control
+
+
 def main(args: argparse.Namespace) -> int:
     setup_logging("info")
     notifier = Notifier()
@@ -115,23 +135,19 @@ def main(args: argparse.Namespace) -> int:
     for signum in HANDLED_SIGNALS:
         signal.signal(signum, functools.partial(_held, early))
     head_start = headstart.begin(config, *first_secrets)
-    from clawsvc.service.loop import Supervisor  # the rest of the machinery once the gateway is on its way
-
-    supervisor = Supervisor(config, load_secrets, notifier, first_secrets=first_secrets, head_start=head_start)
-    control = ControlSocket(supervisor)
     try:
-        control.open(config)
-    except Exception as exc:
-        log.error("cannot open the control socket %s: %s", config.control.socket, exc)
+        supervisor, control = _machinery(config, notifier, first_secrets, head_start)
+    except Exception:
         if head_start is not None:
-            head_start.discard()
+            head_start.discard()  # nothing will supervise it: it must not outlive this exit
         return exitcodes.FAIL
-    supervisor.on_reload = control.reload
     _hand_over(early, supervisor.queue)
     try:
         code = supervisor.run()
     finally:
         control.close()
+        if head_start is not None:
+            head_start.discard()  # a no-op once claimed or discarded; else the loop broke before its first Spawn
     if lingering := threads.join_all(THREADS_GRACE):
         log.debug("threads still running at exit: %s", ", ".join(lingering))
     log.info("clawsvc stopped (exit %d)", code)
