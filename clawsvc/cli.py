@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", dest="names", action="append", default=None, metavar="NAME",
                    help="only events of this name (repeatable); `tick` only arrives when named")
 
-    p = sub.add_parser("keys", help="provider API keys in the system keyring")
+    p = sub.add_parser("keys", help="provider API keys and the gateway token, in the keyring or as encrypted "
+                                    "systemd credentials")
     _config_arg(p)
     keys = p.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     key_set = keys.add_parser("set", help="store a key (read from stdin or a no-echo prompt)")
@@ -133,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an openclaw version or npm tag (default: the newest published release)")
     p.add_argument("--rollback", action="store_true", help="go back to the previous version")
 
-    p = sub.add_parser("doctor", help="check node, the gateway, port, token, keyring and units")
+    p = sub.add_parser("doctor", help="check node, the gateway, port, directories, compile cache, token, keys, "
+                                      "credentials and units")
     _config_arg(p)
 
     p = sub.add_parser("gateway-install", help="provision Node and openclaw from the npm registry")
