@@ -153,8 +153,8 @@ def resolve(path: Path, what: str) -> tuple[Path, os.stat_result | None]:
                 raise TrustError(f"{shown}: more than {MAX_LINKS} symlinks on its path; use the real path")
             _check_link(candidate, st, shown)
             target = Path(os.readlink(candidate))
-            if target.is_absolute():
-                current, st = Path("/"), os.lstat("/")
+            # a relative target continues from the link's directory (where the walk stands), not from the link
+            current, st = (Path("/"), os.lstat("/")) if target.is_absolute() else (current, os.lstat(current))
             todo.extend(reversed(target.parts[1:] if target.is_absolute() else target.parts))
             continue
         if todo:

@@ -125,6 +125,31 @@ def test_a_command_run_could_not_start_is_refused(tmp_path):
     assert check_config("-c", path).returncode == 0, "the same config with a command that exists is fine"
 
 
+@pytest.mark.parametrize("what", ["program", "entry script"])
+@pytest.mark.parametrize("how", ["foreign owner", "group-writable"])
+def test_a_gateway_command_another_user_can_change_is_refused(tmp_path, what, how):
+    if os.geteuid() != 0 and how == "foreign owner":
+        pytest.skip("giving a file to another user needs root")
+    program = tmp_path / "gateway-launcher"  # not "node": the engines check would want a package.json
+    program.write_text("#!/bin/sh\nexit 0\n")
+    entry = tmp_path / "openclaw.mjs"
+    entry.write_text("// entry\n")
+    program.chmod(0o755)
+    entry.chmod(0o644)
+    path = tmp_path / "c.yaml"
+    path.write_text(f"gateway:\n  command: [{program}, {entry}]\n  state_dir: {tmp_path / 'state'}\nproviders: []\n")
+    assert check_config("-c", path).returncode == 0, "trusted files pass"
+    target = program if what == "program" else entry
+    if how == "foreign owner":
+        os.chown(target, 65534, -1)
+    else:
+        target.chmod(0o775 if what == "program" else 0o664)
+    done = check_config("-c", path)
+    assert done.returncode == 78, done.stderr
+    assert done.stderr.count("\n") == 1 and f"gateway.command {target}" in done.stderr
+    assert ("chown" if how == "foreign owner" else "chmod go-w") in done.stderr
+
+
 def test_a_missing_token_file_is_refused(tmp_path):
     path = tmp_path / "c.yaml"
     token = tmp_path / "token"

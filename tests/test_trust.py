@@ -329,6 +329,18 @@ def test_dotdot_after_a_symlink_climbs_from_its_target_like_the_kernel(tmp_path:
     assert trust.check_dir(tmp_path / "link" / ".." / "state", "gateway.state_dir") == tmp_path / "real" / "state"
 
 
+def test_a_relative_link_starting_with_dotdot_resolves_from_its_own_directory(tmp_path: Path) -> None:
+    """gateway-install's layout: PREFIX/current -> openclaw-V, openclaw-V/node -> ../node-X/bin/node."""
+    node = tmp_path / "node-24" / "bin" / "node"
+    node.parent.mkdir(parents=True)
+    node.write_text("#!/bin/sh\n")
+    (tmp_path / "openclaw-1").mkdir()
+    (tmp_path / "openclaw-1" / "node").symlink_to("../node-24/bin/node")
+    (tmp_path / "current").symlink_to("openclaw-1")
+    assert trust.resolve(tmp_path / "current" / "node", "gateway.command")[0] == node
+    assert trust.check_file(tmp_path / "current" / "node", "gateway.command") is not None
+
+
 def test_dotdot_after_a_regular_file_is_not_a_directory(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     (tmp_path / "state").mkdir(mode=0o700)

@@ -41,10 +41,20 @@ def _check_token_file(config: Config) -> None:
 
 
 def _check_command(config: Config) -> None:
+    """The gateway's program and entry script can run this gateway, and are trusted like the config: whoever can
+    change them runs code as the service, with its token and keys."""
     try:
-        check_command(build_argv(config), build_env(config, "", {}))
+        argv = check_command(build_argv(config), build_env(config, "", {}))
     except SpawnError as exc:
         raise ConfigError(str(exc)) from None
+    programs = [argv[0]] + [word for word in argv[1:2] if os.path.isabs(word) and os.path.isfile(word)]
+    try:
+        for program in programs:
+            trust.check_file(Path(program), "gateway.command")
+    except trust.TrustError as exc:
+        raise ConfigError(str(exc)) from None
+    except OSError as exc:
+        raise ConfigError(f"gateway.command {argv[0]}: cannot check it: {exc.strerror}") from None
 
 
 def _check_state_dir(config: Config) -> None:
