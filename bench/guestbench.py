@@ -8,6 +8,7 @@ directory PREFIX (bound read-only at /opt/bench-gateway) holds openclaw-V -> the
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -217,3 +218,18 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def arguments(prog: str, description: str | None) -> argparse.ArgumentParser:
+    """The options every guest bench takes; add its own, then `parse`."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds (default: %(default)s)")
+    parser.add_argument("--json", type=Path, help="where to write the raw samples (default: under /var/tmp)")
+    return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    return args

@@ -11,9 +11,9 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from bench import guestbench
 from bench.guestbench import (
     TOKEN_FILE,
     Variant,
@@ -97,13 +97,7 @@ def markdown(chosen: Sequence[Setup], by_variant: dict[str, list[float]], rounds
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench hardening", description=__doc__)
-    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds (default: %(default)s)")
-    parser.add_argument("--json", type=Path, help="where to write the raw samples (default: under /var/tmp)")
-    args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
-    return args
+    return guestbench.parse(guestbench.arguments("python -m bench hardening", __doc__), argv)
 
 
 def main(argv: list[str]) -> int:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
+from bench import guestbench
 from bench.guestbench import (
     CLAWSVC_TOKEN,
     TOKEN_FILE,
@@ -132,14 +132,9 @@ def markdown(samples: dict[str, Any], rounds: int, load: str, elapsed: float) ->
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench peers", description=__doc__)
-    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds (default: %(default)s)")
+    parser = guestbench.arguments("python -m bench peers", __doc__)
     parser.add_argument("--no-upgrade", action="store_true", help="skip the upgrade rows")
-    parser.add_argument("--json", type=Path, help="where to write the raw samples (default: under /var/tmp)")
-    args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
-    return args
+    return guestbench.parse(parser, argv)
 
 
 def main(argv: list[str]) -> int:
