@@ -23,14 +23,28 @@ def file_errors(failing: str) -> Iterator[None]:
         raise SecretError(f"{failing}: {exc.strerror or exc.__class__.__name__}") from None
 
 
+EMPTY, NOT_ONE_WORD = "empty", "not one word"
+
+
+def single_value(text: str) -> tuple[str, str | None]:
+    """What a secret is, wherever it is read or stored: the text without surrounding whitespace, one word;
+    (value, None), or (value, EMPTY | NOT_ONE_WORD). A good value is registered for redaction."""
+    value = text.strip()
+    if not value:
+        return value, EMPTY
+    if any(ch.isspace() for ch in value):
+        return value, NOT_ONE_WORD
+    register_secret(value)
+    return value, None
+
+
 def secret_value(found: trust.SecretFile, path: Path, what: str) -> str:
     """The single value a secret file holds, registered for redaction; SecretError when it holds none."""
-    value = found.text.strip()
-    if not value:
+    value, problem = single_value(found.text)
+    if problem == EMPTY:
         raise SecretError(f"{what} {path} is empty")
-    if any(ch.isspace() for ch in value):
+    if problem == NOT_ONE_WORD:
         raise SecretError(f"{what} {path} must hold a single value on one line")
-    register_secret(value)
     return value
 
 

@@ -8,9 +8,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from clawsvc.config import Config
-from clawsvc.logs import register_secret
 from clawsvc.secrets.errors import KeyringUnavailable, SecretError
-from clawsvc.secrets.files import credential
+from clawsvc.secrets.files import EMPTY, NOT_ONE_WORD, credential, single_value
 from clawsvc.secrets.keyring_client import keyring_child, keyring_values
 
 log = logging.getLogger("clawsvc.secrets")
@@ -97,13 +96,12 @@ def require_keyring() -> None:
 
 
 def clean_value(name: str, value: str) -> str:
-    """The key as it is stored: surrounding whitespace dropped; one word, as clawsvc reads it back."""
-    value = value.strip()
-    if not value:
+    """The key as it is stored: what clawsvc reads back from a keyring or credential (files.single_value)."""
+    value, problem = single_value(value)
+    if problem == EMPTY:
         raise SecretError(f"empty key for {name}: nothing stored")
-    if any(ch.isspace() for ch in value):
+    if problem == NOT_ONE_WORD:
         raise SecretError(f"the key for {name} contains whitespace: paste the key alone, on one line")
-    register_secret(value)
     return value
 
 

@@ -177,20 +177,22 @@ class Executor:
             log.exception("starting the gateway failed unexpectedly")
             self.post(SpawnFailed(effect.gen, f"cannot start the gateway: unexpected {exc.__class__.__name__}"))
             return
-        with self._lock:
-            self._processes[pid] = process
         pid_box.append(pid)
-        self.post(Spawned(effect.gen, pid))
+        self._report_spawned(effect.gen, pid, process)
         announced.set()
 
     def _claim(self, effect: Spawn, head_start: HeadStart) -> None:
-        """Worker: the head start's gateway is this Spawn's (same config, token and keys); report it Spawned."""
+        """Worker: the head start's gateway is this Spawn's (same config, token and keys); report it Spawned, then
+        hand it its exit (held by the relay if it came first)."""
+        self._report_spawned(effect.gen, head_start.pid, head_start.process)
         announced = threading.Event()
-        with self._lock:
-            self._processes[head_start.pid] = head_start.process
-        self.post(Spawned(effect.gen, head_start.pid))
         announced.set()
         head_start.relay.attach(functools.partial(self._exited, effect.gen, [head_start.pid], announced))
+
+    def _report_spawned(self, gen: int, pid: int, process: GatewayProcess) -> None:
+        with self._lock:
+            self._processes[pid] = process
+        self.post(Spawned(gen, pid))
 
     def _exited(self, gen: int, pid_box: list[int], announced: threading.Event, info: ExitInfo) -> None:
         announced.wait()  # Spawned reaches the loop before this exit does
