@@ -23,12 +23,13 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
+from clawsvc import pathwalk
+from clawsvc.pathwalk import MAX_LINKS
 from clawsvc.users import describe_uid, service_uid, user_name
 
 log = logging.getLogger("clawsvc.trust")
 
 SECRET_CAP = 64 * 1024  # a token or an API key is far smaller; anything bigger is the wrong file
-MAX_LINKS = 40  # the kernel's limit on symlinks followed while resolving one path
 GENERATED_TOKEN_NAME = "gateway-token"
 WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
 OPEN_BY_OTHERS = stat.S_IRWXG | stat.S_IRWXO
@@ -119,48 +120,17 @@ def _check_link(link: Path, st: os.stat_result, shown: str) -> None:
                          "does not follow it; remove the link and use the real path")
 
 
-def _up(current: Path, st: os.stat_result) -> tuple[Path, os.stat_result]:
-    """`..`: the parent of where the walk stands, which must be a directory (else ENOTDIR, like the kernel)."""
-    if not stat.S_ISDIR(st.st_mode):
-        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(current))
-    return current.parent, os.lstat(current.parent)
-
-
 def resolve(path: Path, what: str) -> tuple[Path, os.stat_result | None]:
     """(the path with every symlink and `..` resolved, lstat of it or None if missing), checking each directory
     passed through and each symlink followed. OSError for I/O trouble (ENOTDIR, EACCES...)."""
     shown = f"{what} {path}"
-    current = Path("/")
-    st: os.stat_result | None = os.lstat(current)
-    _check_passage(current, st, shown)
-    todo = list(reversed(path.absolute().parts[1:]))
-    links = 0
-    while todo:
-        name = todo.pop()
-        if name in ("", "."):
-            continue
-        if name == "..":
-            current, st = _up(current, st)
-            continue
-        candidate = current / name
-        try:
-            st = os.lstat(candidate)
-        except FileNotFoundError:
-            return candidate.joinpath(*reversed(todo)), None
-        if stat.S_ISLNK(st.st_mode):
-            links += 1
-            if links > MAX_LINKS:
-                raise TrustError(f"{shown}: more than {MAX_LINKS} symlinks on its path; use the real path")
-            _check_link(candidate, st, shown)
-            target = Path(os.readlink(candidate))
-            # a relative target continues from the link's directory (where the walk stands), not from the link
-            current, st = (Path("/"), os.lstat("/")) if target.is_absolute() else (current, os.lstat(current))
-            todo.extend(reversed(target.parts[1:] if target.is_absolute() else target.parts))
-            continue
-        if todo:
-            _check_passage(candidate, st, shown)
-        current = candidate
-    return current, st
+
+    def too_many() -> TrustError:
+        return TrustError(f"{shown}: more than {MAX_LINKS} symlinks on its path; use the real path")
+
+    real, st = pathwalk.walk(str(path.absolute()), lambda directory, st: _check_passage(Path(directory), st, shown),
+                             lambda link, st: _check_link(Path(link), st, shown), too_many)
+    return Path(real), st
 
 
 # ---------------------------------------------------------------- the object itself

@@ -9,7 +9,9 @@ cache=${CLAWSVC_DEV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/clawsvc}
 
 command -v npm >/dev/null || { echo "npm is needed to fetch Node 24 and openclaw: apt-get install npm" >&2; exit 1; }
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/python" -m pip install -q --disable-pip-version-check -e .
+# compat: the editable install is a plain path in a .pth file; the default import hook costs every clawsvc
+# start ~25 ms of site-packages work, a third of its own start (BENCHMARKS.md, own-start).
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -e . --config-settings editable_mode=compat
 
 mkdir -p "$cache"
 command_line=$("$venv/bin/clawsvc" gateway-install --prefix "$cache/gateway" | grep -E '^ +command:')

@@ -27,7 +27,9 @@ if ((${#missing[@]})); then
 fi
 
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]"
+# compat: the editable install is a plain path in a .pth file; the default import hook costs every clawsvc
+# start ~25 ms of site-packages work, a third of its own start (BENCHMARKS.md, own-start).
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]" --config-settings editable_mode=compat
 "$venv/bin/ruff" check .
 "$venv/bin/lint-imports" --no-cache >/dev/null || "$venv/bin/lint-imports" --no-cache
 # Bytecode for the package and the test helpers once, not recompiled in each of the hundreds of clawsvc and

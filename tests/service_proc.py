@@ -75,10 +75,13 @@ class ServiceProcess:
               notify_name: str = "notify.sock") -> ServiceProcess:
         root.mkdir(parents=True, exist_ok=True)
         config_path = root / "clawsvc.yaml"
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        text = yaml.safe_dump(config, sort_keys=False)
+        if not config_path.exists() or config_path.read_text() != text:  # as an admin's restart: same file
+            config_path.write_text(text)
         peer = NotifyPeer(root / notify_name)
         child_env = {k: v for k, v in os.environ.items() if k not in STRIPPED}
-        child_env.update({"NOTIFY_SOCKET": peer.address, "PYTHONUNBUFFERED": "1", **(env or {})})
+        child_env.update({"NOTIFY_SOCKET": peer.address, "PYTHONUNBUFFERED": "1",
+                          "CACHE_DIRECTORY": str(root / "cache"), **(env or {})})  # the start plan: as systemd's
         log_path = root / "clawsvc.log"
         log_file = log_path.open("ab")
         popen = subprocess.Popen([sys.executable, "-m", "clawsvc", "run", "-c", str(config_path)], env=child_env,

@@ -104,7 +104,7 @@ def test_a_failure_to_set_up_the_supervisor_stops_the_head_start(monkeypatch: py
     monkeypatch.setattr(run, "preflight", lambda config: None)
     monkeypatch.setattr(run, "load_secrets", lambda config: ("t" * 32, {}))
     monkeypatch.setattr(run.proctree, "become_subreaper", lambda: None)
-    monkeypatch.setattr(run.headstart, "begin", lambda config, token, env: head_start)
+    monkeypatch.setattr(run.headstart, "begin", lambda config, token, env, early: head_start)
 
     def broken(*args: object, **kwargs: object) -> None:
         raise ImportError("websocket is missing")
@@ -121,7 +121,7 @@ def test_a_failure_to_set_up_the_supervisor_stops_the_head_start(monkeypatch: py
 
 
 def test_a_surprise_in_the_head_start_leaves_the_spawn_to_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
-    def surprise(self: GatewayProcess) -> int:
+    def surprise(self: GatewayProcess, early: object = None) -> int:
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(headstart, "port_in_use", lambda port: False)

@@ -1,4 +1,5 @@
-"""clawsvc's own start without a stopwatch (issue 13: exec of `clawsvc run` → the gateway's exec, <= 60 ms).
+"""clawsvc's own start without a stopwatch (issue 13: exec of `clawsvc run` → the gateway's exec, <= 60 ms), when
+there is no start plan to follow (tests/test_startplan.py guards the plan's path to the exec).
 
 A real `clawsvc run` runs under an audit hook that writes down, at the Popen of the gateway, which modules are
 loaded and which children were started before it. What the spawn does not need (the WebSocket, HTTP and retrying

@@ -37,6 +37,7 @@ from clawsvc.gateway.connection import GatewayConnection
 from clawsvc.gateway.exits import ExitInfo
 from clawsvc.gateway.process import GatewayProcess, SpawnError
 from clawsvc.gateway.protocol import GatewayError, describe_error
+from clawsvc.gateway.spawnenv import STRIP_ENV
 from clawsvc.service.connector import PeerCheck, readyz
 from clawsvc.service.readiness import readiness_retrying
 
@@ -162,7 +163,7 @@ def canary_config(config: Config, command: tuple[str, ...], scratch: Path, port:
     else (its other env, compile cache, timeouts) as the service's gateway gets it."""
     gw = config.gateway
     emptied = {key: "" for key in (*os.environ, *gw.env) if SECRET_ENV.search(key) and key != TOKEN_ENV
-               and key not in process.STRIP_ENV}
+               and key not in STRIP_ENV}
     env = {**gw.env, **emptied, **CANARY_ENV, "HOME": str(scratch / "home"), "OPENCLAW_HOME": str(scratch / "home"),
            "TMPDIR": str(scratch / "tmp")}
     command = run_as.command(command) if run_as is not None else command

@@ -39,7 +39,7 @@ from typing import Any
 
 from clawsvc import trust
 from clawsvc.gateway.leftovers import PIDFILE
-from clawsvc.gateway.process import GATEWAY_CONFIG
+from clawsvc.gateway.spawnenv import GATEWAY_CONFIG
 
 MAX_BYTES = 2 * 1024 ** 3
 MAX_FILES = 50_000

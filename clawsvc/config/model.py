@@ -9,7 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-SECRET_ENV = re.compile(r"TOKEN|KEY|SECRET|PASSW|CREDENTIAL", re.IGNORECASE)
+from clawsvc.cachedir import cache_dir
+from clawsvc.secretrule import SECRET_WORDS
+
+SECRET_ENV = re.compile("|".join(SECRET_WORDS), re.IGNORECASE)
 REDACTED = "<redacted>"
 
 
@@ -43,16 +46,8 @@ def default_state_dir() -> Path:
 
 
 def default_compile_cache() -> Path:
-    """Under systemd's CacheDirectory= ($CACHE_DIRECTORY, its first entry when it lists several), else
-    /var/cache/clawsvc as root, else the XDG cache dir: where Node's compile cache outlives a restart."""
-    systemd = os.environ.get("CACHE_DIRECTORY", "").split(":")[0]
-    if systemd:
-        base = Path(systemd)
-    elif _is_root():
-        base = Path("/var/cache/clawsvc")
-    else:
-        base = _xdg("XDG_CACHE_HOME", ".cache") / "clawsvc"
-    return base / "node-compile-cache"
+    """Under clawsvc's cache directory (cachedir.cache_dir): where Node's compile cache outlives a restart."""
+    return Path(cache_dir(os.environ, _is_root())) / "node-compile-cache"
 
 
 SYSTEM_CONTROL_SOCKET = Path("/run/clawsvc/control.sock")

@@ -15,8 +15,9 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import IO, Protocol
 
 from clawsvc import randomness, trust
 from clawsvc.config import SECRET_ENV, Config
@@ -25,22 +26,13 @@ from clawsvc.gateway import compile_cache, leftovers, proctree
 from clawsvc.gateway.exits import ExitInfo
 from clawsvc.gateway.node import ProvisionError, node_problem
 from clawsvc.gateway.output import OutputPump
+from clawsvc.gateway.spawnenv import GATEWAY_CONFIG, inherited, unconfigured_flag
 from clawsvc.logs import register_secret
 from clawsvc.threads import start_thread
 
 log = logging.getLogger("clawsvc.gateway.process")
 
-GATEWAY_CONFIG = "openclaw.json"
 FIX = "run `clawsvc gateway-install` and set gateway.command to the paths it prints"
-# What belongs to clawsvc's own service manager, plus the hints OpenClaw reads to decide that systemd or
-# launchd supervises it directly (SUPERVISOR_HINTS in its dist): we are its supervisor, not them.
-STRIP_ENV = frozenset({
-    "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "INVOCATION_ID", "JOURNAL_STREAM", "NODE_OPTIONS",
-    "SYSTEMD_EXEC_PID", "MANAGERPID", "CREDENTIALS_DIRECTORY", "OPENCLAW_SYSTEMD_UNIT",
-    "LAUNCH_JOB_LABEL", "LAUNCH_JOB_NAME", "XPC_SERVICE_NAME", "OPENCLAW_LAUNCHD_LABEL",
-    "OPENCLAW_SERVICE_MARKER", "OPENCLAW_SERVICE_KIND",
-})
-STRIP_PREFIXES = ("LISTEN_",)
 EXTERNAL_SUPERVISOR_ENV = {"OPENCLAW_NO_RESPAWN": "1", "OPENCLAW_SUPERVISOR_MODE": "external",
                            "OPENCLAW_SERVICE_REPAIR_POLICY": "external", "NO_COLOR": "1"}
 KILL_GRACE = 10.0  # after SIGKILL: only a process stuck in uninterruptible I/O takes longer
@@ -66,16 +58,13 @@ def state_dir(config: Config) -> Path:
 
 def build_argv(config: Config) -> list[str]:
     gw = config.gateway
-    argv = [*gw.command, "gateway", "run", "--port", str(gw.port), "--bind", gw.bind, "--auth", "token"]
-    if not (state_dir(config) / GATEWAY_CONFIG).exists():
-        argv.append("--allow-unconfigured")
-    return argv
+    return [*gw.command, "gateway", "run", "--port", str(gw.port), "--bind", gw.bind, "--auth", "token",
+            *unconfigured_flag(str(state_dir(config)))]
 
 
 def build_env(config: Config, token: str, provider_env: Mapping[str, str],
               base: Mapping[str, str] = os.environ) -> dict[str, str]:
-    env = {key: value for key, value in base.items()
-           if key not in STRIP_ENV and not key.startswith(STRIP_PREFIXES)}
+    env = inherited(base)
     env.update(provider_env)
     env.update(EXTERNAL_SUPERVISOR_ENV)
     env["OPENCLAW_STATE_DIR"] = str(state_dir(config))
@@ -179,6 +168,30 @@ def _pdeathsig_prefix() -> list[str]:
     return []
 
 
+class Child(Protocol):
+    """The part of subprocess.Popen a GatewayProcess uses; also what an early gateway of the start plan is."""
+
+    pid: int
+    stdout: IO[bytes] | None
+    stderr: IO[bytes] | None
+
+    def wait(self) -> int: ...
+
+
+class Early(Protocol):
+    """A gateway exec'd before the config was read (service/earlyspawn.EarlyGateway): start() adopts it when it
+    is exactly the gateway this config asks for, else discards it and spawns."""
+
+    pid: int
+    marker: str
+
+    def differences(self, argv: Sequence[str], env: Mapping[str, str], cwd: str) -> list[str]: ...
+
+    def adopt(self) -> Child: ...
+
+    def discard(self) -> None: ...
+
+
 class GatewayProcess:
     """One gateway child: start() once, stop() from any thread any number of times."""
 
@@ -191,7 +204,8 @@ class GatewayProcess:
         self._lock = threading.Lock()  # guards the fields below and every signal sent to the pid
         self._stop_lock = threading.Lock()  # one stopper at a time; later ones get the same result
         self._started = self._stop_requested = self._reaped = self._forced = False
-        self._popen: subprocess.Popen[bytes] | None = None
+        self._popen: Child | None = None
+        self.launched: tuple[list[str], dict[str, str]] | None = None  # what start() exec'd (or adopted)
         self._spawn_error: SpawnError | None = None
         self._info = ExitInfo(None, None)
         self._spawned = threading.Event()
@@ -208,11 +222,14 @@ class GatewayProcess:
     def running(self) -> bool:
         return self._popen is not None and not self._gone.is_set()
 
-    def start(self) -> int:
+    def start(self, early: Early | None = None) -> int:
+        """Spawn the gateway (or adopt `early` when it is exactly this spawn); returns its pid."""
         with self._lock:
             if self._started:
                 raise RuntimeError("GatewayProcess.start() called twice; make a new GatewayProcess")
             self._started = True
+        if early is not None:
+            self._marker = early.marker
         try:
             env = build_env(self.config, self._token, self._provider_env)
             env[proctree.GATEWAY_ID_ENV] = self._marker
@@ -227,21 +244,43 @@ class GatewayProcess:
                 if self._stop_requested:
                     raise SpawnError("gateway start cancelled: stop was requested first")
         except SpawnError as exc:
+            if early is not None:
+                early.discard()
             self._spawn_error = exc
             self._spawned.set()
             raise
-        start_thread("waiter", self._spawn_and_wait, _pdeathsig_prefix() + argv, env)
+        launch = _pdeathsig_prefix() + argv
+        adopted = self._adopt(early, launch, env)
+        start_thread("waiter", self._spawn_and_wait, launch, env, adopted)
         self._spawned.wait()
         if self._spawn_error is not None:
             raise self._spawn_error
         assert self._popen is not None
-        log.info("started gateway pid %d: %s", self._popen.pid, shlex.join(argv))
+        if adopted is None:
+            log.info("started gateway pid %d: %s", self._popen.pid, shlex.join(argv))
+        else:
+            log.info("adopted gateway pid %d, started early from the start plan, which matches the config: %s",
+                     self._popen.pid, shlex.join(argv))
+        self.launched = (launch, env)
         return self._popen.pid
 
-    def _spawn_and_wait(self, argv: list[str], env: dict[str, str]) -> None:
+    def _adopt(self, early: Early | None, argv: list[str], env: dict[str, str]) -> Child | None:
+        if early is None:
+            return None
+        if differences := early.differences(argv, env, str(state_dir(self.config))):
+            early.discard()
+            log.info("the start plan was out of date (%s differ from the config's gateway); killed the gateway it "
+                     "started early (pid %d); starting the config's", ", ".join(differences), early.pid)
+            self._marker = randomness.token_hex(16)
+            env[proctree.GATEWAY_ID_ENV] = self._marker
+            return None
+        return early.adopt()
+
+    def _spawn_and_wait(self, argv: list[str], env: dict[str, str], adopted: Child | None) -> None:
         try:
-            popen = subprocess.Popen(argv, env=env, cwd=state_dir(self.config), stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+            popen = adopted or subprocess.Popen(
+                argv, env=env, cwd=state_dir(self.config), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, start_new_session=True)
         except OSError as exc:
             self._spawn_error = SpawnError(f"cannot start gateway command {argv[0]}: {exc.strerror}; {FIX}")
             self._spawned.set()
@@ -294,7 +333,7 @@ class GatewayProcess:
             orphans.close()
 
     @staticmethod
-    def _wait_unreaped(popen: subprocess.Popen[bytes], orphans: proctree.Orphans) -> None:
+    def _wait_unreaped(popen: Child, orphans: proctree.Orphans) -> None:
         """Wait for the gateway to exit without reaping it: until reaped, its zombie keeps the pid (= its group's
         id) ours. Meanwhile adopt and reap what its processes orphan."""
         fd = proctree.pidfd(popen.pid)

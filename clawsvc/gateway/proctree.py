@@ -23,9 +23,10 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from clawsvc.gateway.spawnenv import GATEWAY_ID_ENV
+
 log = logging.getLogger("clawsvc.gateway.process")
 KILL_WAIT = 5.0
-GATEWAY_ID_ENV = "CLAWSVC_GATEWAY_ID"
 SWEEP_ROUNDS = 3  # a killed orphan's own children are orphaned in turn: look again, a bounded number of times
 PR_SET_CHILD_SUBREAPER = 36
 

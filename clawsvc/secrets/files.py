@@ -9,6 +9,7 @@ from pathlib import Path
 
 from clawsvc import trust
 from clawsvc.logs import register_secret
+from clawsvc.secretrule import EMPTY, NOT_ONE_WORD, one_word
 from clawsvc.secrets.errors import SecretError
 
 
@@ -23,19 +24,13 @@ def file_errors(failing: str) -> Iterator[None]:
         raise SecretError(f"{failing}: {exc.strerror or exc.__class__.__name__}") from None
 
 
-EMPTY, NOT_ONE_WORD = "empty", "not one word"
-
-
 def single_value(text: str) -> tuple[str, str | None]:
-    """What a secret is, wherever it is read or stored: the text without surrounding whitespace, one word;
-    (value, None), or (value, EMPTY | NOT_ONE_WORD). A good value is registered for redaction."""
-    value = text.strip()
-    if not value:
-        return value, EMPTY
-    if any(ch.isspace() for ch in value):
-        return value, NOT_ONE_WORD
-    register_secret(value)
-    return value, None
+    """What a secret is, wherever it is read or stored (secretrule.one_word); a good value is registered for
+    redaction."""
+    value, problem = one_word(text)
+    if problem is None:
+        register_secret(value)
+    return value, problem
 
 
 def secret_value(found: trust.SecretFile, path: Path, what: str) -> str:

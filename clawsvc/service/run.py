@@ -26,6 +26,7 @@ from clawsvc.service.preflight import preflight
 
 if TYPE_CHECKING:
     from clawsvc.control.server import ControlServer
+    from clawsvc.service.earlyspawn import EarlyGateway
     from clawsvc.service.loop import Supervisor
     from clawsvc.service.messages import Message, SignalReceived
 
@@ -117,6 +118,16 @@ def _machinery(config: Config, notifier: Notifier, first_secrets: tuple[str, Map
 
 
 def main(args: argparse.Namespace) -> int:
+    began: EarlyGateway | str | None = getattr(args, "early_gateway", None)
+    early_gateway = None if isinstance(began, str) else began
+    try:
+        return _run(args, early_gateway, began if isinstance(began, str) else None)
+    finally:
+        if early_gateway is not None:
+            early_gateway.discard()  # a no-op once adopted; else nothing took it over and it must not outlive this exit
+
+
+def _run(args: argparse.Namespace, early_gateway: EarlyGateway | None, no_plan: str | None) -> int:
     setup_logging("info")
     notifier = Notifier()
     try:
@@ -126,6 +137,8 @@ def main(args: argparse.Namespace) -> int:
         return _refuse(notifier, "invalid config, not starting", str(exc))
     set_level(config.logging.level)
     log.info("clawsvc %s starting with %s", __version__, config.source or "built-in defaults (no config file)")
+    if no_plan is not None:
+        log.info("no start plan used (%s): the gateway starts after the config is read", no_plan)
     proctree.become_subreaper()  # what the gateway's processes orphan is ours to end and reap, not init's
     try:
         first_secrets = load_secrets(config)
@@ -134,13 +147,15 @@ def main(args: argparse.Namespace) -> int:
     early: queue.SimpleQueue[int] = queue.SimpleQueue()
     for signum in HANDLED_SIGNALS:
         signal.signal(signum, functools.partial(_held, early))
-    head_start = headstart.begin(config, *first_secrets)
+    head_start = headstart.begin(config, *first_secrets, early_gateway)
     try:
         supervisor, control = _machinery(config, notifier, first_secrets, head_start)
     except Exception:
         if head_start is not None:
             head_start.discard()  # nothing will supervise it: it must not outlive this exit
         return exitcodes.FAIL
+    if head_start is not None and (plan_argv := getattr(args, "start_plan_argv", None)) is not None:
+        headstart.remember(config, head_start, plan_argv)
     _hand_over(early, supervisor.queue)
     try:
         code = supervisor.run()

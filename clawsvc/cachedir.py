@@ -1,0 +1,22 @@
+"""Where clawsvc keeps what it can always rebuild (the gateway's compile cache, the start plan). Imports nothing
+heavy: `clawsvc run` looks here for its start plan before anything else is loaded."""
+
+from __future__ import annotations
+
+import os
+
+TYPE_CHECKING = False  # typing itself is not loaded on the start plan's path
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+
+def cache_dir(environ: Mapping[str, str], root: bool) -> str:
+    """The unit's CacheDirectory= ($CACHE_DIRECTORY, its first entry when it lists several), else
+    /var/cache/clawsvc as root, else the XDG cache dir."""
+    systemd = environ.get("CACHE_DIRECTORY", "").split(":")[0]
+    if systemd:
+        return systemd
+    if root:
+        return "/var/cache/clawsvc"
+    xdg = environ.get("XDG_CACHE_HOME")
+    return os.path.join(xdg or os.path.join(os.path.expanduser("~"), ".cache"), "clawsvc")
