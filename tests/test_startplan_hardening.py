@@ -104,14 +104,14 @@ def test_a_program_reached_through_another_users_directory_never_gets_the_token(
                         "exec sleep 60\n")
     stranger.chmod(0o755)
     os.chown(stranger, NOBODY, NOBODY)
-    real_port_check = startplan._port_in_use
+    real_port_check = startplan.port_in_use
 
     def their_race(port: int) -> bool:  # what they do while begin() is past its checks: repoint their link
         (theirs / "hop.new").symlink_to(stranger)
         os.rename(theirs / "hop.new", theirs / "hop")
         return real_port_check(port)
 
-    monkeypatch.setattr(startplan, "_port_in_use", their_race)
+    monkeypatch.setattr(startplan, "port_in_use", their_race)
     with early() as gateway:
         poll(lambda: isinstance(gateway, str) or stranger_record.exists() or Path(f"{plan.record}.env").exists(),
              30, "begin() to refuse, or whichever program it exec'd to start")

@@ -228,8 +228,6 @@ class GatewayProcess:
             if self._started:
                 raise RuntimeError("GatewayProcess.start() called twice; make a new GatewayProcess")
             self._started = True
-        if early is not None:
-            self._marker = early.marker
         try:
             env = build_env(self.config, self._token, self._provider_env)
             env[proctree.GATEWAY_ID_ENV] = self._marker
@@ -267,13 +265,13 @@ class GatewayProcess:
     def _adopt(self, early: Early | None, argv: list[str], env: dict[str, str]) -> Child | None:
         if early is None:
             return None
-        if differences := early.differences(argv, env, str(state_dir(self.config))):
+        if differences := early.differences(argv, {**env, proctree.GATEWAY_ID_ENV: early.marker},
+                                            str(state_dir(self.config))):
             early.discard()
             log.info("the start plan was out of date (%s differ from the config's gateway); killed the gateway it "
                      "started early (pid %d); starting the config's", ", ".join(differences), early.pid)
-            self._marker = randomness.token_hex(16)
-            env[proctree.GATEWAY_ID_ENV] = self._marker
             return None
+        self._marker = env[proctree.GATEWAY_ID_ENV] = early.marker  # its processes carry that one
         return early.adopt()
 
     def _spawn_and_wait(self, argv: list[str], env: dict[str, str], adopted: Child | None) -> None:

@@ -14,7 +14,7 @@ ours, in directories nobody else can write (see `trusted`). Anything unexpected 
 goes on as it does without a plan. The plan file (0600) holds no secret value; the environment is keyed by a
 digest, but what clawsvc adds to the gateway's environment under names that do not look secret (its paths,
 gateway.env entries) is written down as it is. This module imports nothing the interpreter has not loaded
-already, apart from built-in modules (marshal, _socket, _sha256, _signal).
+already, apart from built-in modules (marshal, _sha256, _signal, and _socket in gateway.portcheck).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import sys
 
 from clawsvc import __version__
 from clawsvc.cachedir import cache_dir
+from clawsvc.gateway.portcheck import port_in_use
 from clawsvc.gateway.spawnenv import ALLOW_UNCONFIGURED, GATEWAY_ID_ENV, inherited, unconfigured_flag
 from clawsvc.pathwalk import walk
 from clawsvc.randomness import token_hex
@@ -156,20 +157,6 @@ def secret(path: str) -> str | None:
     return value if problem is None else None
 
 
-def _port_in_use(port: int) -> bool:
-    """gateway.ports.port_in_use, on the built-in _socket: something accepts connections on 127.0.0.1:port."""
-    import _socket
-
-    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
-    try:
-        sock.settimeout(1.0)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-    except OSError:
-        return False
-    finally:
-        sock.close()
-
-
 def begin(argv: Sequence[str]) -> EarlyGateway | str:
     """The gateway exec'd from this start's plan, or why not (one line for the log, no secret in it). Never
     raises: whatever goes wrong here, the start from the config follows."""
@@ -209,7 +196,7 @@ def _begin(plan: dict[str, object], path: str, environ: Mapping[str, str]) -> Ea
             return f"${name}'s file {source} is missing, not one word, or not only ours to change"
         env[name] = value
     env[GATEWAY_ID_ENV] = token_hex(16)
-    if _port_in_use(plan["port"]):  # type: ignore[arg-type]
+    if port_in_use(plan["port"]):  # type: ignore[arg-type]
         return f"port {plan['port']} is taken"  # a gateway to adopt, or a stranger to name: the config's start
     try:
         for fd in (0, 1, 2):  # a closed one would be reused by the pipes below, and the child's dup2s mix them up

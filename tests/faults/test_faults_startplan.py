@@ -16,7 +16,8 @@ from faultkit import FAST, STARTED, Services, ready, stops_clean
 from service_proc import ServiceProcess, base_config, merge
 
 from clawsvc import exitcodes
-from clawsvc.gateway.spawnenv import ALLOW_UNCONFIGURED, inherited
+from clawsvc.gateway import leftovers
+from clawsvc.gateway.spawnenv import ALLOW_UNCONFIGURED, GATEWAY_ID_ENV, inherited
 from clawsvc.service import run, startplan
 
 ADOPTED = r"adopted gateway pid (\d+), started early from the start plan"
@@ -62,6 +63,9 @@ def test_a_restart_adopts_the_gateway_the_plan_started(services: Services, tmp_p
     adopted = int(re.findall(ADOPTED, second_log())[0])
     assert spawned(second_log()) == [adopted] == [status["pid"]]  # the early gateway is the one and only
     assert environ_of(adopted)["OPENCLAW_GATEWAY_TOKEN"] == second.token
+    record = leftovers.read_pidfile(Path(second.state_dir))  # what a later clawsvc would clean up after it
+    assert record is not None and record.pid == adopted
+    assert record.marker == environ_of(adopted)[GATEWAY_ID_ENV]
     assert "out of date" not in second_log()
     stops_clean(second)
     assert not pid_alive(adopted)
