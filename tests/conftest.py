@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from realgw import RealGateway, cache_dir, provision
@@ -13,6 +14,22 @@ from clawsvc.commands.gateway_install import Installation, ProvisionError
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_cache_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """clawsvc's cache dir (start plans, default compile caches) for every clawsvc the tests start, as a unit's
+    CacheDirectory=: this session's own, never the machine's /var/cache/clawsvc or ~/.cache/clawsvc."""
+    path = tmp_path_factory.mktemp("cache-directory")
+    previous = os.environ.get("CACHE_DIRECTORY")
+    os.environ["CACHE_DIRECTORY"] = str(path)
+    try:
+        yield path
+    finally:
+        if previous is None:
+            os.environ.pop("CACHE_DIRECTORY", None)
+        else:
+            os.environ["CACHE_DIRECTORY"] = previous
 
 
 @pytest.fixture(scope="session")
