@@ -10,13 +10,19 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 
+SYSTEM = "/var/cache/clawsvc"
+
+
+def user_cache_dir(environ: Mapping[str, str]) -> str:
+    """A user's: the XDG cache dir's clawsvc."""
+    xdg = environ.get("XDG_CACHE_HOME")
+    return os.path.join(xdg or os.path.join(os.path.expanduser("~"), ".cache"), "clawsvc")
+
+
 def cache_dir(environ: Mapping[str, str], root: bool) -> str:
-    """The unit's CacheDirectory= ($CACHE_DIRECTORY, its first entry when it lists several), else
-    /var/cache/clawsvc as root, else the XDG cache dir."""
+    """The unit's CacheDirectory= ($CACHE_DIRECTORY, its first entry when it lists several), else SYSTEM as root,
+    else the user's."""
     systemd = environ.get("CACHE_DIRECTORY", "").split(":")[0]
     if systemd:
         return systemd
-    if root:
-        return "/var/cache/clawsvc"
-    xdg = environ.get("XDG_CACHE_HOME")
-    return os.path.join(xdg or os.path.join(os.path.expanduser("~"), ".cache"), "clawsvc")
+    return SYSTEM if root else user_cache_dir(environ)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from clawsvc import exitcodes, trust
+from clawsvc import cachedir, exitcodes, trust
 from clawsvc.commands import gateway_install, install, install_agents, install_reach, installed_units, servicectl
 from clawsvc.commands.servicectl import ServiceCtlError
 from clawsvc.config import instances
@@ -25,7 +25,7 @@ from clawsvc.users import SERVICE_USER
 TEMPLATE = "clawsvc@.service"
 MAIN_UNIT = "clawsvc.service"
 SYSUSERS = Path("/etc/sysusers.d/clawsvc.conf")
-CACHE_ROOT = Path("/var/cache/clawsvc")
+CACHE_ROOT = Path(cachedir.SYSTEM)
 DROPINS = (install_reach.DROPIN_NAME, credstore.DROPIN_NAME)  # the only drop-ins clawsvc writes
 
 
@@ -76,7 +76,7 @@ def target(kind: str, instance: str | None, config: Path | None, root: Path) -> 
     config = written or config or install.default_config(kind, Path.home())
     if kind == "system":
         return Target(kind, MAIN_UNIT, unit_file, config, _data(instances.STATE_ROOT, CACHE_ROOT))
-    user_dirs = _data(_xdg("XDG_STATE_HOME", ".local/state") / "clawsvc", _xdg("XDG_CACHE_HOME", ".cache") / "clawsvc")
+    user_dirs = _data(_xdg("XDG_STATE_HOME", ".local/state") / "clawsvc", Path(cachedir.user_cache_dir(os.environ)))
     if kind == "user":
         return Target(kind, MAIN_UNIT, unit_file, config, user_dirs)
     logs = Path.home() / "Library" / "Logs" / "clawsvc"
