@@ -1,14 +1,9 @@
-"""Where clawsvc keeps what it can always rebuild (the gateway's compile cache, the start plan). Imports nothing
-heavy: `clawsvc run` looks here for its start plan before anything else is loaded."""
+"""Where clawsvc keeps what it can always rebuild (the gateway's compile cache)."""
 
 from __future__ import annotations
 
 import os
-
-TYPE_CHECKING = False  # typing itself is not loaded on the start plan's path
-if TYPE_CHECKING:
-    from collections.abc import Mapping
-
+from collections.abc import Mapping
 
 SYSTEM = "/var/cache/clawsvc"
 

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
+from collections.abc import Sequence
 
 from clawsvc import __version__, exitcodes
-
-TYPE_CHECKING = False  # typing itself is not loaded on the start plan's path
-if TYPE_CHECKING:
-    import argparse
-    from collections.abc import Sequence
-
-    from clawsvc.service.earlyspawn import EarlyGateway
 
 # command name -> "module:function"; each function takes the parsed args and returns an exit code.
 HANDLERS = {
@@ -51,16 +46,11 @@ def _kind_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import argparse  # after the start plan's early gateway: `clawsvc run` pays for nothing before it
-
     parser = argparse.ArgumentParser(prog="clawsvc", description="Run the OpenClaw gateway as a system service.")
     parser.add_argument("--version", action="version", version=f"clawsvc {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("run", help="run the service in the foreground (what systemd's ExecStart runs)",
-                       epilog="A restart with the same arguments, environment and unchanged files execs the gateway "
-                              "from the start plan in clawsvc's cache dir before reading the config, and keeps it "
-                              "only if it is exactly the config's (CLAWSVC_START_PLAN=off: never).")
+    p = sub.add_parser("run", help="run the service in the foreground (what systemd's ExecStart runs)")
     _config_arg(p)
 
     p = sub.add_parser("check-config", help="validate the config file")
@@ -155,25 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    began: EarlyGateway | str | None = None
-    if argv is None and sys.argv[1:2] == ["run"]:  # `clawsvc run` as a service manager starts it
-        from clawsvc.service import startplan
-
-        began = startplan.begin(sys.argv[1:])
-    try:
-        return _main(argv, began)
-    finally:
-        if began is not None and not isinstance(began, str):
-            began.discard()  # a no-op once `run` adopted it
-
-
-def _main(argv: Sequence[str] | None, began: EarlyGateway | str | None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "run" and argv is None:
-        args.early_gateway = began
-        args.start_plan_argv = sys.argv[1:]
     if getattr(args, "instance", None) is not None:
-        from clawsvc.config import instances  # only here: `run` must not pay for imports it does not use
+        from clawsvc.config import instances
 
         try:
             args.config = str(instances.config_path(args.instance))
@@ -185,7 +159,7 @@ def _main(argv: Sequence[str] | None, began: EarlyGateway | str | None) -> int:
     try:
         return int(handler(args))
     except KeyboardInterrupt:
-        return 130
+        return exitcodes.INTERRUPTED
     except BrokenPipeError:
         sys.stderr.close()
         return exitcodes.FAIL

@@ -1,18 +1,14 @@
 """Walking a path the way the kernel resolves it, one component and one symlink at a time, so that every directory
-passed through and every symlink followed can be judged (trust.resolve; the start plan's `trusted`). Imports
-nothing heavy: the start plan walks paths before the rest of clawsvc is loaded."""
+passed through and every symlink followed can be judged (trust.resolve)."""
 
 from __future__ import annotations
 
 import errno
 import os
 import stat
+from collections.abc import Callable
 
-TYPE_CHECKING = False  # typing itself is not loaded on the start plan's path
-if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    Judge = Callable[[str, os.stat_result], None]
+Judge = Callable[[str, os.stat_result], None]
 
 MAX_LINKS = 40  # the kernel's limit on symlinks followed while resolving one path
 

@@ -1,5 +1,4 @@
-"""What counts as a secret: an environment name that looks like one, and what a secret value may be. Imports
-nothing, so that `clawsvc run`'s start plan can apply the same rules before the rest of clawsvc is loaded."""
+"""What counts as a secret: an environment name that looks like one, and what a secret value may be."""
 
 from __future__ import annotations
 

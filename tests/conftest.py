@@ -18,7 +18,7 @@ def in_ci() -> bool:
 
 @pytest.fixture(scope="session", autouse=True)
 def own_cache_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """clawsvc's cache dir (start plans, default compile caches) for every clawsvc the tests start, as a unit's
+    """clawsvc's cache dir (default compile caches) for every clawsvc the tests start, as a unit's
     CacheDirectory=: this session's own, never the machine's /var/cache/clawsvc or ~/.cache/clawsvc."""
     path = tmp_path_factory.mktemp("cache-directory")
     previous = os.environ.get("CACHE_DIRECTORY")

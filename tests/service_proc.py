@@ -81,7 +81,7 @@ class ServiceProcess:
         peer = NotifyPeer(root / notify_name)
         child_env = {k: v for k, v in os.environ.items() if k not in STRIPPED}
         child_env.update({"NOTIFY_SOCKET": peer.address, "PYTHONUNBUFFERED": "1",
-                          "CACHE_DIRECTORY": str(root / "cache"), **(env or {})})  # the start plan: as systemd's
+                          "CACHE_DIRECTORY": str(root / "cache"), **(env or {})})  # as systemd's CacheDirectory=
         log_path = root / "clawsvc.log"
         log_file = log_path.open("ab")
         popen = subprocess.Popen([sys.executable, "-m", "clawsvc", "run", "-c", str(config_path)], env=child_env,

@@ -1,5 +1,4 @@
-"""clawsvc's own start without a stopwatch (issue 13: exec of `clawsvc run` → the gateway's exec, <= 60 ms), when
-there is no start plan to follow (tests/test_startplan.py guards the plan's path to the exec).
+"""What `clawsvc run` has loaded and started by the time it spawns the gateway, without a stopwatch.
 
 A real `clawsvc run` runs under an audit hook that writes down, at the Popen of the gateway, which modules are
 loaded and which children were started before it. What the spawn does not need (the WebSocket, HTTP and retrying
@@ -24,12 +23,9 @@ from waiting import poll
 
 from clawsvc.secrets import keyring_client
 
-# loaded only once the first handshake (or a second restart in a row) needs them, or, for the supervisor's
-# machinery and the control socket, only after the first gateway's head start (service/headstart.py)
+# loaded only once the first handshake (or a second restart in a row) needs them
 LATER = ("websocket", "tenacity", "http.client", "email", "ssl", "importlib.metadata", "keyring",
-         "clawsvc.gateway.connection", "clawsvc.service.readiness", "clawsvc.service.loop",
-         "clawsvc.service.machine", "clawsvc.service.executor", "clawsvc.control.server",
-         "clawsvc.service.eventhub")
+         "clawsvc.gateway.connection", "clawsvc.service.readiness")
 KEYRING_CHILD = "clawsvc.secrets.keyring_child"
 HEADLESS_DROP = ("DBUS_SESSION_BUS_ADDRESS", "DISPLAY", "WAYLAND_DISPLAY", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME",
                  "PYTHON_KEYRING_BACKEND", "CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET", "WATCHDOG_USEC")
@@ -86,7 +82,7 @@ def at_spawn(tmp_path: Path, env: dict[str, str]) -> dict[str, Any]:
             os.killpg(popen.pid, signal.SIGKILL)
             code = popen.wait()
     assert out.exists(), f"no gateway spawned (clawsvc exit {code}):\n{(tmp_path / 'clawsvc.log').read_text()}"
-    # SIGTERM came at the spawn, before the supervisor existed: the gateway is still stopped, then clawsvc exits 0
+    # SIGTERM came at the spawn: the gateway is still stopped, then clawsvc exits 0
     assert code == 0, (tmp_path / "clawsvc.log").read_text()
     assert running(str(gateway)) == [], "the first gateway outlived clawsvc"
     found: dict[str, Any] = json.loads(out.read_text())

@@ -143,21 +143,6 @@ def test_compile_cache_persists_across_a_restart(guest, first_install):
     rpc_health(guest)
 
 
-def test_a_restart_execs_the_gateway_from_the_start_plan(guest, first_install):
-    """The start before wrote /var/cache/clawsvc/start-plan as user clawsvc; this one follows it (its trust
-    checks pass in the installed layout) and the early gateway is the one the service runs."""
-    guest.systemctl("restart", "clawsvc.service", check=True, timeout=INSTALL_TIMEOUT)
-    journal = guest.journal("clawsvc.service")
-    this_start = journal[journal.rindex(f"starting with {CONFIG}"):]
-    found = re.search(r"adopted gateway pid (\d+), started early from the start plan", this_start)
-    assert found, this_start[-3000:]
-    assert int(found.group(1)) == gateway_pid(guest)
-    plan = guest.path("/var/cache/clawsvc/start-plan").stat()
-    assert plan.st_mode & 0o777 == 0o600
-    assert plan.st_uid == guest.path("/var/lib/clawsvc/openclaw").stat().st_uid != 0  # the service user's
-    rpc_health(guest)
-
-
 def test_two_instances_serve_side_by_side(guest, first_install):
     guest.systemctl("stop", "clawsvc.service", check=True, timeout=120)  # three gateways would be ~3 GB
     try:

@@ -30,7 +30,6 @@ from clawsvc.gateway.node import ProvisionError
 from clawsvc.service.status import Snapshot
 
 LATEST = "latest"
-INTERRUPTED = 130
 SCHEMA_TOO_NEW = "are newer than this build"  # the gateway's refusal of a state a newer release migrated
 UPGRADE_LOCK = ".upgrade.lock"  # held for a whole upgrade (the prefix's install lock only for each step)
 
@@ -215,4 +214,4 @@ def main(args: argparse.Namespace) -> int:
         now = gateway_links.linked_version(prefix) or "nothing"
         say(f"interrupted; {prefix / gateway_links.CURRENT} -> openclaw-{now}; see `clawsvc status`"
             + ("" if now == current else f", and `clawsvc upgrade --rollback` goes back to {current}"))
-        return INTERRUPTED
+        return exitcodes.INTERRUPTED

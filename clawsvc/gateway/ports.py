@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Collection, Iterable, Iterator
@@ -15,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from clawsvc.gateway import proctree
-from clawsvc.gateway.portcheck import port_in_use
 from clawsvc.text import printable
 from clawsvc.users import describe_uid
 
@@ -56,6 +56,15 @@ class TcpSocket:
     state: str
     uid: int
     inode: int  # 0 when no process holds it (TIME_WAIT, not yet accepted)
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """True when something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
 
 
 def have_proc_net() -> bool:

@@ -9,17 +9,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Protocol
 
-from clawsvc import randomness, trust
+from clawsvc import trust
 from clawsvc.config import SECRET_ENV, Config
 from clawsvc.config.values import TOKEN_ENV
 from clawsvc.gateway import compile_cache, leftovers, proctree
@@ -168,30 +168,6 @@ def _pdeathsig_prefix() -> list[str]:
     return []
 
 
-class Child(Protocol):
-    """The part of subprocess.Popen a GatewayProcess uses; also what an early gateway of the start plan is."""
-
-    pid: int
-    stdout: IO[bytes] | None
-    stderr: IO[bytes] | None
-
-    def wait(self) -> int: ...
-
-
-class Early(Protocol):
-    """A gateway exec'd before the config was read (service/earlyspawn.EarlyGateway): start() adopts it when it
-    is exactly the gateway this config asks for, else discards it and spawns."""
-
-    pid: int
-    marker: str
-
-    def differences(self, argv: Sequence[str], env: Mapping[str, str], cwd: str) -> list[str]: ...
-
-    def adopt(self) -> Child: ...
-
-    def discard(self) -> None: ...
-
-
 class GatewayProcess:
     """One gateway child: start() once, stop() from any thread any number of times."""
 
@@ -204,14 +180,13 @@ class GatewayProcess:
         self._lock = threading.Lock()  # guards the fields below and every signal sent to the pid
         self._stop_lock = threading.Lock()  # one stopper at a time; later ones get the same result
         self._started = self._stop_requested = self._reaped = self._forced = False
-        self._popen: Child | None = None
-        self.launched: tuple[list[str], dict[str, str]] | None = None  # what start() exec'd (or adopted)
+        self._popen: subprocess.Popen[bytes] | None = None
         self._spawn_error: SpawnError | None = None
         self._info = ExitInfo(None, None)
         self._spawned = threading.Event()
         self._gone = threading.Event()  # the gateway's main process is reaped
         self._exited = threading.Event()  # ... and what it left behind too; on_exit comes next
-        self._marker = randomness.token_hex(16)  # CLAWSVC_GATEWAY_ID: marks this gateway's processes
+        self._marker = secrets.token_hex(16)  # CLAWSVC_GATEWAY_ID: marks this gateway's processes
         register_secret(token)
 
     @property
@@ -222,8 +197,8 @@ class GatewayProcess:
     def running(self) -> bool:
         return self._popen is not None and not self._gone.is_set()
 
-    def start(self, early: Early | None = None) -> int:
-        """Spawn the gateway (or adopt `early` when it is exactly this spawn); returns its pid."""
+    def start(self) -> int:
+        """Spawn the gateway; returns its pid."""
         with self._lock:
             if self._started:
                 raise RuntimeError("GatewayProcess.start() called twice; make a new GatewayProcess")
@@ -242,41 +217,20 @@ class GatewayProcess:
                 if self._stop_requested:
                     raise SpawnError("gateway start cancelled: stop was requested first")
         except SpawnError as exc:
-            if early is not None:
-                early.discard()
             self._spawn_error = exc
             self._spawned.set()
             raise
-        launch = _pdeathsig_prefix() + argv
-        adopted = self._adopt(early, launch, env)
-        start_thread("waiter", self._spawn_and_wait, launch, env, adopted)
+        start_thread("waiter", self._spawn_and_wait, _pdeathsig_prefix() + argv, env)
         self._spawned.wait()
         if self._spawn_error is not None:
             raise self._spawn_error
         assert self._popen is not None
-        if adopted is None:
-            log.info("started gateway pid %d: %s", self._popen.pid, shlex.join(argv))
-        else:
-            log.info("adopted gateway pid %d, started early from the start plan, which matches the config: %s",
-                     self._popen.pid, shlex.join(argv))
-        self.launched = (launch, env)
+        log.info("started gateway pid %d: %s", self._popen.pid, shlex.join(argv))
         return self._popen.pid
 
-    def _adopt(self, early: Early | None, argv: list[str], env: dict[str, str]) -> Child | None:
-        if early is None:
-            return None
-        if differences := early.differences(argv, {**env, proctree.GATEWAY_ID_ENV: early.marker},
-                                            str(state_dir(self.config))):
-            early.discard()
-            log.info("the start plan was out of date (%s differ from the config's gateway); killed the gateway it "
-                     "started early (pid %d); starting the config's", ", ".join(differences), early.pid)
-            return None
-        self._marker = env[proctree.GATEWAY_ID_ENV] = early.marker  # its processes carry that one
-        return early.adopt()
-
-    def _spawn_and_wait(self, argv: list[str], env: dict[str, str], adopted: Child | None) -> None:
+    def _spawn_and_wait(self, argv: list[str], env: dict[str, str]) -> None:
         try:
-            popen = adopted or subprocess.Popen(
+            popen = subprocess.Popen(
                 argv, env=env, cwd=state_dir(self.config), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, start_new_session=True)
         except OSError as exc:
@@ -331,7 +285,7 @@ class GatewayProcess:
             orphans.close()
 
     @staticmethod
-    def _wait_unreaped(popen: Child, orphans: proctree.Orphans) -> None:
+    def _wait_unreaped(popen: subprocess.Popen[bytes], orphans: proctree.Orphans) -> None:
         """Wait for the gateway to exit without reaping it: until reaped, its zombie keeps the pid (= its group's
         id) ours. Meanwhile adopt and reap what its processes orphan."""
         fd = proctree.pidfd(popen.pid)

@@ -1,13 +1,9 @@
-"""What every gateway inherits of clawsvc's environment, and the one flag its argv gets from the state dir. Imports
-nothing heavy: the start plan (service/startplan.py) builds an early gateway's environment with it too."""
+"""What every gateway inherits of clawsvc's environment, and the one flag its argv gets from the state dir."""
 
 from __future__ import annotations
 
 import os
-
-TYPE_CHECKING = False  # typing itself is not loaded on the start plan's path
-if TYPE_CHECKING:
-    from collections.abc import Mapping
+from collections.abc import Mapping
 
 # What belongs to clawsvc's own service manager, plus the hints OpenClaw reads to decide that systemd or
 # launchd supervises it directly (SUPERVISOR_HINTS in its dist): we are its supervisor, not them.

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, overload
 
-from clawsvc import randomness, trust
+from clawsvc import trust
 from clawsvc.config import Config
 from clawsvc.logs import register_secret
 from clawsvc.secrets.errors import SecretError
@@ -165,9 +166,9 @@ def _existing_generated_token(state_dir: Path) -> str | None:
 def _store_new_token(dir_fd: int, path: Path) -> str:
     """Write a new token into a temporary file, then link it in place: the first writer wins, readers never
     see a half-written file, and a name already taken (even by a dangling symlink) is never written through."""
-    token = randomness.token_urlsafe(32)
+    token = secrets.token_urlsafe(32)
     register_secret(token)
-    tmp = f".{GENERATED_TOKEN_NAME}.{os.getpid()}.{randomness.token_hex(4)}"
+    tmp = f".{GENERATED_TOKEN_NAME}.{os.getpid()}.{secrets.token_hex(4)}"
     with file_errors(f"cannot store a generated gateway token in {path}"):
         trust.create_secret_at(dir_fd, tmp, (token + "\n").encode())
         try:

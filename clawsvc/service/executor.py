@@ -49,7 +49,6 @@ from clawsvc.service.messages import (
     ExitInfo,
     HealthChecked,
     Message,
-    PortFree,
     ProcessExited,
     Spawned,
     SpawnFailed,
@@ -62,7 +61,6 @@ from clawsvc.threads import start_thread
 
 if TYPE_CHECKING:
     from clawsvc.gateway.connection import GatewayConnection
-    from clawsvc.service.headstart import HeadStart
 
 log = logging.getLogger("clawsvc.supervisor")
 Secrets = Callable[[Config], tuple[str, Mapping[str, str]]]
@@ -72,9 +70,8 @@ PROBLEM_MAX = 300  # characters of a reload problem on the STATUS= line
 
 class Executor:
     def __init__(self, post: Post, notifier: Notifier, secrets: Secrets, clock: Callable[[], float],
-                 config: Config, head_start: HeadStart | None = None) -> None:
+                 config: Config) -> None:
         self.post = post
-        self.head_start = head_start
         self.notifier = notifier
         self.secrets = secrets
         self.clock = clock
@@ -105,18 +102,9 @@ class Executor:
             case Notify():
                 self._notify(effect)
             case Probe():
-                if self.head_start is not None and not self.head_start.claimed:
-                    # our own unclaimed gateway holds the port (also for a Probe again, e.g. a restart asked
-                    # before the first Spawn): it was free, and the next Spawn claims that gateway
-                    self.post(PortFree(effect.gen))
-                else:
-                    self.connector.probe(effect.gen, effect.port)
+                self.connector.probe(effect.gen, effect.port)
             case Spawn():
-                if self.head_start is not None and not self.head_start.claimed:
-                    self.head_start.claimed = True
-                    start_thread("spawn", self._claim, effect, self.head_start)
-                else:
-                    start_thread("spawn", self._spawn, effect)
+                start_thread("spawn", self._spawn, effect)
             case Connect():
                 self._connect(effect)
             case AbortConnect():
@@ -180,14 +168,6 @@ class Executor:
         pid_box.append(pid)
         self._report_spawned(effect.gen, pid, process)
         announced.set()
-
-    def _claim(self, effect: Spawn, head_start: HeadStart) -> None:
-        """Worker: the head start's gateway is this Spawn's (same config, token and keys); report it Spawned, then
-        hand it its exit (held by the relay if it came first)."""
-        self._report_spawned(effect.gen, head_start.pid, head_start.process)
-        announced = threading.Event()
-        announced.set()
-        head_start.relay.attach(functools.partial(self._exited, effect.gen, [head_start.pid], announced))
 
     def _report_spawned(self, gen: int, pid: int, process: GatewayProcess) -> None:
         with self._lock:
@@ -260,8 +240,6 @@ class Executor:
     def close(self, config: Config) -> None:
         """The loop is over: end any handshake, close what is still open, and wait (bounded) until the stops
         and the sweeps of what the gateways left behind are done, so that nothing outlives clawsvc."""
-        if self.head_start is not None:
-            self.head_start.discard()  # the loop ended before its first Spawn: nobody else will stop it
         self.connector.abort()
         with self._lock:
             links = list(self._links)

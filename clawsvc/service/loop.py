@@ -8,7 +8,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from clawsvc.config import Config
 from clawsvc.gateway.protocol import GatewayError
@@ -18,9 +18,6 @@ from clawsvc.service.executor import Executor, Secrets
 from clawsvc.service.messages import Message, RestartRequested, TimerFired, TimerKind
 from clawsvc.service.notify import Notifier
 from clawsvc.service.states import MState, Stopped, next_deadline
-
-if TYPE_CHECKING:
-    from clawsvc.service.headstart import HeadStart
 
 IDLE_WAIT = 60.0  # with no timer pending (no watchdog, nothing to retry), still wake up now and then
 REPLY_WAIT = 10.0  # a control client asking for a restart waits this long for the loop's answer
@@ -32,12 +29,11 @@ class Supervisor:
 
     def __init__(self, config: Config, secrets: Secrets, notifier: Notifier,
                  clock: Callable[[], float] = time.monotonic, seed: int | None = None,
-                 first_secrets: tuple[str, Mapping[str, str]] | None = None,
-                 head_start: HeadStart | None = None) -> None:
-        """`first_secrets`: what `secrets(config)` gave already (for `head_start`, the gateway spawned with them)."""
+                 first_secrets: tuple[str, Mapping[str, str]] | None = None) -> None:
+        """`first_secrets`: what `secrets(config)` gave already."""
         self.clock = clock
         self.queue: queue.SimpleQueue[Message] = queue.SimpleQueue()
-        self.executor = Executor(self.queue.put, notifier, secrets, clock, config, head_start)
+        self.executor = Executor(self.queue.put, notifier, secrets, clock, config)
         token, provider_env = first_secrets if first_secrets is not None else secrets(config)
         seed = random.SystemRandom().getrandbits(63) if seed is None else seed
         self.state: MState

@@ -1,8 +1,4 @@
-"""`clawsvc run`: wire config, secrets, sd_notify, the control socket and signals to the supervisor loop.
-
-Order matters for how soon the gateway starts: the config, its checks and the secrets, then the first gateway's
-head start (service/headstart.py), and only then the imports of the supervisor's machinery and the control
-socket (tests/test_startup_imports.py holds that line)."""
+"""`clawsvc run`: wire config, secrets, sd_notify, the control socket and signals to the supervisor loop."""
 
 from __future__ import annotations
 
@@ -13,22 +9,17 @@ import queue
 import signal
 from collections.abc import Mapping
 from types import FrameType
-from typing import TYPE_CHECKING
 
 from clawsvc import __version__, exitcodes, threads
 from clawsvc.config import Config, ConfigError, load_config
+from clawsvc.control.server import ControlServer
 from clawsvc.gateway import proctree
 from clawsvc.logs import set_level, setup_logging
 from clawsvc.secrets import SecretError, load_all
-from clawsvc.service import headstart
+from clawsvc.service.loop import Supervisor
+from clawsvc.service.messages import Message, SignalReceived
 from clawsvc.service.notify import Notifier
 from clawsvc.service.preflight import preflight
-
-if TYPE_CHECKING:
-    from clawsvc.control.server import ControlServer
-    from clawsvc.service.earlyspawn import EarlyGateway
-    from clawsvc.service.loop import Supervisor
-    from clawsvc.service.messages import Message, SignalReceived
 
 log = logging.getLogger("clawsvc")
 THREADS_GRACE = 5.0  # at exit, how long to wait in all for the threads still finishing (closes, stops)
@@ -41,23 +32,8 @@ def load_secrets(config: Config) -> tuple[str, Mapping[str, str]]:
     return token, provider_env
 
 
-def _on_signal(inbox: queue.SimpleQueue[Message], message: type[SignalReceived], signum: int,
-               frame: FrameType | None) -> None:
-    inbox.put(message(signum))
-
-
-def _held(early: queue.SimpleQueue[int], signum: int, frame: FrameType | None) -> None:
-    early.put(signum)  # until the supervisor's queue exists (the head start runs before it is even imported)
-
-
-def _hand_over(early: queue.SimpleQueue[int], inbox: queue.SimpleQueue[Message]) -> None:
-    """The supervisor's handlers first, then what arrived before them, so no signal falls between."""
-    from clawsvc.service.messages import SignalReceived
-
-    for signum in HANDLED_SIGNALS:
-        signal.signal(signum, functools.partial(_on_signal, inbox, SignalReceived))
-    while not early.empty():
-        inbox.put(SignalReceived(early.get()))
+def _on_signal(inbox: queue.SimpleQueue[Message], signum: int, frame: FrameType | None) -> None:
+    inbox.put(SignalReceived(signum))
 
 
 class ControlSocket:
@@ -68,8 +44,6 @@ class ControlSocket:
         self.server: ControlServer | None = None
 
     def open(self, config: Config) -> None:
-        from clawsvc.control.server import ControlServer
-
         self.server = ControlServer(config.control.socket, self.supervisor, config.control.group)
         self.server.start()
 
@@ -97,16 +71,16 @@ def _refuse(notifier: Notifier, message: str, problem: str) -> int:
     return exitcodes.CONFIG
 
 
-def _machinery(config: Config, notifier: Notifier, first_secrets: tuple[str, Mapping[str, str]],
-               head_start: headstart.HeadStart | None) -> tuple[Supervisor, ControlSocket]:
-    """The supervisor and its open control socket; any failure is logged here, then raised."""
+def _machinery(config: Config, notifier: Notifier,
+               first_secrets: tuple[str, Mapping[str, str]]) -> tuple[Supervisor, ControlSocket]:
+    """The supervisor, its signal handlers and its open control socket; any failure is logged here, then raised."""
     try:
-        from clawsvc.service.loop import Supervisor  # the rest of the machinery once the gateway is on its way
-
-        supervisor = Supervisor(config, load_secrets, notifier, first_secrets=first_secrets, head_start=head_start)
+        supervisor = Supervisor(config, load_secrets, notifier, first_secrets=first_secrets)
     except Exception:
         log.exception("cannot set up the supervisor (a bug or a broken install); stopping")
         raise
+    for signum in HANDLED_SIGNALS:
+        signal.signal(signum, functools.partial(_on_signal, supervisor.queue))
     control = ControlSocket(supervisor)
     try:
         control.open(config)
@@ -118,16 +92,6 @@ def _machinery(config: Config, notifier: Notifier, first_secrets: tuple[str, Map
 
 
 def main(args: argparse.Namespace) -> int:
-    began: EarlyGateway | str | None = getattr(args, "early_gateway", None)
-    early_gateway = None if isinstance(began, str) else began
-    try:
-        return _run(args, early_gateway, began if isinstance(began, str) else None)
-    finally:
-        if early_gateway is not None:
-            early_gateway.discard()  # a no-op once adopted; else nothing took it over and it must not outlive this exit
-
-
-def _run(args: argparse.Namespace, early_gateway: EarlyGateway | None, no_plan: str | None) -> int:
     setup_logging("info")
     notifier = Notifier()
     try:
@@ -137,32 +101,19 @@ def _run(args: argparse.Namespace, early_gateway: EarlyGateway | None, no_plan: 
         return _refuse(notifier, "invalid config, not starting", str(exc))
     set_level(config.logging.level)
     log.info("clawsvc %s starting with %s", __version__, config.source or "built-in defaults (no config file)")
-    if no_plan is not None:
-        log.info("no start plan used (%s): the gateway starts after the config is read", no_plan)
     proctree.become_subreaper()  # what the gateway's processes orphan is ours to end and reap, not init's
     try:
         first_secrets = load_secrets(config)
     except (SecretError, ConfigError) as exc:
         return _refuse(notifier, "cannot load secrets, not starting", str(exc))
-    early: queue.SimpleQueue[int] = queue.SimpleQueue()
-    for signum in HANDLED_SIGNALS:
-        signal.signal(signum, functools.partial(_held, early))
-    head_start = headstart.begin(config, *first_secrets, early_gateway)
     try:
-        supervisor, control = _machinery(config, notifier, first_secrets, head_start)
+        supervisor, control = _machinery(config, notifier, first_secrets)
     except Exception:
-        if head_start is not None:
-            head_start.discard()  # nothing will supervise it: it must not outlive this exit
         return exitcodes.FAIL
-    if head_start is not None and (plan_argv := getattr(args, "start_plan_argv", None)) is not None:
-        headstart.remember(config, head_start, plan_argv)
-    _hand_over(early, supervisor.queue)
     try:
         code = supervisor.run()
     finally:
         control.close()
-        if head_start is not None:
-            head_start.discard()  # a no-op once claimed or discarded; else the loop broke before its first Spawn
     if lingering := threads.join_all(THREADS_GRACE):
         log.debug("threads still running at exit: %s", ", ".join(lingering))
     log.info("clawsvc stopped (exit %d)", code)
