@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from clawsvc import __version__, exitcodes
+from clawsvc.service import catalogue
 
 # command name -> "module:function"; each function takes the parsed args and returns an exit code.
 HANDLERS = {
@@ -78,10 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "events", help="print the service's and the gateway's events (state changes, restarts, chat, ...)",
-        description="Recent events, or with --follow every event as it happens: clawsvc's own (state, "
-                    "gateway.spawned, gateway.exited, restart, restart.requested, health.failed, reload, ready, "
-                    "error; missed when this consumer fell behind) and the gateway's (chat, health, "
-                    "sessions.changed, shutdown, ...; tick only when named). Payloads can hold chat content.",
+        description="Recent events, or with --follow every event as it happens: clawsvc's own ("
+                    + ", ".join(catalogue.SERVICE) + ") and the gateway's (" + ", ".join(list(catalogue.GATEWAY)[:4])
+                    + ", ...; tick only when named). --names lists them all. Payloads can hold chat content.",
         epilog="exit: 0 (also on Ctrl-C or a closed pipe); 1 refused (not allowed, too many followers, or the "
                "socket is served by another user); 3 not running")
     _config_arg(p)
@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='one JSON object per line: {"time", "source", "name", "payload", "seq"}')
     p.add_argument("--name", dest="names", action="append", default=None, metavar="NAME",
                    help="only events of this name (repeatable); `tick` only arrives when named")
+    p.add_argument("--names", dest="list_names", action="store_true",
+                   help="list every event name with a one-line description, and exit")
 
     p = sub.add_parser("keys", help="provider API keys and the gateway token, in the keyring or as encrypted "
                                     "systemd credentials")

@@ -36,7 +36,7 @@ from clawsvc.control.path import ControlSocketError
 from clawsvc.control.server import ControlServer
 from clawsvc.control.wire import ControlError, ServiceNotRunning
 from clawsvc.service import status
-from clawsvc.service.messages import State
+from clawsvc.service.status import State
 
 NOBODY = 65534
 

@@ -4,13 +4,17 @@ passed in. Also the hub's bookkeeping and the CLI's readable lines."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
+import pytest
 from websocket import ABNF
 
+from clawsvc.cli import main
 from clawsvc.commands.events import readable
 from clawsvc.gateway.frames import EVENT_MAX, ConnectionStats, FrameCheck
 from clawsvc.gateway.protocol import GatewayEvent
+from clawsvc.service import catalogue
 from clawsvc.service.eventhub import EventHub
 from clawsvc.service.events import Event as E
 from clawsvc.service.events import History, Outbox, dropped, iso_time, wanted
@@ -218,3 +222,54 @@ def test_a_follower_whose_thread_cannot_start_gives_back_its_feed_and_place(monk
     reply = _serve_one(followers)
     assert reply["error"]["code"] == "BUSY" and handler.feeds[0].closed
     assert followers._count == 0 and not followers._feeds
+
+
+# ------------------------------------------------------------------ the catalogue (clawsvc/service/catalogue.py)
+
+SAMPLES: dict[str, tuple[Any, ...]] = {
+    "state": ("starting", "running", None), "gateway.spawned": (7,), "gateway.exited": (7, "exited 0", 0, None),
+    "restart": ("gateway pid 7 exited 1", 2, 1.5), "restart.requested": ("asked",),
+    "health.failed": (1, 3, "timeout"), "reload": (True, ["gateway.port"], None), "ready": ("2026.9.6", 7),
+    "error": ("gave up", 1), "missed": (4,), "dropped": ("too slow",),
+}
+
+
+def test_every_service_event_renders_its_own_payload() -> None:
+    assert set(SAMPLES) == set(catalogue.SERVICE), "a new event needs a sample here"
+    for name, kind in catalogue.SERVICE.items():
+        emit = kind(*SAMPLES[name])
+        assert (emit.name, emit.source) == (name, "service")
+        assert list(emit.payload) == list(kind.fields)
+        line = readable({"time": "T", "source": "service", "name": name, "payload": emit.payload})
+        assert line.startswith(f"T service {name}: ") and "{" not in line, line
+
+
+def test_an_event_made_with_the_wrong_number_of_values_is_refused() -> None:
+    with pytest.raises(TypeError, match=r"event gateway\.spawned takes 1 values"):
+        catalogue.SPAWNED(1, 2)
+
+
+def test_a_payload_without_the_events_fields_or_of_other_types_is_shown_as_json() -> None:
+    missing = {"time": "T", "source": "service", "name": "restart", "payload": {"reason": "x", "attempt": 1}}
+    assert readable(missing) == 'T service restart {"reason":"x","attempt":1}'
+    wrong = {"time": "T", "source": "service", "name": "restart",
+             "payload": {"reason": "x", "attempt": 1, "delay": "soon"}}
+    assert readable(wrong).startswith('T service restart {"reason"')
+
+
+def test_the_service_publishes_no_event_outside_the_catalogue() -> None:
+    """Every Emit of clawsvc's own comes from a catalogue Kind; only the gateway's events pass through by name."""
+    service = Path(catalogue.__file__).parent
+    for path in service.glob("*.py"):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if "Emit(" in line and path.name not in ("catalogue.py", "effects.py", "executor.py"):
+                assert '"gateway"' in line, f"{path.name}:{number}: {line.strip()}"
+
+
+def test_events_names_lists_the_whole_catalogue(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["events", "--names"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    listed = {line.split()[0]: line.split()[1] for line in lines}
+    assert {name: "service" for name in catalogue.SERVICE}.items() <= listed.items()
+    assert {name: "gateway" for name in catalogue.GATEWAY}.items() <= listed.items()
+    assert all(len(line.split(None, 2)) == 3 for line in lines), "every name has a description"

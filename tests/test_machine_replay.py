@@ -35,7 +35,6 @@ from clawsvc.service.messages import (
     SignalReceived,
     Spawned,
     SpawnFailed,
-    State,
     TimerFired,
     TimerKind,
 )
@@ -55,6 +54,7 @@ from clawsvc.service.states import (
     next_deadline,
     phase,
 )
+from clawsvc.service.status import State
 
 TOKEN = "t" * 32
 CONFIG = Config(gateway=GatewayConfig(start_timeout=20.0),
@@ -581,9 +581,9 @@ def test_events_of_failed_health_checks() -> None:
 def test_events_of_reloads() -> None:
     _, steps = replay(at("running"), [(5.0, ConfigFailed("bad: line 3")), (6.0, ConfigLoaded(CONFIG, TOKEN, {})),
                                       (7.0, ConfigLoaded(changed_port(), TOKEN, {}))])
-    assert emitted(steps)[:3] == [("service", "reload", {"ok": False, "error": "bad: line 3"}),
-                                  ("service", "reload", {"ok": True, "changed": []}),
-                                  ("service", "reload", {"ok": True, "changed": ["gateway.port"]})]
+    assert emitted(steps)[:3] == [("service", "reload", {"ok": False, "changed": [], "error": "bad: line 3"}),
+                                  ("service", "reload", {"ok": True, "changed": [], "error": None}),
+                                  ("service", "reload", {"ok": True, "changed": ["gateway.port"], "error": None})]
     assert emitted(steps)[3][1] == "restart.requested"
 
 
@@ -661,7 +661,8 @@ def test_a_reload_applies_new_restart_limits() -> None:
     assert isinstance(state, Stopped) and state.book.exit_code == exitcodes.FAIL
 
 
-PURE = ("machine", "states", "effects", "backoff", "moves", "starting", "running", "lifecycle")
+PURE = ("machine", "states", "effects", "backoff", "moves", "starting", "running", "lifecycle", "messages", "status",
+        "catalogue")
 IMPURE = {"threading", "subprocess", "socket", "os", "time", "logging", "selectors", "asyncio", "queue"}
 
 
@@ -676,5 +677,5 @@ def test_the_machine_modules_import_nothing_that_does_io(module: str) -> None:
     assert not imported & IMPURE, imported & IMPURE
     froms = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     clawsvc_modules = {m for m in froms if m.split(".")[0] == "clawsvc"}
-    assert clawsvc_modules <= {"clawsvc", "clawsvc.config", "clawsvc.service.messages", "clawsvc.service",
+    assert clawsvc_modules <= {"clawsvc", "clawsvc.config", "clawsvc.exits", "clawsvc.text", "clawsvc.service",
                                *(f"clawsvc.service.{name}" for name in PURE)}, clawsvc_modules

@@ -31,10 +31,10 @@ from clawsvc.commands.canary_copy import copy_state_as
 from clawsvc.commands.canary_state import Copied, copy_state
 from clawsvc.config import SECRET_ENV, Config
 from clawsvc.config.values import TOKEN_ENV
+from clawsvc.exits import ExitInfo
 from clawsvc.gateway import process
 from clawsvc.gateway.compile_cache import compile_cache_dir
 from clawsvc.gateway.connection import GatewayConnection
-from clawsvc.gateway.exits import ExitInfo
 from clawsvc.gateway.process import GatewayProcess, SpawnError
 from clawsvc.gateway.protocol import GatewayError, describe_error
 from clawsvc.gateway.spawnenv import STRIP_ENV

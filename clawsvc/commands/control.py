@@ -22,8 +22,7 @@ from clawsvc.control.wire import (
     rpc_timeout,
     too_deep,
 )
-from clawsvc.service.messages import State
-from clawsvc.service.status import REPLIED, BadSnapshot, Snapshot, status_block
+from clawsvc.service.status import REPLIED, BadSnapshot, Snapshot, State, status_block
 
 STATUS_TIMEOUT = 10.0
 MARGIN = 5.0  # the service's own timeout fires first, so its error (not ours) reaches the user

@@ -34,8 +34,7 @@ from clawsvc.gateway.ports import port_holder
 from clawsvc.gateway.process import SpawnError, check_command
 from clawsvc.gateway.proctree import descendants
 from clawsvc.secrets import describe_token_source, keyring_status, provider_env_name, provider_keys
-from clawsvc.service.messages import State
-from clawsvc.service.status import BadSnapshot, Snapshot
+from clawsvc.service.status import BadSnapshot, Snapshot, State
 
 STATUS_TIMEOUT = 3.0
 

@@ -7,57 +7,26 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from clawsvc import exitcodes
 from clawsvc.commands.control import STATUS_TIMEOUT, ask, client_socket, fail, load
 from clawsvc.control.client import ClientRefusal, follow
 from clawsvc.control.wire import ControlError, ServiceNotRunning
+from clawsvc.service import catalogue
 from clawsvc.text import cut, printable
 
 PAYLOAD_SHOWN = 200  # characters of a payload on a readable line
-
-
-def _state(p: dict[str, Any]) -> str:
-    return f"{p['from']} -> {p['to']}" + (f" ({p['cause']})" if p.get("cause") else "")
-
-
-def _restart(p: dict[str, Any]) -> str:
-    return f"in {p['delay']:.1f}s (attempt {p['attempt']}): {p['reason']}"
-
-
-def _reload(p: dict[str, Any]) -> str:
-    if not p["ok"]:
-        return f"failed: {p['error']}"
-    return f"ok; {', '.join(p['changed'])} changed" if p.get("changed") else "ok"
-
-
-SERVICE_TEXT: dict[str, Callable[[dict[str, Any]], str]] = {
-    "state": _state,
-    "gateway.spawned": lambda p: f"pid {p['pid']}",
-    "gateway.exited": lambda p: f"pid {p['pid']} {p['status']}",
-    "restart": _restart,
-    "restart.requested": lambda p: str(p["reason"]),
-    "health.failed": lambda p: f"{p['failures']}/{p['limit']}: {p['error']}",
-    "reload": _reload,
-    "ready": lambda p: f"gateway version {p['version']}" + (f", pid {p['pid']}" if p.get("pid") else " (adopted)"),
-    "error": lambda p: f"{p['error']} (exit {p['exit_code']})",
-    "missed": lambda p: f"{p['count']} event(s) this consumer did not take in time",
-    "dropped": lambda p: str(p["reason"]),
-}
 
 
 def readable(event: dict[str, Any]) -> str:
     """2026-11-28T21:00:00.123Z service state: starting -> running (...)  |  ... gateway chat {...}"""
     when, source, name = event.get("time", "?"), event.get("source", "?"), event.get("name", "?")
     payload = event.get("payload")
-    text = SERVICE_TEXT.get(str(name)) if source == "service" else None
+    text = catalogue.text(str(name), payload) if source == "service" else None
     if text is not None:
-        try:
-            return printable(f"{when} {source} {name}: {text(payload)}")
-        except (KeyError, TypeError, ValueError):
-            pass  # a payload of another clawsvc version: shown as it is
+        return printable(f"{when} {source} {name}: {text}")
     shown = cut(json.dumps(payload, ensure_ascii=False, separators=(",", ":"), default=str), PAYLOAD_SHOWN)
     return printable(f"{when} {source} {name} {shown}")
 
@@ -96,8 +65,19 @@ def _follow(args: argparse.Namespace, config: Any) -> int:
     return exitcodes.OK
 
 
+def print_names() -> int:
+    """`clawsvc events --names`: the catalogue, without asking the service."""
+    rows = catalogue.names()
+    width = max(len(name) for _, name, _ in rows)
+    for source, name, description in rows:
+        print(f"{name:<{width}}  {source:<7}  {description}")
+    return exitcodes.OK
+
+
 def main(args: argparse.Namespace) -> int:
     """Exit 0 (also on Ctrl-C or when the reader of stdout goes away), 3 not running, 1 refused."""
+    if args.list_names:
+        return print_names()
     config = load(args)
     if config is None:
         return exitcodes.CONFIG

@@ -12,8 +12,7 @@ from clawsvc.commands.control import MARGIN, STATUS_TIMEOUT, client_socket
 from clawsvc.config import Config
 from clawsvc.control.client import request
 from clawsvc.control.wire import ControlError, ServiceNotRunning
-from clawsvc.service.messages import State
-from clawsvc.service.status import BadSnapshot, Snapshot
+from clawsvc.service.status import BadSnapshot, Snapshot, State
 
 HEALTH_CHECKS = 3
 HEALTH_EVERY = 1.0

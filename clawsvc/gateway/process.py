@@ -22,8 +22,8 @@ from pathlib import Path
 from clawsvc import trust
 from clawsvc.config import SECRET_ENV, Config
 from clawsvc.config.values import TOKEN_ENV
+from clawsvc.exits import ExitInfo
 from clawsvc.gateway import compile_cache, leftovers, proctree
-from clawsvc.gateway.exits import ExitInfo
 from clawsvc.gateway.node import ProvisionError, node_problem
 from clawsvc.gateway.output import OutputPump
 from clawsvc.gateway.spawnenv import GATEWAY_CONFIG, inherited, unconfigured_flag

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from clawsvc.config import Config
-from clawsvc.service.messages import State
+from clawsvc.service.status import Snapshot
 
 DEBUG, INFO, WARNING, ERROR = 10, 20, 30, 40  # the logging module's levels, without importing it here
 
@@ -22,27 +22,6 @@ class NotifyKind(enum.Enum):
     STOPPING = "stopping"
     WATCHDOG = "watchdog"
     EXTEND_TIMEOUT = "extend-timeout"
-
-
-@dataclass(frozen=True)
-class View:
-    """What `clawsvc status` and STATUS= show; the executor adds the service pid and wall-clock times."""
-    state: State
-    pid: int | None
-    port: int
-    owned: bool
-    gateway_version: str | None
-    ready_at: float | None       # monotonic
-    connected_at: float | None   # monotonic
-    error: str | None
-    cause: str | None
-    reconnect_attempts: int
-    restarts: int
-    last_exit: str | None
-    started_at: float            # monotonic
-    config: str | None
-    max_attempts: int
-    link: int | None             # the connection control-socket RPCs go to
 
 
 @dataclass(frozen=True)
@@ -103,7 +82,7 @@ class Notify:
 
 @dataclass(frozen=True)
 class Publish:
-    view: View
+    view: Snapshot
 
 
 @dataclass(frozen=True)

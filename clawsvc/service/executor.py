@@ -5,6 +5,7 @@ link id), the connector and the notifier."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -39,7 +40,6 @@ from clawsvc.service.effects import (
     Reply,
     Spawn,
     StopProcess,
-    View,
 )
 from clawsvc.service.eventhub import EventHub
 from clawsvc.service.events import Event
@@ -77,7 +77,7 @@ class Executor:
         self.clock = clock
         self.connector = Connector(post, self._register)
         self.on_reload: Callable[[Config, Config], None] | None = None
-        self.snapshot = Snapshot.empty(config, os.getpid())
+        self.snapshot = Snapshot.empty(config, os.getpid(), clock())
         self.events = EventHub()
         self._lock = threading.Lock()  # guards the three below: control threads read them
         self._processes: dict[int, GatewayProcess] = {}
@@ -124,17 +124,12 @@ class Executor:
 
     # ------------------------------------------------------------------ status and systemd
 
-    def _publish(self, view: View) -> None:
-        if view.connected_at is not None and (self._epoch is None or self._epoch[0] != view.connected_at):
-            self._epoch = (view.connected_at, time.time() - (self.clock() - view.connected_at))
-        self.snapshot = Snapshot(
-            state=view.state, pid=view.pid, port=view.port, owned=view.owned,
-            gateway_version=view.gateway_version, ready_at=view.ready_at,
-            connected_at=self._epoch[1] if view.connected_at is not None and self._epoch else None,
-            error=view.error, cause=view.cause, reconnect_attempts=view.reconnect_attempts, restarts=view.restarts,
-            last_exit=view.last_exit, service_pid=os.getpid(), started_at=view.started_at, config=view.config,
-            max_attempts=view.max_attempts,
-        )
+    def _publish(self, view: Snapshot) -> None:
+        connected = view.connected_mono
+        if connected is not None and (self._epoch is None or self._epoch[0] != connected):
+            self._epoch = (connected, time.time() - (self.clock() - connected))
+        epoch = self._epoch[1] if connected is not None and self._epoch else None
+        self.snapshot = dataclasses.replace(view, connected_at=epoch, service_pid=os.getpid())
         with self._lock:
             self._current = self._links.get(view.link) if view.link is not None else None
 

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 from clawsvc import exitcodes
 from clawsvc.config import gateway_affecting
+from clawsvc.service import catalogue
 from clawsvc.service.backoff import forgiven
 from clawsvc.service.effects import (
     ERROR,
@@ -54,8 +55,7 @@ NOT_OWNED = ("NOT_OWNED", "the gateway was adopted, not started by clawsvc; rest
 
 def exited(message: ProcessExited) -> Emit:
     info = message.info
-    return Emit("gateway.exited", {"pid": message.pid, "status": info.describe(), "returncode": info.returncode,
-                                   "signal": info.signal})
+    return catalogue.EXITED(message.pid, info.describe(), info.returncode, info.signal)
 
 
 def on_crash(state: AwaitingHello | Running | Reconnecting | Replacing, message: ProcessExited,
@@ -98,7 +98,7 @@ def on_restart(state: MState, message: RestartRequested, now: float) -> Outcome:
     if adopted(state) and message.reply is not None:
         return state, [Reply(message.reply, None, NOT_OWNED)]
     effects: list[Effect] = [Log(INFO, f"gateway restart requested ({message.reason})"),
-                             Emit("restart.requested", {"reason": message.reason})]
+                             catalogue.RESTART_REQUESTED(message.reason)]
     if message.reply is not None:
         effects.append(Reply(message.reply, {"restarting": True}))
     pid, book = pid_of(state), state.book
@@ -140,7 +140,7 @@ def on_config_loaded(state: MState, message: ConfigLoaded, now: float) -> Outcom
     if not stopping and (message.token, dict(message.provider_env)) != (book.token, dict(book.provider_env)):
         changed.append("the gateway token or provider keys")
     effects: list[Effect] = [ApplyConfig(old, new)]
-    effects.append(Emit("reload", {"ok": True, "changed": [] if stopping else changed}))
+    effects.append(catalogue.RELOAD(True, [] if stopping else changed, None))
     if not changed or stopping:
         effects.append(Log(INFO, f"reloaded {new.source}; no gateway restart needed"))
         return with_book(state, replace(book, config=new)), [*effects, _reload_done(book.ready_sent)]
@@ -153,7 +153,7 @@ def on_config_loaded(state: MState, message: ConfigLoaded, now: float) -> Outcom
 
 def on_config_failed(state: MState, message: ConfigFailed, now: float) -> Outcome:
     text = f"reload failed, still running on the previous config: {message.problem}"
-    return state, [Log(ERROR, text), Emit("reload", {"ok": False, "error": message.problem}),
+    return state, [Log(ERROR, text), catalogue.RELOAD(False, [], message.problem),
                    _reload_done(state.book.ready_sent, f" (reload failed: {message.problem})")]
 
 

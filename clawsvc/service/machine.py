@@ -11,8 +11,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from clawsvc.config import Config
-from clawsvc.service import lifecycle, running, starting
-from clawsvc.service.effects import DEBUG, INFO, CloseLink, Effect, Emit, Log, Notify, NotifyKind, Publish, Reply
+from clawsvc.service import catalogue, lifecycle, running, starting
+from clawsvc.service.effects import DEBUG, INFO, CloseLink, Effect, Log, Notify, NotifyKind, Publish, Reply
 from clawsvc.service.messages import (
     ConfigFailed,
     ConfigLoaded,
@@ -29,7 +29,6 @@ from clawsvc.service.messages import (
     SignalReceived,
     Spawned,
     SpawnFailed,
-    State,
     TimerFired,
     TimerKind,
 )
@@ -50,6 +49,7 @@ from clawsvc.service.states import (
     Stopping,
     view,
 )
+from clawsvc.service.status import State
 
 Handler = Callable[[Any, Any, float], Outcome]
 Key = tuple[type, type | TimerKind]
@@ -156,7 +156,7 @@ def _announce(old: MState, new: MState, effects: list[Effect]) -> list[Effect]:
     if before.state is not after.state:
         why = f" ({after.cause})" if after.cause and after.state is not State.ERROR else ""
         out.append(Log(INFO, f"state {before.state.value} -> {after.state.value}{why}"))
-        changed.append(Emit("state", {"from": before.state.value, "to": after.state.value, "cause": after.cause}))
+        changed.append(catalogue.STATE(before.state.value, after.state.value, after.cause))
     if after != before:
         out.append(Publish(after))
     ready = any(isinstance(effect, Notify) and effect.kind is NotifyKind.READY for effect in effects)

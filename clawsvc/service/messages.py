@@ -10,20 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from clawsvc.gateway.exits import ExitInfo
+from clawsvc.exits import ExitInfo
 
 if TYPE_CHECKING:
     from clawsvc.config import Config
-
-
-class State(enum.Enum):
-    """The phase shown on STATUS= lines and by `clawsvc status`."""
-    STOPPED = "stopped"
-    STARTING = "starting"
-    RUNNING = "running"
-    RECONNECTING = "reconnecting"
-    ERROR = "error"
-    STOPPING = "stopping"
 
 
 class HandshakeKind(enum.Enum):

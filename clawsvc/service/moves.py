@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from clawsvc import exitcodes
+from clawsvc.service import catalogue
 from clawsvc.service.backoff import restart_delay
 from clawsvc.service.effects import (
     ERROR,
@@ -13,7 +14,6 @@ from clawsvc.service.effects import (
     CloseLink,
     Connect,
     Effect,
-    Emit,
     Log,
     Probe,
     StopProcess,
@@ -63,7 +63,7 @@ def fail(book: Book, error: str, code: int, pid: int | None = None, link: int | 
     """A problem retrying cannot fix: stop, and exit so systemd's Restart=/start limits decide."""
     new, effects = shutdown(replace(book, error=error, exit_code=code), pid, link, pending_spawn)
     return new, [Log(ERROR, f"{error}; stopping clawsvc (exit {code})"),
-                 Emit("error", {"error": error, "exit_code": code}), *effects]
+                 catalogue.ERROR(error, code), *effects]
 
 
 def fail_in(state: MState, error: str, code: int) -> Outcome:
@@ -79,7 +79,7 @@ def schedule_restart(book: Book, cause: str, now: float) -> Outcome:
         return fail(book, f"{cause}; gave up after {limit} attempts in a row", exitcodes.FAIL)
     book = replace(book, restarts=book.restarts + 1)
     text = f"{cause}; restarting in {delay:.1f}s (attempt {attempts}/{limit or '∞'})"
-    restart = Emit("restart", {"reason": cause, "attempt": attempts, "delay": delay})
+    restart = catalogue.RESTART(cause, attempts, delay)
     return BackingOff(book, now + delay, cause), [Log(WARNING, text), restart]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from clawsvc.service import catalogue
 from clawsvc.service.backoff import forgiven
 from clawsvc.service.effects import DEBUG, INFO, WARNING, CheckHealth, Effect, Emit, Log
 from clawsvc.service.messages import GatewayEventSeen, HealthChecked, LinkLost, TimerFired
@@ -60,8 +61,7 @@ def on_health(state: Running, message: HealthChecked, now: float) -> Outcome:
     failures = state.failures + 1
     effects: list[Effect] = [Log(WARNING, f"gateway health check failed ({failures}/{health.failures}): "
                                           f"{message.error}"),
-                             Emit("health.failed", {"failures": failures, "limit": health.failures,
-                                                    "error": message.error})]
+                             catalogue.HEALTH_FAILED(failures, health.failures, message.error)]
     if failures < health.failures:
         return replace(checked, failures=failures), effects
     if checked.pid is None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from clawsvc import exitcodes
-from clawsvc.service.effects import INFO, Connect, Effect, Emit, Log, Notify, NotifyKind, Spawn, StopProcess
+from clawsvc.service import catalogue
+from clawsvc.service.effects import INFO, Connect, Effect, Log, Notify, NotifyKind, Spawn, StopProcess
 from clawsvc.service.messages import (
     HandshakeDone,
     HandshakeFailed,
@@ -51,7 +52,7 @@ def on_spawned(state: Spawning, message: Spawned, now: float) -> Outcome:
     text = (f"started gateway pid {message.pid} on port {gateway.port}; waiting for its hello-ok "
             f"(up to {gateway.start_timeout:.0f}s)")
     connect = Connect(book.gen, book.config, book.token, spawned=message.pid, timeout=gateway.start_timeout)
-    return AwaitingHello(book, message.pid, now), [Log(INFO, text), Emit("gateway.spawned", {"pid": message.pid}),
+    return AwaitingHello(book, message.pid, now), [Log(INFO, text), catalogue.SPAWNED(message.pid),
                                                    connect]
 
 
@@ -62,7 +63,7 @@ def on_spawn_failed(state: Spawning | Restarting, message: SpawnFailed, now: flo
 def on_late_spawn(state: Restarting | Stopping, message: Spawned, now: float) -> Outcome:
     """A spawn reported after a restart or a stop was asked for: stop what it started."""
     return replace(state, pid=message.pid, **({"spawning": False} if isinstance(state, Stopping) else {})), \
-        [Emit("gateway.spawned", {"pid": message.pid}), StopProcess(message.pid)]
+        [catalogue.SPAWNED(message.pid), StopProcess(message.pid)]
 
 
 def on_late_spawn_failed(state: Stopping, message: SpawnFailed, now: float) -> Outcome:
@@ -81,7 +82,7 @@ def on_hello(state: Adopting | AwaitingHello | Reconnecting, message: HandshakeD
                    connected_at=now, error=None, extend_at=None, ready_sent=True)
     effects: list[Effect] = [Log(INFO, text)]
     if not state.book.ready_sent:
-        effects += [Notify(NotifyKind.READY), Emit("ready", {"version": message.version, "pid": pid})]
+        effects += [Notify(NotifyKind.READY), catalogue.READY(message.version, pid)]
     return Running(book, pid, message.link, now + book.config.health.interval), effects
 
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field, replace
 
 from clawsvc import exitcodes
 from clawsvc.config import Config
-from clawsvc.service.effects import View
-from clawsvc.service.messages import State, TimerKind
+from clawsvc.service.messages import TimerKind
+from clawsvc.service.status import Snapshot, State
 
 
 @dataclass(frozen=True)
@@ -170,15 +170,16 @@ def with_book(state: MState, book: Book) -> MState:
     return replace(state, book=book)
 
 
-def view(state: MState) -> View:
+def view(state: MState) -> Snapshot:
+    """What `clawsvc status` and STATUS= show; the executor stamps the service pid and the wall-clock times."""
     book = state.book
     config = book.config
-    return View(
+    return Snapshot(
         state=phase(state), pid=pid_of(state), port=config.gateway.port, owned=not adopted(state),
-        gateway_version=book.version, ready_at=book.ready_at, connected_at=book.connected_at, error=book.error,
+        gateway_version=book.version, ready_at=book.ready_at, connected_at=None, error=book.error,
         cause=cause(state), reconnect_attempts=book.attempts, restarts=book.restarts, last_exit=book.last_exit,
-        started_at=book.started_at, config=str(config.source) if config.source else None,
-        max_attempts=config.reconnect.max_attempts, link=link_of(state),
+        service_pid=0, started_at=book.started_at, config=str(config.source) if config.source else None,
+        max_attempts=config.reconnect.max_attempts, link=link_of(state), connected_mono=book.connected_at,
     )
 
 

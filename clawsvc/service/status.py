@@ -1,22 +1,35 @@
-"""The supervisor's published state: an immutable snapshot other threads may read, its wire form (the
-`status` reply, read back by the client with from_dict) and its two views: the one-line STATUS= and the
-`clawsvc status` block."""
+"""The supervisor's published state: an immutable snapshot (made by the pure machine, stamped by the executor
+with the service's pid and the wall-clock connect time) other threads may read, its wire form (the `status`
+reply, read back by the client with from_dict) and its two views: the one-line STATUS= and the `clawsvc status`
+block. Pure: no I/O."""
 
 from __future__ import annotations
 
+import enum
 import math
 import sys
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeGuard
 
 from clawsvc.config import Config
-from clawsvc.service.messages import State
 from clawsvc.text import printable, shown
 
 REPLIED = 0.0  # the monotonic instant of a snapshot read by from_dict: the moment the service answered
 LAST_EPOCH = 253402300799.0  # 9999-12-31T23:59:59Z: a later connectedAt is no time this client can show
+
+
+class State(enum.Enum):
+    """The phase shown on STATUS= lines and by `clawsvc status`."""
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    RECONNECTING = "reconnecting"
+    ERROR = "error"
+    STOPPING = "stopping"
+
+
 _STATES = frozenset(state.value for state in State)
 
 
@@ -43,21 +56,23 @@ class Snapshot:
     owned: bool
     gateway_version: str | None
     ready_at: float | None       # monotonic
-    connected_at: float | None   # epoch
+    connected_at: float | None   # epoch: stamped by the executor from connected_mono, or read from a reply
     error: str | None
     cause: str | None
     reconnect_attempts: int
     restarts: int
     last_exit: str | None
-    service_pid: int
+    service_pid: int             # 0 until the executor stamps it
     started_at: float            # monotonic
     config: str | None
     max_attempts: int            # 0: unlimited, or not known (a status reply does not carry it)
+    link: int | None = None      # the connection control-socket RPCs go to (not in the reply)
+    connected_mono: float | None = None  # monotonic (not in the reply)
 
     @classmethod
-    def empty(cls, config: Config, service_pid: int) -> Snapshot:
+    def empty(cls, config: Config, service_pid: int, now: float) -> Snapshot:
         return cls(State.STOPPED, None, config.gateway.port, True, None, None, None, None, None, 0, 0, None,
-                   service_pid, time.monotonic(), str(config.source) if config.source else None,
+                   service_pid, now, str(config.source) if config.source else None,
                    config.reconnect.max_attempts)
 
     def uptime(self, now: float) -> float | None:
@@ -202,7 +217,7 @@ def _bullet(running: bool) -> str:
 def _state_line(snap: Snapshot, now: float, wall_now: float) -> str:
     state, uptime, since = snap.state.value, snap.uptime(now), snap.connected_at
     if snap.state is State.RUNNING and since is not None:
-        stamp = time.strftime("%a %Y-%m-%d %H:%M:%S %Z", time.localtime(since))
+        stamp = datetime.fromtimestamp(since).astimezone().strftime("%a %Y-%m-%d %H:%M:%S %Z")
         return f"{state} since {stamp}; {human_duration(wall_now - since)} ago"
     if uptime is not None:
         return f"{state} (gateway up {human_duration(uptime)})"
