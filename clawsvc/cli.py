@@ -74,8 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=None, metavar="S",
                    help="seconds to wait for the gateway's answer (up to 3600; default: connection.request_timeout)")
 
-    p = sub.add_parser("restart-gateway", help="restart the gateway child; the service stays up")
+    p = sub.add_parser(
+        "restart-gateway", help="restart the gateway; the service stays up",
+        description="By default the gateway's own safe restart: it finishes its active work (agent turns, replies "
+                    "on their way) and restarts in the same process. --force restarts it at once.",
+        epilog="exit: 0 restart requested; 1 refused (an adopted gateway, or the socket is served by another user); "
+               "3 not running")
     _config_arg(p)
+    p.add_argument("--force", action="store_true",
+                   help="stop the gateway now (SIGTERM, SIGKILL after 10s) and start a new one; cuts off work in "
+                        "flight")
 
     p = sub.add_parser(
         "events", help="print the service's and the gateway's events (state changes, restarts, chat, ...)",

@@ -38,7 +38,7 @@ def test_defaults_match_the_contract(as_root):
     c = Config()
     g = c.gateway
     assert (g.command, g.port, g.bind, g.env, g.adopt_existing) == (("openclaw",), 18789, "loopback", {}, True)
-    assert (g.state_dir, g.start_timeout, g.stop_timeout) == (Path("/var/lib/clawsvc/openclaw"), 120.0, 10.0)
+    assert (g.state_dir, g.start_timeout, g.stop_timeout) == (Path("/var/lib/clawsvc/openclaw"), 120.0, 330.0)
     assert c.auth.token_file is None
     assert c.providers == ("anthropic", "openai", "google", "openrouter")
     cn = c.connection

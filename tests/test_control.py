@@ -69,9 +69,9 @@ class FakeHandler:
             return self.rpc_behaviour(method, params, timeout)
         return {"method": method, "params": params, "timeout": timeout}
 
-    def restart_gateway(self) -> dict[str, Any]:
-        self.calls.append(("restart-gateway",))
-        return {"message": "restarting gateway pid 4242"}
+    def restart_gateway(self, mode: str) -> dict[str, Any]:
+        self.calls.append(("restart-gateway", mode))
+        return {"restarting": True, "mode": mode}
 
 
 @pytest.fixture
@@ -113,8 +113,14 @@ def test_rpc_passes_method_params_and_timeout(server, handler, sock_path):
 
 
 def test_restart_gateway(server, handler, sock_path):
-    assert request(sock_path, {"cmd": "restart-gateway"}, 5) == {"message": "restarting gateway pid 4242"}
-    assert handler.calls == [("restart-gateway",)]
+    assert request(sock_path, {"cmd": "restart-gateway"}, 5) == {"restarting": True, "mode": "safe"}
+    assert request(sock_path, {"cmd": "restart-gateway", "mode": "fresh"}, 5)["mode"] == "fresh"
+    assert handler.calls == [("restart-gateway", "safe"), ("restart-gateway", "fresh")]
+    for bad in ("soft", 1, None, ["safe"]):
+        with pytest.raises(ControlError) as err:
+            request(sock_path, {"cmd": "restart-gateway", "mode": bad}, 5)
+        assert err.value.code == "BAD_REQUEST" and "safe, fresh, force" in err.value.message
+    assert len(handler.calls) == 2
 
 
 def test_gateway_error_keeps_code_message_details(server, handler, sock_path):
@@ -751,13 +757,15 @@ def test_rpc_timeout_out_of_range_is_a_usage_error(config_file, capsys, timeout)
 
 def test_rpc_and_restart_without_service_exit_3(config_file):
     assert control_cli.rpc_main(ns(config_file, method="health", params=None, timeout=None)) == 3
-    assert control_cli.restart_main(ns(config_file)) == 3
+    assert control_cli.restart_main(ns(config_file, force=False)) == 3
 
 
 def test_restart_gateway_cli(server, handler, config_file, capsys):
-    assert control_cli.restart_main(ns(config_file)) == exitcodes.OK
-    assert handler.calls == [("restart-gateway",)]
-    assert "restarting gateway pid 4242" in capsys.readouterr().out
+    assert control_cli.restart_main(ns(config_file, force=False)) == exitcodes.OK
+    assert "restarts itself (same process) as soon as its active work is done" in capsys.readouterr().out
+    assert control_cli.restart_main(ns(config_file, force=True)) == exitcodes.OK
+    assert "work in flight is cut off" in capsys.readouterr().out
+    assert handler.calls == [("restart-gateway", "safe"), ("restart-gateway", "force")]
 
 
 def test_cli_subprocess_end_to_end(server, config_file):

@@ -16,7 +16,20 @@ from clawsvc import exitcodes
 from clawsvc.config import Config, GatewayConfig, HealthConfig, ReconnectConfig
 from clawsvc.service import machine
 from clawsvc.service.backoff import restart_delay
-from clawsvc.service.effects import Connect, Emit, LoadConfig, Log, Notify, NotifyKind, Probe, Publish, Reply
+from clawsvc.service.effects import (
+    AskRestart,
+    CloseLink,
+    Connect,
+    Emit,
+    LoadConfig,
+    Log,
+    Notify,
+    NotifyKind,
+    Probe,
+    Publish,
+    Reply,
+    StopProcess,
+)
 from clawsvc.service.lifecycle import NOT_OWNED
 from clawsvc.service.messages import (
     ConfigFailed,
@@ -31,6 +44,8 @@ from clawsvc.service.messages import (
     PortFree,
     PortTaken,
     ProcessExited,
+    RestartAnswered,
+    RestartMode,
     RestartRequested,
     SignalReceived,
     Spawned,
@@ -38,6 +53,7 @@ from clawsvc.service.messages import (
     TimerFired,
     TimerKind,
 )
+from clawsvc.service.moves import FORCE_GRACE, SAFE_RESTART_BOUND
 from clawsvc.service.states import (
     Adopting,
     AwaitingHello,
@@ -114,11 +130,12 @@ FIXTURES: dict[str, list[tuple[float, Any]]] = {
     "backing_off": [*UP, (4.0, ProcessExited(1, PID, CRASH))],
     "stopping": [*UP, (4.0, SignalReceived(signal.SIGTERM))],
     "stopping_spawn": [(1.0, PortFree(1)), (2.0, SignalReceived(signal.SIGTERM))],
+    "restart_asked": [*UP, (4.0, RestartRequested("test", None, RestartMode.SAFE))],
 }
 TYPES = {"probing": Probing, "adopting": Adopting, "spawning": Spawning, "awaiting": AwaitingHello,
          "running": Running, "running_adopted": Running, "reconnecting": Reconnecting, "replacing": Replacing,
          "restarting": Restarting, "restarting_spawn": Restarting, "backing_off": BackingOff,
-         "stopping": Stopping, "stopping_spawn": Stopping}
+         "stopping": Stopping, "stopping_spawn": Stopping, "restart_asked": Running}
 
 
 def at(name: str, config: Config = CONFIG) -> MState:
@@ -138,9 +155,9 @@ ROWS: list[tuple[str, Any, type, list[str]]] = [
     ("probing", PortTaken(1, "pid 9"), Adopting, ["Connect"]),
     ("spawning", Spawned(1, PID), AwaitingHello, [ST, "Emit:gateway.spawned", "Connect"]),
     ("spawning", SpawnFailed(1, "no node"), Stopped, [ST, ERR, "AbortConnect", STATE]),
-    ("restarting_spawn", Spawned(1, PID), Restarting, ["Emit:gateway.spawned", f"StopProcess:{PID}"]),
+    ("restarting_spawn", Spawned(1, PID), Restarting, [ST, "Emit:gateway.spawned", f"StopProcess:{PID}"]),
     ("restarting_spawn", SpawnFailed(1, "no node"), Stopped, [ST, ERR, "AbortConnect", STATE]),
-    ("stopping_spawn", Spawned(1, PID), Stopping, ["Emit:gateway.spawned", f"StopProcess:{PID}"]),
+    ("stopping_spawn", Spawned(1, PID), Stopping, [ST, "Emit:gateway.spawned", f"StopProcess:{PID}"]),
     ("stopping_spawn", SpawnFailed(1, "no node"), Stopped, [ST, STATE]),
     ("adopting", HandshakeDone(1, 1, "v1", 4), Running, [READY, "Emit:ready", STATE]),
     ("awaiting", HandshakeDone(1, 1, "v1", 4), Running, [READY, "Emit:ready", STATE]),
@@ -160,15 +177,25 @@ ROWS: list[tuple[str, Any, type, list[str]]] = [
     ("running", ProcessExited(1, PID, CRASH), BackingOff, [ST, EXITED, "CloseLink:1", "AbortConnect", RESTART, STATE]),
     ("reconnecting", ProcessExited(1, PID, CRASH), BackingOff, [ST, EXITED, "AbortConnect", RESTART]),
     ("replacing", ProcessExited(1, PID, ExitInfo(None, 15)), BackingOff, [ST, EXITED, "AbortConnect", RESTART]),
-    ("restarting", ProcessExited(1, PID, ExitInfo(0, None)), Probing, [ST, EXITED, "Probe:2"]),
-    ("stopping", ProcessExited(1, PID, ExitInfo(0, None)), Stopped, [ST, EXITED, STATE]),
+    ("restarting", ProcessExited(1, PID, ExitInfo(0, None)), Probing, [ST, EXITED, "CloseLink:1", "Probe:2"]),
+    ("stopping", ProcessExited(1, PID, ExitInfo(0, None)), Stopped, [ST, EXITED, "CloseLink:1", STATE]),
     ("backing_off", TimerFired(TimerKind.BACKOFF), Probing, [ST, "Probe:2", STATE]),
     ("probing", RestartRequested("r"), Probing, [ASKED, "AbortConnect", "Probe:2"]),
     ("adopting", RestartRequested("r"), Probing, [ASKED, "AbortConnect", "Probe:2"]),
     ("spawning", RestartRequested("r"), Restarting, [ST, ASKED]),
     ("awaiting", RestartRequested("r"), Restarting, [ST, ASKED, "AbortConnect", f"StopProcess:{PID}"]),
-    ("running", RestartRequested("r"), Restarting,
+    ("running", RestartRequested("r"), Restarting, [ST, ASKED, "AbortConnect", f"StopProcess:{PID}", STATE]),
+    ("running", RestartRequested("r", None, RestartMode.FORCE), Restarting,
      [ST, ASKED, "AbortConnect", "CloseLink:1", f"StopProcess:{PID}", STATE]),
+    ("running", RestartRequested("r", None, RestartMode.SAFE), Running, [ST, ASKED, "AskRestart"]),
+    ("restart_asked", RestartAnswered(1, 1, True), Running, []),
+    ("restart_asked", RestartAnswered(1, 1, False, "unknown method"), Restarting,
+     [ST, "AbortConnect", f"StopProcess:{PID}", STATE]),
+    ("restart_asked", TimerFired(TimerKind.RESTART), Restarting, [ST, "AbortConnect", f"StopProcess:{PID}", STATE]),
+    ("restarting", GatewayEventSeen(1, 1, "chat", {"state": "final"}, 9), Restarting, ["Gateway:chat"]),
+    ("restarting", LinkLost(1, 1, 1012, "service restart"), Restarting, []),
+    ("stopping", GatewayEventSeen(1, 1, "chat", {"state": "final"}, 9), Stopping, ["Gateway:chat"]),
+    ("stopping", LinkLost(1, 1, 1012, "service restart"), Stopping, []),
     ("reconnecting", RestartRequested("r"), Restarting, [ST, ASKED, "AbortConnect", f"StopProcess:{PID}", STATE]),
     ("replacing", RestartRequested("r"), Restarting, [ST, ASKED, "AbortConnect", f"StopProcess:{PID}", STATE]),
     ("restarting", RestartRequested("r"), Restarting, [ASKED]),
@@ -181,7 +208,7 @@ SIGTERM_ROWS: dict[str, tuple[type, list[str]]] = {
     "adopting": (Stopped, [ST, STOP, "AbortConnect", STATE]),
     "spawning": (Stopping, [ST, STOP, "AbortConnect", STATE]),
     "awaiting": (Stopping, [ST, STOP, "AbortConnect", f"StopProcess:{PID}", STATE]),
-    "running": (Stopping, [ST, STOP, "AbortConnect", "CloseLink:1", f"StopProcess:{PID}", STATE]),
+    "running": (Stopping, [ST, STOP, "AbortConnect", f"StopProcess:{PID}", STATE]),
     "reconnecting": (Stopping, [ST, STOP, "AbortConnect", f"StopProcess:{PID}", STATE]),
     "replacing": (Stopping, [ST, STOP, "AbortConnect", f"StopProcess:{PID}", STATE]),
     "restarting": (Stopping, [ST, STOP, "AbortConnect", f"StopProcess:{PID}", STATE]),
@@ -476,7 +503,7 @@ def test_restart_of_our_gateway_over_the_control_socket_is_accepted() -> None:
     handle = object()
     state, steps = replay(at("running"), [(5.0, RestartRequested("asked", handle))])
     assert isinstance(state, Restarting)
-    assert [e for e in steps[0] if isinstance(e, Reply)] == [Reply(handle, {"restarting": True})]
+    assert [e for e in steps[0] if isinstance(e, Reply)] == [Reply(handle, {"restarting": True, "mode": "fresh"})]
 
 
 def test_a_restart_asked_while_stopping_is_answered_not_done() -> None:
@@ -556,7 +583,8 @@ def test_events_of_a_restart_over_the_control_socket() -> None:
     assert isinstance(state, Running)
     assert emitted(steps) == [
         ("service", "restart.requested", {"reason": "asked"}),
-        ("service", "state", {"from": "running", "to": "starting", "cause": "restarting gateway (asked)"}),
+        ("service", "state", {"from": "running", "to": "starting",
+                              "cause": "restarting gateway (asked); the gateway finishes its active work first"}),
         ("service", "gateway.exited", {"pid": PID, "status": "killed by SIGTERM", "returncode": None,
                                        "signal": 15}),
         ("service", "gateway.spawned", {"pid": PID + 1}),
@@ -679,3 +707,93 @@ def test_the_machine_modules_import_nothing_that_does_io(module: str) -> None:
     clawsvc_modules = {m for m in froms if m.split(".")[0] == "clawsvc"}
     assert clawsvc_modules <= {"clawsvc", "clawsvc.config", "clawsvc.exits", "clawsvc.text", "clawsvc.service",
                                *(f"clawsvc.service.{name}" for name in PURE)}, clawsvc_modules
+
+
+# ------------------------------------------------------------------ work in flight: drains, the gateway's own restart
+
+def effects_of(steps: list[list[Any]], kind: type) -> list[Any]:
+    return [e for step in steps for e in step if isinstance(e, kind)]
+
+
+def test_a_stop_keeps_the_link_open_until_the_gateway_closes_it() -> None:
+    """SIGTERM lets the gateway finish a turn: its final reply still reaches `clawsvc events`."""
+    final = GatewayEventSeen(1, 1, "chat", {"runId": "r1", "state": "final"}, 12)
+    state, steps = replay(at("running"), [(5.0, SignalReceived(signal.SIGTERM)), (20.0, final),
+                                          (21.0, GatewayEventSeen(1, 1, "shutdown", {"reason": "stop"}, 13)),
+                                          (21.5, LinkLost(1, 1, 1012, "service restart")),
+                                          (22.0, ProcessExited(1, PID, ExitInfo(0, None)))])
+    assert isinstance(state, Stopped) and state.book.exit_code == exitcodes.OK
+    assert effects_of(steps[:1], StopProcess) == [StopProcess(PID, None)]  # the full drain budget
+    assert effects_of(steps[:1], CloseLink) == []
+    assert [(e.name, e.payload, e.seq) for e in effects_of(steps[1:3], Emit)] == [
+        ("chat", {"runId": "r1", "state": "final"}, 12), ("shutdown", {"reason": "stop"}, 13)]
+    assert effects_of(steps[3:], CloseLink) == [], "the gateway closed it already"
+
+
+def test_the_status_says_the_gateway_is_draining() -> None:
+    state, _ = replay(at("running"), [(5.0, SignalReceived(signal.SIGTERM))])
+    assert machine.view(state).cause == "the gateway finishes its active work first"
+    state, _ = replay(at("running"), [(5.0, RestartRequested("r"))])
+    assert machine.view(state).cause == "restarting gateway (r); the gateway finishes its active work first"
+
+
+def test_a_safe_restart_is_the_gateways_own_same_process_restart() -> None:
+    handle = object()
+    state, steps = replay(at("running"), [(5.0, RestartRequested("asked", handle, RestartMode.SAFE))])
+    assert isinstance(state, Running) and state.restart == "asked"
+    assert effects_of(steps, Reply) == [Reply(handle, {"restarting": True, "mode": "safe"})]
+    assert effects_of(steps, AskRestart) == [AskRestart(1, 1, "asked")]
+    assert effects_of(steps, StopProcess) == [] and effects_of(steps, CloseLink) == []
+    shutdown = GatewayEventSeen(1, 1, "shutdown", {"reason": "restart", "restartExpectedMs": 1500}, 40)
+    state, steps = replay(state, [(6.0, RestartAnswered(1, 1, True)), (30.0, shutdown),
+                                  (36.0, HandshakeDone(1, 2, "v1", 4))])
+    assert isinstance(state, Running) and state.pid == PID and state.link == 2 and state.restart is None
+    assert state.book.restarts == 1 and state.book.attempts == 0
+    assert effects_of(steps, StopProcess) == [], "nothing was killed"
+
+
+def test_a_second_restart_request_is_served_by_the_pending_one() -> None:
+    state, steps = replay(at("restart_asked"), [(6.0, RestartRequested("again", object(), RestartMode.SAFE)),
+                                                (7.0, RestartRequested("reload", None))])
+    assert isinstance(state, Running) and state.restart == "test"
+    assert effects_of(steps, AskRestart) == [] and effects_of(steps, StopProcess) == []
+
+
+def test_force_stops_at_once_even_with_a_safe_restart_pending() -> None:
+    state, steps = replay(at("restart_asked"), [(6.0, RestartRequested("now", object(), RestartMode.FORCE))])
+    assert isinstance(state, Restarting) and state.link is None
+    assert effects_of(steps, StopProcess) == [StopProcess(PID, FORCE_GRACE)]
+    assert effects_of(steps, CloseLink) == [CloseLink(1)]
+
+
+@pytest.mark.parametrize("name", ["reconnecting", "awaiting"])
+def test_a_safe_restart_of_a_gateway_that_is_not_running_drains_and_respawns(name: str) -> None:
+    handle = object()
+    state, steps = replay(at(name), [(5.0, RestartRequested("asked", handle, RestartMode.SAFE))])
+    assert isinstance(state, Restarting)
+    assert effects_of(steps, Reply) == [Reply(handle, {"restarting": True, "mode": "fresh"})]
+    assert effects_of(steps, StopProcess) == [StopProcess(PID, None)] and effects_of(steps, AskRestart) == []
+
+
+def test_a_reload_that_needs_a_new_gateway_drains_the_old_one() -> None:
+    final = GatewayEventSeen(1, 1, "chat", {"state": "final"}, 5)
+    state, steps = replay(at("running"), [(5.0, ConfigLoaded(changed_port(), TOKEN, {})), (9.0, final)])
+    assert isinstance(state, Restarting) and state.link == 1
+    assert effects_of(steps, StopProcess) == [StopProcess(PID, None)]
+    assert [e.name for e in effects_of(steps[1:], Emit)] == ["chat"]
+
+
+def test_a_restart_the_gateway_refuses_or_never_begins_drains_it_instead() -> None:
+    for answer in (RestartAnswered(1, 1, False, "INVALID_REQUEST: unknown method"), TimerFired(TimerKind.RESTART)):
+        state, steps = machine.step(at("restart_asked"), answer, 400.0)
+        assert isinstance(state, Restarting) and state.link == 1 and state.reason == "test"
+        assert effects_of([steps], StopProcess) == [StopProcess(PID, None)]
+    asked = at("restart_asked")
+    assert isinstance(asked, Running) and asked.restart_by == 4.0 + SAFE_RESTART_BOUND
+    state, _ = replay(asked, [(t, TimerFired(TimerKind.HEALTH)) for t in range(40, 400, 30)])
+    assert isinstance(state, Running), "a restart still pending is not forced before its bound"
+
+
+def test_an_answer_for_another_link_is_ignored() -> None:
+    state, _ = machine.step(at("restart_asked"), RestartAnswered(1, 7, False, "closed"), 6.0)
+    assert isinstance(state, Running) and state.restart == "test"

@@ -16,7 +16,7 @@ from clawsvc.gateway.protocol import AuthError, GatewayError, RetryableError, Tr
 from clawsvc.service.effects import CloseLink, Reply
 from clawsvc.service.executor import Executor
 from clawsvc.service.loop import Supervisor
-from clawsvc.service.messages import RestartRequested
+from clawsvc.service.messages import RestartMode, RestartRequested
 from clawsvc.service.notify import Notifier
 from clawsvc.service.readiness import ReadyGate, readiness_retrying
 from clawsvc.threads import live
@@ -53,7 +53,7 @@ def test_a_control_restart_waits_for_the_machines_answer() -> None:
 
     def ask() -> None:
         try:
-            answers.append(supervisor.restart_gateway())
+            answers.append(supervisor.restart_gateway("safe"))
         except GatewayError as exc:
             answers.append(exc.code)
 
@@ -62,6 +62,7 @@ def test_a_control_restart_waits_for_the_machines_answer() -> None:
         asker.start()
         request = supervisor.queue.get(timeout=5)
         assert isinstance(request, RestartRequested) and request.reply is not None
+        assert request.mode is RestartMode.SAFE
         supervisor.executor.run([Reply(request.reply, *reply)])
         asker.join(5)
     assert answers == ["NOT_OWNED", {"restarting": True}]

@@ -15,7 +15,8 @@ import pytest
 
 from clawsvc import cli
 from clawsvc.commands import install
-from clawsvc.config import GatewayConfig
+from clawsvc.config import Config, GatewayConfig
+from clawsvc.gateway.process import UNIT_STOP_TIMEOUT, stop_bound
 
 REPO = Path(__file__).resolve().parent.parent
 UNITS = REPO / "units"
@@ -143,7 +144,9 @@ def test_unit_runs_clawsvc_the_way_the_contract_says(relpath):
     assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert service["Restart"] == ["on-failure"] and service["RestartPreventExitStatus"] == ["78"]
     assert service["KillMode"] == ["mixed"]
-    assert seconds(service["TimeoutStopSec"][0]) > defaults.stop_timeout
+    assert seconds(service["TimeoutStopSec"][0]) == UNIT_STOP_TIMEOUT >= stop_bound(Config())
+    assert defaults.stop_timeout >= 330, "the gateway's own drain policy: 315 s of drain + 15 s to close"
+    assert service["OOMPolicy"] == ["continue"]
     assert seconds(service["TimeoutStartSec"][0]) >= defaults.start_timeout
     assert seconds(service["WatchdogSec"][0]) >= 10
     assert service.get("MemoryDenyWriteExecute", ["no"]) == ["no"], "Node's JIT needs W+X memory"
@@ -195,7 +198,7 @@ def test_plist_is_valid_and_complete():
     assert plist["ProgramArguments"][1:3] == ["run", "-c"]
     assert plist["RunAtLoad"] is True
     assert plist["KeepAlive"] == {"SuccessfulExit": False}
-    assert plist["ExitTimeOut"] >= GatewayConfig().stop_timeout
+    assert plist["ExitTimeOut"] == UNIT_STOP_TIMEOUT >= stop_bound(Config())
     assert plist["StandardOutPath"] and plist["StandardErrorPath"]
     assert isinstance(plist["EnvironmentVariables"], dict) and "PATH" in plist["EnvironmentVariables"]
 

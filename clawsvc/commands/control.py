@@ -152,13 +152,20 @@ def rpc_main(args: argparse.Namespace) -> int:
     return code
 
 
+RESTARTING = {
+    "safe": "the gateway restarts itself (same process) as soon as its active work is done",
+    "fresh": "the gateway finishes its active work, then a new one is started",
+    "force": "the gateway is stopped now (SIGKILL after 10s) and a new one started; work in flight is cut off",
+}
+
+
 def restart_main(args: argparse.Namespace) -> int:
     config = load(args)
     if config is None:
         return exitcodes.CONFIG
-    wait = config.gateway.stop_timeout + config.gateway.start_timeout + MARGIN
-    code, result = ask(config, {"cmd": "restart-gateway"}, wait)
+    mode = "force" if args.force else "safe"
+    code, result = ask(config, {"cmd": "restart-gateway", "mode": mode}, STATUS_TIMEOUT + MARGIN)
     if code == exitcodes.OK:
-        message = result.get("message") if isinstance(result, dict) else None
-        print(message or "gateway restart requested; follow it with: clawsvc status")
+        done = result.get("mode") if isinstance(result, dict) else None
+        print(f"{RESTARTING.get(str(done), 'gateway restart requested')}; follow it with: clawsvc status")
     return code

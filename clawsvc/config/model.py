@@ -71,7 +71,7 @@ class GatewayConfig:
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     adopt_existing: bool = True
     start_timeout: float = 120.0
-    stop_timeout: float = 10.0
+    stop_timeout: float = 330.0  # the gateway's own policy: 315 s of drain + 15 s to close (see gateway.process)
 
 
 @dataclass(frozen=True)

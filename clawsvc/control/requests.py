@@ -13,6 +13,7 @@ from clawsvc.control.wire import (
     MAX_DEPTH,
     MAX_NAME,
     MAX_NAMES,
+    RESTART_MODES,
     ControlError,
     Peer,
     error,
@@ -39,7 +40,7 @@ class Feed(Protocol):
 class ControlHandler(Protocol):
     def status(self) -> dict[str, Any]: ...
     def rpc(self, method: str, params: Any, timeout: float | None) -> Any: ...
-    def restart_gateway(self) -> dict[str, Any]: ...
+    def restart_gateway(self, mode: str) -> dict[str, Any]: ...
     def event_history(self, names: frozenset[str] | None) -> list[dict[str, Any]]: ...
     def subscribe(self, names: frozenset[str] | None) -> Feed: ...
 
@@ -70,7 +71,11 @@ def _run(handler: ControlHandler, request: dict[str, Any]) -> Any:
     if cmd == "status":
         return handler.status()
     if cmd == "restart-gateway":
-        return handler.restart_gateway()
+        mode = request.get("mode", "safe")
+        if mode not in RESTART_MODES:
+            raise ControlError("BAD_REQUEST", f"restart-gateway mode must be one of {', '.join(RESTART_MODES)}, "
+                                              f"got {shown(mode)}")
+        return handler.restart_gateway(mode)
     if cmd == "events":
         names = event_names(request.get("names"))
         if request.get("follow") is True:  # a short one was taken by stream.py before it got here

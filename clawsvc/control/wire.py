@@ -25,6 +25,7 @@ MAX_REPLY = 64 << 20  # bytes of a reply line the client reads; beyond that it i
 MAX_DEPTH = 100  # nesting of arrays and objects in a request
 MAX_RPC_TIMEOUT = 3600.0  # seconds; the cap on an rpc request's "timeout"
 COMMANDS = ("status", "rpc", "restart-gateway", "events")
+RESTART_MODES = ("safe", "fresh", "force")  # restart-gateway's "mode": see clawsvc.service.messages.RestartMode
 MAX_NAMES = 64  # event names in one events request
 MAX_NAME = 100  # characters of one event name
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13; Python does not name it

@@ -41,11 +41,27 @@ HELPER_GRACE = 3.0  # children outside the group (the spawn broker) exit by them
 ORPHAN_SCAN = 1.0  # how often the waiter looks for processes the gateway orphaned to us (the subreaper)
 SWEEP_BOUND = proctree.SWEEP_ROUNDS * (HELPER_GRACE + proctree.KILL_WAIT)  # Orphans.sweep's worst case
 MARGIN = 5.0
+STOP_OVERHEAD = KILL_GRACE + SWEEP_BOUND + HELPER_GRACE + proctree.KILL_WAIT + MARGIN  # stop() past stop_timeout
+
+
+# The units' TimeoutStopSec= (and launchd's ExitTimeOut): systemd SIGKILLs clawsvc after it. The gateway reads
+# it too (from its cgroup's unit) and drains for at most min(315 s, it - 15 s), so 390 s leaves it its full
+# policy (330 s, gateway.stop_timeout's default) and clawsvc the time to end what is left (stop_bound).
+UNIT_STOP_TIMEOUT = 390.0
 
 
 def stop_bound(config: Config) -> float:
     """The longest GatewayProcess.stop() takes: SIGTERM grace, SIGKILL, the sweep, the last stragglers."""
-    return config.gateway.stop_timeout + KILL_GRACE + SWEEP_BOUND + HELPER_GRACE + proctree.KILL_WAIT + MARGIN
+    return config.gateway.stop_timeout + STOP_OVERHEAD
+
+
+def stop_problem(config: Config) -> str | None:
+    """Why the units cannot honour gateway.stop_timeout (systemd would SIGKILL clawsvc mid-stop), or None."""
+    if stop_bound(config) <= UNIT_STOP_TIMEOUT:
+        return None
+    return (f"gateway.stop_timeout {config.gateway.stop_timeout:g}s is more than the units allow: clawsvc needs up "
+            f"to {STOP_OVERHEAD:g}s after it to end the gateway's helpers, within "
+            f"TimeoutStopSec={UNIT_STOP_TIMEOUT:g}s; use at most {UNIT_STOP_TIMEOUT - STOP_OVERHEAD:g}s")
 
 
 class SpawnError(Exception):
@@ -317,7 +333,8 @@ class GatewayProcess:
                 os.kill(self._popen.pid, sig)  # not Popen.send_signal: its poll() could reap behind the waiter
 
     def stop(self, timeout: float | None = None) -> ExitInfo:
-        """SIGTERM the group, wait `timeout` (gateway.stop_timeout), SIGKILL the group; always reaped."""
+        """SIGTERM the main process (the gateway drains its work and stops its own children), wait `timeout`
+        (gateway.stop_timeout), then SIGKILL the group; always reaped."""
         grace = self.config.gateway.stop_timeout if timeout is None else timeout
         with self._lock:
             self._stop_requested = True
@@ -335,9 +352,11 @@ class GatewayProcess:
         """False when the process is still there after SIGKILL."""
         with self._lock:  # until reaped, the pid is still ours: its descendants are the gateway's
             family = {} if self._reaped else proctree.pin_descendants(pid)
-            self._signal_group(signal.SIGTERM)
+            if not self._reaped:
+                os.kill(pid, signal.SIGTERM)
         if not self._gone.is_set():
-            log.info("stopping gateway pid %d: sent SIGTERM, SIGKILL in %gs if it is still running", pid, grace)
+            log.info("stopping gateway pid %d: sent SIGTERM; it finishes its active work first (SIGKILL of its "
+                     "process group in %gs if it is still running)", pid, grace)
         if not self._gone.wait(grace):
             log.warning("gateway pid %d did not stop within %gs; sending SIGKILL to its process group", pid, grace)
             with self._lock:

@@ -63,7 +63,18 @@ class CloseLink:
 
 @dataclass(frozen=True)
 class StopProcess:
+    """SIGTERM to the gateway's main process (it drains its work), SIGKILL of its group after `grace` seconds
+    (None: gateway.stop_timeout)."""
     pid: int
+    grace: float | None = None
+
+
+@dataclass(frozen=True)
+class AskRestart:
+    """gateway.restart.request on `link`: the gateway restarts itself once its active work has drained."""
+    gen: int
+    link: int
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -121,5 +132,5 @@ class Emit:
     seq: int | None = None
 
 
-Effect = (Probe | Spawn | Connect | AbortConnect | CloseLink | StopProcess | CheckHealth | Notify | Publish
-          | LoadConfig | ApplyConfig | Reply | Log | Emit)
+Effect = (Probe | Spawn | Connect | AbortConnect | CloseLink | StopProcess | AskRestart | CheckHealth | Notify
+          | Publish | LoadConfig | ApplyConfig | Reply | Log | Emit)

@@ -26,6 +26,7 @@ from clawsvc.service.connector import Connector, always
 from clawsvc.service.effects import (
     AbortConnect,
     ApplyConfig,
+    AskRestart,
     CheckHealth,
     CloseLink,
     Connect,
@@ -50,6 +51,7 @@ from clawsvc.service.messages import (
     HealthChecked,
     Message,
     ProcessExited,
+    RestartAnswered,
     Spawned,
     SpawnFailed,
 )
@@ -66,6 +68,8 @@ log = logging.getLogger("clawsvc.supervisor")
 Secrets = Callable[[Config], tuple[str, Mapping[str, str]]]
 Post = Callable[[Message], None]
 PROBLEM_MAX = 300  # characters of a reload problem on the STATUS= line
+SAFE_RESTART_METHOD = "gateway.restart.request"
+REASON_MAX = 200
 
 
 class Executor:
@@ -112,7 +116,9 @@ class Executor:
             case CloseLink():
                 self._close_link(effect.link)
             case StopProcess():
-                self._stop(effect.pid)
+                self._stop(effect.pid, effect.grace)
+            case AskRestart():
+                self._ask_restart(effect)
             case CheckHealth():
                 self._check_health(effect)
             case LoadConfig():
@@ -181,11 +187,12 @@ class Executor:
             process = self._processes.get(pid)
         return process is not None and process.running
 
-    def _stop(self, pid: int) -> None:
+    def _stop(self, pid: int, grace: float | None) -> None:
         with self._lock:
             process = self._processes.get(pid)
         if process is not None:
-            self._stoppers = [*(t for t in self._stoppers if t.is_alive()), start_thread("stopper", process.stop)]
+            self._stoppers = [*(t for t in self._stoppers if t.is_alive()),
+                              start_thread("stopper", process.stop, grace)]
 
     # ------------------------------------------------------------------ connections
 
@@ -224,6 +231,23 @@ class Executor:
             self.post(HealthChecked(effect.gen, effect.link, False, describe_error(exc)))
         else:
             self.post(HealthChecked(effect.gen, effect.link, True, None))
+
+    def _ask_restart(self, effect: AskRestart) -> None:
+        with self._lock:
+            connection = self._links.get(effect.link)
+        start_thread("restart", self._restart_request, connection, effect)
+
+    def _restart_request(self, connection: GatewayConnection | None, effect: AskRestart) -> None:
+        """The gateway's own safe restart (= `openclaw gateway restart --safe`); the machine decides on the answer."""
+        if connection is None:
+            self.post(RestartAnswered(effect.gen, effect.link, False, "the connection was closed"))
+            return
+        try:
+            connection.rpc(SAFE_RESTART_METHOD, {"reason": cut(effect.reason, REASON_MAX)})
+        except Exception as exc:
+            self.post(RestartAnswered(effect.gen, effect.link, False, describe_error(exc)))
+        else:
+            self.post(RestartAnswered(effect.gen, effect.link, True))
 
     def rpc(self, method: str, params: Any, timeout: float | None) -> Any:
         with self._lock:

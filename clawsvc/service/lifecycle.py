@@ -14,6 +14,7 @@ from clawsvc.service.effects import (
     INFO,
     AbortConnect,
     ApplyConfig,
+    AskRestart,
     Effect,
     Emit,
     LoadConfig,
@@ -27,11 +28,22 @@ from clawsvc.service.messages import (
     ConfigFailed,
     ConfigLoaded,
     ProcessExited,
+    RestartMode,
     RestartRequested,
     SignalReceived,
     TimerFired,
 )
-from clawsvc.service.moves import EXTEND_EVERY, Outcome, begin, drop_link, fail, schedule_restart, shutdown
+from clawsvc.service.moves import (
+    EXTEND_EVERY,
+    FORCE_GRACE,
+    SAFE_RESTART_BOUND,
+    Outcome,
+    begin,
+    drop_link,
+    fail,
+    schedule_restart,
+    shutdown,
+)
 from clawsvc.service.states import (
     AwaitingHello,
     BackingOff,
@@ -51,6 +63,7 @@ from clawsvc.service.states import (
 )
 
 NOT_OWNED = ("NOT_OWNED", "the gateway was adopted, not started by clawsvc; restart it where it was started")
+
 
 
 def exited(message: ProcessExited) -> Emit:
@@ -84,32 +97,54 @@ def on_planned_exit(state: Restarting, message: ProcessExited, now: float) -> Ou
     book = replace(state.book, last_exit=last, ready_at=None, restarts=state.book.restarts + 1)
     new, effects = begin(book, now)
     return new, [Log(INFO, f"gateway pid {message.pid} {last}; starting it again as asked"), exited(message),
-                 *effects]
+                 *drop_link(state), *effects]
 
 
 def on_final_exit(state: Stopping, message: ProcessExited, now: float) -> Outcome:
     last = message.info.describe()
     return Stopped(replace(state.book, last_exit=last)), [Log(INFO, f"gateway pid {message.pid} {last}"),
-                                                          exited(message)]
+                                                          exited(message), *drop_link(state)]
+
+
+def _restart_mode(state: MState, message: RestartRequested) -> RestartMode:
+    """SAFE only for a running gateway of ours (the gateway restarts itself); otherwise a new process."""
+    if message.mode is RestartMode.SAFE and not (isinstance(state, Running) and state.pid is not None):
+        return RestartMode.FRESH
+    return message.mode
+
+
+HOW = {RestartMode.SAFE: "once its active work is done", RestartMode.FRESH: "after it finishes its active work",
+       RestartMode.FORCE: "at once"}
 
 
 def on_restart(state: MState, message: RestartRequested, now: float) -> Outcome:
-    """Stop our gateway and start it again; with nothing of ours running, start again at once."""
+    """SAFE asks a running gateway of ours to restart itself once its work is done; FRESH drains it (SIGTERM)
+    and starts a new process; FORCE stops it at once. With nothing of ours running, start again at once."""
     if adopted(state) and message.reply is not None:
         return state, [Reply(message.reply, None, NOT_OWNED)]
-    effects: list[Effect] = [Log(INFO, f"gateway restart requested ({message.reason})"),
+    mode = _restart_mode(state, message)
+    effects: list[Effect] = [Log(INFO, f"gateway restart requested ({message.reason}); restarting it {HOW[mode]}"),
                              catalogue.RESTART_REQUESTED(message.reason)]
     if message.reply is not None:
-        effects.append(Reply(message.reply, {"restarting": True}))
+        effects.append(Reply(message.reply, {"restarting": True, "mode": mode.value}))
     pid, book = pid_of(state), state.book
     if isinstance(state, Restarting):
         return state, effects
+    if isinstance(state, Running) and state.restart is not None and mode is not RestartMode.FORCE:
+        return state, effects  # the gateway restarts itself soon: that restart serves this request too
+    if mode is RestartMode.SAFE:
+        assert isinstance(state, Running)
+        asked = replace(state, restart=message.reason, restart_by=now + SAFE_RESTART_BOUND)
+        return asked, [*effects, AskRestart(book.gen, state.link, message.reason)]
     if isinstance(state, Spawning):
         return Restarting(book, None, message.reason), effects
     if pid is None:
         new, more = begin(replace(book, restarts=book.restarts + 1), now)
         return new, [*effects, AbortConnect(), *drop_link(state), *more]
-    return Restarting(book, pid, message.reason), [*effects, AbortConnect(), *drop_link(state), StopProcess(pid)]
+    if mode is RestartMode.FORCE:
+        stop = StopProcess(pid, FORCE_GRACE)
+        return Restarting(book, pid, message.reason), [*effects, AbortConnect(), *drop_link(state), stop]
+    return Restarting(book, pid, message.reason, link_of(state)), [*effects, AbortConnect(), StopProcess(pid)]
 
 
 def on_signal(state: MState, message: SignalReceived, now: float) -> Outcome:

@@ -15,7 +15,7 @@ from clawsvc.gateway.protocol import GatewayError
 from clawsvc.service import machine
 from clawsvc.service.eventhub import Feed
 from clawsvc.service.executor import Executor, Secrets
-from clawsvc.service.messages import Message, RestartRequested, TimerFired, TimerKind
+from clawsvc.service.messages import Message, RestartMode, RestartRequested, TimerFired, TimerKind
 from clawsvc.service.notify import Notifier
 from clawsvc.service.states import MState, Stopped, next_deadline
 
@@ -97,10 +97,10 @@ class Supervisor:
     def subscribe(self, names: frozenset[str] | None) -> Feed:
         return self.executor.events.subscribe(names)
 
-    def restart_gateway(self) -> dict[str, Any]:
-        """Whether the gateway may be restarted (NOT_OWNED when adopted) is the machine's call."""
+    def restart_gateway(self, mode: str) -> dict[str, Any]:
+        """Whether the gateway may be restarted (NOT_OWNED when adopted), and how, is the machine's call."""
         reply: Future[dict[str, Any]] = Future()
-        self.post(RestartRequested("asked over the control socket", reply))
+        self.post(RestartRequested("asked over the control socket", reply, RestartMode(mode)))
         try:
             return reply.result(timeout=REPLY_WAIT)
         except TimeoutError:

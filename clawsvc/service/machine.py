@@ -25,6 +25,7 @@ from clawsvc.service.messages import (
     PortFree,
     PortTaken,
     ProcessExited,
+    RestartAnswered,
     RestartRequested,
     SignalReceived,
     Spawned,
@@ -57,6 +58,7 @@ LIVE = (Probing, Adopting, Spawning, AwaitingHello, Running, Reconnecting, Repla
 ANY = (*LIVE, Stopping)
 HELLO_STATES = (Adopting, AwaitingHello, Reconnecting)
 CRASH_STATES = (AwaitingHello, Running, Reconnecting, Replacing)
+DRAINING = (Restarting, Stopping)  # our gateway finishes its work; its link stays open until it closes it
 
 
 def _rows(states: tuple[type, ...], key: type | TimerKind, handler: Handler) -> dict[Key, Handler]:
@@ -79,6 +81,10 @@ TRANSITIONS: dict[Key, Handler] = {
     (Running, TimerKind.HEALTH): running.on_health_due,
     (Running, HealthChecked): running.on_health,
     (Running, TimerKind.STABLE): running.on_stable,
+    (Running, RestartAnswered): running.on_restart_answered,
+    (Running, TimerKind.RESTART): running.on_restart_overdue,
+    **_rows(DRAINING, GatewayEventSeen, running.on_draining_event),
+    **_rows(DRAINING, LinkLost, running.on_draining_link_lost),
     **_rows(CRASH_STATES, ProcessExited, lifecycle.on_crash),
     (Restarting, ProcessExited): lifecycle.on_planned_exit,
     (Stopping, ProcessExited): lifecycle.on_final_exit,

@@ -33,6 +33,14 @@ class TimerKind(enum.Enum):
     HEALTH = "health"
     BACKOFF = "backoff"
     STABLE = "stability"
+    RESTART = "restart"  # a safe restart the gateway accepted but has not begun in time
+
+
+class RestartMode(enum.Enum):
+    """How a restart treats the gateway's work in flight."""
+    SAFE = "safe"    # the gateway's own restart (gateway.restart.request): once its active work has drained
+    FRESH = "fresh"  # a new process: SIGTERM (the gateway drains), then spawn; for new argv, env or code
+    FORCE = "force"  # at once: SIGTERM, SIGKILL of its group after a short grace
 
 
 @dataclass(frozen=True)
@@ -122,6 +130,16 @@ class RestartRequested:
     `reply` is opaque to the machine: it comes back in a Reply effect."""
     reason: str
     reply: object | None = None
+    mode: RestartMode = RestartMode.FRESH
+
+
+@dataclass(frozen=True)
+class RestartAnswered:
+    """The gateway's answer to a safe-restart request on `link` (error: why it refused, or the call failed)."""
+    gen: int
+    link: int
+    ok: bool
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -143,5 +161,5 @@ class TimerFired:
 
 
 Message = (PortFree | PortTaken | Spawned | SpawnFailed | HandshakeDone | HandshakeFailed | ProcessExited
-           | LinkLost | GatewayEventSeen | HealthChecked | SignalReceived | RestartRequested | ConfigLoaded
-           | ConfigFailed | TimerFired)
+           | LinkLost | GatewayEventSeen | HealthChecked | SignalReceived | RestartRequested | RestartAnswered
+           | ConfigLoaded | ConfigFailed | TimerFired)

@@ -35,6 +35,10 @@ from clawsvc.service.states import (
 
 Outcome = tuple[MState, list[Effect]]
 EXTEND_EVERY = 5.0  # while starting, tell systemd every 5 s that the start is still progressing
+# The gateway bounds its own wait for active work at 5 minutes, then restarts anyway; past this, clawsvc stops
+# waiting for it to begin and drains it itself.
+SAFE_RESTART_BOUND = 360.0
+FORCE_GRACE = 10.0  # restart-gateway --force: SIGTERM, then SIGKILL of the group after this many seconds
 
 
 
@@ -49,13 +53,14 @@ def drop_link(state: MState) -> list[Effect]:
 
 
 def shutdown(book: Book, pid: int | None, link: int | None, pending_spawn: bool) -> Outcome:
+    """Stop our gateway: SIGTERM lets it finish its work; its link stays open meanwhile, so every event it sends
+    while draining (final replies, `shutdown`) still reaches `clawsvc events`. An adopted one is left running."""
     book = replace(book, extend_at=None)
     effects: list[Effect] = [AbortConnect()]
-    effects += [] if link is None else [CloseLink(link)]
-    effects += [] if pid is None else [StopProcess(pid)]
-    if pid is None and not pending_spawn:
-        return Stopped(book), effects
-    return Stopping(book, pid, pending_spawn), effects
+    if pid is None:
+        effects += [] if link is None else [CloseLink(link)]
+        return (Stopped(book), effects) if not pending_spawn else (Stopping(book, None, True), effects)
+    return Stopping(book, pid, pending_spawn, link), [*effects, StopProcess(pid)]
 
 
 def fail(book: Book, error: str, code: int, pid: int | None = None, link: int | None = None,

@@ -14,7 +14,7 @@ from clawsvc import trust
 from clawsvc.config import Config, ConfigError
 from clawsvc.config.trusted import check_config_paths
 from clawsvc.gateway import compile_cache
-from clawsvc.gateway.process import SpawnError, build_argv, build_env, check_command, state_dir
+from clawsvc.gateway.process import SpawnError, build_argv, build_env, check_command, state_dir, stop_problem
 from clawsvc.secrets import describe_token_source
 
 
@@ -29,6 +29,8 @@ def preflight(config: Config) -> None:
     _check_state_dir(config)
     _check_compile_cache(config)
     _check_control_group(config)
+    if problem := stop_problem(config):
+        raise ConfigError(problem)
 
 
 def _check_token_file(config: Config) -> None:

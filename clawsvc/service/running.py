@@ -6,10 +6,10 @@ from dataclasses import replace
 
 from clawsvc.service import catalogue
 from clawsvc.service.backoff import forgiven
-from clawsvc.service.effects import DEBUG, INFO, WARNING, CheckHealth, Effect, Emit, Log
-from clawsvc.service.messages import GatewayEventSeen, HealthChecked, LinkLost, TimerFired
-from clawsvc.service.moves import Outcome, reconnect, replace_gateway
-from clawsvc.service.states import Running, with_book
+from clawsvc.service.effects import DEBUG, INFO, WARNING, AbortConnect, CheckHealth, Effect, Emit, Log, StopProcess
+from clawsvc.service.messages import GatewayEventSeen, HealthChecked, LinkLost, RestartAnswered, TimerFired
+from clawsvc.service.moves import SAFE_RESTART_BOUND, Outcome, reconnect, replace_gateway
+from clawsvc.service.states import Restarting, Running, Stopping, with_book
 
 
 def on_event(state: Running, message: GatewayEventSeen, now: float) -> Outcome:
@@ -26,9 +26,50 @@ def on_event(state: Running, message: GatewayEventSeen, now: float) -> Outcome:
         return state, [Log(INFO, f"gateway announced shutdown ({reason})"), emit]
     seconds = expected / 1000.0
     text = f"gateway is restarting itself ({reason}); waiting up to {seconds:.0f}s for it instead of spawning another"
-    new, effects = reconnect(state, f"gateway restarting itself ({payload.get('reason', '')})",
-                              seconds + state.book.config.gateway.start_timeout)
+    book = state.book
+    if state.restart is not None:  # the safe restart we asked for has begun
+        book = replace(book, restarts=book.restarts + 1)
+    new, effects = reconnect(with_book(state, book), f"gateway restarting itself ({payload.get('reason', '')})",
+                             seconds + book.config.gateway.start_timeout)
     return new, [Log(INFO, text), emit, *effects]
+
+
+def on_restart_answered(state: Running, message: RestartAnswered, now: float) -> Outcome:
+    """The gateway accepted the safe restart (it announces `shutdown` when it begins), or refused it: then clawsvc
+    drains it and starts a new one."""
+    if message.link != state.link or state.restart is None:
+        return state, []
+    if message.ok:
+        return state, [Log(INFO, f"gateway accepted the restart ({state.restart}); it restarts once its active "
+                                 "work is done")]
+    return _drain_instead(state, f"the gateway refused its own restart: {message.error}")
+
+
+def on_restart_overdue(state: Running, message: TimerFired, now: float) -> Outcome:
+    return _drain_instead(state, f"the gateway had not begun the restart it accepted "
+                                 f"{now - (state.restart_by or now) + SAFE_RESTART_BOUND:.0f}s later")
+
+
+def _drain_instead(state: Running, why: str) -> Outcome:
+    book, reason, pid = state.book, state.restart or "requested", state.pid
+    assert pid is not None
+    restarting = Restarting(book, pid, reason, state.link)
+    return restarting, [Log(WARNING, f"{why}; stopping it (it finishes its active work first) and starting a new "
+                                     "one"), AbortConnect(), StopProcess(pid)]
+
+
+def on_draining_event(state: Restarting | Stopping, message: GatewayEventSeen, now: float) -> Outcome:
+    """A gateway that is stopping still sends what it finishes (final replies, `shutdown`): pass it on."""
+    if message.link != state.link:
+        return state, []
+    return state, [Emit(message.name, message.payload, "gateway", message.seq)]
+
+
+def on_draining_link_lost(state: Restarting | Stopping, message: LinkLost, now: float) -> Outcome:
+    if message.link != state.link:
+        return state, []
+    what = f"close {message.code}" if message.code is not None else "no close frame"
+    return replace(state, link=None), [Log(INFO, f"the stopping gateway closed its connection ({what})")]
 
 
 def on_link_lost(state: Running, message: LinkLost, now: float) -> Outcome:

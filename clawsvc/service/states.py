@@ -61,13 +61,16 @@ class AwaitingHello:
 
 @dataclass(frozen=True)
 class Running:
-    """Connected; pid None means an adopted gateway."""
+    """Connected; pid None means an adopted gateway. `restart`: the reason of a safe restart the gateway was asked
+    for, which it must begin (announce `shutdown`) by `restart_by`."""
     book: Book
     pid: int | None
     link: int
     health_at: float | None
     health_busy: bool = False
     failures: int = 0
+    restart: str | None = None
+    restart_by: float | None = None
 
 
 @dataclass(frozen=True)
@@ -88,10 +91,12 @@ class Replacing:
 
 @dataclass(frozen=True)
 class Restarting:
-    """A planned restart: stopping our gateway (pid None: its spawn has not reported yet) to start it again."""
+    """A planned restart: stopping our gateway (pid None: its spawn has not reported yet) to start it again.
+    While it drains, its events still arrive on `link` until it closes it."""
     book: Book
     pid: int | None
     reason: str
+    link: int | None = None
 
 
 @dataclass(frozen=True)
@@ -103,16 +108,20 @@ class BackingOff:
 
 @dataclass(frozen=True)
 class Stopping:
-    """Shutting down (book.exit_code set: because of an error); waiting for our gateway to exit."""
+    """Shutting down (book.exit_code set: because of an error); waiting for our gateway to drain its work and
+    exit. Its events still arrive on `link` until it closes it."""
     book: Book
     pid: int | None
     spawning: bool = False
+    link: int | None = None
 
 
 @dataclass(frozen=True)
 class Stopped:
     book: Book
 
+
+DRAINING = "; the gateway finishes its active work first"
 
 MState = (Probing | Adopting | Spawning | AwaitingHello | Running | Reconnecting | Replacing | Restarting
           | BackingOff | Stopping | Stopped)
@@ -137,11 +146,15 @@ def cause(state: MState) -> str | None:
     if isinstance(state, AwaitingHello):
         return "waiting for hello-ok"
     if isinstance(state, Restarting):
-        return f"restarting gateway ({state.reason})"
+        return f"restarting gateway ({state.reason})" + (DRAINING if state.pid is not None else "")
     if isinstance(state, Reconnecting | Replacing | BackingOff):
         return state.cause
     if isinstance(state, Stopping | Stopped) and state.book.exit_code != exitcodes.OK:
         return state.book.error
+    if isinstance(state, Stopping) and state.pid is not None:
+        return DRAINING.removeprefix("; ")
+    if isinstance(state, Running) and state.restart is not None:
+        return f"restart requested ({state.restart}); the gateway restarts once its active work is done"
     return None
 
 
@@ -152,7 +165,7 @@ def pid_of(state: MState) -> int | None:
 
 
 def link_of(state: MState) -> int | None:
-    return state.link if isinstance(state, Running) else None
+    return state.link if isinstance(state, Running | Restarting | Stopping) else None
 
 
 def adopted(state: MState) -> bool:
@@ -196,6 +209,8 @@ def next_deadline(state: MState) -> tuple[float, TimerKind] | None:
     if isinstance(state, Running):
         if state.health_at is not None:
             due.append((state.health_at, TimerKind.HEALTH))
+        if state.restart_by is not None:
+            due.append((state.restart_by, TimerKind.RESTART))
         if book.attempts and book.ready_at is not None:
             due.append((book.ready_at + book.config.reconnect.stable_after, TimerKind.STABLE))
     if isinstance(state, BackingOff):
