@@ -34,6 +34,7 @@ from clawsvc.service.lifecycle import NOT_OWNED
 from clawsvc.service.messages import (
     ConfigFailed,
     ConfigLoaded,
+    DrainNoticed,
     ExitInfo,
     GatewayEventSeen,
     HandshakeDone,
@@ -196,6 +197,10 @@ ROWS: list[tuple[str, Any, type, list[str]]] = [
     ("restarting", LinkLost(1, 1, 1012, "service restart"), Restarting, []),
     ("stopping", GatewayEventSeen(1, 1, "chat", {"state": "final"}, 9), Stopping, ["Gateway:chat"]),
     ("stopping", LinkLost(1, 1, 1012, "service restart"), Stopping, []),
+    ("running", DrainNoticed(1, "waiting for pendingReplies=1"), Running, []),
+    ("restart_asked", DrainNoticed(1, "waiting for pendingReplies=1"), Running, [ST]),
+    ("restarting", DrainNoticed(1, "waiting for pendingReplies=1"), Restarting, [ST]),
+    ("stopping", DrainNoticed(1, "waiting for pendingReplies=1"), Stopping, [ST]),
     ("reconnecting", RestartRequested("r"), Restarting, [ST, ASKED, "AbortConnect", f"StopProcess:{PID}", STATE]),
     ("replacing", RestartRequested("r"), Restarting, [ST, ASKED, "AbortConnect", f"StopProcess:{PID}", STATE]),
     ("restarting", RestartRequested("r"), Restarting, [ASKED]),
@@ -797,3 +802,14 @@ def test_a_restart_the_gateway_refuses_or_never_begins_drains_it_instead() -> No
 def test_an_answer_for_another_link_is_ignored() -> None:
     state, _ = machine.step(at("restart_asked"), RestartAnswered(1, 7, False, "closed"), 6.0)
     assert isinstance(state, Running) and state.restart == "test"
+
+
+def test_status_shows_what_the_drain_still_waits_for() -> None:
+    state, _ = replay(at("running"), [(5.0, SignalReceived(signal.SIGTERM)),
+                                      (6.0, DrainNoticed(1, "waiting for pendingReplies=1 embeddedRuns=1"))])
+    assert machine.view(state).cause == ("the gateway finishes its active work first (waiting for pendingReplies=1 "
+                                         "embeddedRuns=1)")
+    state, _ = replay(at("restart_asked"), [(5.0, RestartAnswered(1, 1, True, None, "restart deferred: 1 pending "
+                                                                                     "reply delivery operation(s)"))])
+    assert machine.view(state).cause == ("restart requested (test); the gateway restarts once its active work is "
+                                         "done (restart deferred: 1 pending reply delivery operation(s))")

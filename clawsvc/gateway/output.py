@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import threading
+from collections.abc import Callable
 from typing import IO
 
 from clawsvc.config import LoggingConfig
@@ -72,9 +73,12 @@ def line_level(line: str) -> int | None:
 class OutputPump:
     """Reads one pipe of the gateway until EOF on its own thread and logs every line."""
 
-    def __init__(self, stream: IO[bytes], name: str, settings: LoggingConfig) -> None:
+    def __init__(self, stream: IO[bytes], name: str, settings: LoggingConfig,
+                 observer: Callable[[str], None] | None = None) -> None:
+        """`observer` sees every line, also those `logging.suppress` keeps out of the log."""
         self.stream = stream
         self.name = name
+        self.observer = observer
         default = settings.gateway_stdout if name == "stdout" else settings.gateway_stderr
         self.level = LEVEL_NAMES[default]
         self.suppress = settings.suppress
@@ -106,7 +110,11 @@ class OutputPump:
             log.warning("stopped reading gateway %s: %s", self.name, exc)
 
     def emit(self, line: str) -> None:
-        if not line.strip() or any(pattern.search(line) for pattern in self.suppress):
+        if not line.strip():
+            return
+        if self.observer is not None:
+            self.observer(line)
+        if any(pattern.search(line) for pattern in self.suppress):
             return
         level = line_level(line) or self.level
         log.log(level, "%s", redact(line), extra={"gateway_stream": self.name})

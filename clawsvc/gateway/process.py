@@ -25,6 +25,7 @@ from clawsvc.config.values import TOKEN_ENV
 from clawsvc.exits import ExitInfo
 from clawsvc.gateway import compile_cache, leftovers, proctree
 from clawsvc.gateway.node import ProvisionError, node_problem
+from clawsvc.gateway.notices import Notices
 from clawsvc.gateway.output import OutputPump
 from clawsvc.gateway.spawnenv import GATEWAY_CONFIG, inherited, unconfigured_flag
 from clawsvc.logs import register_secret
@@ -188,11 +189,13 @@ class GatewayProcess:
     """One gateway child: start() once, stop() from any thread any number of times."""
 
     def __init__(self, config: Config, token: str, provider_env: Mapping[str, str],
-                 on_exit: Callable[[ExitInfo], None]) -> None:
+                 on_exit: Callable[[ExitInfo], None], on_drain: Callable[[str], None] | None = None) -> None:
+        """`on_drain` hears what a drain still waits for, from the gateway's own log (gateway.notices)."""
         self.config = config
         self._token = token
         self._provider_env = dict(provider_env)
         self._on_exit = on_exit
+        self.notices = Notices(on_drain)
         self._lock = threading.Lock()  # guards the fields below and every signal sent to the pid
         self._stop_lock = threading.Lock()  # one stopper at a time; later ones get the same result
         self._started = self._stop_requested = self._reaped = self._forced = False
@@ -254,8 +257,8 @@ class GatewayProcess:
             self._spawned.set()
             return
         assert popen.stdout is not None and popen.stderr is not None
-        pumps = [OutputPump(popen.stdout, "stdout", self.config.logging),
-                 OutputPump(popen.stderr, "stderr", self.config.logging)]
+        pumps = [OutputPump(popen.stdout, "stdout", self.config.logging, self.notices.see),
+                 OutputPump(popen.stderr, "stderr", self.config.logging, self.notices.see)]
         for pump in pumps:
             pump.start()
         self._popen = popen

@@ -47,6 +47,7 @@ from clawsvc.service.events import Event
 from clawsvc.service.messages import (
     ConfigFailed,
     ConfigLoaded,
+    DrainNoticed,
     ExitInfo,
     HealthChecked,
     Message,
@@ -58,7 +59,7 @@ from clawsvc.service.messages import (
 from clawsvc.service.notify import Notifier
 from clawsvc.service.preflight import preflight
 from clawsvc.service.status import Snapshot, status_line
-from clawsvc.text import cut
+from clawsvc.text import cut, printable
 from clawsvc.threads import start_thread
 
 if TYPE_CHECKING:
@@ -156,7 +157,8 @@ class Executor:
         announced = threading.Event()
         pid_box: list[int] = []
         process = GatewayProcess(effect.config, effect.token, effect.provider_env,
-                                 functools.partial(self._exited, effect.gen, pid_box, announced))
+                                 functools.partial(self._exited, effect.gen, pid_box, announced),
+                                 functools.partial(self._drain_noticed, effect.gen))
         try:
             pid = process.start()
         except SpawnError as exc:
@@ -181,6 +183,9 @@ class Executor:
         with self._lock:
             self._processes.pop(pid, None)
         self.post(ProcessExited(gen, pid, info))
+
+    def _drain_noticed(self, gen: int, activity: str) -> None:
+        self.post(DrainNoticed(gen, activity))
 
     def _alive(self, pid: int) -> bool:
         with self._lock:
@@ -243,11 +248,11 @@ class Executor:
             self.post(RestartAnswered(effect.gen, effect.link, False, "the connection was closed"))
             return
         try:
-            connection.rpc(SAFE_RESTART_METHOD, {"reason": cut(effect.reason, REASON_MAX)})
+            answer = connection.rpc(SAFE_RESTART_METHOD, {"reason": cut(effect.reason, REASON_MAX)})
         except Exception as exc:
             self.post(RestartAnswered(effect.gen, effect.link, False, describe_error(exc)))
         else:
-            self.post(RestartAnswered(effect.gen, effect.link, True))
+            self.post(RestartAnswered(effect.gen, effect.link, True, summary=_restart_summary(answer)))
 
     def rpc(self, method: str, params: Any, timeout: float | None) -> Any:
         with self._lock:
@@ -297,6 +302,14 @@ class Executor:
     def _reapply(self, on_reload: Callable[[Config, Config], None], old: Config, new: Config) -> None:
         with self._reload_lock:
             on_reload(old, new)
+
+
+def _restart_summary(answer: Any) -> str | None:
+    """The gateway's own words on what its accepted restart waits for: {"status": "deferred", "preflight":
+    {"summary": "restart deferred: 1 pending reply delivery operation(s)", ...}, ...}."""
+    preflight = answer.get("preflight") if isinstance(answer, dict) else None
+    summary = preflight.get("summary") if isinstance(preflight, dict) else None
+    return printable(cut(summary, REASON_MAX)) if isinstance(summary, str) and summary else None
 
 
 def _reply(effect: Reply) -> None:

@@ -135,11 +135,20 @@ class RestartRequested:
 
 @dataclass(frozen=True)
 class RestartAnswered:
-    """The gateway's answer to a safe-restart request on `link` (error: why it refused, or the call failed)."""
+    """The gateway's answer to a safe-restart request on `link`: accepted, with its own summary of what it waits
+    for ("restart deferred: 1 pending reply delivery operation(s)"), or refused / failed (`error`)."""
     gen: int
     link: int
     ok: bool
     error: str | None = None
+    summary: str | None = None
+
+
+@dataclass(frozen=True)
+class DrainNoticed:
+    """What the gateway of this start says (in its log) its drain still waits for, or that it is done."""
+    gen: int
+    activity: str
 
 
 @dataclass(frozen=True)
@@ -162,4 +171,4 @@ class TimerFired:
 
 Message = (PortFree | PortTaken | Spawned | SpawnFailed | HandshakeDone | HandshakeFailed | ProcessExited
            | LinkLost | GatewayEventSeen | HealthChecked | SignalReceived | RestartRequested | RestartAnswered
-           | ConfigLoaded | ConfigFailed | TimerFired)
+           | DrainNoticed | ConfigLoaded | ConfigFailed | TimerFired)

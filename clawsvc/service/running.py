@@ -7,7 +7,14 @@ from dataclasses import replace
 from clawsvc.service import catalogue
 from clawsvc.service.backoff import forgiven
 from clawsvc.service.effects import DEBUG, INFO, WARNING, AbortConnect, CheckHealth, Effect, Emit, Log, StopProcess
-from clawsvc.service.messages import GatewayEventSeen, HealthChecked, LinkLost, RestartAnswered, TimerFired
+from clawsvc.service.messages import (
+    DrainNoticed,
+    GatewayEventSeen,
+    HealthChecked,
+    LinkLost,
+    RestartAnswered,
+    TimerFired,
+)
 from clawsvc.service.moves import SAFE_RESTART_BOUND, Outcome, reconnect, replace_gateway
 from clawsvc.service.states import Restarting, Running, Stopping, with_book
 
@@ -40,8 +47,10 @@ def on_restart_answered(state: Running, message: RestartAnswered, now: float) ->
     if message.link != state.link or state.restart is None:
         return state, []
     if message.ok:
-        return state, [Log(INFO, f"gateway accepted the restart ({state.restart}); it restarts once its active "
-                                 "work is done")]
+        waits = f": {message.summary}" if message.summary else ""
+        return replace(state, activity=message.summary), [
+            Log(INFO, f"gateway accepted the restart ({state.restart}); it restarts once its active work is "
+                      f"done{waits}")]
     return _drain_instead(state, f"the gateway refused its own restart: {message.error}")
 
 
@@ -56,6 +65,13 @@ def _drain_instead(state: Running, why: str) -> Outcome:
     restarting = Restarting(book, pid, reason, state.link)
     return restarting, [Log(WARNING, f"{why}; stopping it (it finishes its active work first) and starting a new "
                                      "one"), AbortConnect(), StopProcess(pid)]
+
+
+def on_drain_noticed(state: Running | Restarting | Stopping, message: DrainNoticed, now: float) -> Outcome:
+    """What the gateway says its drain (or a restart it was asked for) still waits for: shown by `status`."""
+    if isinstance(state, Running) and state.restart is None:
+        return state, []
+    return replace(state, activity=message.activity), [Log(INFO, f"gateway drain: {message.activity}")]
 
 
 def on_draining_event(state: Restarting | Stopping, message: GatewayEventSeen, now: float) -> Outcome:

@@ -71,6 +71,7 @@ class Running:
     failures: int = 0
     restart: str | None = None
     restart_by: float | None = None
+    activity: str | None = None  # what the gateway says the restart waits for
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class Restarting:
     pid: int | None
     reason: str
     link: int | None = None
+    activity: str | None = None  # what the gateway says its drain still waits for
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,7 @@ class Stopping:
     pid: int | None
     spawning: bool = False
     link: int | None = None
+    activity: str | None = None  # what the gateway says its drain still waits for
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,10 @@ class Stopped:
 
 
 DRAINING = "; the gateway finishes its active work first"
+
+
+def _draining(state: Restarting | Stopping) -> str:
+    return DRAINING + (f" ({state.activity})" if state.activity else "")
 
 MState = (Probing | Adopting | Spawning | AwaitingHello | Running | Reconnecting | Replacing | Restarting
           | BackingOff | Stopping | Stopped)
@@ -146,15 +153,16 @@ def cause(state: MState) -> str | None:
     if isinstance(state, AwaitingHello):
         return "waiting for hello-ok"
     if isinstance(state, Restarting):
-        return f"restarting gateway ({state.reason})" + (DRAINING if state.pid is not None else "")
+        return f"restarting gateway ({state.reason})" + (_draining(state) if state.pid is not None else "")
     if isinstance(state, Reconnecting | Replacing | BackingOff):
         return state.cause
     if isinstance(state, Stopping | Stopped) and state.book.exit_code != exitcodes.OK:
         return state.book.error
     if isinstance(state, Stopping) and state.pid is not None:
-        return DRAINING.removeprefix("; ")
+        return _draining(state).removeprefix("; ")
     if isinstance(state, Running) and state.restart is not None:
-        return f"restart requested ({state.restart}); the gateway restarts once its active work is done"
+        return (f"restart requested ({state.restart}); the gateway restarts once its active work is done"
+                + (f" ({state.activity})" if state.activity else ""))
     return None
 
 
