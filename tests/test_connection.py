@@ -21,6 +21,7 @@ from clawsvc.gateway import ports
 from clawsvc.gateway.connection import GatewayConnection
 from clawsvc.gateway.frames import Liveness
 from clawsvc.gateway.hello import parse_hello
+from clawsvc.gateway.peercheck import PeerCheck, PeerGone
 from clawsvc.gateway.protocol import (
     AuthError,
     ConnectionLost,
@@ -34,7 +35,7 @@ from clawsvc.gateway.protocol import (
     TransportError,
     UntrustedPeerError,
 )
-from clawsvc.service.connector import Connector, PeerCheck, PeerGone, always
+from clawsvc.service.connector import Connector, always
 from clawsvc.service.messages import HandshakeDone, HandshakeFailed, HandshakeKind, Message
 
 TICK_MS = 400

@@ -25,7 +25,7 @@ from clawsvc.secrets import keyring_client
 
 # loaded only once the first handshake (or a second restart in a row) needs them
 LATER = ("websocket", "tenacity", "http.client", "email", "ssl", "importlib.metadata", "keyring",
-         "clawsvc.gateway.connection", "clawsvc.service.readiness")
+         "clawsvc.gateway.connection", "clawsvc.gateway.readiness")
 KEYRING_CHILD = "clawsvc.secrets.keyring_child"
 HEADLESS_DROP = ("DBUS_SESSION_BUS_ADDRESS", "DISPLAY", "WAYLAND_DISPLAY", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME",
                  "PYTHON_KEYRING_BACKEND", "CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET", "WATCHDOG_USEC")

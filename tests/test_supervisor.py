@@ -13,12 +13,12 @@ import tenacity
 
 from clawsvc.config import Config
 from clawsvc.gateway.protocol import AuthError, GatewayError, RetryableError, TransportError
+from clawsvc.gateway.readiness import ReadyGate, readiness_retrying
 from clawsvc.service.effects import CloseLink, Reply
 from clawsvc.service.executor import Executor
 from clawsvc.service.loop import Supervisor
 from clawsvc.service.messages import RestartMode, RestartRequested
 from clawsvc.service.notify import Notifier
-from clawsvc.service.readiness import ReadyGate, readiness_retrying
 from clawsvc.threads import live
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import functools
 import logging
 import os
 import pwd
@@ -35,11 +34,11 @@ from clawsvc.exits import ExitInfo
 from clawsvc.gateway import process
 from clawsvc.gateway.compile_cache import compile_cache_dir
 from clawsvc.gateway.connection import GatewayConnection
+from clawsvc.gateway.peercheck import PeerCheck
 from clawsvc.gateway.process import GatewayProcess, SpawnError
 from clawsvc.gateway.protocol import GatewayError, describe_error
+from clawsvc.gateway.readiness import connect_when_up
 from clawsvc.gateway.spawnenv import STRIP_ENV
-from clawsvc.service.connector import PeerCheck, readyz
-from clawsvc.service.readiness import readiness_retrying
 
 LOG_LINES = 20
 SCRATCH_PREFIX = "clawsvc-canary-"
@@ -200,16 +199,14 @@ def _answered(canary: Config, gateway: GatewayProcess, token: str, exited: threa
     except SpawnError as exc:
         raise CanaryFailed(str(exc), list(tail.lines)) from None
     timeout = canary.gateway.start_timeout
-    cancel = threading.Event()
-    retrying = readiness_retrying(cancel, timeout, lambda: not exited.is_set(),
-                                  ready=functools.partial(readyz, canary.gateway.port))
+
+    def connect() -> GatewayConnection:
+        link = GatewayConnection.from_config(canary, token, verify_peer=PeerCheck(canary.gateway.port, False, pid))
+        link.connect()
+        return link
+
     try:
-        for attempt in retrying:
-            with attempt:
-                link = GatewayConnection.from_config(canary, token,
-                                                     verify_peer=PeerCheck(canary.gateway.port, False, pid))
-                link.connect()
-        link.close()
+        connect_when_up(connect, canary.gateway.port, threading.Event(), timeout, lambda: not exited.is_set()).close()
         return time.monotonic() - started
     except GatewayError as exc:
         reason = _why(exc, exited, gateway, timeout)

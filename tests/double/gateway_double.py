@@ -28,7 +28,8 @@ request must be connect → 1008; startup window → UNAVAILABLE/1013; client.id
 fails FORBIDDEN/MISSING_SCOPE). After hello-ok every event has seq 1, 2, ... per connection. Methods: health,
 status, double.*; anything else → INVALID_REQUEST "unknown method: X". Frames over DOUBLE_MAX_PAYLOAD → 1009.
 SIGTERM/SIGINT: event shutdown {reason:"gateway stopping"} to connected clients, close 1012, exit 0.
-HTTP on the same port: GET /healthz → 200, /readyz and /startupz → 200 once connect would succeed, else 503.
+HTTP on the same port: GET /healthz → 200; /startupz → 200 {"status":"started"} once connect would succeed, else
+503 {"status":"starting"}; /readyz → 200 {"ready":true,"failing":[]}, else 503 with failing ["startup-sidecars"].
 
 Control methods (after connect; all reply ok unless noted):
     double.garbage {frames?}     send frames (str as-is, others JSON-encoded); default: non-JSON text, a JSON
@@ -224,8 +225,12 @@ class Gateway:
         path = request.path.split("?")[0]
         if path == "/healthz":
             return ws.respond(200, '{"ok":true}\n')
-        if path in ("/readyz", "/startupz"):
-            return ws.respond(503, '{"ready":false}\n') if self.starting() else ws.respond(200, '{"ready":true}\n')
+        if path == "/startupz":
+            return ws.respond(503, '{"ok":false,"status":"starting"}\n') if self.starting() else \
+                ws.respond(200, '{"ok":true,"status":"started"}\n')
+        if path == "/readyz":
+            return ws.respond(503, '{"ready":false,"failing":["startup-sidecars"]}\n') if self.starting() else \
+                ws.respond(200, '{"ready":true,"failing":[]}\n')
         return None
 
     # -- connections ------------------------------------------------------------------------------------

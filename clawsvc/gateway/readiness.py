@@ -1,14 +1,19 @@
-"""The connector's readiness retrying, on top of tenacity's wait/stop strategies (the restart policy is pure:
+"""Waiting until a gateway is up, the way its supervisor contract defines it: it owns its listener (the peer
+check), answers a hello-ok, and `/startupz` says "started". On top of tenacity's wait/stop strategies; the
+service's connector and the upgrade's canary both wait this way (the restart policy is pure:
 clawsvc/service/backoff.py)."""
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 import tenacity
 
+from clawsvc.gateway.probes import startup_status
 from clawsvc.gateway.protocol import GatewayError, RetryableError, TransportError
 
 PROBE_EVERY = 0.025  # a refused loopback connect or a /readyz GET costs well under a millisecond
@@ -25,10 +30,10 @@ def _readiness_wait(retry_state: tenacity.RetryCallState) -> float:
 
 
 class ReadyGate:
-    """tenacity's sleep between handshakes: ends early on a stop, or as soon as the gateway's own readiness
-    probe says yes. retryAfterMs=500 paces clients that cannot know better; a supervisor that can ask
-    /readyz (200 about 70 ms before a handshake succeeds, measured) should not add half a second to every
-    start and crash recovery."""
+    """tenacity's sleep between handshakes: ends early on a stop, or as soon as the gateway's own startup probe
+    says yes. retryAfterMs=500 paces clients that cannot know better; a supervisor that can ask /startupz (200
+    "started" tens of ms before a handshake succeeds) should not add half a second to every start and crash
+    recovery."""
 
     def __init__(self, cancel: threading.Event, ready: Callable[[], bool] | None = None) -> None:
         self.cancel = cancel
@@ -67,3 +72,31 @@ def readiness_retrying(cancel: threading.Event, deadline: float, still_worth_it:
         sleep=ReadyGate(cancel, ready),
         reraise=True,
     )
+
+
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
+Link = TypeVar("Link", bound=Closable)
+
+
+def started(port: int) -> bool:
+    return startup_status(port) == "started"
+
+
+def connect_when_up(connect: Callable[[], Link], port: int, cancel: threading.Event, timeout: float,
+                    still_worth_it: Callable[[], bool],
+                    retry_on: tuple[type[GatewayError], ...] = RETRY_ON) -> Link:
+    """connect() (a handshake to hello-ok) until the gateway is up: a hello-ok while /startupz still says
+    "starting" or "draining" does not count (the link is closed and the handshake retried). /startupz saying
+    nothing usable (an older gateway) does not hold it back. The last error when it never came up."""
+    retrying = readiness_retrying(cancel, timeout, still_worth_it, retry_on, functools.partial(started, port))
+    for attempt in retrying:
+        with attempt:
+            link = connect()
+            status = startup_status(port)
+            if status in ("starting", "draining"):
+                link.close()
+                raise RetryableError("UNAVAILABLE", f"the gateway answered, but /startupz says {status}")
+    return link
