@@ -14,6 +14,7 @@ import pytest
 
 from clawsvc import exitcodes
 from clawsvc.config import Config, GatewayConfig, HealthConfig, ReconnectConfig
+from clawsvc.exits import ExitCause, ExitKind
 from clawsvc.service import machine
 from clawsvc.service.backoff import restart_delay
 from clawsvc.service.effects import (
@@ -813,3 +814,26 @@ def test_status_shows_what_the_drain_still_waits_for() -> None:
                                                                                      "reply delivery operation(s)"))])
     assert machine.view(state).cause == ("restart requested (test); the gateway restarts once its active work is "
                                          "done (restart deferred: 1 pending reply delivery operation(s))")
+
+
+def exit_with(kind: ExitKind, code: int = 78) -> ProcessExited:
+    return ProcessExited(1, PID, ExitInfo(code, None, cause=ExitCause(kind, f"the {kind.value} problem; the fix")))
+
+
+@pytest.mark.parametrize("kind", [ExitKind.CONFIG, ExitKind.SCHEMA])
+def test_an_exit_only_a_person_can_fix_ends_clawsvc_with_78_naming_it(kind: ExitKind) -> None:
+    state, _ = machine.step(at("running"), exit_with(kind), 9.0)
+    assert isinstance(state, Stopped) and state.book.exit_code == exitcodes.CONFIG
+    assert state.book.error == f"gateway pid {PID} exited with status 78: the {kind.value} problem; the fix"
+
+
+@pytest.mark.parametrize("kind", [ExitKind.LOCKED, ExitKind.PORT])
+def test_an_exit_78_that_may_clear_is_retried(kind: ExitKind) -> None:
+    state, _ = machine.step(at("running"), exit_with(kind), 9.0)
+    assert isinstance(state, BackingOff) and state.book.attempts == 1
+    assert state.cause.endswith(f"the {kind.value} problem; the fix")
+
+
+def test_an_unexplained_78_is_still_final() -> None:
+    state, _ = machine.step(at("running"), ProcessExited(1, PID, ExitInfo(78, None)), 9.0)
+    assert isinstance(state, Stopped) and state.book.exit_code == exitcodes.CONFIG

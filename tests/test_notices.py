@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from clawsvc.gateway.notices import SETTLED, TAIL_LINES, Notices, drain_notice
+from clawsvc.exits import ExitKind
+from clawsvc.gateway.notices import SETTLED, TAIL_LINES, Notices, drain_notice, exit_cause
 from clawsvc.logs import register_secret
 
 DRAINING = ("[gateway] draining active work before stop with timeout 315000ms: queueSize=2 pendingReplies=1 "
@@ -40,3 +41,37 @@ def test_notices_keep_a_redacted_bounded_tail_and_report_drains() -> None:
     notices = Notices()
     notices.see(f"[gateway] key {secret} rejected")
     assert secret not in notices.tail()[0]
+
+
+# ------------------------------------------------------------------ why it exited (the lines openclaw 2026.9.6 printed)
+
+INVALID = ["Gateway failed to start: Invalid config at /var/lib/clawsvc/openclaw/openclaw.json:",
+           '<root>: Unrecognized key: "bogusKey"', 'Run "openclaw doctor --fix" to repair, then retry.']
+MISSING = ["Missing config. Run `openclaw setup` or set gateway.mode=local (or pass --allow-unconfigured)."]
+NO_MODE = ["Gateway start blocked: existing config is missing gateway.mode. Treat this as suspicious or clobbered "
+           "config. Re-run `openclaw onboard --mode local` or `openclaw setup`, set gateway.mode=local manually, or "
+           "pass --allow-unconfigured."]
+SCHEMA = ["[gateway] refused startup because 1 OpenClaw database schema(s) are newer than this build. state database "
+          "/var/lib/clawsvc/openclaw/state/openclaw.sqlite uses schema 18; this build supports 17; writer build "
+          "2026.9.6. Refused by OpenClaw 2026.9.5 (ec9c1a1) installed at /opt/x. Run a build at least as new as "
+          "the writer that supports these schemas, or stop the service and restore your pre-upgrade backup."]
+PORT = ["Gateway failed to start: another gateway instance is already listening on ws://127.0.0.1:18789 | listen "
+        "EADDRINUSE: address already in use 127.0.0.1:18789 | EADDRINUSE"]
+
+
+def test_an_invalid_config_is_named_with_its_file_and_problem() -> None:
+    cause = exit_cause(["[gateway] starting", *INVALID])
+    assert cause is not None and cause.kind is ExitKind.CONFIG
+    assert cause.text == ("the gateway's own config /var/lib/clawsvc/openclaw/openclaw.json is invalid (<root>: "
+                          'Unrecognized key: "bogusKey"); fix it, or run `clawsvc openclaw doctor --fix`')
+
+
+def test_each_exit_the_gateway_explains_gets_its_kind() -> None:
+    kinds = {name: exit_cause(lines) for name, lines in
+             (("missing", MISSING), ("no-mode", NO_MODE), ("schema", SCHEMA), ("port", PORT))}
+    assert {name: cause.kind for name, cause in kinds.items() if cause} == {
+        "missing": ExitKind.CONFIG, "no-mode": ExitKind.CONFIG, "schema": ExitKind.SCHEMA, "port": ExitKind.PORT}
+    schema = kinds["schema"]
+    assert schema is not None and "uses schema 18; this build supports 17" in schema.text
+    assert "clawsvc upgrade VERSION" in schema.text and "\n" not in schema.text
+    assert exit_cause(["[gateway] ready", "[shutdown] completed cleanly in 86ms"]) is None

@@ -25,7 +25,7 @@ from clawsvc.config.values import TOKEN_ENV
 from clawsvc.exits import ExitInfo
 from clawsvc.gateway import compile_cache, leftovers, proctree
 from clawsvc.gateway.node import ProvisionError, node_problem
-from clawsvc.gateway.notices import Notices
+from clawsvc.gateway.notices import Notices, exit_cause
 from clawsvc.gateway.output import OutputPump
 from clawsvc.gateway.spawnenv import GATEWAY_CONFIG, inherited, unconfigured_flag
 from clawsvc.logs import register_secret
@@ -275,7 +275,7 @@ class GatewayProcess:
             self._gone.set()
             for pump in pumps:
                 pump.join(PUMP_DRAIN)
-            self._info = ExitInfo.from_returncode(returncode, self._forced)
+            self._info = ExitInfo.from_returncode(returncode, self._forced, exit_cause(self.notices.tail()))
             try:
                 self._on_exit(self._info)
             except Exception:

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 from clawsvc import exitcodes
 from clawsvc.config import gateway_affecting
+from clawsvc.exits import ExitKind
 from clawsvc.service import catalogue
 from clawsvc.service.backoff import forgiven
 from clawsvc.service.effects import (
@@ -79,13 +80,14 @@ def on_crash(state: AwaitingHello | Running | Reconnecting | Replacing, message:
     last = message.info.describe()
     book = replace(book, last_exit=last, ready_at=None)
     effects: list[Effect] = [exited(message), *drop_link(state), AbortConnect()]
-    if message.info.returncode == exitcodes.CONFIG:
-        new, more = fail(book, f"gateway pid {message.pid} exited with status 78 (its configuration is unusable; "
-                               "see its last log lines above)", exitcodes.CONFIG)
+    cause = message.info.cause
+    if (cause is not None and cause.kind in FINAL) or (cause is None and message.info.returncode == exitcodes.CONFIG):
+        why = cause.text if cause is not None else ("its configuration is unusable; see its last log lines above")
+        new, more = fail(book, f"gateway pid {message.pid} {last}: {why}", exitcodes.CONFIG)
         return new, effects + more
     if forgiven(book.attempts, ran, book.config.reconnect):
         book = replace(book, attempts=0)
-    what = f"gateway pid {message.pid} {last}"
+    what = f"gateway pid {message.pid} {last}" + (f": {cause.text}" if cause is not None else "")
     if isinstance(state, Replacing):
         what = f"gateway pid {message.pid} replaced ({state.cause})"
     new, more = schedule_restart(book, what, now)
@@ -113,6 +115,7 @@ def _restart_mode(state: MState, message: RestartRequested) -> RestartMode:
     return message.mode
 
 
+FINAL = (ExitKind.CONFIG, ExitKind.SCHEMA)  # what only a person can fix: clawsvc exits 78, systemd does not loop
 HOW = {RestartMode.SAFE: "once its active work is done", RestartMode.FRESH: "after it finishes its active work",
        RestartMode.FORCE: "at once"}
 
