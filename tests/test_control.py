@@ -784,7 +784,7 @@ def reply(**changes: Any) -> dict[str, Any]:
     base = {"state": "running", "pid": 4242, "port": 18789, "owned": True, "gatewayVersion": "2026.9.6",
             "uptime": 7380.0, "connectedAt": 1_700_000_000.0, "error": None, "cause": None, "reconnectAttempts": 0,
             "restarts": 2, "lastExit": "killed by SIGKILL", "servicePid": 77, "serviceUptime": 90000.0,
-            "config": "/etc/clawsvc/clawsvc.yaml"}
+            "config": "/etc/clawsvc/clawsvc.yaml", "ready": False, "failing": ["channel:telegram"]}
     base.update(changes)
     return {key: value for key, value in base.items() if value is not None}
 
@@ -810,6 +810,7 @@ def test_status_block_renders_the_typed_snapshot(utc):
         "     State: running since Tue 2023-11-14 22:13:20 UTC; 2h 3min ago",
         "   Gateway: pid 4242, port 18789, openclaw 2026.9.6, started by clawsvc",
         "  Restarts: 2, reconnect attempts: 0",
+        " Readiness: not ready: failing channel:telegram",
         " Last exit: killed by SIGKILL",
         "   Service: pid 77, up 1d 1h",
         "    Config: /etc/clawsvc/clawsvc.yaml",
@@ -859,6 +860,10 @@ def test_a_reply_reads_back_as_the_snapshot_it_came_from(state):
     (reply(connectedAt=-(10 ** 400)), '"connectedAt"'),
     ({key: value for key, value in reply().items() if key != "servicePid"}, '"servicePid"'),
     (reply(error=["x" * 10_000]), '"error"'),
+    (reply(ready="yes"), '"ready"'),
+    (reply(failing="channel"), '"failing"'),
+    (reply(failing=[1]), '"failing"'),
+    (reply(failing=["x"] * 51), '"failing"'),
 ])
 def test_a_status_reply_that_is_no_snapshot_is_refused_in_one_line(data, named):
     with pytest.raises(status.BadSnapshot) as caught:

@@ -229,7 +229,8 @@ def test_a_follower_whose_thread_cannot_start_gives_back_its_feed_and_place(monk
 SAMPLES: dict[str, tuple[Any, ...]] = {
     "state": ("starting", "running", None), "gateway.spawned": (7,), "gateway.exited": (7, "exited 0", 0, None),
     "restart": ("gateway pid 7 exited 1", 2, 1.5), "restart.requested": ("asked",),
-    "health.failed": (1, 3, "timeout"), "reload": (True, ["gateway.port"], None), "ready": ("2026.9.6", 7),
+    "health.failed": (1, 3, "timeout"),
+    "readiness": (False, ["channel:telegram"]), "reload": (True, ["gateway.port"], None), "ready": ("2026.9.6", 7),
     "error": ("gave up", 1), "missed": (4,), "dropped": ("too slow",),
 }
 

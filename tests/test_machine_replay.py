@@ -46,6 +46,7 @@ from clawsvc.service.messages import (
     PortFree,
     PortTaken,
     ProcessExited,
+    ReadinessChecked,
     RestartAnswered,
     RestartMode,
     RestartRequested,
@@ -72,7 +73,7 @@ from clawsvc.service.states import (
     next_deadline,
     phase,
 )
-from clawsvc.service.status import State
+from clawsvc.service.status import State, status_line
 
 TOKEN = "t" * 32
 CONFIG = Config(gateway=GatewayConfig(start_timeout=20.0),
@@ -175,6 +176,7 @@ ROWS: list[tuple[str, Any, type, list[str]]] = [
     ("running", LinkLost(1, 1, 1006, "gone"), Reconnecting, [ST, "CloseLink:1", "Connect", STATE]),
     ("running", TimerFired(TimerKind.HEALTH), Running, ["CheckHealth:1"]),
     ("running", HealthChecked(1, 1, False, "timeout"), Running, ["Emit:health.failed"]),
+    ("running", ReadinessChecked(1, 1, False, ("channel:telegram",)), Running, [ST, "Emit:readiness"]),
     ("awaiting", ProcessExited(1, PID, CRASH), BackingOff, [ST, EXITED, "AbortConnect", RESTART, STATE]),
     ("running", ProcessExited(1, PID, CRASH), BackingOff, [ST, EXITED, "CloseLink:1", "AbortConnect", RESTART, STATE]),
     ("reconnecting", ProcessExited(1, PID, CRASH), BackingOff, [ST, EXITED, "AbortConnect", RESTART]),
@@ -837,3 +839,21 @@ def test_an_exit_78_that_may_clear_is_retried(kind: ExitKind) -> None:
 def test_an_unexplained_78_is_still_final() -> None:
     state, _ = machine.step(at("running"), ProcessExited(1, PID, ExitInfo(78, None)), 9.0)
     assert isinstance(state, Stopped) and state.book.exit_code == exitcodes.CONFIG
+
+
+def test_readiness_is_shown_and_told_only_when_it_changes() -> None:
+    failing = ReadinessChecked(1, 1, False, ("agent-database:main", "channel:telegram"))
+    state, steps = replay(at("running"), [(40.0, ReadinessChecked(1, 1, True, ())), (70.0, failing), (100.0, failing),
+                                          (130.0, ReadinessChecked(1, 1, True, ())),
+                                          (131.0, ReadinessChecked(1, 9, False, ("other link",)))])
+    assert emitted(steps) == [("service", "readiness", {"ready": True, "failing": []}),
+                              ("service", "readiness", {"ready": False,
+                                                        "failing": ["agent-database:main", "channel:telegram"]}),
+                              ("service", "readiness", {"ready": True, "failing": []})]
+    assert isinstance(state, Running) and (state.book.ready, state.book.failing) == (True, ())
+    state, _ = machine.step(state, failing, 140.0)
+    view = machine.view(state)
+    assert (view.ready, view.failing) == (False, ("agent-database:main", "channel:telegram"))
+    assert "not-ready=agent-database:main,channel:telegram" in status_line(view, 140.0)
+    state, _ = machine.step(state, ProcessExited(1, PID, CRASH), 150.0)
+    assert machine.view(state).ready is None, "a gateway that is gone is not 'not ready'"

@@ -72,6 +72,8 @@ HEALTH_FAILED = Kind("health.failed", ("failures", "limit", "error"), "a health 
 RELOAD = Kind("reload", ("ok", "changed", "error"), "the config was reloaded (SIGHUP): what changed, or why not",
               _reload)
 READY = Kind("ready", ("version", "pid"), "the gateway answered its first hello-ok (READY=1)", _ready)
+READINESS = Kind("readiness", ("ready", "failing"), "the gateway's own readiness (/readyz) changed: what fails",
+                 lambda p: "ready" if p["ready"] else f"not ready: {', '.join(map(str, p['failing'])) or '?'}")
 ERROR = Kind("error", ("error", "exit_code"), "clawsvc gave up and is stopping with this exit code",
              lambda p: f"{p['error']} (exit {p['exit_code']})")
 MISSED = Kind("missed", ("count",), "this consumer fell behind: events it did not take in time",
@@ -80,7 +82,8 @@ DROPPED = Kind("dropped", ("reason",), "this consumer took nothing for too long 
                lambda p: str(p["reason"]))
 
 SERVICE: Mapping[str, Kind] = {kind.name: kind for kind in (
-    STATE, SPAWNED, EXITED, RESTART, RESTART_REQUESTED, HEALTH_FAILED, RELOAD, READY, ERROR, MISSED, DROPPED)}
+    STATE, SPAWNED, EXITED, RESTART, RESTART_REQUESTED, HEALTH_FAILED, RELOAD, READY, READINESS, ERROR, MISSED,
+    DROPPED)}
 
 # The gateway's common events (its protocol docs); every other one it sends passes through under its own name.
 GATEWAY: Mapping[str, str] = {

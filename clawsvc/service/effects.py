@@ -79,9 +79,11 @@ class AskRestart:
 
 @dataclass(frozen=True)
 class CheckHealth:
+    """A `health` RPC on `link`, then the gateway's /readyz on `port`."""
     gen: int
     link: int
     timeout: float
+    port: int
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from clawsvc.config import Config, ConfigError, load_config
 from clawsvc.gateway import leftovers
+from clawsvc.gateway.probes import readiness
 from clawsvc.gateway.process import GatewayProcess, SpawnError, stop_bound
 from clawsvc.gateway.protocol import GatewayError, describe_error
 from clawsvc.logs import set_level
@@ -52,6 +53,7 @@ from clawsvc.service.messages import (
     HealthChecked,
     Message,
     ProcessExited,
+    ReadinessChecked,
     RestartAnswered,
     Spawned,
     SpawnFailed,
@@ -234,8 +236,10 @@ class Executor:
             connection.rpc("health", None, timeout=effect.timeout)
         except Exception as exc:  # any failure is a failed check; the machine decides
             self.post(HealthChecked(effect.gen, effect.link, False, describe_error(exc)))
-        else:
-            self.post(HealthChecked(effect.gen, effect.link, True, None))
+            return
+        self.post(HealthChecked(effect.gen, effect.link, True, None))
+        if (ready := readiness(effect.port)) is not None:
+            self.post(ReadinessChecked(effect.gen, effect.link, ready.ready, ready.failing))
 
     def _ask_restart(self, effect: AskRestart) -> None:
         with self._lock:

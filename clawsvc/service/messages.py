@@ -120,6 +120,15 @@ class HealthChecked:
 
 
 @dataclass(frozen=True)
+class ReadinessChecked:
+    """What the gateway's /readyz said after a health check on `link`."""
+    gen: int
+    link: int
+    ready: bool
+    failing: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class SignalReceived:
     signum: int
 
@@ -170,5 +179,5 @@ class TimerFired:
 
 
 Message = (PortFree | PortTaken | Spawned | SpawnFailed | HandshakeDone | HandshakeFailed | ProcessExited
-           | LinkLost | GatewayEventSeen | HealthChecked | SignalReceived | RestartRequested | RestartAnswered
-           | DrainNoticed | ConfigLoaded | ConfigFailed | TimerFired)
+           | LinkLost | GatewayEventSeen | HealthChecked | ReadinessChecked | SignalReceived | RestartRequested
+           | RestartAnswered | DrainNoticed | ConfigLoaded | ConfigFailed | TimerFired)

@@ -6,12 +6,25 @@ from dataclasses import replace
 
 from clawsvc.service import catalogue
 from clawsvc.service.backoff import forgiven
-from clawsvc.service.effects import DEBUG, INFO, WARNING, AbortConnect, CheckHealth, Effect, Emit, Log, StopProcess
+from clawsvc.service.effects import (
+    DEBUG,
+    INFO,
+    WARNING,
+    AbortConnect,
+    CheckHealth,
+    Effect,
+    Emit,
+    Log,
+    Notify,
+    NotifyKind,
+    StopProcess,
+)
 from clawsvc.service.messages import (
     DrainNoticed,
     GatewayEventSeen,
     HealthChecked,
     LinkLost,
+    ReadinessChecked,
     RestartAnswered,
     TimerFired,
 )
@@ -103,7 +116,8 @@ def on_link_lost(state: Running, message: LinkLost, now: float) -> Outcome:
 def on_health_due(state: Running, message: TimerFired, now: float) -> Outcome:
     if state.health_busy:
         return state, []
-    check = CheckHealth(state.book.gen, state.link, state.book.config.health.timeout)
+    config = state.book.config
+    check = CheckHealth(state.book.gen, state.link, config.health.timeout, config.gateway.port)
     return replace(state, health_at=None, health_busy=True), [check]
 
 
@@ -128,6 +142,22 @@ def on_health(state: Running, message: HealthChecked, now: float) -> Outcome:
         new, more = replace_gateway(checked, checked.pid, f"{health.failures} consecutive failed health checks; "
                                                    f"last: {message.error}")
     return new, effects + more
+
+
+def on_readiness(state: Running, message: ReadinessChecked, now: float) -> Outcome:
+    """The gateway's own readiness (channels, agent databases, plugin reloads): shown, and an event when it
+    changes; the gateway is not replaced for it (it recovers its channels itself)."""
+    book = state.book
+    if message.link != state.link or (message.ready, message.failing) == (book.ready, book.failing):
+        return state, []
+    if message.ready:
+        text = "gateway is ready again (its /readyz)" if book.ready is False else "gateway is ready (its /readyz)"
+        level = INFO
+    else:
+        text, level = f"gateway is not ready: its /readyz names {', '.join(message.failing) or 'nothing'} failing", \
+            WARNING
+    new = with_book(state, replace(book, ready=message.ready, failing=message.failing))
+    return new, [Log(level, text), Notify(NotifyKind.STATUS), catalogue.READINESS(message.ready, list(message.failing))]
 
 
 def on_stable(state: Running, message: TimerFired, now: float) -> Outcome:

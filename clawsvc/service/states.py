@@ -31,6 +31,8 @@ class Book:
     exit_code: int = exitcodes.OK
     ready_at: float | None = None
     connected_at: float | None = None
+    ready: bool | None = None        # the gateway's /readyz at the last health check
+    failing: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,8 @@ def view(state: MState) -> Snapshot:
         cause=cause(state), reconnect_attempts=book.attempts, restarts=book.restarts, last_exit=book.last_exit,
         service_pid=0, started_at=book.started_at, config=str(config.source) if config.source else None,
         max_attempts=config.reconnect.max_attempts, link=link_of(state), connected_mono=book.connected_at,
+        ready=book.ready if isinstance(state, Running) else None, failing=book.failing if isinstance(state, Running)
+        else (),
     )
 
 

@@ -68,6 +68,8 @@ class Snapshot:
     max_attempts: int            # 0: unlimited, or not known (a status reply does not carry it)
     link: int | None = None      # the connection control-socket RPCs go to (not in the reply)
     connected_mono: float | None = None  # monotonic (not in the reply)
+    ready: bool | None = None    # the gateway's /readyz at the last health check (None: not asked yet)
+    failing: tuple[str, ...] = ()  # what /readyz names as failing (channels, agent databases, plugin reloads)
 
     @classmethod
     def empty(cls, config: Config, service_pid: int, now: float) -> Snapshot:
@@ -84,7 +86,8 @@ class Snapshot:
             "gatewayVersion": self.gateway_version, "uptime": self.uptime(now), "connectedAt": self.connected_at,
             "error": self.error, "cause": self.cause, "reconnectAttempts": self.reconnect_attempts,
             "restarts": self.restarts, "lastExit": self.last_exit, "servicePid": self.service_pid,
-            "serviceUptime": now - self.started_at, "config": self.config,
+            "serviceUptime": now - self.started_at, "config": self.config, "ready": self.ready,
+            "failing": list(self.failing),
         }
 
     @classmethod
@@ -112,6 +115,8 @@ class Snapshot:
             started_at=REPLIED - field.required("serviceUptime", _is_duration, "a number of seconds"),
             config=field.optional("config", _is_str, "a string"),
             max_attempts=0,
+            ready=field.optional("ready", _is_bool, "true or false"),
+            failing=tuple(field.optional("failing", _is_names, "a list of names") or ()),
         )
 
 
@@ -162,6 +167,13 @@ def _is_str(value: object) -> bool:
     return isinstance(value, str)
 
 
+MAX_FAILING = 50
+
+
+def _is_names(value: object) -> bool:
+    return isinstance(value, list) and len(value) <= MAX_FAILING and all(isinstance(name, str) for name in value)
+
+
 class _Fields:
     """The values of a reply, each checked; a wrong one is a BadSnapshot naming its key."""
 
@@ -194,13 +206,24 @@ def status_line(snap: Snapshot, now: float) -> str:
         uptime = snap.uptime(now)
         adopted = "" if snap.owned else " adopted"
         return (f"running {where} gateway={snap.gateway_version or '?'} "
-                f"uptime={human_duration(uptime or 0)}{adopted}")
+                f"uptime={human_duration(uptime or 0)}{adopted}{_readiness_note(snap)}"
+                + (f"; {snap.cause}" if snap.cause else ""))
     if snap.state is State.RECONNECTING:
         attempts = f" attempt {snap.reconnect_attempts}/{snap.max_attempts or '∞'}" if snap.reconnect_attempts else ""
         return f"reconnecting {where}:{attempts} {snap.cause or ''}".rstrip()
     if snap.state is State.ERROR:
         return f"error: {snap.error or snap.cause or 'unknown'}"
     return f"{snap.state.value} {where}" + (f": {snap.cause}" if snap.cause else "")
+
+
+def _readiness_note(snap: Snapshot) -> str:
+    return f" not-ready={','.join(snap.failing) or '?'}" if snap.ready is False else ""
+
+
+def _readiness(snap: Snapshot) -> str:
+    if snap.ready is None:
+        return "not asked yet (the gateway's /readyz, at each health check)"
+    return "ready" if snap.ready else f"not ready: failing {', '.join(snap.failing) or '(not named)'}"
 
 
 # ---------------------------------------------------------------- the `clawsvc status` block
@@ -240,7 +263,9 @@ def status_block(snap: Snapshot, socket_path: object, now: float, wall_now: floa
     clock (REPLIED for one from from_dict), `wall_now` in seconds since the epoch."""
     rows = [("State", _state_line(snap, now, wall_now)), ("Gateway", _gateway_line(snap)),
             ("Restarts", f"{snap.restarts}, reconnect attempts: {snap.reconnect_attempts}")]
-    if snap.cause and snap.state is not State.RUNNING:
+    if snap.state is State.RUNNING:
+        rows.append(("Readiness", _readiness(snap)))
+    if snap.cause:
         rows.append(("Cause", snap.cause))
     if snap.last_exit:
         rows.append(("Last exit", snap.last_exit))
