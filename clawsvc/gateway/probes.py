@@ -6,7 +6,6 @@ port may be a stranger (nothing is sent to it but the GET)."""
 
 from __future__ import annotations
 
-import http.client
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,8 @@ MAX_NAME = 80
 
 def _get_json(port: int, path: str) -> dict[str, Any] | None:
     """The JSON object a GET of `path` answers with (any status), or None (no answer, not JSON, too big)."""
+    import http.client  # the HTTP stack comes with the first probe, after the gateway's spawn
+
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
     try:
         connection.request("GET", path, headers={"Accept": "application/json"})
