@@ -55,6 +55,11 @@ SCHEMA = ["[gateway] refused startup because 1 OpenClaw database schema(s) are n
           "/var/lib/clawsvc/openclaw/state/openclaw.sqlite uses schema 18; this build supports 17; writer build "
           "2026.9.6. Refused by OpenClaw 2026.9.5 (ec9c1a1) installed at /opt/x. Run a build at least as new as "
           "the writer that supports these schemas, or stop the service and restore your pre-upgrade backup."]
+LOCKED = ["Doctor could not enter maintenance. GatewayLockError: Legacy Gateway lock /var/lib/clawsvc/openclaw/tmp/"
+          "openclaw-999/gateway.6b4f5056.lock still has a live or unverified owner (PID 15965). Stop the Gateway "
+          "service and other OpenClaw processes using this state, then run openclaw doctor --fix from an "
+          "independent shell.",
+          "[gateway] requires state migration. Stop the service with openclaw gateway stop (or its service owner)"]
 PORT = ["Gateway failed to start: another gateway instance is already listening on ws://127.0.0.1:18789 | listen "
         "EADDRINUSE: address already in use 127.0.0.1:18789 | EADDRINUSE"]
 
@@ -68,9 +73,12 @@ def test_an_invalid_config_is_named_with_its_file_and_problem() -> None:
 
 def test_each_exit_the_gateway_explains_gets_its_kind() -> None:
     kinds = {name: exit_cause(lines) for name, lines in
-             (("missing", MISSING), ("no-mode", NO_MODE), ("schema", SCHEMA), ("port", PORT))}
+             (("missing", MISSING), ("no-mode", NO_MODE), ("schema", SCHEMA), ("port", PORT), ("locked", LOCKED))}
     assert {name: cause.kind for name, cause in kinds.items() if cause} == {
-        "missing": ExitKind.CONFIG, "no-mode": ExitKind.CONFIG, "schema": ExitKind.SCHEMA, "port": ExitKind.PORT}
+        "missing": ExitKind.CONFIG, "no-mode": ExitKind.CONFIG, "schema": ExitKind.SCHEMA, "port": ExitKind.PORT,
+        "locked": ExitKind.LOCKED}
+    locked = kinds["locked"]
+    assert locked is not None and "(pid 15965)" in locked.text and "gateway.state_dir" in locked.text
     schema = kinds["schema"]
     assert schema is not None and "uses schema 18; this build supports 17" in schema.text
     assert "clawsvc upgrade VERSION" in schema.text and "\n" not in schema.text

@@ -12,6 +12,8 @@ and on stderr before an exit:
   Gateway start blocked: existing config is missing gateway.mode. ...
   [gateway] refused startup because 1 OpenClaw database schema(s) are newer than this build. state database ...
   Gateway failed to start: another gateway instance is already listening on ws://127.0.0.1:18789 | ...
+  Doctor could not enter maintenance. GatewayLockError: Legacy Gateway lock /.../gateway.6b4f5056.lock still has a
+  live or unverified owner (PID 15965). ...
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def drain_notice(line: str) -> str | None:
 
 
 _INVALID = re.compile(r"Invalid config at (.+?):?$")
+_LOCK_OWNER = re.compile(r"GatewayLockError: .*? live or unverified owner \(PID (\d+)\)")
 _SCHEMA = "schema(s) are newer than this build"
 DOCTOR = "clawsvc openclaw doctor --fix"
 
@@ -66,6 +69,9 @@ def exit_cause(tail: list[str]) -> ExitCause | None:
                                               f"({line.split(_SCHEMA, 1)[1].strip(' .')[:300]}); run that version "
                                               "again (clawsvc upgrade VERSION), or restore the backup made before "
                                               "the upgrade")
+        if match := _LOCK_OWNER.search(line):
+            return ExitCause(ExitKind.LOCKED, f"another gateway (pid {match.group(1)}) is using its state dir; stop "
+                                              "that gateway, or give this one its own gateway.state_dir")
         if "another gateway instance is already listening" in line:
             return ExitCause(ExitKind.PORT, "another gateway already listens on its port; stop it or change "
                                             "gateway.port")
