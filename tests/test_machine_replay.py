@@ -38,6 +38,7 @@ from clawsvc.service.messages import (
     DrainNoticed,
     ExitInfo,
     GatewayEventSeen,
+    HandoffChecked,
     HandshakeDone,
     HandshakeFailed,
     HandshakeKind,
@@ -61,6 +62,7 @@ from clawsvc.service.states import (
     Adopting,
     AwaitingHello,
     BackingOff,
+    HandingOff,
     MState,
     Probing,
     Reconnecting,
@@ -134,15 +136,19 @@ FIXTURES: dict[str, list[tuple[float, Any]]] = {
     "stopping": [*UP, (4.0, SignalReceived(signal.SIGTERM))],
     "stopping_spawn": [(1.0, PortFree(1)), (2.0, SignalReceived(signal.SIGTERM))],
     "restart_asked": [*UP, (4.0, RestartRequested("test", None, RestartMode.SAFE))],
+    "handing_off": [*UP, (4.0, ProcessExited(1, PID, ExitInfo(0, None)))],
 }
+# a gateway that restarts itself as a fresh process (exit 0 and a handoff), as gateway.env can ask
+FRESH = replace(CONFIG, gateway=replace(CONFIG.gateway, env={"OPENCLAW_NO_RESPAWN": "0"}))
+FIXTURE_CONFIG = {"handing_off": FRESH}
 TYPES = {"probing": Probing, "adopting": Adopting, "spawning": Spawning, "awaiting": AwaitingHello,
          "running": Running, "running_adopted": Running, "reconnecting": Reconnecting, "replacing": Replacing,
          "restarting": Restarting, "restarting_spawn": Restarting, "backing_off": BackingOff,
-         "stopping": Stopping, "stopping_spawn": Stopping, "restart_asked": Running}
+         "stopping": Stopping, "stopping_spawn": Stopping, "restart_asked": Running, "handing_off": HandingOff}
 
 
-def at(name: str, config: Config = CONFIG) -> MState:
-    state, _ = replay(boot(config), FIXTURES[name])
+def at(name: str, config: Config | None = None) -> MState:
+    state, _ = replay(boot(config or FIXTURE_CONFIG.get(name, CONFIG)), FIXTURES[name])
     assert type(state) is TYPES[name], f"fixture {name} reached {type(state).__name__}"
     return state
 
@@ -201,6 +207,7 @@ ROWS: list[tuple[str, Any, type, list[str]]] = [
     ("stopping", GatewayEventSeen(1, 1, "chat", {"state": "final"}, 9), Stopping, ["Gateway:chat"]),
     ("stopping", LinkLost(1, 1, 1012, "service restart"), Stopping, []),
     ("running", DrainNoticed(1, "waiting for pendingReplies=1"), Running, []),
+    ("handing_off", HandoffChecked(1, PID, True, "accepted"), Probing, [ST, "Probe:2"]),
     ("restart_asked", DrainNoticed(1, "waiting for pendingReplies=1"), Running, [ST]),
     ("restarting", DrainNoticed(1, "waiting for pendingReplies=1"), Restarting, [ST]),
     ("stopping", DrainNoticed(1, "waiting for pendingReplies=1"), Stopping, [ST]),
@@ -208,6 +215,7 @@ ROWS: list[tuple[str, Any, type, list[str]]] = [
     ("replacing", RestartRequested("r"), Restarting, [ST, ASKED, "AbortConnect", f"StopProcess:{PID}", STATE]),
     ("restarting", RestartRequested("r"), Restarting, [ASKED]),
     ("backing_off", RestartRequested("r"), Probing, [ST, ASKED, "AbortConnect", "Probe:2", STATE]),
+    ("handing_off", RestartRequested("r"), Probing, [ST, ASKED, "AbortConnect", "Probe:2"]),
 ]
 STOP = "Notify:stopping"
 # the rows every state has: a stop, a reload's outcome, the watchdog and extend-timeout timers
@@ -222,8 +230,9 @@ SIGTERM_ROWS: dict[str, tuple[type, list[str]]] = {
     "restarting": (Stopping, [ST, STOP, "AbortConnect", f"StopProcess:{PID}", STATE]),
     "backing_off": (Stopped, [ST, STOP, "AbortConnect", STATE]),
     "stopping": (Stopping, []),
+    "handing_off": (Stopped, [ST, STOP, "AbortConnect", STATE]),
 }
-READY_SENT = {"running", "reconnecting", "restarting", "backing_off", "stopping"}
+READY_SENT = {"running", "reconnecting", "restarting", "backing_off", "stopping", "handing_off"}
 STILL_STARTING = {"probing", "adopting", "spawning", "awaiting", "replacing"}  # extend-timeout still running
 
 
@@ -234,7 +243,7 @@ def _row_key(state: MState, message: Any) -> tuple[type, Any]:
 ALL_ROWS = [
     *ROWS,
     *[(name, SignalReceived(signal.SIGTERM), kind, expected) for name, (kind, expected) in SIGTERM_ROWS.items()],
-    *[(name, ConfigLoaded(CONFIG, TOKEN, {}), TYPES[name],
+    *[(name, ConfigLoaded(FIXTURE_CONFIG.get(name, CONFIG), TOKEN, {}), TYPES[name],
        ["ApplyConfig", "Emit:reload", READY if name in READY_SENT else ST]) for name in SIGTERM_ROWS],
     *[(name, ConfigFailed("bad yaml"), TYPES[name], ["Emit:reload", READY if name in READY_SENT else ST])
       for name in SIGTERM_ROWS],
@@ -857,3 +866,24 @@ def test_readiness_is_shown_and_told_only_when_it_changes() -> None:
     assert "not-ready=agent-database:main,channel:telegram" in status_line(view, 140.0)
     state, _ = machine.step(state, ProcessExited(1, PID, CRASH), 150.0)
     assert machine.view(state).ready is None, "a gateway that is gone is not 'not ready'"
+
+
+def test_an_exit_0_with_a_handoff_is_the_gateways_own_restart_not_a_crash() -> None:
+    state, steps = replay(at("running", FRESH), [(30.0, ProcessExited(1, PID, ExitInfo(0, None)))])
+    assert isinstance(state, HandingOff) and state.pid == PID
+    consume = [e for e in steps[0] if type(e).__name__ == "ConsumeHandoff"]
+    assert [(e.gen, e.pid) for e in consume] == [(1, PID)]
+    state, _ = replay(state, [(40.0, HandoffChecked(1, PID, True, "accepted")), (40.0, PortFree(2)),
+                              (40.0, Spawned(2, PID + 1)), (50.0, HandshakeDone(2, 2, "v2", 4))])
+    assert isinstance(state, Running) and state.book.restarts == 1 and state.book.attempts == 0
+
+
+def test_an_exit_0_without_a_handoff_is_a_crash() -> None:
+    state, _ = machine.step(at("handing_off"), HandoffChecked(1, PID, False, "none (missing)"), 40.0)
+    assert isinstance(state, BackingOff) and state.book.attempts == 1
+    assert state.cause == f"gateway pid {PID} exited 0 without a restart handoff for clawsvc (none (missing))"
+
+
+def test_with_in_process_restarts_an_exit_0_is_not_checked_for_a_handoff() -> None:
+    state, _ = machine.step(at("running"), ProcessExited(1, PID, ExitInfo(0, None)), 30.0)
+    assert isinstance(state, BackingOff)

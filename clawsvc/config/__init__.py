@@ -6,6 +6,7 @@ load_config; render: to_dict, dump, gateway_affecting; values: the parsers of si
 from clawsvc.config.loader import SCHEMA, load_config, parse_config
 from clawsvc.config.model import (
     DEFAULT_PROVIDERS,
+    NO_RESPAWN,
     REDACTED,
     SECRET_ENV,
     SYSTEM_CONTROL_SOCKET,
@@ -22,6 +23,7 @@ from clawsvc.config.model import (
     default_config_path,
     default_control_socket,
     default_state_dir,
+    fresh_process_restarts,
 )
 from clawsvc.config.reader import MAX_CHARS, MAX_CONFIG_BYTES, MAX_DEPTH, MAX_NODES
 from clawsvc.config.render import PRINT_MAX, dump, gateway_affecting, to_dict
@@ -32,6 +34,7 @@ __all__ = [
     "MAX_CONFIG_BYTES",
     "MAX_DEPTH",
     "MAX_NODES",
+    "NO_RESPAWN",
     "PRINT_MAX",
     "REDACTED",
     "SCHEMA",
@@ -51,6 +54,7 @@ __all__ = [
     "default_control_socket",
     "default_state_dir",
     "dump",
+    "fresh_process_restarts",
     "gateway_affecting",
     "load_config",
     "parse_config",

@@ -120,6 +120,15 @@ class LoggingConfig:
 DEFAULT_PROVIDERS = ("anthropic", "openai", "google", "openrouter")
 
 
+NO_RESPAWN = "OPENCLAW_NO_RESPAWN"  # clawsvc sets it to 1: the gateway restarts itself in its own process
+
+
+def fresh_process_restarts(config: Config) -> bool:
+    """Whether the gateway restarts itself as a fresh process (exit 0, leaving a handoff for its supervisor) rather
+    than in its own: only when gateway.env turns off the in-process restarts clawsvc asks for."""
+    return config.gateway.env.get(NO_RESPAWN, "1").strip().lower() not in ("1", "true", "yes", "on")
+
+
 @dataclass(frozen=True)
 class Config:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from clawsvc import trust
-from clawsvc.config import SECRET_ENV, Config
+from clawsvc.config import NO_RESPAWN, SECRET_ENV, Config
 from clawsvc.config.values import TOKEN_ENV
 from clawsvc.exits import ExitInfo
 from clawsvc.gateway import compile_cache, leftovers, proctree
@@ -34,7 +34,7 @@ from clawsvc.threads import start_thread
 log = logging.getLogger("clawsvc.gateway.process")
 
 FIX = "run `clawsvc gateway-install` and set gateway.command to the paths it prints"
-EXTERNAL_SUPERVISOR_ENV = {"OPENCLAW_NO_RESPAWN": "1", "OPENCLAW_SUPERVISOR_MODE": "external",
+EXTERNAL_SUPERVISOR_ENV = {NO_RESPAWN: "1", "OPENCLAW_SUPERVISOR_MODE": "external",
                            "OPENCLAW_SERVICE_REPAIR_POLICY": "external", "NO_COLOR": "1"}
 KILL_GRACE = 10.0  # after SIGKILL: only a process stuck in uninterruptible I/O takes longer
 PUMP_DRAIN = 1.0  # how long the waiter lets the pumps log the last lines before reporting the exit

@@ -78,6 +78,14 @@ class AskRestart:
 
 
 @dataclass(frozen=True)
+class ConsumeHandoff:
+    """Ask the gateway's own CLI whether the gateway `pid` (exited 0) left a restart handoff; report HandoffChecked."""
+    gen: int
+    pid: int
+    config: Config
+
+
+@dataclass(frozen=True)
 class CheckHealth:
     """A `health` RPC on `link`, then the gateway's /readyz on `port`."""
     gen: int
@@ -134,5 +142,5 @@ class Emit:
     seq: int | None = None
 
 
-Effect = (Probe | Spawn | Connect | AbortConnect | CloseLink | StopProcess | AskRestart | CheckHealth | Notify
-          | Publish | LoadConfig | ApplyConfig | Reply | Log | Emit)
+Effect = (Probe | Spawn | Connect | AbortConnect | CloseLink | StopProcess | AskRestart | ConsumeHandoff | CheckHealth
+          | Notify | Publish | LoadConfig | ApplyConfig | Reply | Log | Emit)

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clawsvc.config import Config, ConfigError, load_config
-from clawsvc.gateway import leftovers
+from clawsvc.gateway import handoff, leftovers
 from clawsvc.gateway.probes import readiness
-from clawsvc.gateway.process import GatewayProcess, SpawnError, stop_bound
+from clawsvc.gateway.process import GatewayProcess, SpawnError, build_env, stop_bound
 from clawsvc.gateway.protocol import GatewayError, describe_error
 from clawsvc.logs import set_level
 from clawsvc.secrets import SecretError
@@ -31,6 +31,7 @@ from clawsvc.service.effects import (
     CheckHealth,
     CloseLink,
     Connect,
+    ConsumeHandoff,
     Effect,
     Emit,
     LoadConfig,
@@ -50,6 +51,7 @@ from clawsvc.service.messages import (
     ConfigLoaded,
     DrainNoticed,
     ExitInfo,
+    HandoffChecked,
     HealthChecked,
     Message,
     ProcessExited,
@@ -122,6 +124,8 @@ class Executor:
                 self._stop(effect.pid, effect.grace)
             case AskRestart():
                 self._ask_restart(effect)
+            case ConsumeHandoff():
+                start_thread("handoff", self._consume_handoff, effect)
             case CheckHealth():
                 self._check_health(effect)
             case LoadConfig():
@@ -240,6 +244,11 @@ class Executor:
         self.post(HealthChecked(effect.gen, effect.link, True, None))
         if (ready := readiness(effect.port)) is not None:
             self.post(ReadinessChecked(effect.gen, effect.link, ready.ready, ready.failing))
+
+    def _consume_handoff(self, effect: ConsumeHandoff) -> None:
+        """Worker: the gateway's CLI, with the gateway's own environment (no token), bounded in time."""
+        accepted, said = handoff.consume(effect.config, effect.pid, build_env(effect.config, "", {}))
+        self.post(HandoffChecked(effect.gen, effect.pid, accepted, said))
 
     def _ask_restart(self, effect: AskRestart) -> None:
         with self._lock:

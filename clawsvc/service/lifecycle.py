@@ -6,7 +6,7 @@ import signal
 from dataclasses import replace
 
 from clawsvc import exitcodes
-from clawsvc.config import gateway_affecting
+from clawsvc.config import fresh_process_restarts, gateway_affecting
 from clawsvc.exits import ExitKind
 from clawsvc.service import catalogue
 from clawsvc.service.backoff import forgiven
@@ -16,6 +16,7 @@ from clawsvc.service.effects import (
     AbortConnect,
     ApplyConfig,
     AskRestart,
+    ConsumeHandoff,
     Effect,
     Emit,
     LoadConfig,
@@ -28,6 +29,7 @@ from clawsvc.service.effects import (
 from clawsvc.service.messages import (
     ConfigFailed,
     ConfigLoaded,
+    HandoffChecked,
     ProcessExited,
     RestartMode,
     RestartRequested,
@@ -48,6 +50,7 @@ from clawsvc.service.moves import (
 from clawsvc.service.states import (
     AwaitingHello,
     BackingOff,
+    HandingOff,
     MState,
     Reconnecting,
     Replacing,
@@ -80,6 +83,8 @@ def on_crash(state: AwaitingHello | Running | Reconnecting | Replacing, message:
     last = message.info.describe()
     book = replace(book, last_exit=last, ready_at=None)
     effects: list[Effect] = [exited(message), *drop_link(state), AbortConnect()]
+    if message.info.returncode == 0 and fresh_process_restarts(book.config) and not isinstance(state, Replacing):
+        return HandingOff(book, message.pid), [*effects, ConsumeHandoff(book.gen, message.pid, book.config)]
     cause = message.info.cause
     if (cause is not None and cause.kind in FINAL) or (cause is None and message.info.returncode == exitcodes.CONFIG):
         why = cause.text if cause is not None else ("its configuration is unusable; see its last log lines above")
@@ -92,6 +97,19 @@ def on_crash(state: AwaitingHello | Running | Reconnecting | Replacing, message:
         what = f"gateway pid {message.pid} replaced ({state.cause})"
     new, more = schedule_restart(book, what, now)
     return new, effects + more
+
+
+def on_handoff(state: HandingOff, message: HandoffChecked, now: float) -> Outcome:
+    """The gateway's own fresh-process restart (its handoff accepted) is a planned restart; anything else a crash."""
+    if message.pid != state.pid:
+        return state, []
+    book = state.book
+    if not message.accepted:
+        return schedule_restart(book, f"gateway pid {state.pid} exited 0 without a restart handoff for clawsvc "
+                                      f"({message.said})", now)
+    new, effects = begin(replace(book, restarts=book.restarts + 1), now)
+    return new, [Log(INFO, f"gateway pid {state.pid} restarted itself as a fresh process (its handoff: "
+                           f"{message.said}); starting the new one"), *effects]
 
 
 def on_planned_exit(state: Restarting, message: ProcessExited, now: float) -> Outcome:

@@ -18,6 +18,7 @@ from clawsvc.service.messages import (
     ConfigLoaded,
     DrainNoticed,
     GatewayEventSeen,
+    HandoffChecked,
     HandshakeDone,
     HandshakeFailed,
     HealthChecked,
@@ -41,6 +42,7 @@ from clawsvc.service.states import (
     AwaitingHello,
     BackingOff,
     Book,
+    HandingOff,
     MState,
     Probing,
     Reconnecting,
@@ -56,7 +58,8 @@ from clawsvc.service.status import State
 
 Handler = Callable[[Any, Any, float], Outcome]
 Key = tuple[type, type | TimerKind]
-LIVE = (Probing, Adopting, Spawning, AwaitingHello, Running, Reconnecting, Replacing, Restarting, BackingOff)
+LIVE = (Probing, Adopting, Spawning, AwaitingHello, Running, Reconnecting, Replacing, Restarting, HandingOff,
+        BackingOff)
 ANY = (*LIVE, Stopping)
 HELLO_STATES = (Adopting, AwaitingHello, Reconnecting)
 CRASH_STATES = (AwaitingHello, Running, Reconnecting, Replacing)
@@ -93,6 +96,7 @@ TRANSITIONS: dict[Key, Handler] = {
     (Restarting, ProcessExited): lifecycle.on_planned_exit,
     (Stopping, ProcessExited): lifecycle.on_final_exit,
     (BackingOff, TimerKind.BACKOFF): lifecycle.on_backoff_over,
+    (HandingOff, HandoffChecked): lifecycle.on_handoff,
     **_rows(LIVE, RestartRequested, lifecycle.on_restart),
     **_rows(ANY, SignalReceived, lifecycle.on_signal),
     **_rows(ANY, ConfigLoaded, lifecycle.on_config_loaded),
@@ -107,11 +111,12 @@ ALLOWED: Mapping[type, frozenset[type]] = {state: frozenset({state, *targets}) f
     Probing: {Spawning, Adopting, *_RESTART, *_STOP},
     Adopting: {Running, BackingOff, *_RESTART, *_STOP},
     Spawning: {AwaitingHello, Restarting, *_STOP},
-    AwaitingHello: {Running, Replacing, BackingOff, *_RESTART, *_STOP},
-    Running: {Reconnecting, Replacing, BackingOff, *_RESTART, *_STOP},
-    Reconnecting: {Running, Replacing, BackingOff, *_RESTART, *_STOP},
+    AwaitingHello: {Running, Replacing, BackingOff, HandingOff, *_RESTART, *_STOP},
+    Running: {Reconnecting, Replacing, BackingOff, HandingOff, *_RESTART, *_STOP},
+    Reconnecting: {Running, Replacing, BackingOff, HandingOff, *_RESTART, *_STOP},
     Replacing: {BackingOff, *_RESTART, *_STOP},
     Restarting: {*_RESTART, *_STOP},
+    HandingOff: {BackingOff, *_RESTART, *_STOP},
     BackingOff: {*_RESTART, *_STOP},
     Stopping: {Stopped},
     Stopped: set(),

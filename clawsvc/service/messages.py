@@ -154,6 +154,15 @@ class RestartAnswered:
 
 
 @dataclass(frozen=True)
+class HandoffChecked:
+    """Whether the gateway `pid`, which exited 0, left a restart handoff for us (and what its CLI said)."""
+    gen: int
+    pid: int
+    accepted: bool
+    said: str
+
+
+@dataclass(frozen=True)
 class DrainNoticed:
     """What the gateway of this start says (in its log) its drain still waits for, or that it is done."""
     gen: int
@@ -180,4 +189,4 @@ class TimerFired:
 
 Message = (PortFree | PortTaken | Spawned | SpawnFailed | HandshakeDone | HandshakeFailed | ProcessExited
            | LinkLost | GatewayEventSeen | HealthChecked | ReadinessChecked | SignalReceived | RestartRequested
-           | RestartAnswered | DrainNoticed | ConfigLoaded | ConfigFailed | TimerFired)
+           | RestartAnswered | DrainNoticed | HandoffChecked | ConfigLoaded | ConfigFailed | TimerFired)

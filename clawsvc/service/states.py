@@ -104,6 +104,13 @@ class Restarting:
 
 
 @dataclass(frozen=True)
+class HandingOff:
+    """Our gateway `pid` exited 0 where it restarts itself as a fresh process: is it a restart (its handoff)?"""
+    book: Book
+    pid: int
+
+
+@dataclass(frozen=True)
 class BackingOff:
     book: Book
     until: float
@@ -133,8 +140,8 @@ def _draining(state: Restarting | Stopping) -> str:
     return DRAINING + (f" ({state.activity})" if state.activity else "")
 
 MState = (Probing | Adopting | Spawning | AwaitingHello | Running | Reconnecting | Replacing | Restarting
-          | BackingOff | Stopping | Stopped)
-STARTING_STATES = (Probing, Adopting, Spawning, AwaitingHello, Restarting)
+          | HandingOff | BackingOff | Stopping | Stopped)
+STARTING_STATES = (Probing, Adopting, Spawning, AwaitingHello, Restarting, HandingOff)
 
 
 def phase(state: MState) -> State:
@@ -156,6 +163,8 @@ def cause(state: MState) -> str | None:
         return "waiting for hello-ok"
     if isinstance(state, Restarting):
         return f"restarting gateway ({state.reason})" + (_draining(state) if state.pid is not None else "")
+    if isinstance(state, HandingOff):
+        return f"gateway pid {state.pid} exited 0 to restart as a fresh process; checking its handoff"
     if isinstance(state, Reconnecting | Replacing | BackingOff):
         return state.cause
     if isinstance(state, Stopping | Stopped) and state.book.exit_code != exitcodes.OK:
