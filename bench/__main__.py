@@ -11,13 +11,14 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import events, faults, footprint, ownstart, report, rpc, soak, startup
+from bench import events, faults, footprint, ownstart, report, restarts, rpc, soak, startup
 from bench.common import REPO, Context, Row, Section
 
 BENCHES: dict[str, tuple[str, Callable[[Context], Section]]] = {
     "start": ("start overhead", startup.run),
     "own-start": ("clawsvc's own start", ownstart.run),
     "crash": ("crash recovery", faults.crash),
+    "restarts": ("restart-gateway: safe vs --force", restarts.run),
     "hang": ("hang detection", faults.hang),
     "rpc": ("RPC latency and throughput", rpc.run),
     "events": ("event dispatch", events.run),

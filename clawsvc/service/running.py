@@ -44,13 +44,13 @@ def on_event(state: Running, message: GatewayEventSeen, now: float) -> Outcome:
     expected = payload.get("restartExpectedMs")
     if not isinstance(expected, int | float) or isinstance(expected, bool):
         return state, [Log(INFO, f"gateway announced shutdown ({reason})"), emit]
-    seconds = expected / 1000.0
-    text = f"gateway is restarting itself ({reason}); waiting up to {seconds:.0f}s for it instead of spawning another"
     book = state.book
+    seconds = expected / 1000.0 + book.config.gateway.start_timeout
+    text = f"gateway is restarting itself ({reason}); waiting up to {seconds:.0f}s for it instead of spawning another"
     if state.restart is not None:  # the safe restart we asked for has begun
         book = replace(book, restarts=book.restarts + 1)
     new, effects = reconnect(with_book(state, book), f"gateway restarting itself ({payload.get('reason', '')})",
-                             seconds + book.config.gateway.start_timeout)
+                             seconds)
     return new, [Log(INFO, text), emit, *effects]
 
 
