@@ -162,9 +162,13 @@ class RealGateway:
         return [*self.installation.command, "gateway", "run", "--port", str(self.port), "--bind", "loopback",
                 "--auth", "token", "--allow-unconfigured"]
 
+    def environment(self) -> dict[str, str]:
+        """The gateway's whole environment (self.port is chosen already); writes its openclaw.json."""
+        return dict(gateway_env(self.state_dir, self.port), OPENCLAW_GATEWAY_TOKEN=self.token)
+
     def start(self) -> RealGateway:
         self.port = free_port()
-        env = dict(gateway_env(self.state_dir, self.port), OPENCLAW_GATEWAY_TOKEN=self.token)
+        env = self.environment()
         with open(self.log_path, "ab") as log:
             self.popen = subprocess.Popen(self.argv(), env=env, stdin=subprocess.DEVNULL, stdout=log,
                                           stderr=subprocess.STDOUT, start_new_session=True)

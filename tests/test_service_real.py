@@ -7,7 +7,6 @@ One clawsvc process is shared by the ordered tests below (a real gateway start c
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import signal
@@ -19,11 +18,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 from realgw import connect, free_port, gateway_env
 from service_proc import ServiceProcess, base_config, merge, poll
+from slowmodel_kit import EventsFollower
 
 from clawsvc import exitcodes
 from clawsvc.commands.gateway_install import Installation
@@ -272,43 +271,12 @@ def test_sigstop_of_the_gateway_gets_it_replaced(shared: Shared) -> None:
           f"{shared.timings['sigstop_to_running']:.1f}s")
 
 
-class Follower:
-    """`clawsvc events --follow --json`, its lines collected by a thread as they come."""
-
-    def __init__(self, svc: ServiceProcess) -> None:
-        argv = [sys.executable, "-m", "clawsvc", "events", "-c", str(svc.config_path), "--follow", "--json"]
-        self.popen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                      stdin=subprocess.DEVNULL, start_new_session=True)
-        self.lines: list[dict[str, Any]] = []
-        self._thread = threading.Thread(target=self._read, name="clawsvc-test-follower", daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        assert self.popen.stdout is not None
-        for line in self.popen.stdout:
-            self.lines.append(json.loads(line))
-
-    def named(self, name: str) -> list[dict[str, Any]]:
-        return [event for event in list(self.lines) if event["name"] == name]
-
-    def close(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        self.popen.communicate()
-        self._thread.join(5)
-
-
 def test_events_follow_shows_a_restart_then_the_gateways_own_events(shared: Shared) -> None:
     svc = shared.svc
     old = svc.wait_state(lambda s: s["state"] == "running", START_TIMEOUT, "running")["pid"]
-    follower = Follower(svc)
+    follower = EventsFollower(svc)
     try:
-        def subscribed() -> bool:  # a reload that changes nothing is an event every follower gets
-            if not follower.named("reload"):
-                svc.send_signal(signal.SIGHUP)
-            return bool(follower.named("reload"))
-
-        poll(subscribed, 60, "the follower to be subscribed (a reload event)", every=1.0)
+        follower.wait_subscribed(svc)
         assert cli(svc, "restart-gateway").returncode == 0
         running = poll(lambda: [e for e in follower.named("state") if e["payload"]["to"] == "running"],
                        START_TIMEOUT, "state running again")[0]
