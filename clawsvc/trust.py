@@ -147,16 +147,25 @@ def _check_link(link: Path, st: os.stat_result, shown: str) -> None:
                          "does not follow it; remove the link and use the real path")
 
 
-def resolve(path: Path, what: str) -> tuple[Path, os.stat_result | None]:
+def resolve(path: Path, what: str, owners: set[int] | None = None) -> tuple[Path, os.stat_result | None]:
     """(the path with every symlink and `..` resolved, lstat of it or None if missing), checking each directory
-    passed through and each symlink followed. OSError for I/O trouble (ENOTDIR, EACCES...)."""
+    passed through and each symlink followed; their owners are added to `owners`. OSError for I/O trouble
+    (ENOTDIR, EACCES...)."""
     shown = f"{what} {path}"
+    seen = owners if owners is not None else set()
 
     def too_many() -> TrustError:
         return TrustError(f"{shown}: more than {MAX_LINKS} symlinks on its path; use the real path")
 
-    real, st = pathwalk.walk(str(path.absolute()), lambda directory, st: _check_passage(Path(directory), st, shown),
-                             lambda link, st: _check_link(Path(link), st, shown), too_many)
+    def passage(directory: str, st: os.stat_result) -> None:
+        _check_passage(Path(directory), st, shown)
+        seen.add(st.st_uid)
+
+    def link(link: str, st: os.stat_result) -> None:
+        _check_link(Path(link), st, shown)
+        seen.add(st.st_uid)
+
+    real, st = pathwalk.walk(str(path.absolute()), passage, link, too_many)
     return Path(real), st
 
 
@@ -192,11 +201,15 @@ def check_size(path: Path, st: os.stat_result, what: str, cap: int = SECRET_CAP)
         raise _too_big(path, what, cap, st.st_size)
 
 
-def check_file(path: Path, what: str, mode_fix: str = "go-w") -> os.stat_result | None:
-    """Check a file and its path without opening it; None when it does not exist."""
-    _, st = resolve(path, what)
+def check_file(path: Path, what: str, mode_fix: str = "go-w", owners: set[int] | None = None
+               ) -> os.stat_result | None:
+    """Check a file and its path without opening it; None when it does not exist. The uids that could change
+    what it holds (its owner, and those of every directory and symlink on its path) are added to `owners`."""
+    _, st = resolve(path, what, owners)
     if st is not None:
         check_owned(path, st, what, directory=False, mode_fix=mode_fix)
+        if owners is not None:
+            owners.add(st.st_uid)
     return st
 
 

@@ -11,7 +11,13 @@ import pwd
 import subprocess
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
+
+from clawsvc import trust
+
+NOGROUP = 65534
 LOCK_RETRIES = 50  # useradd and userdel refuse while another one holds /etc/passwd's lock
 _numbers = itertools.count()
 
@@ -48,3 +54,12 @@ def throwaway_user(primary_group: str | None = None) -> Iterator[pwd.struct_pass
 def add_to_group(user: str, group: str) -> None:
     """`user` becomes a listed member of `group` (usermod -aG)."""
     _admin("usermod", "-a", "-G", group, user)
+
+
+def shared_group(path: Path) -> None:
+    """Give `path` a group other users are in, so that group-writable means writable by others: as root nogroup
+    (uid 65534's primary group); as another user its own group, unless that is its private group (then skip)."""
+    if os.geteuid() == 0:
+        os.chown(path, -1, NOGROUP)
+    elif trust.private_group(os.geteuid(), path.stat().st_gid):
+        pytest.skip("your files' group is your private group: group-writable is still yours alone")

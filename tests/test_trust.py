@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from localusers import add_to_group, throwaway_user
+from localusers import add_to_group, shared_group, throwaway_user
 
 from clawsvc import exitcodes, secrets, trust
 from clawsvc.commands import check_config as checkconfig
@@ -186,7 +186,7 @@ def test_a_missing_state_dir_below_a_foreign_directory_is_refused_and_not_create
 def test_a_group_writable_ancestor_needs_the_sticky_bit(tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()
-    os.chown(shared, -1, OTHER)  # a group root shares with uid 65534 (root:root would be root's private group)
+    shared_group(shared)  # root:root would be root's private group
     shared.chmod(0o775)
     with pytest.raises(SpawnError, match=rf"directory {shared} on its path is writable by group/others "
                                          rf"\(mode 0775\); run: chmod go-w {shared}"):
