@@ -688,12 +688,25 @@ def test_status_without_service_exits_3(config_file, capsys):
     assert "not running (no control socket at" in capsys.readouterr().err
 
 
-def test_bad_config_exits_78(tmp_path, capsys):
+def test_a_misspelt_socket_key_is_named_and_the_default_socket_asked(tmp_path, capsys, monkeypatch):
+    """A config whose socket cannot be read no longer ends the CLI with 78: it says why in one line and asks
+    the default socket (issue 20: status must answer after an edit with a typo)."""
+    default = tmp_path / "default" / "control.sock"
+    monkeypatch.setattr(control_cli, "default_control_socket", lambda: default)
     bad = tmp_path / "bad.yaml"
     bad.write_text("control:\n  sockett: /x\n")
-    assert control_cli.status_main(ns(bad, json=False)) == exitcodes.CONFIG
-    assert control_cli.rpc_main(ns(bad, method="health", params=None, timeout=None)) == exitcodes.CONFIG
-    assert "control.sockett" in capsys.readouterr().err
+    assert control_cli.status_main(ns(bad, json=False)) == exitcodes.NOT_RUNNING
+    assert control_cli.rpc_main(ns(bad, method="health", params=None, timeout=None)) == exitcodes.NOT_RUNNING
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == (f"clawsvc: {bad}:2: control.sockett: unknown key (did you mean control.socket?); trying the "
+                      f"default control socket {default}")
+    assert f"not running (no control socket at {default})" in err[1]
+
+
+def test_a_named_config_that_does_not_exist_exits_78(tmp_path, capsys):
+    missing = tmp_path / "missing.yaml"
+    assert control_cli.status_main(ns(missing, json=False)) == exitcodes.CONFIG
+    assert capsys.readouterr().err == f"clawsvc: {missing}: config file not found\n"
 
 
 def test_rpc_prints_payload(server, handler, config_file, capsys):
