@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clawsvc import exitcodes
+from clawsvc import exitcodes, trust
 from clawsvc.config import (
     SYSTEM_CONTROL_SOCKET,
     Config,
@@ -142,31 +142,47 @@ class _BadParams(Exception):
     """The rpc params argument cannot be used; the message names where they came from."""
 
 
+def _too_large(where: str) -> _BadParams:
+    return _BadParams(f"{where} is larger than {MAX_REQUEST} bytes, the most clawsvc takes in one request")
+
+
 def _params_text(spec: str) -> tuple[str, bytes]:
     """(where, raw bytes) of PARAMS_JSON, @FILE or - (stdin); at most MAX_REQUEST bytes are read."""
     if spec == "-":
-        where, raw = "params on stdin", _read_capped("params on stdin", None)
+        where, raw = "params on stdin", _read_stdin("params on stdin")
     elif spec.startswith("@"):
         if not spec[1:]:
             raise _BadParams("@FILE needs a file name, e.g. @params.json")
         where = f"params file {spec[1:]}"
-        raw = _read_capped(where, spec[1:])
+        raw = _read_file(where, spec[1:])
     else:
         where, raw = "PARAMS_JSON", spec.encode("utf-8", "surrogateescape")
     if len(raw) > MAX_REQUEST:
-        raise _BadParams(f"{where} is larger than {MAX_REQUEST} bytes, the most clawsvc takes in one request")
+        raise _too_large(where)
     return where, raw
 
 
-def _read_capped(where: str, path: str | None) -> bytes:
-    """Up to MAX_REQUEST + 1 bytes of the file, or of stdin when `path` is None (a FIFO or /dev/zero ends too)."""
+def _read_stdin(where: str) -> bytes:
+    """Up to MAX_REQUEST + 1 bytes of stdin (a pipe, a FIFO, /dev/zero: the caller chose to wait for it)."""
     try:
-        if path is None:
-            return sys.stdin.buffer.read(MAX_REQUEST + 1)
-        with open(path, "rb") as file:
-            return file.read(MAX_REQUEST + 1)
+        return sys.stdin.buffer.read(MAX_REQUEST + 1)
     except (OSError, AttributeError) as exc:  # AttributeError: no stdin at all
         raise _BadParams(f"cannot read {where}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def _read_file(where: str, path: str) -> bytes:
+    """A regular file of at most MAX_REQUEST bytes, opened without blocking: a FIFO or a device is refused at
+    once (before it is opened), a file that is too big before it is read."""
+    def vet(st: os.stat_result) -> None:
+        if st.st_size > MAX_REQUEST:
+            raise _too_large(where)
+
+    try:
+        return trust.read_regular(path, "params file", cap=MAX_REQUEST, nofollow=False, vet=vet).data
+    except trust.TrustError as exc:
+        raise _BadParams(str(exc)) from None
+    except OSError as exc:
+        raise _BadParams(f"cannot read {where}: {exc.strerror or exc}") from None
 
 
 def read_params(spec: str | None) -> Any:

@@ -23,7 +23,7 @@ from clawsvc.users import describe_uid
 
 Version = tuple[int, int, int]
 _PART = r"(\d+|[xX*])"
-_COMPARATOR = re.compile(rf"^(<=|>=|<|>|=|\^|~)?v?{_PART}(?:\.{_PART})?(?:\.{_PART})?(?:[-+][0-9A-Za-z.+-]*)?$")
+_COMPARATOR = re.compile(rf"(<=|>=|<|>|=|\^|~)?v?{_PART}(?:\.{_PART})?(?:\.{_PART})?(?:[-+][0-9A-Za-z.+-]*)?")
 _OPS: dict[str, Callable[[Version, Version], bool]] = {
     "=": lambda a, b: a == b, "<": lambda a, b: a < b, "<=": lambda a, b: a <= b,
     ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
@@ -44,7 +44,7 @@ def _bump(base: Version, index: int) -> Version:
 
 
 def _comparators(token: str) -> list[tuple[str, Version]]:
-    match = _COMPARATOR.match(token)
+    match = _COMPARATOR.fullmatch(token)
     if not match:
         raise ValueError(f"not a version range comparator: {token!r}")
     op, raw = match.group(1) or "=", match.groups()[1:]

@@ -354,3 +354,20 @@ def test_a_socket_that_cannot_be_read_falls_back_to_the_default_and_says_so(serv
     assert lines[0].endswith(f"; trying the default control socket {default_control_socket()}")
     assert status.returncode != exitcodes.CONFIG and "Traceback" not in status.stderr  # asked, whoever answers
     stops_clean(svc)
+
+
+# ---------------------------------------------------------------- a version with a line break
+
+def test_gateway_install_refuses_a_version_with_a_trailing_newline_before_npm(tmp_path: Path) -> None:
+    """`--version $'2026.9.6\\n'` once passed an anchored `$` check and went to npm as root."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "npm").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'npm-calls'}\n")
+    (bin_dir / "npm").chmod(0o755)
+    env = {**{k: v for k, v in os.environ.items() if k not in STRIPPED}, "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-m", "clawsvc", "gateway-install", "--version", "2026.9.6\n", "--prefix",
+                           str(tmp_path / "prefix")], env=env, capture_output=True, text=True, timeout=HUNG,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == exitcodes.FAIL and done.stderr.count("\n") == 1, done.stderr
+    assert "'2026.9.6\\n' is not an openclaw version, range or npm tag" in done.stderr
+    assert not (tmp_path / "npm-calls").exists() and not (tmp_path / "prefix").exists()
