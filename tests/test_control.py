@@ -742,11 +742,18 @@ def test_rpc_params_from_a_file_and_from_stdin(server, handler, config_file, tmp
     assert [call[2] for call in handler.calls] == [{"from": "file"}, ["from", "stdin"]]
 
 
+def big_file(directory: Path) -> Path:
+    path = directory / "big.json"
+    path.write_bytes(b" " * (control_wire.MAX_REQUEST + 1))
+    return path
+
+
 @pytest.mark.parametrize(("make", "needle"), [
     (lambda d: "@", "@FILE needs a file name"),
     (lambda d: f"@{d / 'missing.json'}", "cannot read params file"),
     (lambda d: f"@{d}", "Is a directory"),
-    (lambda d: "@/dev/zero", f"larger than {control_wire.MAX_REQUEST} bytes"),
+    (lambda d: "@/dev/zero", "params file /dev/zero is a character device, not a regular file"),
+    (lambda d: f"@{big_file(d)}", f"larger than {control_wire.MAX_REQUEST} bytes"),
     (lambda d: "[" * 5000, "nests deeper than 100 levels"),
     (lambda d: "1e", "PARAMS_JSON is not valid JSON"),
 ])
