@@ -12,10 +12,14 @@ import select
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import clawsvc
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,14 @@ class Finished:
 
 class Unfinished(Exception):
     """The program could not start, outran its deadline or printed more than it may; str() is one line."""
+
+
+def clawsvc_module(module: str, *args: str) -> tuple[list[str], dict[str, str]]:
+    """(argv, env) that run `python -m module ARGS` of this very clawsvc with nothing of the caller's: a PATH, a
+    locale, and where this clawsvc is installed (for a child run as another account, see as_account)."""
+    env = {"PATH": os.environ.get("PATH") or os.defpath, "LANG": "C.UTF-8",
+           "PYTHONPATH": str(Path(clawsvc.__file__).resolve().parent.parent)}
+    return [sys.executable, "-P", "-m", module, *args], env
 
 
 def as_account(argv: Sequence[str], account: Account | None) -> tuple[list[str], dict[str, Any]]:

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import clawsvc
 from clawsvc import trust
-from clawsvc.boundedrun import Account, Unfinished, run_bounded
+from clawsvc.boundedrun import Account, Unfinished, clawsvc_module, run_bounded
 from clawsvc.text import shown
 from clawsvc.users import describe_uid
 
@@ -194,8 +193,7 @@ def examine(node: Path | str, entry: Path) -> NodeFacts:
 def examine_as(account: Account, node: Path | str, entry: Path) -> NodeFacts:
     """examine() in a child running as `account` (`python -m clawsvc.gateway.node NODE ENTRY`), for root looking
     at a node or package that user could have written: nothing of theirs runs or is parsed with root's rights."""
-    argv = [sys.executable, "-P", "-m", __name__, str(node), str(entry)]
-    env = {**clean_env(), "PYTHONPATH": str(Path(clawsvc.__file__).resolve().parent.parent)}
+    argv, env = clawsvc_module(__name__, str(node), str(entry))
     try:
         done = run_bounded(argv, env=env, timeout=CHECK_TIMEOUT, cap=CHECK_CAP, account=account)
     except Unfinished as exc:
