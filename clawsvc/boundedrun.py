@@ -94,12 +94,13 @@ def run_bounded(argv: Sequence[str], *, env: Mapping[str, str], timeout: float, 
 def _read(fd: int, deadline: float, cap: int) -> bytes | None:
     """Everything up to EOF; None past `cap` bytes; TimeoutError at the deadline."""
     taken = bytearray()
+    waiting = select.poll()  # not select(): a service's descriptor numbers may pass FD_SETSIZE
+    waiting.register(fd, select.POLLIN)
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError
-        readable, _, _ = select.select([fd], [], [], remaining)
-        if not readable:
+        if not waiting.poll(remaining * 1000):
             continue
         chunk = os.read(fd, 65536)
         if not chunk:

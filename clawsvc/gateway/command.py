@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,8 @@ def _env_node_script(program: str) -> bool:
     except OSError:
         return False
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped since it was judged
+            return False
         return os.read(fd, SHEBANG_CAP).split(b"\n", 1)[0].split()[:2] == list(ENV_NODE)
     except OSError:
         return False
