@@ -26,21 +26,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clawsvc import exitcodes, trust
-from clawsvc.commands import install
 from clawsvc.commands.control import client_socket
 from clawsvc.commands.doctor_findings import Finding, Level
+from clawsvc.commands.doctor_preflight import Preflight, command_findings, run_preflight
 from clawsvc.commands.doctor_stores import check_compile_cache, check_credentials
 from clawsvc.commands.installed_units import read_unit, unit_path
 from clawsvc.config import Config, ConfigError, default_config_path, load_config
 from clawsvc.config.instances import unit_name
 from clawsvc.control.client import request
 from clawsvc.control.wire import ControlError, ServiceNotRunning
-from clawsvc.gateway.command import Vetted
 from clawsvc.gateway.ports import port_holder
 from clawsvc.gateway.proctree import descendants
 from clawsvc.secrets import describe_token_source, keyring_status, provider_env_name, provider_keys
 from clawsvc.service.messages import State
-from clawsvc.service.preflight import COMMAND, STEPS
+from clawsvc.service.preflight import COMMAND
 from clawsvc.service.status import BadSnapshot, Snapshot
 
 STATUS_TIMEOUT = 3.0
@@ -54,8 +53,7 @@ class Doctor:
     unit_configs: dict[str, Path] = field(default_factory=dict)  # kind -> the unit's `run -c FILE`
     credentials: dict[str, str | None] = field(default_factory=dict)  # credential id -> source file (units)
     status: Snapshot | None = None  # the running service's status reply
-    vetted: Vetted | None = None  # gateway.command as preflight checked it
-    refused: set[str] = field(default_factory=set)  # the preflight steps that failed
+    preflight: Preflight = field(default_factory=Preflight)  # what the steps of check-config and run found
     unreachable: str | None = None  # why a control socket that is there did not answer
     keyring_usable: bool = False
 
@@ -127,27 +125,6 @@ def check_units(doc: Doctor) -> list[Finding]:
 
 
 # ---------------------------------------------------------------- checks that need the config
-
-def check_command_line(doc: Doctor, config: Config) -> list[Finding]:
-    """What preflight's gateway.command step found out (it ran nothing more privileged than the files' owners),
-    and whether the system unit can see those files."""
-    vetted = doc.vetted
-    assert vetted is not None  # doctor asks only once that step passed
-    if vetted.facts is not None and vetted.entry is not None:
-        facts = vetted.facts
-        findings = [Finding(Level.OK, COMMAND, f"node {facts.node_version} ({vetted.node}) runs openclaw "
-                            f"{facts.gateway_version} ({vetted.entry}), which needs node {facts.needs}")]
-    elif vetted.entry is not None:
-        findings = [Finding(Level.OK, COMMAND, f"{vetted.node} {vetted.entry} (versions not checked)")]
-    else:
-        findings = [Finding(Level.OK, COMMAND, f"{vetted.argv[0]} found")]
-    if config.source is not None and doc.unit_configs.get("system") == config.source:
-        findings += [Finding(Level.FAIL, COMMAND, f"{path} is not visible to the system unit "
-                             "(ProtectHome=yes, PrivateTmp=yes hide /home, /root and /tmp); "
-                             "run `clawsvc gateway-install` as root to get it under /opt")
-                     for path in install.hidden_paths(vetted.argv)]
-    return findings
-
 
 def ask_service(doc: Doctor, config: Config) -> None:
     try:
@@ -273,25 +250,10 @@ def _run(check: Callable[[], list[Finding]], topic: str) -> list[Finding]:
     return findings + [Finding(Level.WARN, topic, text) for text in warnings]
 
 
-def check_preflight(doc: Doctor, config: Config) -> list[Finding]:
-    """Each step of preflight (what check-config and run check): a FAIL for each that refuses."""
-    findings = []
-    for topic, step in STEPS:
-        try:
-            result = step(config)
-        except ConfigError as exc:
-            doc.refused.add(topic)
-            findings.append(Finding(Level.FAIL, topic, str(exc)))
-            continue
-        if isinstance(result, Vetted):
-            doc.vetted = result
-    return findings
-
-
 # doctor's own checks of a valid config: (topic, the preflight steps that must have passed, the check)
 Check = Callable[["Doctor", Config], list[Finding]]
 OWN_CHECKS: tuple[tuple[str, tuple[str, ...], Check], ...] = (
-    (COMMAND, (COMMAND,), check_command_line),
+    (COMMAND, (COMMAND,), lambda doc, config: command_findings(doc.preflight, config, doc.unit_configs.get("system"))),
     ("gateway.port", (), check_port),
     ("directories", ("files", "state dir"), check_dirs),
     ("compile cache", ("compile cache",), lambda _doc, config: check_compile_cache(config)),
@@ -324,11 +286,11 @@ def _diagnose(config_path: str | None, unit: str) -> tuple[list[Finding], bool]:
     else:
         head = Finding(Level.OK, "config", f"{config.source} is valid")
     units = _run(lambda: check_units(doc), "units")
-    checked = _run(lambda: check_preflight(doc, config), "preflight")
-    if not doc.refused:
-        checked.insert(0, Finding(Level.OK, "preflight", "the checks of check-config and run pass"))
+    with _captured_warnings() as warnings:
+        doc.preflight = run_preflight(config)
+    checked = doc.preflight.findings + [Finding(Level.WARN, "preflight", text) for text in warnings]
     ask_service(doc, config)
-    own = [finding for topic, needs, check in OWN_CHECKS if not doc.refused.intersection(needs)
+    own = [finding for topic, needs, check in OWN_CHECKS if not doc.preflight.refused.intersection(needs)
            for finding in _run(functools.partial(check, doc, config), topic)]
     return [head, *checked, *own, *units, *_run(lambda: check_credentials(unit), "credentials")], True
 
