@@ -8,6 +8,7 @@ already encoded, so that encoders put it in as it is instead of parsing it again
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring
 from typing import Any
 
 
@@ -24,6 +25,11 @@ def dumps(value: Any) -> bytes:
     if isinstance(value, RawJSON):
         return bytes(value)
     return _ENCODER.encode(value).encode("utf-8")
+
+
+def string(text: str) -> bytes:
+    """A JSON string, as dumps writes it."""
+    return encode_basestring(text).encode("utf-8")
 
 
 def raw(value: Any) -> RawJSON:

@@ -4,6 +4,8 @@ passed in. Also the hub's bookkeeping and the CLI's readable lines."""
 from __future__ import annotations
 
 import json
+import random
+from datetime import UTC, datetime
 from typing import Any
 
 from websocket import ABNF
@@ -44,6 +46,15 @@ def test_the_json_form() -> None:
         "time": "1970-01-01T00:00:00.123Z", "source": "gateway", "name": "chat", "payload": {"a": 1}, "seq": 5}
     assert "seq" not in E(0.0, "service", "state", {}).to_json()
     assert iso_time(1795899600.123) == "2026-11-28T21:00:00.123Z"
+
+
+def test_iso_time_writes_what_datetime_would() -> None:
+    rng = random.Random(20)
+    moments = [rng.uniform(0, 4e9) for _ in range(20000)] + [rng.randrange(0, 4 * 10**9) + 0.9999996 + k * 1e-7
+                                                             for k in range(5) for _ in range(200)]
+    for when in sorted(moments) + moments:  # the same second again, and seconds out of order
+        expected = datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        assert iso_time(when) == expected, when
 
 
 def test_ticks_only_when_asked_by_name_and_names_filter_exactly() -> None:

@@ -9,10 +9,11 @@ counting the batch its writer is still sending; what does not fit is dropped and
 
 from __future__ import annotations
 
+import math
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from clawsvc import jsontext
@@ -56,20 +57,36 @@ class Held:
 
 
 def hold(event: Event) -> Held:
-    """The event encoded once for everyone: its payload as is when it is RawJSON; one JSON cannot express
-    (it never is: payloads are parsed JSON or clawsvc's own) is replaced by null and marked."""
-    fields = event.to_json()
+    """The event encoded once for everyone (on the loop's path: kept cheap), its payload as is when it is RawJSON;
+    one JSON cannot express (it never is: payloads are parsed JSON or clawsvc's own) becomes null, marked."""
     try:
-        if isinstance(event.payload, jsontext.RawJSON):
-            return Held(event.name, event.time, bytes(jsontext.obj(list(fields.items()))))
-        return Held(event.name, event.time, jsontext.dumps(fields))
+        payload, unencodable = jsontext.dumps(event.payload), b""
     except (ValueError, TypeError, RecursionError):
-        return Held(event.name, event.time, jsontext.dumps({**fields, "payload": None, "unencodable": True}))
+        payload, unencodable = b"null", b',"unencodable":true'
+    seq = b"" if event.seq is None else b',"seq":%d' % event.seq
+    line = b'{"time":"%s","source":%s,"name":%s,"payload":%s%s%s}' % (
+        iso_time(event.time).encode(), jsontext.string(event.source), jsontext.string(event.name), payload, seq,
+        unencodable)
+    return Held(event.name, event.time, line)
+
+
+_second: tuple[float, str] = (-1.0, "")  # the last whole second iso_time wrote, and how
 
 
 def iso_time(when: float) -> str:
-    """ISO 8601 in UTC with milliseconds: 2026-11-28T21:00:00.123Z."""
-    return datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """ISO 8601 in UTC with milliseconds: 2026-11-28T21:00:00.123Z (as datetime.fromtimestamp(when, UTC) rounds
+    and isoformat(timespec="milliseconds") cuts, but with the second's text written once per second)."""
+    global _second
+    fraction, whole = math.modf(when)
+    micros = round(fraction * 1_000_000)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    elif micros < 0:  # before 1970
+        whole, micros = whole - 1, micros + 1_000_000
+    second = _second  # one read: another thread may replace it meanwhile
+    if second[0] != whole:
+        second = _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{second[1]}.{micros // 1000:03d}Z"
 
 
 def wanted(names: frozenset[str] | None, name: str) -> bool:
