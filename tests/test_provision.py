@@ -348,3 +348,22 @@ def test_upgrade_resolves_no_version_with_a_line_break(tmp_path: Path) -> None:
     with pytest.raises(ProvisionError, match="is not an openclaw version"):
         provision.resolve_version(tmp_path / "prefix", "2026.9.6\n")
     assert not (tmp_path / "prefix").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving the node to another user needs root")
+def test_a_provisioned_node_another_user_could_swap_is_never_run(tmp_path: Path, fake_npm: dict[str, str]) -> None:
+    """A prefix another user can write (here: its node is theirs): gateway-install does not ask that node its
+    version as root."""
+    prefix = tmp_path / "prefix"
+    node_dir = prefix / f"node-{NODE_VERSION}"
+    node = node_dir / "node_modules" / node_package() / "bin" / "node"
+    node.parent.mkdir(parents=True)
+    marker = tmp_path / "ran"
+    node.write_text(f"#!/bin/sh\nid -u > {marker}\necho v{NODE_VERSION}\n")
+    node.chmod(0o755)
+    os.chown(node, 65534, 65534)
+    (node_dir / provision.MARKER).write_text("{}")
+    result = run_install(prefix, fake_npm)
+    assert result.returncode == 1, result.stderr
+    assert f"the provisioned node {node} is owned by user nobody (uid 65534)" in result.stderr
+    assert not marker.exists() and installed_specs(fake_npm) == []

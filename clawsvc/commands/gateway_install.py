@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from clawsvc import exitcodes
+from clawsvc import exitcodes, trust
 from clawsvc.commands import gateway_links
 from clawsvc.gateway.node import ProvisionError, node_satisfies, node_version_of, required_node
 from clawsvc.text import shown
@@ -215,6 +215,10 @@ class _Installer:
         if not ((self.prefix / f"node-{node_version}" / MARKER).is_file() and os.access(node, os.X_OK)):
             self.resolve("openclaw", version)  # fail on a bad version before downloading Node
             self._install_dir(f"node-{node_version}", f"{package}@{node_version}", self.env, {"node": node_version})
+        try:  # run only what nobody but us (or root) could have written
+            trust.check_file(node, "the provisioned node")
+        except trust.TrustError as exc:
+            raise ProvisionError(str(exc)) from None
         have = node_version_of(node)
         env = dict(self.env, PATH=f"{node.parent}{os.pathsep}{self.env.get('PATH', os.defpath)}")
         marker = {"openclaw": version, "node_version": have, "node": node_rel, "entry": entry_rel}
