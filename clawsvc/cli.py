@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(p)
     p.add_argument("method")
     p.add_argument("params", nargs="?", default=None, metavar="PARAMS_JSON|@FILE|-",
-                   help="the method's params: JSON text, @FILE to read them from a file, - to read stdin "
+                   help="the method's params: JSON text, @FILE to read them from a regular file, - to read stdin "
                         "(at most 1 MiB)")
     p.add_argument("--timeout", type=float, default=None, metavar="S",
                    help="seconds to wait for the gateway's answer (up to 3600; default: connection.request_timeout)")

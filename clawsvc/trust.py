@@ -7,6 +7,11 @@ A group/other-writable directory on the way is fine only with the sticky bit (/t
 nobody can rename what another user owns, but a symlink in it owned by someone else is not followed (the
 kernel's fs.protected_symlinks rule).
 
+Group-writable is not "writable by others" when the group is its owner's private group (Debian's OpenSSH,
+secure_permissions): the group bears the owner's name and is the owner's primary group, no other user has it as
+primary group and it lists no member but the owner. That is what `useradd -U` makes and a umask of 002 (Debian's
+and Ubuntu's default for users with such groups) leaves group-writable: ~/.cache at 0775 is its owner's alone.
+
 Nothing here blocks: directories are walked with lstat(), secrets are opened O_NONBLOCK and read only if
 fstat() says they are small regular files.
 """
@@ -15,8 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import grp
 import logging
 import os
+import pwd
 import stat
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
@@ -31,7 +38,6 @@ log = logging.getLogger("clawsvc.trust")
 
 SECRET_CAP = 64 * 1024  # a token or an API key is far smaller; anything bigger is the wrong file
 GENERATED_TOKEN_NAME = "gateway-token"
-WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
 OPEN_BY_OTHERS = stat.S_IRWXG | stat.S_IRWXO
 READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -100,6 +106,27 @@ def _rightful_owner() -> str:
     return user_name(max(trusted_uids()))
 
 
+def private_group(uid: int, gid: int) -> bool:
+    """Whether gid is uid's user-private group (see the module's docstring), so that group-writable means
+    writable by uid alone. Looked up each time: a member added to the group must count at once."""
+    try:
+        owner = pwd.getpwuid(uid)
+        group = grp.getgrgid(gid)
+    except KeyError:
+        return False
+    if group.gr_name != owner.pw_name or owner.pw_gid != gid or any(m != owner.pw_name for m in group.gr_mem):
+        return False
+    return all(entry.pw_uid == uid for entry in pwd.getpwall() if entry.pw_gid == gid)
+
+
+def writable_by_others(st: os.stat_result) -> bool:
+    """Someone other than the owner may write it: other-writable, or group-writable by a group that is not the
+    owner's private group."""
+    if st.st_mode & stat.S_IWOTH:
+        return True
+    return bool(st.st_mode & stat.S_IWGRP) and not private_group(st.st_uid, st.st_gid)
+
+
 # ---------------------------------------------------------------- walking a path like the kernel does
 
 def _check_passage(directory: Path, st: os.stat_result, shown: str) -> None:
@@ -109,7 +136,7 @@ def _check_passage(directory: Path, st: os.stat_result, shown: str) -> None:
     if not _trusted(st.st_uid):
         raise TrustError(f"{shown}: directory {directory} on its path is owned by {describe_uid(st.st_uid)}, who "
                          f"could swap what lies below it; use a path whose directories belong to {_trusted_names()}")
-    if st.st_mode & WRITABLE_BY_OTHERS and not st.st_mode & stat.S_ISVTX:
+    if writable_by_others(st) and not st.st_mode & stat.S_ISVTX:
         raise TrustError(f"{shown}: directory {directory} on its path is writable by group/others (mode "
                          f"{stat.S_IMODE(st.st_mode):04o}); run: chmod go-w {directory}")
 
@@ -120,16 +147,25 @@ def _check_link(link: Path, st: os.stat_result, shown: str) -> None:
                          "does not follow it; remove the link and use the real path")
 
 
-def resolve(path: Path, what: str) -> tuple[Path, os.stat_result | None]:
+def resolve(path: Path, what: str, owners: set[int] | None = None) -> tuple[Path, os.stat_result | None]:
     """(the path with every symlink and `..` resolved, lstat of it or None if missing), checking each directory
-    passed through and each symlink followed. OSError for I/O trouble (ENOTDIR, EACCES...)."""
+    passed through and each symlink followed; their owners are added to `owners`. OSError for I/O trouble
+    (ENOTDIR, EACCES...)."""
     shown = f"{what} {path}"
+    seen = owners if owners is not None else set()
 
     def too_many() -> TrustError:
         return TrustError(f"{shown}: more than {MAX_LINKS} symlinks on its path; use the real path")
 
-    real, st = pathwalk.walk(str(path.absolute()), lambda directory, st: _check_passage(Path(directory), st, shown),
-                             lambda link, st: _check_link(Path(link), st, shown), too_many)
+    def passage(directory: str, st: os.stat_result) -> None:
+        _check_passage(Path(directory), st, shown)
+        seen.add(st.st_uid)
+
+    def link(link: str, st: os.stat_result) -> None:
+        _check_link(Path(link), st, shown)
+        seen.add(st.st_uid)
+
+    real, st = pathwalk.walk(str(path.absolute()), passage, link, too_many)
     return Path(real), st
 
 
@@ -143,7 +179,7 @@ def check_owned(path: Path, st: os.stat_result, what: str, *, directory: bool, m
     fix = f"run: chown {_rightful_owner()}: {path} && chmod {mode_fix} {path}"
     if not _trusted(st.st_uid):
         raise TrustError(f"{what} {path} is owned by {describe_uid(st.st_uid)}, not by {_trusted_names()}; {fix}")
-    if st.st_mode & WRITABLE_BY_OTHERS:
+    if writable_by_others(st):
         caution = "check what was put in it, then " if directory else ""
         raise TrustError(f"{what} {path} is writable by group/others (mode {stat.S_IMODE(st.st_mode):04o}); "
                          f"{caution}{fix}")
@@ -165,11 +201,15 @@ def check_size(path: Path, st: os.stat_result, what: str, cap: int = SECRET_CAP)
         raise _too_big(path, what, cap, st.st_size)
 
 
-def check_file(path: Path, what: str, mode_fix: str = "go-w") -> os.stat_result | None:
-    """Check a file and its path without opening it; None when it does not exist."""
-    _, st = resolve(path, what)
+def check_file(path: Path, what: str, mode_fix: str = "go-w", owners: set[int] | None = None
+               ) -> os.stat_result | None:
+    """Check a file and its path without opening it; None when it does not exist. The uids that could change
+    what it holds (its owner, and those of every directory and symlink on its path) are added to `owners`."""
+    _, st = resolve(path, what, owners)
     if st is not None:
         check_owned(path, st, what, directory=False, mode_fix=mode_fix)
+        if owners is not None:
+            owners.add(st.st_uid)
     return st
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from localusers import shared_group
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "etc" / "clawsvc.yaml"
@@ -143,6 +144,7 @@ def test_a_gateway_command_another_user_can_change_is_refused(tmp_path, what, ho
     if how == "foreign owner":
         os.chown(target, 65534, -1)
     else:
+        shared_group(target)  # root:root would be root's private group
         target.chmod(0o775 if what == "program" else 0o664)
     done = check_config("-c", path)
     assert done.returncode == 78, done.stderr

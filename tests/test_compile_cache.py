@@ -19,6 +19,7 @@ from types import MappingProxyType
 import pytest
 import yaml
 from double import double_command, free_port
+from localusers import shared_group
 from realgw import gateway_env
 from service_proc import ServiceProcess, base_config, merge
 from waiting import poll
@@ -154,6 +155,7 @@ def planted(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Pa
     cache = tmp_path / "planted-cache"
     cache.mkdir()
     if request.param == "group-writable":
+        shared_group(cache)  # root:root would be root's private group
         cache.chmod(0o770)
         yield cache, "writable by group/others"
     else:

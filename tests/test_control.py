@@ -694,12 +694,25 @@ def test_status_without_service_exits_3(config_file, capsys):
     assert "not running (no control socket at" in capsys.readouterr().err
 
 
-def test_bad_config_exits_78(tmp_path, capsys):
+def test_a_misspelt_socket_key_is_named_and_the_default_socket_asked(tmp_path, capsys, monkeypatch):
+    """A config whose socket cannot be read no longer ends the CLI with 78: it says why in one line and asks
+    the default socket (issue 20: status must answer after an edit with a typo)."""
+    default = tmp_path / "default" / "control.sock"
+    monkeypatch.setattr(control_cli, "default_control_socket", lambda: default)
     bad = tmp_path / "bad.yaml"
     bad.write_text("control:\n  sockett: /x\n")
-    assert control_cli.status_main(ns(bad, json=False)) == exitcodes.CONFIG
-    assert control_cli.rpc_main(ns(bad, method="health", params=None, timeout=None)) == exitcodes.CONFIG
-    assert "control.sockett" in capsys.readouterr().err
+    assert control_cli.status_main(ns(bad, json=False)) == exitcodes.NOT_RUNNING
+    assert control_cli.rpc_main(ns(bad, method="health", params=None, timeout=None)) == exitcodes.NOT_RUNNING
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == (f"clawsvc: {bad}:2: control.sockett: unknown key (did you mean control.socket?); trying the "
+                      f"default control socket {default}")
+    assert f"not running (no control socket at {default})" in err[1]
+
+
+def test_a_named_config_that_does_not_exist_exits_78(tmp_path, capsys):
+    missing = tmp_path / "missing.yaml"
+    assert control_cli.status_main(ns(missing, json=False)) == exitcodes.CONFIG
+    assert capsys.readouterr().err == f"clawsvc: {missing}: config file not found\n"
 
 
 def test_rpc_prints_payload(server, handler, config_file, capsys):
@@ -735,11 +748,18 @@ def test_rpc_params_from_a_file_and_from_stdin(server, handler, config_file, tmp
     assert [call[2] for call in handler.calls] == [{"from": "file"}, ["from", "stdin"]]
 
 
+def big_file(directory: Path) -> Path:
+    path = directory / "big.json"
+    path.write_bytes(b" " * (control_wire.MAX_REQUEST + 1))
+    return path
+
+
 @pytest.mark.parametrize(("make", "needle"), [
     (lambda d: "@", "@FILE needs a file name"),
     (lambda d: f"@{d / 'missing.json'}", "cannot read params file"),
     (lambda d: f"@{d}", "Is a directory"),
-    (lambda d: "@/dev/zero", f"larger than {control_wire.MAX_REQUEST} bytes"),
+    (lambda d: "@/dev/zero", "params file /dev/zero is a character device, not a regular file"),
+    (lambda d: f"@{big_file(d)}", f"larger than {control_wire.MAX_REQUEST} bytes"),
     (lambda d: "[" * 5000, "nests deeper than 100 levels"),
     (lambda d: "1e", "PARAMS_JSON is not valid JSON"),
 ])

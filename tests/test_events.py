@@ -4,6 +4,8 @@ passed in. Also the hub's bookkeeping and the CLI's readable lines."""
 from __future__ import annotations
 
 import json
+import random
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,21 +14,35 @@ from websocket import ABNF
 
 from clawsvc.cli import main
 from clawsvc.commands.events import readable
-from clawsvc.gateway.frames import EVENT_MAX, ConnectionStats, FrameCheck
-from clawsvc.gateway.protocol import GatewayEvent
+from clawsvc.gateway import frames
+from clawsvc.gateway.frames import EVENT_MAX, PARSED_MAX, ConnectionStats, FrameCheck
+from clawsvc.gateway.protocol import GatewayEvent, Response
+from clawsvc.jsontext import RawJSON
 from clawsvc.service import catalogue
 from clawsvc.service.eventhub import EventHub
 from clawsvc.service.events import Event as E
-from clawsvc.service.events import History, Outbox, dropped, iso_time, wanted
+from clawsvc.service.events import Held, History, Outbox, dropped, hold, iso_time, wanted
 
 
-def ev(n: int, name: str = "chat", source: str = "gateway") -> E:
-    return E(1000.0 + n, source, name, {"n": n}, n)
+def ev(n: int, name: str = "chat", source: str = "gateway") -> Held:
+    return hold(E(1000.0 + n, source, name, {"n": n}, n))  # as the hub holds it
 
 
-def numbers(batch: list[E] | None) -> list[Any]:
+def event(n: int) -> E:
+    return E(1000.0 + n, "gateway", "chat", {"n": n}, n)
+
+
+def payloads(lines: list[bytes] | None) -> list[Any]:
+    return [json.loads(line)["payload"] for line in lines or []]
+
+
+def decoded(batch: list[Held] | None) -> list[dict[str, Any]]:
     assert batch is not None
-    return [e.payload.get("n", f"missed {e.payload.get('count')}") for e in batch]
+    return [json.loads(e.json) for e in batch]
+
+
+def numbers(batch: list[Held] | None) -> list[Any]:
+    return [e["payload"].get("n", f"missed {e['payload'].get('count')}") for e in decoded(batch)]
 
 
 def test_the_json_form() -> None:
@@ -34,6 +50,15 @@ def test_the_json_form() -> None:
         "time": "1970-01-01T00:00:00.123Z", "source": "gateway", "name": "chat", "payload": {"a": 1}, "seq": 5}
     assert "seq" not in E(0.0, "service", "state", {}).to_json()
     assert iso_time(1795899600.123) == "2026-11-28T21:00:00.123Z"
+
+
+def test_iso_time_writes_what_datetime_would() -> None:
+    rng = random.Random(20)
+    moments = [rng.uniform(0, 4e9) for _ in range(20000)] + [rng.randrange(0, 4 * 10**9) + 0.9999996 + k * 1e-7
+                                                             for k in range(5) for _ in range(200)]
+    for when in sorted(moments) + moments:  # the same second again, and seconds out of order
+        expected = datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        assert iso_time(when) == expected, when
 
 
 def test_ticks_only_when_asked_by_name_and_names_filter_exactly() -> None:
@@ -51,7 +76,7 @@ def test_overflow_drops_the_newest_counts_them_and_says_so_where_the_gap_is() ->
         box.offer(ev(n))
     batch = box.take()
     assert numbers(batch) == [1, 2, 3, "missed 5"]
-    assert batch is not None and batch[3].to_json()["source"] == "service" and batch[3].name == "missed"
+    assert batch is not None and decoded(batch)[3]["source"] == "service" and batch[3].name == "missed"
     assert batch[3].time == ev(8).time, "the missed record is dated at the last dropped event"
     for n in range(9, 13):  # 9..11 fit, 12 is dropped
         box.offer(ev(n))
@@ -118,9 +143,40 @@ def test_history_keeps_the_last_non_tick_events() -> None:
     for n in range(1, 6):
         history.add(ev(n))
         history.add(ev(100 + n, "tick"))
-    assert [e.payload["n"] for e in history.recent(None)] == [3, 4, 5]
+    assert numbers(history.recent(None)) == [3, 4, 5]
     assert history.recent(frozenset({"tick"})) == []
-    assert [e.payload["n"] for e in history.recent(frozenset({"chat"}))] == [3, 4, 5]
+    assert numbers(history.recent(frozenset({"chat"}))) == [3, 4, 5]
+
+
+def test_the_json_is_encoded_once_and_a_raw_payload_goes_in_as_it_is() -> None:
+    held = hold(E(0.123, "gateway", "chat", RawJSON(b'[[],[]]'), 5))
+    assert held.json == (b'{"time":"1970-01-01T00:00:00.123Z","source":"gateway","name":"chat","payload":[[],[]],'
+                         b'"seq":5}')
+    assert held.size == len(held.json) and held.name == "chat" and held.time == 0.123
+    odd = json.loads(hold(E(0.0, "service", "state", {1, 2})).json)  # a set: JSON has no type for it
+    assert odd["payload"] == "{1, 2}"
+    loop: list[Any] = []
+    loop.append(loop)
+    assert json.loads(hold(E(0.0, "service", "state", loop)).json)["unencodable"] is True
+
+
+def test_the_history_keeps_what_fits_in_its_bytes() -> None:
+    big = [hold(E(float(n), "gateway", "big", RawJSON(b"[" + b"0," * 500 + b"0]"), n)) for n in range(10)]
+    history = History(size=200, budget=3 * big[0].size + 10)
+    for held in big:
+        history.add(held)
+    assert [json.loads(e.json)["seq"] for e in history.recent(None)] == [7, 8, 9]
+
+
+def test_a_follower_holds_at_most_its_bytes_the_batch_being_sent_included() -> None:
+    box = Outbox(None, capacity=1000, budget=3 * ev(1).size)
+    for n in range(1, 5):  # 1..3 fit, 4 is dropped
+        box.offer(ev(n))
+    assert numbers(box.take()) == [1, 2, 3, "missed 1"]
+    box.offer(ev(5))  # that batch still counts while it is being sent: no room
+    assert numbers(box.take()) == ["missed 1"], "taking the next batch says the one before was sent"
+    box.offer(ev(6))
+    assert numbers(box.take()) == [6]
 
 
 def test_the_hub_forgets_a_subscriber_at_once_and_never_blocks_on_a_full_one() -> None:
@@ -129,12 +185,12 @@ def test_the_hub_forgets_a_subscriber_at_once_and_never_blocks_on_a_full_one() -
     try:
         assert hub.subscribers() == 2
         for n in range(1, 101):
-            hub.publish(ev(n))
-        assert [e["payload"] for e in fast.take() or []] == [{"n": 1}, {"n": 2}, {"count": 98}]
-        hub.publish(ev(101))
-        assert [e["payload"]["n"] for e in fast.take() or []] == [101], "the slow one held nobody up"
-        assert [e["payload"] for e in slow.take() or []] == [{"n": 1}, {"n": 2}, {"count": 99}]
-        assert [e["payload"]["n"] for e in hub.history(None)] == [97, 98, 99, 100, 101]
+            hub.publish(event(n))
+        assert payloads(fast.take()) == [{"n": 1}, {"n": 2}, {"count": 98}]
+        hub.publish(event(101))
+        assert payloads(fast.take()) == [{"n": 101}], "the slow one held nobody up"
+        assert payloads(slow.take()) == [{"n": 1}, {"n": 2}, {"count": 99}]
+        assert [e["payload"]["n"] for e in json.loads(hub.history(None))] == [97, 98, 99, 100, 101]
     finally:
         slow.close()
     assert hub.subscribers() == 1
@@ -163,6 +219,40 @@ def test_an_event_frame_over_the_cap_is_passed_on_as_its_size() -> None:
     big = json.dumps({"type": "event", "event": "chat", "payload": {"text": "x" * EVENT_MAX}, "seq": 2}).encode()
     assert check.parse(ABNF.OPCODE_TEXT, small) == GatewayEvent("chat", {"text": "hi"}, 1)
     assert check.parse(ABNF.OPCODE_TEXT, big) == GatewayEvent("chat", {"truncated": True, "bytes": len(big)}, 2)
+
+
+def test_an_event_frame_over_the_cap_is_never_parsed() -> None:
+    """Not JSON past its first members: parsing it would count it malformed; its size was checked first."""
+    check = FrameCheck("ws://test", ConnectionStats())
+    broken = b'{"type":"event","event":"chat","payload":[' + b"[]," * EVENT_MAX + b'oops,"seq":7}'
+    assert check.parse(ABNF.OPCODE_TEXT, broken) == GatewayEvent("chat", {"truncated": True, "bytes": len(broken)}, 7)
+    legacy = b'{"jsonrpc": "2.0", "method": "chat", "params": "' + b"x" * EVENT_MAX + b'"}'
+    assert check.parse(ABNF.OPCODE_TEXT, legacy) == GatewayEvent("chat", {"truncated": True, "bytes": len(legacy)},
+                                                                 None)
+    assert check.stats.malformed == 0
+
+
+def test_a_kept_event_over_a_few_kib_goes_on_as_its_json_text() -> None:
+    check = FrameCheck("ws://test", ConnectionStats())
+    nested = [[] for _ in range(PARSED_MAX)]
+    frame = check.parse(ABNF.OPCODE_TEXT, json.dumps({"type": "event", "event": "big", "payload": nested,
+                                                      "seq": 3}).encode())
+    assert isinstance(frame, GatewayEvent) and isinstance(frame.payload, RawJSON) and frame.seq == 3
+    assert frame.payload == json.dumps(nested, separators=(",", ":")).encode() and json.loads(frame.payload) == nested
+    small = check.parse(ABNF.OPCODE_TEXT, b'{"type":"event","event":"shutdown","payload":{"restartExpectedMs":5}}')
+    assert small == GatewayEvent("shutdown", {"restartExpectedMs": 5}, None), "what the machine reads stays parsed"
+
+
+def test_a_frame_over_what_clawsvc_parses_fails_its_request_or_is_dropped(monkeypatch: Any) -> None:
+    monkeypatch.setattr(frames, "FRAME_MAX", 2 * EVENT_MAX)
+    check = FrameCheck("ws://test", ConnectionStats())
+    answer = b'{"type":"res","id":"r7","ok":true,"payload":"' + b"x" * 2 * EVENT_MAX + b'"}'
+    failed = check.parse(ABNF.OPCODE_TEXT, answer)
+    assert isinstance(failed, Response) and failed.id == "r7" and failed.error is not None
+    assert failed.error.code == "TOO_LARGE" and str(len(answer)) in failed.error.message
+    assert check.parse(ABNF.OPCODE_TEXT, answer[:EVENT_MAX] + b'"}') is not None, "a smaller answer is parsed"
+    assert check.parse(ABNF.OPCODE_TEXT, b'{"x":"' + b"y" * 2 * EVENT_MAX + b'"}') is None
+    assert check.stats.malformed == 1
 
 
 class _FakeFeed:

@@ -324,3 +324,46 @@ def test_cached_install_is_found_without_npm(gateway_install: provision.Installa
     assert_runs(result.stdout, cache_dir(), gateway_install)
     assert node_problem(gateway_install.node, gateway_install.entry) is None
     assert node_satisfies(gateway_install.node_version, required_node(gateway_install.entry))
+
+
+@pytest.mark.parametrize("spec", ["2026.9.6\n", "latest\n", "file:/tmp/evil", "git+https://example.com/x.git",
+                                  "npm:evil@1.0.0", "../../tmp/pkg", "2026.9.6\r"])
+def test_a_version_that_is_not_a_version_range_or_tag_never_reaches_npm(tmp_path: Path, fake_npm: dict[str, str],
+                                                                       spec: str) -> None:
+    result = run_install(tmp_path / "prefix", fake_npm, "--version", spec)
+    assert result.returncode == 1
+    assert "is not an openclaw version, range or npm tag" in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert npm_calls(fake_npm) == [] and not (tmp_path / "prefix").exists()
+
+
+@pytest.mark.parametrize("spec", ["2026.9.6", "2026.9.6-beta.1", "latest", "^2026.9", ">=2026.9 <2027", "2026.x"])
+def test_versions_ranges_and_tags_are_specs(spec: str) -> None:
+    assert provision.check_spec(spec) == spec
+    assert bool(provision.EXACT_VERSION.fullmatch(spec)) == (spec in ("2026.9.6", "2026.9.6-beta.1"))
+
+
+def test_upgrade_resolves_no_version_with_a_line_break(tmp_path: Path) -> None:
+    """`clawsvc upgrade VERSION` resolves VERSION first: a trailing newline is refused before npm or the prefix."""
+    with pytest.raises(ProvisionError, match="is not an openclaw version"):
+        provision.resolve_version(tmp_path / "prefix", "2026.9.6\n")
+    assert not (tmp_path / "prefix").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving the node to another user needs root")
+def test_a_provisioned_node_another_user_could_swap_is_never_run(tmp_path: Path, fake_npm: dict[str, str]) -> None:
+    """A prefix another user can write (here: its node is theirs): gateway-install does not ask that node its
+    version as root."""
+    prefix = tmp_path / "prefix"
+    node_dir = prefix / f"node-{NODE_VERSION}"
+    node = node_dir / "node_modules" / node_package() / "bin" / "node"
+    node.parent.mkdir(parents=True)
+    marker = tmp_path / "ran"
+    node.write_text(f"#!/bin/sh\nid -u > {marker}\necho v{NODE_VERSION}\n")
+    node.chmod(0o755)
+    os.chown(node, 65534, 65534)
+    (node_dir / provision.MARKER).write_text("{}")
+    result = run_install(prefix, fake_npm)
+    assert result.returncode == 1, result.stderr
+    assert f"the provisioned node {node} is owned by user nobody (uid 65534)" in result.stderr
+    assert not marker.exists() and installed_specs(fake_npm) == []

@@ -116,6 +116,17 @@ def test_install_alone_ends_enabled_active_and_serving(guest, first_install):
     assert not guest.path("/etc/systemd/system/clawsvc.service.d").exists(), "/usr/local/bin/clawsvc needs no drop-in"
 
 
+def test_doctor_is_clean_after_a_default_install(guest, first_install):
+    """As root, doctor judges as check-config and run do: the token, state dir and compile cache the service
+    user owns are the service's, not a problem to fix with root-owned dirs."""
+    result = guest.run("clawsvc", "doctor", timeout=300)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    assert [line for line in result.stdout.splitlines() if line.startswith("FAIL")] == []
+    assert "ok    preflight: the checks of check-config and run pass" in result.stdout
+    assert re.search(rf"ok    gateway\.command: node \S+ \({PREFIX}/current/node\) runs openclaw", result.stdout)
+    assert re.search(r"ok    token: generated /var/lib/clawsvc/openclaw/gateway-token", result.stdout), result.stdout
+
+
 def test_rerun_changes_nothing_and_restarts_nothing(guest, first_install):
     before = mtimes(guest, WRITTEN)
     main_pid = guest.show("clawsvc.service", "MainPID")["MainPID"]

@@ -9,14 +9,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import pwd
 import re
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from localusers import add_to_group, shared_group, throwaway_user
 
 from clawsvc import exitcodes, secrets, trust
 from clawsvc.commands import check_config as checkconfig
@@ -183,6 +186,7 @@ def test_a_missing_state_dir_below_a_foreign_directory_is_refused_and_not_create
 def test_a_group_writable_ancestor_needs_the_sticky_bit(tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()
+    shared_group(shared)  # root:root would be root's private group
     shared.chmod(0o775)
     with pytest.raises(SpawnError, match=rf"directory {shared} on its path is writable by group/others "
                                          rf"\(mode 0775\); run: chmod go-w {shared}"):
@@ -413,3 +417,64 @@ def test_check_config_without_a_service_user_judges_as_root_does(tmp_path: Path,
     state = service_owned_state_dir(tmp_path)
     assert check_config(config_file(tmp_path, state)) == exitcodes.CONFIG
     assert f"gateway.state_dir {state} is owned by user nobody (uid {OTHER}), not by root;" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- user-private groups (useradd -U, umask 002)
+
+def group_writable_home(tmp_path: Path, user: pwd.struct_passwd, gid: int | None = None) -> Path:
+    """tmp_path/home made by `user` with umask 002 (0775), holding a private state dir."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o775)
+    home.chmod(0o775)
+    (home / "state").mkdir(mode=0o700)
+    for path in (home, home / "state"):
+        os.chown(path, user.pw_uid, user.pw_gid if gid is None else gid)
+    return home
+
+
+@pytest.fixture
+def upg_user(monkeypatch: pytest.MonkeyPatch) -> Iterator[pwd.struct_passwd]:
+    """A real user with its own private group (useradd -U), trusted here as the service user."""
+    with throwaway_user() as user:
+        monkeypatch.setattr(trust, "service_uid", lambda: user.pw_uid)
+        yield user
+
+
+def test_a_group_writable_dir_of_its_owners_private_group_is_trusted(tmp_path: Path,
+                                                                     upg_user: pwd.struct_passwd) -> None:
+    home = group_writable_home(tmp_path, upg_user)
+    with trust.judged_as_the_service():
+        assert trust.check_dir(home / "state", "gateway.state_dir") == home / "state"  # passing through it
+        assert trust.check_dir(home, "gateway.state_dir") == home  # and as the directory itself
+    assert trust.private_group(upg_user.pw_uid, upg_user.pw_gid)
+
+
+def test_a_private_group_with_another_member_makes_group_writable_mean_writable_by_others(
+        tmp_path: Path, upg_user: pwd.struct_passwd) -> None:
+    home = group_writable_home(tmp_path, upg_user)
+    refused = rf"directory {home} on its path is writable by group/others \(mode 0775\); run: chmod go-w {home}"
+    with throwaway_user() as member:
+        add_to_group(member.pw_name, upg_user.pw_name)
+        with trust.judged_as_the_service(), pytest.raises(trust.TrustError, match=refused):
+            trust.check_dir(home / "state", "gateway.state_dir")
+    with throwaway_user(primary_group=upg_user.pw_name), trust.judged_as_the_service(), \
+            pytest.raises(trust.TrustError, match=refused):
+        trust.check_dir(home / "state", "gateway.state_dir")  # another user with it as primary group
+    with trust.judged_as_the_service():
+        assert trust.check_dir(home / "state", "gateway.state_dir") == home / "state"  # both gone again
+
+
+def test_a_group_not_named_after_its_owner_is_no_private_group(tmp_path: Path, upg_user: pwd.struct_passwd) -> None:
+    home = group_writable_home(tmp_path, upg_user, gid=OTHER)  # nogroup: nobody's primary group
+    with trust.judged_as_the_service(), pytest.raises(trust.TrustError, match=rf"directory {home} on its path is "
+                                                                             r"writable by group/others"):
+        trust.check_dir(home / "state", "gateway.state_dir")
+    token = secret_file(home / "state" / "token", mode=0o660)
+    for path in (home, token):
+        os.chown(path, upg_user.pw_uid, upg_user.pw_gid)
+    with trust.judged_as_the_service():
+        assert trust.read_secret(token, "auth.token_file").text.strip() == TOKEN  # 0660 in its private group
+    os.chown(token, upg_user.pw_uid, OTHER)
+    with trust.judged_as_the_service(), pytest.raises(trust.TrustError, match=rf"auth.token_file {token} is writable "
+                                                                             r"by group/others \(mode 0660\)"):
+        trust.read_secret(token, "auth.token_file")

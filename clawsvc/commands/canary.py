@@ -32,6 +32,7 @@ from clawsvc.config import SECRET_ENV, Config
 from clawsvc.config.values import TOKEN_ENV
 from clawsvc.exits import ExitInfo
 from clawsvc.gateway import process
+from clawsvc.gateway.command import vet_command
 from clawsvc.gateway.compile_cache import compile_cache_dir
 from clawsvc.gateway.connection import GatewayConnection
 from clawsvc.gateway.peercheck import PeerCheck
@@ -178,6 +179,10 @@ def run_canary(config: Config, command: tuple[str, ...], report: Callable[[str],
     run_as = service_account(config)
     judged = trust.judged_as_the_service() if run_as is not None else contextlib.nullcontext()
     with _captured() as tail, _scratch() as scratch, judged:
+        try:  # as every start is: judged before it runs, examined as no one above the files' owners
+            vet_command(command, process.build_env(config, "", {}))
+        except SpawnError as exc:
+            raise CanaryFailed(str(exc), []) from None
         source = process.state_dir(config)
         copied = _copy_state(source, scratch, run_as, report)
         _hand_to(scratch, run_as)

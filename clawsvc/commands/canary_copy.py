@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import clawsvc
 from clawsvc import users
+from clawsvc.boundedrun import Account, as_account, clawsvc_module
 from clawsvc.commands.canary_state import Copied, Limits, StateCopyError, copy_state
 
 COPY_TIMEOUT = 600.0  # MAX_BYTES (2 GiB) of state copies in well under that on any disk clawsvc runs on
@@ -34,13 +32,13 @@ def copy_state_as(uid: int, gid: int, source: Path, dest: Path, limits: Limits =
                   warn: Callable[[str], None] = lambda _line: None, timeout: float = COPY_TIMEOUT) -> Copied:
     """canary_state.copy_state(source, dest) run by uid:gid (and no supplementary groups) in a child process; dest
     must exist, empty, owned by uid. StateCopyError (one line) when the copy fails or takes over `timeout`."""
-    argv = [shutil.which("setpriv") or "setpriv", "--reuid", str(uid), "--regid", str(gid), "--clear-groups",
-            "--pdeathsig", "KILL", "--", sys.executable, "-P", "-m", __name__,
-            str(source.absolute()), str(dest.absolute()), str(limits.max_bytes), str(limits.max_files)]
+    module, env = clawsvc_module(__name__, str(source.absolute()), str(dest.absolute()), str(limits.max_bytes),
+                                 str(limits.max_files))
+    argv, switch = as_account(module, Account(uid, gid))
     who = users.describe_uid(uid)
     try:
         child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 cwd="/", env=_child_env(), start_new_session=True)
+                                 cwd="/", env=env, start_new_session=True, **switch)
     except OSError as exc:
         raise StateCopyError(f"cannot start the canary's state copy as {who}: {exc.strerror}; check that "
                              "setpriv (util-linux) is installed") from None
@@ -56,12 +54,6 @@ def copy_state_as(uid: int, gid: int, source: Path, dest: Path, limits: Limits =
     if child.returncode != 0:
         raise StateCopyError(_failure(child.returncode, err[:OUTPUT_CAP], source, who))
     return _result(out[:OUTPUT_CAP], warn, who)
-
-
-def _child_env() -> dict[str, str]:
-    """Nothing of ours (no keys): a PATH, a locale, and where this very clawsvc is installed."""
-    return {"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8",
-            "PYTHONPATH": str(Path(clawsvc.__file__).resolve().parent.parent)}
 
 
 def _failure(code: int, err: bytes, source: Path, who: str) -> str:

@@ -1,8 +1,14 @@
 """`clawsvc doctor`: one line per check of what the service needs, from the same code the service runs.
 
+It judges exactly as `check-config` and `run` do: each step of the very preflight they run (service.preflight,
+judged as the service when run as root, like `sudo clawsvc check-config`) is a line of its own, a refusal a FAIL;
+then doctor's own checks add what preflight does not look at (the port, the keyring, provider keys, the units
+and their credentials) and describe what it accepted (node and openclaw versions, where the token comes from,
+whether the compile cache is warm). A check of doctor's own about something preflight refused is left out.
+
 Lines start with `ok`, `warn`, `FAIL` or `skip` (plain ASCII: journals, dumb terminals, grep). Exit 0 when no
 check failed (warnings allowed: no keyring backend is normal on a headless server), 1 when any failed, 78
-(like `check-config`) when the config is invalid: its error is the first FAIL, and the checks that do not
+(like `check-config`) when the config cannot be loaded: its error is the first FAIL, and the checks that do not
 need a config (keyring, installed units) still run. Nothing is created or changed; no secret is printed.
 """
 
@@ -10,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+import functools
 import logging
 import os
 import stat
@@ -19,21 +25,20 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clawsvc import exitcodes
-from clawsvc.commands import install
+from clawsvc import exitcodes, trust
 from clawsvc.commands.control import client_socket
 from clawsvc.commands.doctor_findings import Finding, Level
+from clawsvc.commands.doctor_preflight import Preflight, command_findings, run_preflight
 from clawsvc.commands.doctor_stores import check_compile_cache, check_credentials
 from clawsvc.commands.installed_units import read_unit, unit_path
 from clawsvc.config import Config, ConfigError, default_config_path, load_config
 from clawsvc.config.instances import unit_name
 from clawsvc.control.client import request
 from clawsvc.control.wire import ControlError, ServiceNotRunning
-from clawsvc.gateway.node import ProvisionError, node_version_of, required_node
 from clawsvc.gateway.ports import port_holder
-from clawsvc.gateway.process import SpawnError, check_command
 from clawsvc.gateway.proctree import descendants
 from clawsvc.secrets import describe_token_source, keyring_status, provider_env_name, provider_keys
+from clawsvc.service.preflight import COMMAND
 from clawsvc.service.status import BadSnapshot, Snapshot, State
 
 STATUS_TIMEOUT = 3.0
@@ -47,6 +52,7 @@ class Doctor:
     unit_configs: dict[str, Path] = field(default_factory=dict)  # kind -> the unit's `run -c FILE`
     credentials: dict[str, str | None] = field(default_factory=dict)  # credential id -> source file (units)
     status: Snapshot | None = None  # the running service's status reply
+    preflight: Preflight = field(default_factory=Preflight)  # what the steps of check-config and run found
     unreachable: str | None = None  # why a control socket that is there did not answer
     keyring_usable: bool = False
 
@@ -119,40 +125,9 @@ def check_units(doc: Doctor) -> list[Finding]:
 
 # ---------------------------------------------------------------- checks that need the config
 
-def _gateway_version(entry: Path) -> str:
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        return str(json.loads((entry.parent / "package.json").read_text()).get("version") or "?")
-    return "?"
-
-
-def check_command_line(doc: Doctor, config: Config) -> list[Finding]:
-    env = {**os.environ, **config.gateway.env}
-    try:
-        argv = check_command(list(config.gateway.command), env)
-    except SpawnError as exc:
-        return [Finding(Level.FAIL, "gateway.command", str(exc))]
-    findings = []
-    if Path(argv[0]).name.startswith("node") and len(argv) > 1 and not argv[1].startswith("-"):
-        entry = Path(argv[1])
-        try:
-            text = (f"node {node_version_of(argv[0])} ({argv[0]}) runs openclaw {_gateway_version(entry)} "
-                    f"({entry}), which needs node {required_node(entry)}")
-        except ProvisionError as exc:
-            text = f"{' '.join(argv)} (versions not checked: {exc})"
-        findings.append(Finding(Level.OK, "gateway.command", text))
-    else:
-        findings.append(Finding(Level.OK, "gateway.command", f"{argv[0]} found"))
-    if config.source is not None and doc.unit_configs.get("system") == config.source:
-        findings += [Finding(Level.FAIL, "gateway.command", f"{path} is not visible to the system unit "
-                             "(ProtectHome=yes, PrivateTmp=yes hide /home, /root and /tmp); "
-                             "run `clawsvc gateway-install` as root to get it under /opt")
-                     for path in install.hidden_paths(argv)]
-    return findings
-
-
 def ask_service(doc: Doctor, config: Config) -> None:
     try:
-        reply = request(client_socket(config), {"cmd": "status"}, STATUS_TIMEOUT)
+        reply = request(client_socket(config.control.socket), {"cmd": "status"}, STATUS_TIMEOUT)
     except ServiceNotRunning:
         return
     except ControlError as exc:
@@ -274,8 +249,27 @@ def _run(check: Callable[[], list[Finding]], topic: str) -> list[Finding]:
     return findings + [Finding(Level.WARN, topic, text) for text in warnings]
 
 
+# doctor's own checks of a valid config: (topic, the preflight steps that must have passed, the check)
+Check = Callable[["Doctor", Config], list[Finding]]
+OWN_CHECKS: tuple[tuple[str, tuple[str, ...], Check], ...] = (
+    (COMMAND, (COMMAND,), lambda doc, config: command_findings(doc.preflight, config, doc.unit_configs.get("system"))),
+    ("gateway.port", (), check_port),
+    ("directories", ("files", "state dir"), check_dirs),
+    ("compile cache", ("compile cache",), lambda _doc, config: check_compile_cache(config)),
+    ("token", ("files", "token"), check_token),
+    ("keyring", (), lambda doc, _config: check_keyring(doc)),
+    ("provider keys", (), check_provider_keys),
+)
+
+
 def diagnose(config_path: str | None, unit: str = "clawsvc.service") -> tuple[list[Finding], bool]:
-    """(findings in report order, whether the config was valid); `unit` is the one whose credentials to check."""
+    """(findings in report order, whether the config could be loaded); `unit` is the one whose credentials to
+    check. As root, judged as the service would judge (trust.judged_as_the_service), like check-config."""
+    with trust.judged_as_the_service():
+        return _diagnose(config_path, unit)
+
+
+def _diagnose(config_path: str | None, unit: str) -> tuple[list[Finding], bool]:
     doc = Doctor()
     try:
         config = load_config(config_path)
@@ -291,17 +285,13 @@ def diagnose(config_path: str | None, unit: str = "clawsvc.service") -> tuple[li
     else:
         head = Finding(Level.OK, "config", f"{config.source} is valid")
     units = _run(lambda: check_units(doc), "units")
+    with _captured_warnings() as warnings:
+        doc.preflight = run_preflight(config)
+    checked = doc.preflight.findings + [Finding(Level.WARN, "preflight", text) for text in warnings]
     ask_service(doc, config)
-    return [head,
-            *_run(lambda: check_command_line(doc, config), "gateway.command"),
-            *_run(lambda: check_port(doc, config), "gateway.port"),
-            *_run(lambda: check_dirs(doc, config), "directories"),
-            *_run(lambda: check_compile_cache(config), "compile cache"),
-            *_run(lambda: check_token(doc, config), "token"),
-            *_run(lambda: check_keyring(doc), "keyring"),
-            *_run(lambda: check_provider_keys(doc, config), "provider keys"),
-            *units,
-            *_run(lambda: check_credentials(unit), "credentials")], True
+    own = [finding for topic, needs, check in OWN_CHECKS if not doc.preflight.refused.intersection(needs)
+           for finding in _run(functools.partial(check, doc, config), topic)]
+    return [head, *checked, *own, *units, *_run(lambda: check_credentials(unit), "credentials")], True
 
 
 def summary(findings: list[Finding]) -> str:

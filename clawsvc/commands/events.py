@@ -8,10 +8,11 @@ import json
 import os
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from clawsvc import exitcodes
-from clawsvc.commands.control import STATUS_TIMEOUT, ask, client_socket, fail, load
+from clawsvc.commands.control import STATUS_TIMEOUT, ask, fail, target
 from clawsvc.control.client import ClientRefusal, follow
 from clawsvc.control.wire import ControlError, ServiceNotRunning
 from clawsvc.service import catalogue
@@ -50,8 +51,7 @@ def _request(args: argparse.Namespace) -> dict[str, Any]:
     return {"cmd": "events", "follow": bool(args.follow), "names": sorted(set(args.names)) if args.names else None}
 
 
-def _follow(args: argparse.Namespace, config: Any) -> int:
-    path = client_socket(config)
+def _follow(args: argparse.Namespace, path: Path) -> int:
     try:
         _print(_parsed(follow(path, _request(args), STATUS_TIMEOUT)), args.json)
         fail("the event stream ended (clawsvc stopped or closed its control socket)")
@@ -78,13 +78,13 @@ def main(args: argparse.Namespace) -> int:
     """Exit 0 (also on Ctrl-C or when the reader of stdout goes away), 3 not running, 1 refused."""
     if args.list_names:
         return print_names()
-    config = load(args)
-    if config is None:
+    found = target(args)
+    if found is None:
         return exitcodes.CONFIG
     try:
         if args.follow:
-            return _follow(args, config)
-        code, result = ask(config, _request(args), STATUS_TIMEOUT, refused_exit=exitcodes.FAIL)
+            return _follow(args, found.socket)
+        code, result = ask(found.socket, _request(args), STATUS_TIMEOUT, refused_exit=exitcodes.FAIL)
         if code == exitcodes.OK:
             _print(result if isinstance(result, list) else [], args.json)
         return code

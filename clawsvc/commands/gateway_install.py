@@ -26,9 +26,10 @@ from pathlib import Path
 
 import yaml
 
-from clawsvc import exitcodes
+from clawsvc import exitcodes, trust
 from clawsvc.commands import gateway_links
 from clawsvc.gateway.node import ProvisionError, node_satisfies, node_version_of, required_node
+from clawsvc.text import shown
 
 DEFAULT_VERSION = "2026.9.6"
 NODE_VERSION = "24.21.0"
@@ -41,7 +42,10 @@ NETWORK_CODES = frozenset({"ENOTFOUND", "EAI_AGAIN", "ETIMEDOUT", "ECONNREFUSED"
                            "EHOSTUNREACH", "ESOCKETTIMEDOUT", "ERR_SOCKET_TIMEOUT", "EPROTO",
                            "UNABLE_TO_GET_ISSUER_CERT", "SELF_SIGNED_CERT_IN_CHAIN", "CERT_HAS_EXPIRED",
                            "UNABLE_TO_VERIFY_LEAF_SIGNATURE"})
-EXACT_VERSION = re.compile(r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.+-]+)?$")
+EXACT_VERSION = re.compile(r"\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.+-]+)?")  # fullmatch: "2026.9.6\n" is none
+# What npm may be asked for: an exact version, a range (^2026.9, >=2026.9 <2027, 2026.x) or a dist-tag (latest).
+# Never a URL, a path, a git or npm: alias (they contain : / @), nor anything with a line break.
+VERSION_SPEC = re.compile(r"[0-9A-Za-z.+_*^~<>=| -]{1,100}")
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,7 @@ def ensure_installed(prefix: Path, version: str = DEFAULT_VERSION, node_version:
                      report: Callable[[str], None] = lambda _msg: None) -> Installation:
     """Install Node and openclaw `version` under prefix unless already complete; returns the installation."""
     prefix = prefix.absolute()
+    check_spec(version)
     package = node_package()
     if found := find_installation(prefix, version):
         return _already(found, prefix, report)
@@ -111,7 +116,7 @@ def ensure_installed(prefix: Path, version: str = DEFAULT_VERSION, node_version:
             if found := find_installation(prefix, version):
                 return _already(found, prefix, report)
             installer.clean_stale()
-            exact = version if EXACT_VERSION.match(version) else installer.resolve("openclaw", version)
+            exact = version if EXACT_VERSION.fullmatch(version) else installer.resolve("openclaw", version)
             if exact != version and (found := find_installation(prefix, exact)):
                 return _already(found, prefix, report)
             found = installer.install(exact, package, node_version)
@@ -160,9 +165,17 @@ def locked(prefix: Path, report: Callable[[str], None]) -> Iterator[None]:
         yield
 
 
+def check_spec(spec: str) -> str:
+    """`spec` when it is a version, a range or a dist-tag npm may be asked for; else ProvisionError."""
+    if not VERSION_SPEC.fullmatch(spec):
+        raise ProvisionError(f"{shown(spec)} is not an openclaw version, range or npm tag (like 2026.9.6, "
+                             "^2026.9 or latest)")
+    return spec
+
+
 def resolve_version(prefix: Path, spec: str) -> str:
     """The exact openclaw version an npm spec or tag (e.g. `latest`) names, asked of the npm registry."""
-    if EXACT_VERSION.match(spec):
+    if EXACT_VERSION.fullmatch(check_spec(spec)):
         return spec
     npm = shutil.which("npm", path=os.environ.get("PATH", os.defpath))
     if npm is None:
@@ -202,6 +215,10 @@ class _Installer:
         if not ((self.prefix / f"node-{node_version}" / MARKER).is_file() and os.access(node, os.X_OK)):
             self.resolve("openclaw", version)  # fail on a bad version before downloading Node
             self._install_dir(f"node-{node_version}", f"{package}@{node_version}", self.env, {"node": node_version})
+        try:  # run only what nobody but us (or root) could have written
+            trust.check_file(node, "the provisioned node")
+        except trust.TrustError as exc:
+            raise ProvisionError(str(exc)) from None
         have = node_version_of(node)
         env = dict(self.env, PATH=f"{node.parent}{os.pathsep}{self.env.get('PATH', os.defpath)}")
         marker = {"openclaw": version, "node_version": have, "node": node_rel, "entry": entry_rel}

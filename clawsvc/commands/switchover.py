@@ -41,7 +41,7 @@ class Service:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.path = client_socket(config)
+        self.path = client_socket(config.control.socket)
         self._pause = threading.Event()  # never set: a sleep that Ctrl-C still interrupts
 
     def status(self) -> Snapshot:

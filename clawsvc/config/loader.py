@@ -141,15 +141,21 @@ def _relation_error(reader: Reader, written: dict[str, yaml.Node], offender: Rel
                        f"{other_rule} {key} ({value:g}s, the default), got {other_value:g}s")
 
 
-def _read_config_file(target: Path) -> str:
+def read_config_file(target: Path) -> str:
     """The file's text: a regular file of at most MAX_CONFIG_BYTES, read without blocking (a FIFO cannot hang
-    us, /dev/zero cannot fill memory)."""
+    us, /dev/zero cannot fill memory). FileNotFoundError when it does not exist, ConfigError (one line) when it
+    cannot be read."""
+    shown = cut(str(target), 300)
     try:
-        data = trust.read_regular(target, "config file", cap=MAX_CONFIG_BYTES, nofollow=False,
-                                  shown=cut(str(target), 300)).data
+        data = trust.read_regular(target, "config file", cap=MAX_CONFIG_BYTES, nofollow=False, shown=shown).data
+        return data.decode("utf-8")
     except trust.TrustError as exc:
         raise ConfigError(str(exc)) from None
-    return data.decode("utf-8")
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"{shown}: cannot read config file: {exc.__class__.__name__}: "
+                          f"{getattr(exc, 'strerror', None) or exc}") from None
 
 
 def load_config(path: Path | str | None = None) -> Config:
@@ -157,12 +163,9 @@ def load_config(path: Path | str | None = None) -> Config:
     explicit = path is not None or bool(os.environ.get("CLAWSVC_CONFIG"))
     target = Path(path) if path is not None else default_config_path()
     try:
-        text = _read_config_file(target)
+        text = read_config_file(target)
     except FileNotFoundError:
         if explicit:
             raise ConfigError(f"{target}: config file not found") from None
         return Config(source=None)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ConfigError(f"{cut(str(target), 300)}: cannot read config file: {exc.__class__.__name__}: "
-                          f"{getattr(exc, 'strerror', None) or exc}") from None
     return parse_config(text, str(target))

@@ -41,7 +41,7 @@ class ItemError(ValueError):
 # with a message that reads well after "key: ".
 
 Parser = Callable[[Any], Any]
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
@@ -61,7 +61,7 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError(f"expected a duration like 30, 250ms, 30s or 5m, got {_type_name(value)}")
     if isinstance(value, str):
-        match = _DURATION.match(value)
+        match = _DURATION.fullmatch(value)
         if not match:
             raise ValueError(f"expected a duration like 250ms, 30s or 5m, got {shown(value)}")
         return float(match.group(1)) * _UNIT[match.group(2)]

@@ -12,6 +12,7 @@ import selectors
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ MAX_FOLLOWERS = 8  # `clawsvc events --follow` consumers at once
 RESERVED = 2  # of those, kept for root and the service's own uid
 SEND_SLICE = 1.0  # seconds one send may block before the stuck rule is asked again
 MAX_FOLLOW_REQUEST = 64 << 10  # bytes; a longer events request is answered (BAD_REQUEST) by requests.py
+CHUNK = 64 << 10  # bytes of events joined into one write
 
 
 @dataclass(frozen=True)
@@ -48,11 +50,19 @@ def follow_request(raw: bytes) -> Follow | None:
         return None  # requests.py says what is wrong with it
 
 
-def _encode_event(event: dict[str, Any]) -> bytes:
-    try:
-        return encode(event)
-    except (ValueError, TypeError, RecursionError):
-        return encode({**event, "payload": None, "unencodable": True})
+def chunks(lines: list[bytes], size: int = CHUNK) -> Iterator[bytes]:
+    """The lines (each without its newline) as writes of about `size` bytes: small ones joined, a big one on its
+    own, so a batch is never copied whole."""
+    group: list[bytes] = []
+    length = 0
+    for line in lines:
+        if group and length + len(line) > size:
+            yield b"\n".join(group) + b"\n"
+            group, length = [], 0
+        group.append(line)
+        length += len(line) + 1
+    if group:
+        yield b"\n".join(group) + b"\n"
 
 
 class _Closing(Exception):
@@ -136,7 +146,7 @@ def _pump(conn: socket.socket, feed: Feed, peer: Peer | None) -> None:
             if batch is None:
                 return
             if batch:
-                if not _send(conn, feed, b"".join(_encode_event(event) for event in batch), peer):
+                if not all(_send(conn, feed, chunk, peer) for chunk in chunks(batch)):
                     return
                 continue
             for key, _ in selector.select():
@@ -155,7 +165,7 @@ def _hung_up(conn: socket.socket) -> bool:
 
 
 def _send(conn: socket.socket, feed: Feed, data: bytes, peer: Peer | None) -> bool:
-    """Write all of `data`; False when the client is gone or was dropped for not reading."""
+    """Write all of `data` (whole lines); False when the client is gone or was dropped for not reading."""
     view = memoryview(data)
     while view:
         feed.sending(time.monotonic())

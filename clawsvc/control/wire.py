@@ -9,7 +9,6 @@ Replies:   {"ok": true, "result": R} | {"ok": false, "error": {"code": C, "messa
 
 from __future__ import annotations
 
-import json
 import re
 import socket
 import struct
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clawsvc import jsontext
 from clawsvc.text import shown
 
 MAX_REQUEST = 1 << 20  # bytes of a request line
@@ -120,7 +120,8 @@ def read_line(sock: socket.socket, deadline: float, limit: int = MAX_REPLY) -> b
 
 
 def encode(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8") + b"\n"
+    """One line; a RawJSON value (e.g. the events history, kept encoded) goes in as it is."""
+    return jsontext.obj(list(message.items())) + b"\n"
 
 
 def error(code: str, message: str, details: Any = None) -> dict[str, Any]:

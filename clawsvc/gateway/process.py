@@ -24,7 +24,7 @@ from clawsvc.config import NO_RESPAWN, SECRET_ENV, Config
 from clawsvc.config.values import TOKEN_ENV
 from clawsvc.exits import ExitInfo
 from clawsvc.gateway import compile_cache, leftovers, proctree
-from clawsvc.gateway.node import ProvisionError, node_problem
+from clawsvc.gateway.command import FIX, SpawnError, check_command
 from clawsvc.gateway.notices import Notices, exit_cause
 from clawsvc.gateway.output import OutputPump
 from clawsvc.gateway.spawnenv import GATEWAY_CONFIG, inherited, unconfigured_flag
@@ -33,7 +33,6 @@ from clawsvc.threads import start_thread
 
 log = logging.getLogger("clawsvc.gateway.process")
 
-FIX = "run `clawsvc gateway-install` and set gateway.command to the paths it prints"
 EXTERNAL_SUPERVISOR_ENV = {NO_RESPAWN: "1", "OPENCLAW_SUPERVISOR_MODE": "external",
                            "OPENCLAW_SERVICE_REPAIR_POLICY": "external", "NO_COLOR": "1"}
 KILL_GRACE = 10.0  # after SIGKILL: only a process stuck in uninterruptible I/O takes longer
@@ -63,10 +62,6 @@ def stop_problem(config: Config) -> str | None:
     return (f"gateway.stop_timeout {config.gateway.stop_timeout:g}s is more than the units allow: clawsvc needs up "
             f"to {STOP_OVERHEAD:g}s after it to end the gateway's helpers, within "
             f"TimeoutStopSec={UNIT_STOP_TIMEOUT:g}s; use at most {UNIT_STOP_TIMEOUT - STOP_OVERHEAD:g}s")
-
-
-class SpawnError(Exception):
-    """The gateway cannot be started; str() is one line naming the path and the fix, never a secret."""
 
 
 def state_dir(config: Config) -> Path:
@@ -115,67 +110,6 @@ def prepare_compile_cache(config: Config, env: dict[str, str]) -> None:
         compile_cache.prepare(config, env)
     except trust.TrustError as exc:
         raise SpawnError(str(exc)) from None
-
-
-def _executable(name: str, path_env: str | None) -> str:
-    if os.sep not in name:
-        found = shutil.which(name, path=path_env)
-        if found is None:
-            raise SpawnError(f"gateway command {name!r} not found on PATH; {FIX}")
-        return os.path.abspath(found)
-    target = Path(name).absolute()
-    if not target.exists():
-        raise SpawnError(f"gateway command {target} does not exist; {FIX}")
-    if not target.is_file() or not os.access(target, os.X_OK):
-        raise SpawnError(f"gateway command {target} is not an executable file; {FIX}")
-    return str(target)
-
-
-def _is_node(executable: str) -> bool:
-    return Path(executable).name.startswith("node")
-
-
-def _node_and_entry(argv: list[str], path_env: str | None) -> tuple[str, Path] | None:
-    """(node, entry script) when argv is `node script ...` or a `#!/usr/bin/env node` script."""
-    if _is_node(argv[0]):
-        if len(argv) < 2 or argv[1].startswith("-"):
-            return None
-        entry = Path(argv[1])
-        if not entry.is_file():
-            raise SpawnError(f"gateway entry script {entry} does not exist; {FIX}")
-        return argv[0], entry
-    try:
-        with open(argv[0], "rb") as script:
-            shebang = script.readline(256).split()
-    except OSError:
-        return None
-    if shebang[:2] == [b"#!/usr/bin/env", b"node"] and (node := shutil.which("node", path=path_env)):
-        return node, Path(argv[0]).resolve()
-    return None
-
-
-SCRIPT_SUFFIXES = (".mjs", ".cjs", ".js", ".py")
-
-
-def check_command(argv: list[str], env: Mapping[str, str]) -> list[str]:
-    """argv with an absolute executable (and entry script); SpawnError when it cannot run this gateway."""
-    argv = [_executable(argv[0], env.get("PATH")), *argv[1:]]
-    if _is_node(argv[0]) and len(argv) > 1 and not argv[1].startswith("-"):
-        argv[1] = os.path.abspath(argv[1])
-    if len(argv) > 1 and argv[1].endswith(SCRIPT_SUFFIXES) and not os.path.isfile(argv[1]):
-        raise SpawnError(f"gateway entry script {argv[1]} does not exist; {FIX}")
-    found = _node_and_entry(argv, env.get("PATH"))
-    if found is None:
-        return argv
-    node, entry = found
-    try:
-        problem = node_problem(node, entry)
-    except ProvisionError as exc:
-        log.warning("cannot check node's version against the gateway's needs: %s", exc)
-        return argv
-    if problem:
-        raise SpawnError(f"{node}: {problem} and set gateway.command to the paths it prints")
-    return argv
 
 
 def _pdeathsig_prefix() -> list[str]:

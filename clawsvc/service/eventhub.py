@@ -1,6 +1,7 @@
 """The event hub: the executor publishes every Emit here (from the loop thread), the control socket's
-follower threads take from their own Feed. publish() never blocks and does no I/O per event: it appends to
-bounded buffers under one short lock, and writes one wake-up byte only to a writer that is idle."""
+follower threads take from their own Feed. publish() never blocks and does no I/O per event: it encodes the
+event once (events.hold), appends it to buffers bounded in events and bytes under one short lock, and writes one
+wake-up byte only to a writer that is idle."""
 
 from __future__ import annotations
 
@@ -10,7 +11,20 @@ import threading
 import time
 from typing import Any
 
-from clawsvc.service.events import CAPACITY, HISTORY, STUCK_AFTER, Event, History, Outbox, dropped
+from clawsvc import jsontext
+from clawsvc.service.events import (
+    CAPACITY,
+    HISTORY,
+    HISTORY_BYTES,
+    OUTBOX_BYTES,
+    STUCK_AFTER,
+    Event,
+    Held,
+    History,
+    Outbox,
+    dropped,
+    hold,
+)
 
 
 class Feed:
@@ -27,14 +41,15 @@ class Feed:
     def fileno(self) -> int:
         return self._wake_r.fileno()
 
-    def take(self) -> list[dict[str, Any]] | None:
-        """Waiting events as JSON objects; [] when there are none (wait for fileno()); None when ended."""
+    def take(self) -> list[bytes] | None:
+        """Waiting events, each its JSON object encoded (one line without the newline); [] when there are none
+        (wait for fileno()); None when ended. Taking the next batch says the one before is sent."""
         with contextlib.suppress(OSError):
             while self._wake_r.recv(4096):  # before take(): a wake-up sent after it must stay readable
                 pass
         with self._hub.lock:
             batch = self._outbox.take()
-        return None if batch is None else [event.to_json() for event in batch]
+        return None if batch is None else [event.json for event in batch]
 
     def sending(self, now: float) -> None:
         with self._hub.lock:
@@ -67,33 +82,37 @@ class Feed:
         with contextlib.suppress(OSError):  # full (a wake-up is already pending) or closed
             self._wake_w.send(b"x")
 
-    def offer(self, event: Event) -> bool:
+    def offer(self, event: Held) -> bool:
         """With the hub's lock held."""
         return self._outbox.offer(event)
 
 
 class EventHub:
-    def __init__(self, history: int = HISTORY, capacity: int = CAPACITY, stuck_after: float = STUCK_AFTER) -> None:
+    def __init__(self, history: int = HISTORY, capacity: int = CAPACITY, stuck_after: float = STUCK_AFTER,
+                 history_bytes: int = HISTORY_BYTES, outbox_bytes: int = OUTBOX_BYTES) -> None:
         self.lock = threading.Lock()
-        self._history = History(history)
+        self._history = History(history, history_bytes)
         self._feeds: set[Feed] = set()
         self._capacity = capacity
+        self._outbox_bytes = outbox_bytes
         self._stuck_after = stuck_after
 
     def publish(self, event: Event) -> None:
+        held = hold(event)  # once for every subscriber, outside the lock
         with self.lock:
-            self._history.add(event)
-            idle = [feed for feed in self._feeds if feed.offer(event)]
+            self._history.add(held)
+            idle = [feed for feed in self._feeds if feed.offer(held)]
         for feed in idle:
             feed.wake()
 
-    def history(self, names: frozenset[str] | None) -> list[dict[str, Any]]:
+    def history(self, names: frozenset[str] | None) -> jsontext.RawJSON:
+        """The recent events as one JSON array, made of their encoded form (nothing is parsed again)."""
         with self.lock:
             recent = self._history.recent(names)
-        return [event.to_json() for event in recent]
+        return jsontext.array([event.json for event in recent])
 
     def subscribe(self, names: frozenset[str] | None) -> Feed:
-        feed = Feed(self, Outbox(names, self._capacity, self._stuck_after))
+        feed = Feed(self, Outbox(names, self._capacity, self._outbox_bytes, self._stuck_after))
         with self.lock:
             self._feeds.add(feed)
         return feed

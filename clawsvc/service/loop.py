@@ -12,6 +12,7 @@ from typing import Any
 
 from clawsvc.config import Config
 from clawsvc.gateway.protocol import GatewayError
+from clawsvc.jsontext import RawJSON
 from clawsvc.service import machine
 from clawsvc.service.eventhub import Feed
 from clawsvc.service.executor import Executor, Secrets
@@ -91,7 +92,7 @@ class Supervisor:
     def rpc(self, method: str, params: Any, timeout: float | None) -> Any:
         return self.executor.rpc(method, params, timeout)
 
-    def event_history(self, names: frozenset[str] | None) -> list[dict[str, Any]]:
+    def event_history(self, names: frozenset[str] | None) -> RawJSON:
         return self.executor.events.history(names)
 
     def subscribe(self, names: frozenset[str] | None) -> Feed:

@@ -1,4 +1,5 @@
-"""The one validation `run`, `check-config` and a reload share: whatever `run` refuses, `check-config` refuses.
+"""The one validation `run`, `check-config`, a reload and `doctor` share: whatever `run` refuses, `check-config`
+refuses, and `doctor` reports it as a FAIL under the step's topic.
 
 Everything here only looks: it generates no token, starts no keyring child and creates nothing. What `run`
 would otherwise find out later (at spawn, or when opening the control socket) is found here first.
@@ -8,29 +9,27 @@ from __future__ import annotations
 
 import grp
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from clawsvc import trust
 from clawsvc.config import Config, ConfigError
 from clawsvc.config.trusted import check_config_paths
 from clawsvc.gateway import compile_cache
-from clawsvc.gateway.process import SpawnError, build_argv, build_env, check_command, state_dir, stop_problem
+from clawsvc.gateway.command import SpawnError, Vetted, vet_command
+from clawsvc.gateway.process import build_argv, build_env, state_dir, stop_problem
 from clawsvc.secrets import describe_token_source
 
+COMMAND = "gateway.command"
 
-def preflight(config: Config) -> None:
-    """Raise ConfigError (exit 78) for anything that would make `run` refuse this config."""
+
+def _check_files(config: Config) -> None:
+    """The config file, the state dir and the token file (or the generated token) are trusted."""
     try:
         check_config_paths(config)
     except trust.TrustError as exc:
         raise ConfigError(str(exc)) from None
-    _check_token_file(config)
-    _check_command(config)
-    _check_state_dir(config)
-    _check_compile_cache(config)
-    _check_control_group(config)
-    if problem := stop_problem(config):
-        raise ConfigError(problem)
 
 
 def _check_token_file(config: Config) -> None:
@@ -42,21 +41,14 @@ def _check_token_file(config: Config) -> None:
         raise ConfigError(problem)
 
 
-def _check_command(config: Config) -> None:
-    """The gateway's program and entry script can run this gateway, and are trusted like the config: whoever can
-    change them runs code as the service, with its token and keys."""
+def _check_command(config: Config) -> Vetted:
+    """The gateway's program and entry script can run this gateway, and are trusted like the config (whoever can
+    change them runs code as the service, with its token and keys): gateway.command.vet_command, which runs
+    nothing of them before judging them and examines them as no one more privileged than their owners."""
     try:
-        argv = check_command(build_argv(config), build_env(config, "", {}))
+        return vet_command(build_argv(config), build_env(config, "", {}))
     except SpawnError as exc:
         raise ConfigError(str(exc)) from None
-    programs = [argv[0]] + [word for word in argv[1:2] if os.path.isabs(word) and os.path.isfile(word)]
-    try:
-        for program in programs:
-            trust.check_file(Path(program), "gateway.command")
-    except trust.TrustError as exc:
-        raise ConfigError(str(exc)) from None
-    except OSError as exc:
-        raise ConfigError(f"gateway.command {argv[0]}: cannot check it: {exc.strerror}") from None
 
 
 def _check_state_dir(config: Config) -> None:
@@ -87,3 +79,23 @@ def _check_control_group(config: Config) -> None:
     except KeyError:
         raise ConfigError(f"control.group: no group named {group!r} on this system; create it or unset "
                           "control.group") from None
+
+
+def _check_stop_timeout(config: Config) -> None:
+    if problem := stop_problem(config):
+        raise ConfigError(problem)
+
+
+# Each step with the topic `doctor` reports it under; preflight() runs them in this order.
+STEPS: tuple[tuple[str, Callable[[Config], Any]], ...] = (
+    ("files", _check_files), ("token", _check_token_file), (COMMAND, _check_command),
+    ("state dir", _check_state_dir), ("compile cache", _check_compile_cache), ("control.group", _check_control_group),
+    ("stop timeout", _check_stop_timeout))
+
+
+def preflight(config: Config) -> Vetted:
+    """Raise ConfigError (exit 78) for anything that would make `run` refuse this config; else the vetted
+    gateway.command."""
+    results = {topic: step(config) for topic, step in STEPS}
+    vetted: Vetted = results[COMMAND]
+    return vetted

@@ -127,8 +127,9 @@ class Session:
     async def do_flood(self, rid: str, params: dict[str, Any]) -> None:
         count = int_param(params, "count")
         name = params.get("event", "flood")
+        nested = int_param(params, "nested", 0)
         for i in range(count):
-            await self.event(name, {"i": i})
+            await self.event(name, [[] for _ in range(nested)] if nested else {"i": i})
         await self.reply(rid, {"sent": count})
 
     async def do_seqgap(self, rid: str, params: dict[str, Any]) -> None:

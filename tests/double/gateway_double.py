@@ -36,7 +36,8 @@ Control methods (after connect; all reply ok unless noted):
                                  array, an unknown type, a res without id, a binary frame
     double.silence {}            reply, then send nothing more on this connection (the library still answers pings)
     double.freeze {}             reply, then like silence and stop reading the socket: pings go unanswered
-    double.flood {count, event?} send `count` events (default name "flood") back to back, then reply
+    double.flood {count, event?, nested?}  send `count` events (default name "flood") back to back, then reply;
+                                 with `nested`, each payload is that many empty lists ([[],[],...]), else {"i": i}
     double.seqgap {skip}         the next event's seq is the last one + 1 + skip
     double.huge {bytes}          reply {"data": "x" * bytes}
     double.legacy {}             send JSON-RPC 2.0 frames: notifications and responses to ids never asked for

@@ -357,11 +357,19 @@ def test_rpc_params_from_a_file_and_from_stdin(services: Services, tmp_path: Pat
     assert [r["params"]["tag"] for r in requests_seen(svc, "double.sleep")] == ["from a file", "from stdin"]
 
     params.write_bytes(b'"' + b"z" * control_wire.MAX_REQUEST + b'"')
-    for args, stdin in (((f"@{params}",), None), (("-",), params.read_text()), (("@/dev/zero",), None)):
-        over = subprocess.run(cli_argv(svc, "rpc", "double.sleep", *args), input=stdin, capture_output=True,
-                              text=True, timeout=HUNG)
-        assert over.returncode == exitcodes.USAGE
-        assert f"larger than {control_wire.MAX_REQUEST} bytes" in one_line_no_traceback(over)
+    with params.open("rb") as big, open("/dev/zero", "rb") as zeros:
+        for args, stdin in (((f"@{params}",), None), (("-",), big), (("-",), zeros)):
+            over = subprocess.run(cli_argv(svc, "rpc", "double.sleep", *args), stdin=stdin, capture_output=True,
+                                  text=True, timeout=HUNG)
+            assert over.returncode == exitcodes.USAGE
+            assert f"larger than {control_wire.MAX_REQUEST} bytes" in one_line_no_traceback(over)
+    fifo = tmp_path / "params.fifo"
+    os.mkfifo(fifo)  # no writer ever comes: a blocking open would wait forever (cli() gives up at HUNG)
+    for special, kind in ((fifo, "a FIFO"), (Path("/dev/zero"), "a character device")):
+        refused = cli(svc, "rpc", "double.sleep", f"@{special}")
+        assert refused.returncode == exitcodes.USAGE
+        assert one_line_no_traceback(refused) == (f"clawsvc: params file {special} is {kind}, not a regular file; "
+                                                  "use a regular file there\n")
     assert len(requests_seen(svc, "double.sleep")) == 2
     stops_clean(svc)
 

@@ -222,3 +222,49 @@ def test_ctrl_c_and_a_closed_pipe_end_quietly_with_0(services: Services, callers
     code, err = follower.finish()
     assert code == 0 and "Traceback" not in err, err
     assert follower.junk == []
+
+
+# ---------------------------------------------------------------- memory: what is held, not what was sent
+
+BIG_EVENTS = 220  # the 200 events of the history, and more
+NESTED = 65_000  # [[], [], ...] as the double writes it: a 260 KB frame, under the 256 KiB kept whole
+RSS_LIMIT = 200 * 1024 * 1024
+
+
+def peak_rss(pid: int) -> int:
+    """The most memory the process ever had resident (VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM in /proc/{pid}/status")
+
+
+@pytest.mark.parametrize("stalled", [0, MAX_FOLLOWERS], ids=["no follower", "stalled followers"])
+def test_events_of_nested_empty_lists_leave_clawsvc_in_bounded_memory(
+        services: Services, callers: Callers, followers_of: list[Follower], stalled: int) -> None:
+    """256 KB of `[[],[],...]` is ~6 MB of Python objects: kept parsed, 220 of them took clawsvc to ~910 MB with
+    no follower at all. What clawsvc holds for others (history, each follower's outbox, batches being written)
+    is counted in bytes of their JSON, and what does not fit is dropped and counted (`missed`)."""
+    svc = services.start(extra={"health": {"interval": 30.0, "timeout": 30.0}})  # the double is busy flooding
+    ready(svc)
+    asleep = [follow(followers_of, callers, svc, "tick", "big") for _ in range(stalled)]
+    for follower in asleep:
+        os.killpg(follower.popen.pid, signal.SIGSTOP)
+    try:
+        flood = cli(svc, "rpc", "double.flood", json.dumps({"count": BIG_EVENTS, "event": "big", "nested": NESTED}),
+                    "--timeout", "600", timeout=660)
+        assert flood.returncode == 0, flood.stderr
+        assert cli(svc, "rpc", "double.event", json.dumps({"event": "marker", "payload": {}})).returncode == 0
+        poll(lambda: cli(svc, "events", "--json", "--name", "marker").stdout, 60, "the marker after the flood")
+        peak = peak_rss(svc.pid)
+        assert peak < RSS_LIMIT, f"clawsvc's peak RSS was {peak / 2 ** 20:.0f} MiB"
+    finally:
+        for follower in asleep:
+            os.killpg(follower.popen.pid, signal.SIGCONT)
+    kept = [json.loads(line) for line in cli(svc, "events", "--json", "--name", "big").stdout.splitlines()]
+    assert kept and all(event["payload"] == [[]] * NESTED for event in kept)
+    for follower in asleep:
+        poll(lambda f=follower: f.events("missed"), 30, "a missed record for a follower that slept")
+        got = len(follower.events("big"))
+        assert got + sum(e["payload"]["count"] for e in follower.events("missed")) >= BIG_EVENTS
+    assert svc.status()["state"] == "running"

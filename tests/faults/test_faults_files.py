@@ -8,14 +8,17 @@ with exit 78 and one line, in seconds and bounded memory, spawns nothing and cha
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 from faultkit import Services, error_lines, spawned, write_config
+from localusers import add_to_group, throwaway_user
 from service_proc import ServiceProcess
 from test_trust import sticky_dir_with_foreign_link
 
@@ -191,3 +194,42 @@ def test_a_state_dir_that_climbs_back_into_a_shared_dir_is_refused(tmp_path: Pat
     assert len(lines) == 1 and f"gateway.state_dir {shared} is writable by group/others (mode 1777)" in lines[0], \
         done.stderr
     assert sorted(p.name for p in shared.iterdir()) == ["x"] and "started gateway" not in done.stderr
+
+
+# ---------------------------------------------------------------- a user-private group with umask 002
+
+def test_a_user_with_a_private_group_and_umask_002_is_trusted_in_its_own_group_writable_dirs() -> None:
+    """Ubuntu's default: useradd -U groups and umask 002, so ~/.cache is 0775. clawsvc run by that user accepts
+    its own dirs (the group is its alone) and refuses them once another user is in the group."""
+    root = Path(tempfile.mkdtemp(prefix="clawsvc-upg-"))
+    try:
+        root.chmod(0o711)
+        with throwaway_user() as user:
+            home = root / user.pw_name
+            home.mkdir(mode=0o775)
+            home.chmod(0o775)
+            os.chown(home, user.pw_uid, user.pw_gid)
+            config = home / ".config" / "clawsvc" / "clawsvc.yaml"
+            as_user = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups", "--"]
+            env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8"}
+            made = subprocess.run([*as_user, "sh", "-c", f"umask 002 && mkdir -p {config.parent} {home / '.cache'} "
+                                   f"{home / '.local' / 'state'} && printf 'gateway:\\n  command: [/bin/true]\\n"
+                                   f"providers: []\\n' > {config}"], env=env, cwd=home, timeout=REFUSED_WITHIN)
+            assert made.returncode == 0
+
+            def check_config() -> subprocess.CompletedProcess[str]:
+                return subprocess.run([*as_user, sys.executable, "-m", "clawsvc", "check-config"], env=env,
+                                      capture_output=True, text=True, timeout=REFUSED_WITHIN, cwd=home,
+                                      stdin=subprocess.DEVNULL)
+
+            accepted = check_config()
+            assert accepted.returncode == 0, accepted.stderr
+            assert accepted.stdout == f"{config}: ok\n"
+            assert stat.S_IMODE((home / ".cache").stat().st_mode) == 0o775
+            with throwaway_user() as member:
+                add_to_group(member.pw_name, user.pw_name)
+                refused = check_config()
+            assert refused.returncode == exitcodes.CONFIG
+            assert "writable by group/others (mode 0775)" in refused.stderr and refused.stderr.count("\n") == 1
+    finally:
+        shutil.rmtree(root)

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from faultkit import HUNG, Services, ready, spawned, stops_clean, write_config
+from faultkit import HUNG, Services, cli, ready, spawned, stops_clean, write_config
 from service_proc import STRIPPED
 
 from clawsvc import exitcodes
+from clawsvc.config import default_control_socket
 
 MEMORY = 500_000_000  # bytes of address space each clawsvc gets (prlimit --as)
 QUICK = 10.0  # seconds a refusal may take on a loaded 2-core machine; the real figure is well under one
@@ -306,3 +307,67 @@ def test_a_bad_reload_keeps_the_service_on_the_old_config(services: Services, sp
     assert status["state"] == "running" and status["pid"] == pid and spawned(svc) == [pid]
     assert svc.request({"cmd": "rpc", "method": "health", "params": None, "timeout": 5})["ok"] is True
     stops_clean(svc)
+
+
+# ---------------------------------------------------------------- the CLI after a reload of a broken file
+
+def _bad_yaml(config: Path) -> None:
+    config.write_text(config.read_text() + "gateway: [unclosed\n")
+
+
+def _bad_value(config: Path) -> None:
+    config.write_text(config.read_text().replace("stop_timeout: 1.0", "stop_timeout: forever"))
+
+
+BROKEN = {"bad-yaml": _bad_yaml, "bad-value": _bad_value}
+
+
+@pytest.mark.parametrize("spoil", BROKEN.values(), ids=BROKEN.keys())
+def test_status_rpc_and_events_still_answer_when_the_file_on_disk_is_broken(
+        services: Services, spoil: Callable[[Path], None]) -> None:
+    """After an edit with a typo, `systemctl reload` keeps the old config running; the commands that ask the
+    service read only what they need (control.socket) from the file, so the operator still sees it."""
+    svc = services.start()
+    pid = ready(svc)["pid"]
+    spoil(svc.config_path)
+    mark = svc.peer.mark()
+    svc.send_signal(signal.SIGHUP)
+    svc.peer.wait_for(r"^READY=1\nSTATUS=running .*\(reload failed: ", 10, since=mark)
+    status = cli(svc, "status", "--json")
+    assert status.returncode == 0 and status.stderr == "", status.stderr
+    assert json.loads(status.stdout)["pid"] == pid
+    health = cli(svc, "rpc", "health")
+    assert health.returncode == 0 and json.loads(health.stdout)["ok"] is True, health.stderr
+    events = cli(svc, "events", "--json", "--name", "reload")
+    assert events.returncode == 0, events.stderr
+    assert [json.loads(line)["payload"]["ok"] for line in events.stdout.splitlines()] == [False]
+    stops_clean(svc)
+
+
+def test_a_socket_that_cannot_be_read_falls_back_to_the_default_and_says_so(services: Services) -> None:
+    svc = services.start()
+    ready(svc)
+    svc.config_path.write_text(svc.config_path.read_text().replace("socket: ", "socket: [", 1))
+    status = cli(svc, "status")
+    lines = status.stderr.splitlines()
+    assert lines[0].startswith(f"clawsvc: {svc.config_path}:") and "YAML syntax error" in lines[0], status.stderr
+    assert lines[0].endswith(f"; trying the default control socket {default_control_socket()}")
+    assert status.returncode != exitcodes.CONFIG and "Traceback" not in status.stderr  # asked, whoever answers
+    stops_clean(svc)
+
+
+# ---------------------------------------------------------------- a version with a line break
+
+def test_gateway_install_refuses_a_version_with_a_trailing_newline_before_npm(tmp_path: Path) -> None:
+    """`--version $'2026.9.6\\n'` once passed an anchored `$` check and went to npm as root."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "npm").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'npm-calls'}\n")
+    (bin_dir / "npm").chmod(0o755)
+    env = {**{k: v for k, v in os.environ.items() if k not in STRIPPED}, "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-m", "clawsvc", "gateway-install", "--version", "2026.9.6\n", "--prefix",
+                           str(tmp_path / "prefix")], env=env, capture_output=True, text=True, timeout=HUNG,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == exitcodes.FAIL and done.stderr.count("\n") == 1, done.stderr
+    assert "'2026.9.6\\n' is not an openclaw version, range or npm tag" in done.stderr
+    assert not (tmp_path / "npm-calls").exists() and not (tmp_path / "prefix").exists()
