@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import REPO, realgw
-from clawsvc.commands.gateway_install import DEFAULT_VERSION, Installation
-from clawsvc.commands.gateway_links import CURRENT, ENTRY, VERSION_DIR_PREFIX, point
+from clawsvc.commands.runtime.links import CURRENT, ENTRY, VERSION_DIR_PREFIX, point
+from clawsvc.commands.runtime.provision import DEFAULT_VERSION, Installation
 
 sys.path.insert(0, str(REPO / "tests"))  # systemd_guest imports its neighbours as top-level modules
 from systemd_guest import GUEST_OPT, Guest, booted_systemd

@@ -29,8 +29,8 @@ from bench.guestbench import (
     versus,
     write_samples,
 )
-from clawsvc.commands.gateway_install import DEFAULT_VERSION
-from clawsvc.commands.gateway_links import CURRENT, point
+from clawsvc.commands.runtime.links import CURRENT, point
+from clawsvc.commands.runtime.provision import DEFAULT_VERSION
 
 UPGRADE_FROM, UPGRADE_TO = "2026.9.5", DEFAULT_VERSION  # the other way the older build refuses the newer database
 GATEWAY_TMP_CACHE = "/tmp/node-compile-cache"  # openclaw's own default: $TMPDIR or /tmp, + node-compile-cache

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.common import Row, Section, realgw
-from clawsvc.commands.gateway_install import DEFAULT_VERSION, find_installation
+from clawsvc.commands.runtime.provision import DEFAULT_VERSION, find_installation
 
 HEADERS = ("metric", "clawsvc", "baseline", "vs baseline", "target", "")
 

@@ -14,16 +14,16 @@ from clawsvc.service import catalogue
 HANDLERS = {
     "run": "clawsvc.service.run:main",
     "check-config": "clawsvc.commands.check_config:main",
-    "status": "clawsvc.commands.control:status_main",
-    "rpc": "clawsvc.commands.control:rpc_main",
-    "restart-gateway": "clawsvc.commands.control:restart_main",
-    "events": "clawsvc.commands.events:main",
+    "status": "clawsvc.commands.control.status:status_main",
+    "rpc": "clawsvc.commands.control.rpc:rpc_main",
+    "restart-gateway": "clawsvc.commands.control.restart:restart_main",
+    "events": "clawsvc.commands.control.events:main",
     "keys": "clawsvc.commands.keys:main",
-    "install": "clawsvc.commands.install:main",
-    "uninstall": "clawsvc.commands.uninstall:main",
-    "upgrade": "clawsvc.commands.upgrade:main",
-    "doctor": "clawsvc.commands.doctor:main",
-    "gateway-install": "clawsvc.commands.gateway_install:main",
+    "install": "clawsvc.commands.install.main:main",
+    "uninstall": "clawsvc.commands.install.uninstall:main",
+    "upgrade": "clawsvc.commands.upgrade.main:main",
+    "doctor": "clawsvc.commands.doctor.main:main",
+    "gateway-install": "clawsvc.commands.runtime.provision:main",
 }
 
 
@@ -46,26 +46,53 @@ def _kind_args(parser: argparse.ArgumentParser) -> None:
                       help="a launchd agent (default on macOS)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clawsvc", description="Run the OpenClaw gateway as a system service.")
-    parser.add_argument("--version", action="version", version=f"clawsvc {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+GROUPS = (
+    ("run the service", ("run", "check-config")),
+    ("ask the running service", ("status", "events", "rpc", "restart-gateway")),
+    ("set up and maintain", ("install", "uninstall", "upgrade", "gateway-install", "keys", "doctor")),
+)
 
-    p = sub.add_parser("run", help="run the service in the foreground (what systemd's ExecStart runs)")
+
+def _command(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str, exits: str,
+             description: str | None = None) -> argparse.ArgumentParser:
+    """A subcommand whose --help ends with its exit codes."""
+    return sub.add_parser(name, help=summary, description=description or summary[0].upper() + summary[1:] + ".",
+                          epilog=f"exit: {exits}")
+
+
+def _grouped(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> str:
+    summaries = {action.dest: action.help or "" for action in sub._choices_actions}
+    width = max(len(name) for name in summaries)
+    blocks = [f"{title}:\n" + "\n".join(f"  {name:<{width}}  {summaries[name]}" for name in names)
+              for title, names in GROUPS]
+    return "\n\n".join(blocks) + "\n\n`clawsvc COMMAND --help` says more, exit codes included."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clawsvc", description="Run the OpenClaw gateway as a system service.",
+                                     usage="clawsvc [-h] [--version] COMMAND ...",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"clawsvc {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, help=argparse.SUPPRESS)
+
+    p = _command(sub, "run", "run the service in the foreground (what systemd's ExecStart runs)",
+                 "0 clean stop; 1 gave up (max_attempts failures in a row, an untrusted port holder, the control "
+                 "socket cannot be opened); 78 bad config (systemd does not restart it)")
     _config_arg(p)
 
-    p = sub.add_parser("check-config", help="validate the config file")
+    p = _command(sub, "check-config", "validate the config file: the very checks `run` makes",
+                 "0 valid; 78 invalid (one line naming file:line and key, or the path and its fix)")
     _config_arg(p)
     p.add_argument("--print", action="store_true", help="print the effective config, secrets redacted")
 
-    p = sub.add_parser("status", help="show the running service's state",
-                       epilog="exit: 0 running; 1 the socket is served by another user; 3 not running or unreachable")
+    p = _command(sub, "status", "show the running service's state",
+                 "0 running; 1 the socket is served by another user; 3 not running or unreachable")
     _config_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = sub.add_parser("rpc", help="call one gateway method through the running service",
-                       epilog="exit: 0 ok; 1 the gateway or the service refused or failed (or the socket is served "
-                              "by another user); 2 bad, unreadable or oversized params or --timeout; 3 not running")
+    p = _command(sub, "rpc", "call one gateway method through the running service",
+                 "0 ok; 1 the gateway or the service refused or failed (or the socket is served by another user); "
+                 "2 bad, unreadable or oversized params or --timeout; 3 not running")
     _config_arg(p)
     p.add_argument("method")
     p.add_argument("params", nargs="?", default=None, metavar="PARAMS_JSON|@FILE|-",
@@ -74,24 +101,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=None, metavar="S",
                    help="seconds to wait for the gateway's answer (up to 3600; default: connection.request_timeout)")
 
-    p = sub.add_parser(
-        "restart-gateway", help="restart the gateway; the service stays up",
-        description="By default the gateway's own safe restart: it finishes its active work (agent turns, replies "
-                    "on their way) and restarts in the same process. --force restarts it at once.",
-        epilog="exit: 0 restart requested; 1 refused (an adopted gateway, or the socket is served by another user); "
-               "3 not running")
+    p = _command(sub, "restart-gateway", "restart the gateway; the service stays up",
+                 "0 restart requested; 1 refused (an adopted gateway, or the socket is served by another user); "
+                 "3 not running",
+                 "By default the gateway's own safe restart: it finishes its active work (agent turns, replies on "
+                 "their way) and restarts in the same process. --force restarts it at once.")
     _config_arg(p)
     p.add_argument("--force", action="store_true",
                    help="stop the gateway now (SIGTERM, SIGKILL after 10s) and start a new one; cuts off work in "
                         "flight")
 
-    p = sub.add_parser(
-        "events", help="print the service's and the gateway's events (state changes, restarts, chat, ...)",
-        description="Recent events, or with --follow every event as it happens: clawsvc's own ("
-                    + ", ".join(catalogue.SERVICE) + ") and the gateway's (" + ", ".join(list(catalogue.GATEWAY)[:4])
-                    + ", ...; tick only when named). --names lists them all. Payloads can hold chat content.",
-        epilog="exit: 0 (also on Ctrl-C or a closed pipe); 1 refused (not allowed, too many followers, or the "
-               "socket is served by another user); 3 not running")
+    p = _command(sub, "events", "print the service's and the gateway's events (state changes, restarts, chat, ...)",
+                 "0 (also on Ctrl-C or a closed pipe); 1 refused (not allowed, too many followers, or the socket is "
+                 "served by another user); 3 not running",
+                 "Recent events, or with --follow every event as it happens: clawsvc's own ("
+                 + ", ".join(catalogue.SERVICE) + ") and the gateway's (" + ", ".join(list(catalogue.GATEWAY)[:4])
+                 + ", ...; tick only when named). --names lists them all. Payloads can hold chat content.")
     _config_arg(p)
     p.add_argument("-f", "--follow", action="store_true", help="keep printing events as they happen")
     p.add_argument("--json", action="store_true",
@@ -101,8 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--names", dest="list_names", action="store_true",
                    help="list every event name with a one-line description, and exit")
 
-    p = sub.add_parser("keys", help="provider API keys and the gateway token, in the keyring or as encrypted "
-                                    "systemd credentials")
+    p = _command(sub, "keys", "provider API keys and the gateway token, in the keyring or as encrypted systemd "
+                              "credentials",
+                 "0 done; 1 neither store is usable (set), or the key was in neither (delete); 2 usage")
     _config_arg(p)
     keys = p.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     key_set = keys.add_parser("set", help="store a key (read from stdin or a no-echo prompt)")
@@ -114,9 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
                     ).add_argument("provider")
     keys.add_parser("list", help="list providers and where each key is stored")
 
-    p = sub.add_parser("install", help="set up the service: unit, user, config, gateway; start it and wait for READY",
-                       epilog="exit: 0 READY (or written, with --no-start or --dry-run); 1 failed (the unit's last "
-                              "journal lines are printed); 78 bad config")
+    p = _command(sub, "install", "set up the service: unit, user, config, gateway; start it and wait for READY",
+                 "0 READY (or written, with --no-start or --dry-run); 1 failed (the unit's last journal lines are "
+                 "printed); 2 usage; 78 bad config")
     _config_arg(p)
     _kind_args(p)
     p.add_argument("--port", type=int, default=None, metavar="P",
@@ -124,33 +150,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-start", action="store_true", help="write everything and enable the unit, but do not start it")
     p.add_argument("--dry-run", action="store_true", help="print what would be written and run, change nothing")
 
-    p = sub.add_parser("uninstall", help="stop, disable and remove what install wrote (state and config stay)")
+    p = _command(sub, "uninstall", "stop, disable and remove what install wrote (state and config stay)",
+                 "0 removed (also when nothing was installed); 1 the service manager failed; 2 usage")
     _config_arg(p)
     _kind_args(p)
     p.add_argument("--purge", action="store_true",
                    help="also remove the config, the state and cache directories (and the service user with the "
                         "last unit); the unit's credentials go in any case")
 
-    p = sub.add_parser(
-        "upgrade", help="switch the gateway to another openclaw version: provision, canary, switch, verify",
-        description="Provision VERSION beside the current gateway (from `gateway-install`), start it once on a "
-                    "scratch port as a canary, switch the stable link the config names, restart the gateway "
-                    "through the running service, and roll back if it does not come up healthy.",
-        epilog="exit: 0 upgraded (or already on VERSION; or, with the service stopped, switched for its next "
-               "start); 1 refused (canary, layout, npm) or rolled back (the old gateway keeps serving); 2 VERSION "
-               "with --rollback; 78 bad config; 130 interrupted (nothing left running)")
+    p = _command(sub, "upgrade", "switch the gateway to another openclaw version: provision, canary, switch, verify",
+                 "0 upgraded (or already on VERSION; or, with the service stopped, switched for its next start); "
+                 "1 refused (canary, database preflight, layout, npm) or rolled back (the old gateway keeps "
+                 "serving); 2 VERSION with --rollback; 78 bad config; 130 interrupted (nothing left running)",
+                 "Provision VERSION beside the current gateway (from `gateway-install`), check the service's state "
+                 "with its database preflight and start it once on a copy of that state and a scratch port as a "
+                 "canary, switch the stable link the config names, restart the gateway through the running service "
+                 "(its active work finishes first), and roll back if it does not come up healthy.")
     _config_arg(p)
     p.add_argument("target_version", nargs="?", default=None, metavar="VERSION",
                    help="an openclaw version or npm tag (default: the newest published release)")
     p.add_argument("--rollback", action="store_true", help="go back to the previous version")
 
-    p = sub.add_parser("doctor", help="check node, the gateway, port, directories, compile cache, token, keys, "
-                                      "credentials and units")
+    p = _command(sub, "doctor", "check node, the gateway, port, directories, compile cache, token, keys, credentials "
+                                "and units",
+                 "0 all good; 1 problems listed (check-config's checks among them); 78 the config cannot be loaded")
     _config_arg(p)
 
-    p = sub.add_parser("gateway-install", help="provision Node and openclaw from the npm registry")
+    p = _command(sub, "gateway-install", "provision Node and openclaw from the npm registry",
+                 "0 installed (or already there); 1 failed (npm, the prefix, a version that is not one)")
     p.add_argument("--version", dest="gateway_version", default=None, metavar="V")
     p.add_argument("--prefix", default=None, metavar="DIR")
+    parser.epilog = _grouped(sub)
     return parser
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from realgw import RealGateway, cache_dir, provision
 
-from clawsvc.commands.gateway_install import Installation, ProvisionError
+from clawsvc.commands.runtime.provision import Installation, ProvisionError
 
 
 def in_ci() -> bool:

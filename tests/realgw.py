@@ -24,7 +24,7 @@ from typing import Any
 
 import websocket
 
-from clawsvc.commands.gateway_install import DEFAULT_VERSION, Installation, ensure_installed
+from clawsvc.commands.runtime.provision import DEFAULT_VERSION, Installation, ensure_installed
 from clawsvc.gateway.proctree import environ_has
 
 QUIET_ENV = {

@@ -39,7 +39,7 @@ from realgw import GatewayError, RealGateway, connect, gateway_env
 from service_proc import ServiceProcess, base_config, merge
 from waiting import poll
 
-from clawsvc.commands.gateway_install import Installation
+from clawsvc.commands.runtime.provision import Installation
 
 PROVIDER = "fake"
 TERMINAL = ("final", "error", "aborted")

@@ -1,4 +1,4 @@
-"""The canary's state copy run as the service's account (clawsvc.commands.canary_copy), as root upgrading a system
+"""The canary's state copy run as the service's account (clawsvc.commands.upgrade.copy_as), as root upgrading a system
 service would: uid 65534 (nobody) plays the service account, owning the live state; a root-only dir plays
 /root/.ssh. The copy must read only what that account can read, be its own, and end (one line) when bounded."""
 
@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from waiting import poll
 
-from clawsvc.commands.canary_copy import copy_state_as
-from clawsvc.commands.canary_state import Limits, StateCopyError
+from clawsvc.commands.upgrade.copy_as import copy_state_as
+from clawsvc.commands.upgrade.statecopy import Limits, StateCopyError
 
 NOBODY = 65534
 SECRET = "root-only-secret-0123456789"

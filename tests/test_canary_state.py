@@ -1,4 +1,4 @@
-"""The canary's copy of the service's state (clawsvc.commands.canary_state), in process: consistent SQLite
+"""The canary's copy of the service's state (clawsvc.commands.upgrade.statecopy), in process: consistent SQLite
 copies while a writer holds the database, what is skipped, the limits, the openclaw.json rewrite, ownership."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from clawsvc import trust
-from clawsvc.commands import canary_state
-from clawsvc.commands.canary_state import Limits, StateCopyError, copy_state
+from clawsvc.commands.upgrade import statecopy as canary_state
+from clawsvc.commands.upgrade.statecopy import Limits, StateCopyError, copy_state
 from clawsvc.gateway.leftovers import PIDFILE
 
 
@@ -224,7 +224,7 @@ def test_the_canary_account_gets_only_its_copy_s_dir_while_it_copies(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A compromised gateway runs as the canary's account: it copies (canary_copy) into scratch/state, its own,
     through the scratch dir (0711, root's); HOME and TMPDIR stay root's until the copy is in."""
-    from clawsvc.commands import canary
+    from clawsvc.commands.upgrade import canary
     from clawsvc.config import Config
 
     nobody = canary.RunAs(65534, 65534, "nobody")

@@ -25,7 +25,7 @@ from service_proc import ServiceProcess, base_config, merge
 from waiting import poll
 
 from clawsvc import exitcodes
-from clawsvc.commands.doctor import Level, check_compile_cache
+from clawsvc.commands.doctor.main import Level, check_compile_cache
 from clawsvc.config import Config, ConfigError, GatewayConfig, parse_config
 from clawsvc.config import model as config_model
 from clawsvc.gateway import compile_cache

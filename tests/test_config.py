@@ -111,8 +111,8 @@ def test_example_documents_every_key():
 
 
 def test_dev_config_takes_the_provisioned_command():
-    from clawsvc.commands.gateway_install import config_snippet
-    from clawsvc.commands.gateway_links import stable_command
+    from clawsvc.commands.runtime.links import stable_command
+    from clawsvc.commands.runtime.provision import config_snippet
 
     command = stable_command(Path("/opt/gw"))
     command_line = next(line for line in config_snippet(command).splitlines() if "command:" in line)

@@ -27,7 +27,10 @@ import pytest
 from waiting import poll
 
 from clawsvc import exitcodes
-from clawsvc.commands import control as control_cli
+from clawsvc.commands.control import client as commands_client
+from clawsvc.commands.control import restart as restart_cli
+from clawsvc.commands.control import rpc as rpc_cli
+from clawsvc.commands.control import status as status_cli
 from clawsvc.control import client as control_client
 from clawsvc.control import server as control
 from clawsvc.control import wire as control_wire
@@ -663,7 +666,7 @@ def ns(config: Path, **kw: Any) -> argparse.Namespace:
 
 
 def test_status_human_view(server, config_file, capsys):
-    assert control_cli.status_main(ns(config_file, json=False)) == exitcodes.OK
+    assert status_cli.status_main(ns(config_file, json=False)) == exitcodes.OK
     out = capsys.readouterr().out
     assert "clawsvc - OpenClaw gateway service: running" in out
     assert "State: running since" in out and "2h 3min ago" in out
@@ -674,14 +677,14 @@ def test_status_human_view(server, config_file, capsys):
 
 
 def test_status_json(server, handler, config_file, capsys):
-    assert control_cli.status_main(ns(config_file, json=True)) == exitcodes.OK
+    assert status_cli.status_main(ns(config_file, json=True)) == exitcodes.OK
     assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(handler.snapshot))
 
 
 def test_status_not_running_state_exits_3(server, handler, config_file, capsys):
     handler.snapshot.update(state="reconnecting", uptime=None, connectedAt=None, pid=None, reconnectAttempts=4,
                             error="gateway closed the connection (1012 service restart)", cause="link lost")
-    assert control_cli.status_main(ns(config_file, json=False)) == exitcodes.NOT_RUNNING
+    assert status_cli.status_main(ns(config_file, json=False)) == exitcodes.NOT_RUNNING
     out = capsys.readouterr().out
     assert "State: reconnecting (attempt 4)" in out
     assert "Error: gateway closed the connection" in out
@@ -690,7 +693,7 @@ def test_status_not_running_state_exits_3(server, handler, config_file, capsys):
 
 
 def test_status_without_service_exits_3(config_file, capsys):
-    assert control_cli.status_main(ns(config_file, json=False)) == exitcodes.NOT_RUNNING
+    assert status_cli.status_main(ns(config_file, json=False)) == exitcodes.NOT_RUNNING
     assert "not running (no control socket at" in capsys.readouterr().err
 
 
@@ -698,11 +701,11 @@ def test_a_misspelt_socket_key_is_named_and_the_default_socket_asked(tmp_path, c
     """A config whose socket cannot be read no longer ends the CLI with 78: it says why in one line and asks
     the default socket (issue 20: status must answer after an edit with a typo)."""
     default = tmp_path / "default" / "control.sock"
-    monkeypatch.setattr(control_cli, "default_control_socket", lambda: default)
+    monkeypatch.setattr(commands_client, "default_control_socket", lambda: default)
     bad = tmp_path / "bad.yaml"
     bad.write_text("control:\n  sockett: /x\n")
-    assert control_cli.status_main(ns(bad, json=False)) == exitcodes.NOT_RUNNING
-    assert control_cli.rpc_main(ns(bad, method="health", params=None, timeout=None)) == exitcodes.NOT_RUNNING
+    assert status_cli.status_main(ns(bad, json=False)) == exitcodes.NOT_RUNNING
+    assert rpc_cli.rpc_main(ns(bad, method="health", params=None, timeout=None)) == exitcodes.NOT_RUNNING
     err = capsys.readouterr().err.splitlines()
     assert err[0] == (f"clawsvc: {bad}:2: control.sockett: unknown key (did you mean control.socket?); trying the "
                       f"default control socket {default}")
@@ -711,12 +714,12 @@ def test_a_misspelt_socket_key_is_named_and_the_default_socket_asked(tmp_path, c
 
 def test_a_named_config_that_does_not_exist_exits_78(tmp_path, capsys):
     missing = tmp_path / "missing.yaml"
-    assert control_cli.status_main(ns(missing, json=False)) == exitcodes.CONFIG
+    assert status_cli.status_main(ns(missing, json=False)) == exitcodes.CONFIG
     assert capsys.readouterr().err == f"clawsvc: {missing}: config file not found\n"
 
 
 def test_rpc_prints_payload(server, handler, config_file, capsys):
-    code = control_cli.rpc_main(ns(config_file, method="health", params='{"probe": true}', timeout=3.0))
+    code = rpc_cli.rpc_main(ns(config_file, method="health", params='{"probe": true}', timeout=3.0))
     assert code == exitcodes.OK
     out = capsys.readouterr().out
     assert json.loads(out) == {"method": "health", "params": {"probe": True}, "timeout": 3.0}
@@ -727,24 +730,24 @@ def test_rpc_gateway_error_exits_1(server, handler, config_file, capsys):
     def fail(method, params, timeout):
         raise FakeGatewayError("UNAVAILABLE", "gateway starting", {"retryAfterMs": 500})
     handler.rpc_behaviour = fail
-    assert control_cli.rpc_main(ns(config_file, method="health", params=None, timeout=None)) == exitcodes.FAIL
+    assert rpc_cli.rpc_main(ns(config_file, method="health", params=None, timeout=None)) == exitcodes.FAIL
     err = capsys.readouterr().err
     assert err.startswith("clawsvc: UNAVAILABLE: gateway starting\n")
     assert '"retryAfterMs": 500' in err
 
 
 def test_rpc_usage_errors(config_file, capsys):
-    assert control_cli.rpc_main(ns(config_file, method="x", params="{oops", timeout=None)) == exitcodes.USAGE
-    assert control_cli.rpc_main(ns(config_file, method="x", params=None, timeout=0.0)) == exitcodes.USAGE
+    assert rpc_cli.rpc_main(ns(config_file, method="x", params="{oops", timeout=None)) == exitcodes.USAGE
+    assert rpc_cli.rpc_main(ns(config_file, method="x", params=None, timeout=0.0)) == exitcodes.USAGE
     assert "PARAMS_JSON is not valid JSON" in capsys.readouterr().err
 
 
 def test_rpc_params_from_a_file_and_from_stdin(server, handler, config_file, tmp_path, capsys, monkeypatch):
     params = tmp_path / "params.json"
     params.write_text('{"from": "file"}')
-    assert control_cli.rpc_main(ns(config_file, method="m", params=f"@{params}", timeout=None)) == exitcodes.OK
+    assert rpc_cli.rpc_main(ns(config_file, method="m", params=f"@{params}", timeout=None)) == exitcodes.OK
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b'["from", "stdin"]')))
-    assert control_cli.rpc_main(ns(config_file, method="m", params="-", timeout=None)) == exitcodes.OK
+    assert rpc_cli.rpc_main(ns(config_file, method="m", params="-", timeout=None)) == exitcodes.OK
     assert [call[2] for call in handler.calls] == [{"from": "file"}, ["from", "stdin"]]
 
 
@@ -764,26 +767,26 @@ def big_file(directory: Path) -> Path:
     (lambda d: "1e", "PARAMS_JSON is not valid JSON"),
 ])
 def test_rpc_params_problems_are_one_line_usage_errors(config_file, tmp_path, capsys, make, needle):
-    assert control_cli.rpc_main(ns(config_file, method="x", params=make(tmp_path), timeout=None)) == exitcodes.USAGE
+    assert rpc_cli.rpc_main(ns(config_file, method="x", params=make(tmp_path), timeout=None)) == exitcodes.USAGE
     err = capsys.readouterr().err
     assert needle in err and len(err.splitlines()) == 1, err
 
 
 @pytest.mark.parametrize("timeout", [float("nan"), float("inf"), -1.0, 3601.0])
 def test_rpc_timeout_out_of_range_is_a_usage_error(config_file, capsys, timeout):
-    assert control_cli.rpc_main(ns(config_file, method="x", params=None, timeout=timeout)) == exitcodes.USAGE
+    assert rpc_cli.rpc_main(ns(config_file, method="x", params=None, timeout=timeout)) == exitcodes.USAGE
     assert "--timeout must be a positive number of seconds up to 3600" in capsys.readouterr().err
 
 
 def test_rpc_and_restart_without_service_exit_3(config_file):
-    assert control_cli.rpc_main(ns(config_file, method="health", params=None, timeout=None)) == 3
-    assert control_cli.restart_main(ns(config_file, force=False)) == 3
+    assert rpc_cli.rpc_main(ns(config_file, method="health", params=None, timeout=None)) == 3
+    assert restart_cli.restart_main(ns(config_file, force=False)) == 3
 
 
 def test_restart_gateway_cli(server, handler, config_file, capsys):
-    assert control_cli.restart_main(ns(config_file, force=False)) == exitcodes.OK
+    assert restart_cli.restart_main(ns(config_file, force=False)) == exitcodes.OK
     assert "restarts itself (same process) as soon as its active work is done" in capsys.readouterr().out
-    assert control_cli.restart_main(ns(config_file, force=True)) == exitcodes.OK
+    assert restart_cli.restart_main(ns(config_file, force=True)) == exitcodes.OK
     assert "work in flight is cut off" in capsys.readouterr().out
     assert handler.calls == [("restart-gateway", "safe"), ("restart-gateway", "force")]
 
@@ -895,7 +898,7 @@ def test_a_status_reply_that_is_no_snapshot_is_refused_in_one_line(data, named):
 @pytest.mark.parametrize("as_json", [False, True])
 def test_status_cli_refuses_a_garbage_reply(server, handler, config_file, capsys, as_json):
     handler.snapshot["state"] = "on fire\nnext line"
-    assert control_cli.status_main(ns(config_file, json=as_json)) == exitcodes.FAIL
+    assert status_cli.status_main(ns(config_file, json=as_json)) == exitcodes.FAIL
     out, err = capsys.readouterr()
     assert out == ""
     assert err.count("\n") == 1 and '"state"' in err and "cannot use" in err, err

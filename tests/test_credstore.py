@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from clawsvc.commands import doctor
+from clawsvc.commands.doctor import main as doctor
 from clawsvc.secrets import credstore
 
 HELPERS = Path(__file__).parent / "helpers"

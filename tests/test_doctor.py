@@ -19,8 +19,9 @@ from double import double_command, free_port
 from service_proc import ServiceProcess, base_config
 
 from clawsvc import exitcodes
-from clawsvc.commands import doctor, install
-from clawsvc.commands.gateway_install import Installation, node_version_of
+from clawsvc.commands.doctor import main as doctor
+from clawsvc.commands.install import plan as install
+from clawsvc.commands.runtime.provision import Installation, node_version_of
 
 HELPERS = Path(__file__).parent / "helpers"
 TOKEN = "doctor-test-token-" + "Zq9" * 8

@@ -13,7 +13,7 @@ import pytest
 from websocket import ABNF
 
 from clawsvc.cli import main
-from clawsvc.commands.events import readable
+from clawsvc.commands.control.events import readable
 from clawsvc.gateway import frames
 from clawsvc.gateway.frames import EVENT_MAX, PARSED_MAX, ConnectionStats, FrameCheck
 from clawsvc.gateway.protocol import GatewayEvent, Response

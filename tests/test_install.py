@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from clawsvc.commands import install, install_system
-from clawsvc.commands import install_config as genconfig
-from clawsvc.commands import install_reach as reach
+from clawsvc.commands.install import genconfig, reach
+from clawsvc.commands.install import plan as install
+from clawsvc.commands.install import system as install_system
 from clawsvc.config import parse_config
 
 REPO = Path(__file__).resolve().parent.parent

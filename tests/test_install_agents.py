@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from helpers.fake_managers import calls, install_fakes
 
-from clawsvc.commands import install_agents
+from clawsvc.commands.install import agents as install_agents
 
 UNIT = "clawsvc.service"
 LABEL = "ai.openclaw.clawsvc"

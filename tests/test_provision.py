@@ -15,15 +15,15 @@ import pytest
 from double import free_port
 from realgw import cache_dir
 
-from clawsvc.commands import gateway_install as provision
-from clawsvc.commands.gateway_install import (
+from clawsvc.commands.runtime import provision
+from clawsvc.commands.runtime.links import linked_version, stable_command
+from clawsvc.commands.runtime.provision import (
     DEFAULT_VERSION,
     NODE_VERSION,
     find_installation,
     node_package,
     npm_failure,
 )
-from clawsvc.commands.gateway_links import linked_version, stable_command
 from clawsvc.config import parse_config
 from clawsvc.gateway.node import ProvisionError, node_problem, node_satisfies, required_node
 

@@ -9,7 +9,7 @@ import pytest
 import websocket
 from realgw import QUIET_ENV, GatewayError, RealGateway, call, connect, gateway_env
 
-from clawsvc.commands.gateway_install import Installation
+from clawsvc.commands.runtime.provision import Installation
 
 pytestmark = pytest.mark.realgateway
 

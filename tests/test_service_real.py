@@ -25,7 +25,7 @@ from service_proc import ServiceProcess, base_config, merge, poll
 from slowmodel_kit import EventsFollower
 
 from clawsvc import exitcodes
-from clawsvc.commands.gateway_install import Installation
+from clawsvc.commands.runtime.provision import Installation
 from clawsvc.gateway import proctree
 
 pytestmark = pytest.mark.realgateway

@@ -28,7 +28,7 @@ from slowmodel_kit import (
     slow_service_config,
 )
 
-from clawsvc.commands.gateway_install import Installation
+from clawsvc.commands.runtime.provision import Installation
 from clawsvc.gateway.spawnenv import unconfigured_flag
 
 TURN_TIMEOUT = 180.0  # chat.send → final: a first turn prepares 8-12 s before its model call on a loaded machine

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from systemd_guest import Guest, booted_systemd
 
-from clawsvc.commands.gateway_install import Installation
+from clawsvc.commands.runtime.provision import Installation
 
 pytestmark = [pytest.mark.systemd, pytest.mark.realgateway, pytest.mark.timeout(1800)]
 

@@ -14,7 +14,7 @@ import pytest
 from systemd_guest import Guest, booted_systemd
 from test_systemd_install import farm
 
-from clawsvc.commands.gateway_install import Installation
+from clawsvc.commands.runtime.provision import Installation
 
 pytestmark = [pytest.mark.systemd, pytest.mark.realgateway, pytest.mark.timeout(1800)]
 

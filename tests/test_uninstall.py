@@ -12,7 +12,7 @@ import pytest
 from helpers.fake_managers import calls, install_fakes
 
 from clawsvc import cli
-from clawsvc.commands import uninstall
+from clawsvc.commands.install import uninstall
 
 REPO = Path(__file__).resolve().parent.parent
 UNITS = Path("etc/systemd/system")

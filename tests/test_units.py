@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from clawsvc import cli
-from clawsvc.commands import install
+from clawsvc.commands.install import plan as install
 from clawsvc.config import Config, GatewayConfig
 from clawsvc.gateway.process import UNIT_STOP_TIMEOUT, stop_bound
 

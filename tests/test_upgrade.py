@@ -22,10 +22,11 @@ from faults.faultkit import FAST
 from service_proc import STRIPPED, ServiceProcess, base_config, merge
 from waiting import poll
 
-from clawsvc.commands import gateway_install, gateway_links
-from clawsvc.commands import upgrade as upgrade_cmd
-from clawsvc.commands.gateway_install import MARKER
-from clawsvc.commands.gateway_versions import prune
+from clawsvc.commands.runtime import links as gateway_links
+from clawsvc.commands.runtime import provision as gateway_install
+from clawsvc.commands.runtime.provision import MARKER
+from clawsvc.commands.runtime.versions import prune
+from clawsvc.commands.upgrade import main as upgrade_cmd
 
 CANNOT_START = 'echo "boom: this version cannot start" >&2; exit 1'
 NEVER_LISTENS = "DOUBLE_STARTUP_DELAY=1000; export DOUBLE_STARTUP_DELAY"

@@ -22,8 +22,8 @@ import pytest
 from realgw import QUIET_ENV, cache_dir, free_port, provision
 from service_proc import STRIPPED, ServiceProcess, base_config, merge
 
-from clawsvc.commands import gateway_links
-from clawsvc.commands.gateway_install import MARKER, NODE_VERSION, Installation
+from clawsvc.commands.runtime import links as gateway_links
+from clawsvc.commands.runtime.provision import MARKER, NODE_VERSION, Installation
 
 pytestmark = pytest.mark.realgateway
 
@@ -160,8 +160,9 @@ def test_a_version_failing_under_the_service_is_rolled_back(service: ServiceProc
 def assert_refused_for_the_schema(service: ServiceProcess, farm: Path, done: subprocess.CompletedProcess[str],
                                   before: dict[str, Any]) -> None:
     assert done.returncode == 1
-    assert f"openclaw {OLD} failed its canary: it exited with status 78 before answering" in done.stderr
-    assert re.search(r"  \| .*database schema\(s\) are newer than this build", done.stderr)
+    # the target release's own database preflight refuses the copy before the canary even starts
+    assert (f"openclaw {OLD} failed its canary: its database preflight refuses the service's state: the state "
+            "database: incompatible: found schema 18, this release supports 17") in done.stderr
     assert f"hint: the service's state was migrated by a newer release than {OLD}" in done.stderr
     after = service.status()
     assert (after["pid"], after["gatewayVersion"], after["state"]) == (before["pid"], NEW, "running")
@@ -170,7 +171,8 @@ def assert_refused_for_the_schema(service: ServiceProcess, farm: Path, done: sub
 
 def test_rollback_to_a_release_older_than_the_state_is_refused_by_the_canary(service: ServiceProcess,
                                                                              farm: Path) -> None:
-    """2026.9.5 refuses the state 2026.9.6 migrated (exit 78): on the canary's copy, so nothing is switched."""
+    """2026.9.5 refuses the state 2026.9.6 migrated: its database preflight, on the canary's copy, so nothing is
+    switched."""
     before = service.status()
     done = upgrade(service, "--rollback")
     assert f"canary: starting openclaw {OLD}" in done.stderr

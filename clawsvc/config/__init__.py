@@ -24,6 +24,7 @@ from clawsvc.config.model import (
     default_control_socket,
     default_state_dir,
     fresh_process_restarts,
+    user_state_root,
 )
 from clawsvc.config.reader import MAX_CHARS, MAX_CONFIG_BYTES, MAX_DEPTH, MAX_NODES
 from clawsvc.config.render import PRINT_MAX, dump, gateway_affecting, to_dict
@@ -59,4 +60,5 @@ __all__ = [
     "load_config",
     "parse_config",
     "to_dict",
+    "user_state_root",
 ]

@@ -39,10 +39,15 @@ def default_config_path() -> Path:
     return _xdg("XDG_CONFIG_HOME", ".config") / "clawsvc" / "clawsvc.yaml"
 
 
+def user_state_root() -> Path:
+    """A user's clawsvc state: $XDG_STATE_HOME/clawsvc (~/.local/state/clawsvc)."""
+    return _xdg("XDG_STATE_HOME", ".local/state") / "clawsvc"
+
+
 def default_state_dir() -> Path:
     if _is_root():
         return Path("/var/lib/clawsvc/openclaw")
-    return _xdg("XDG_STATE_HOME", ".local/state") / "clawsvc" / "openclaw"
+    return user_state_root() / "openclaw"
 
 
 def default_compile_cache() -> Path:

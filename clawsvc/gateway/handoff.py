@@ -7,9 +7,9 @@ restart. The CLI needs the gateway's state dir and config path, never its token;
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Mapping
 
+from clawsvc.boundedrun import Unfinished, run_bounded
 from clawsvc.config import Config
 from clawsvc.config.values import TOKEN_ENV
 from clawsvc.text import cut, printable
@@ -23,12 +23,12 @@ def consume(config: Config, pid: int, env: Mapping[str, str]) -> tuple[bool, str
     argv = [*config.gateway.command, "gateway", "restart-handoff", "consume", "--expected-pid", str(pid), "--json"]
     quiet = {key: value for key, value in env.items() if key != TOKEN_ENV}
     try:
-        done = subprocess.run(argv, env=quiet, cwd=str(config.gateway.state_dir.absolute()), capture_output=True,
-                              stdin=subprocess.DEVNULL, timeout=CONSUME_TIMEOUT, check=False)
-    except (OSError, subprocess.SubprocessError) as exc:
-        return False, f"the gateway's restart-handoff command failed: {exc.__class__.__name__}"
-    try:
-        answer = json.loads(done.stdout[:MAX_OUTPUT])
+        done = run_bounded(argv, env=quiet, timeout=CONSUME_TIMEOUT, cap=MAX_OUTPUT)
+    except Unfinished as exc:
+        return False, f"the gateway's restart-handoff command failed: {exc}"
+    text = done.output.decode("utf-8", "replace")
+    try:  # stdout and stderr come in one pipe: the answer is the JSON object in it
+        answer, _ = json.JSONDecoder().raw_decode(text, max(0, text.find("{")))
     except (ValueError, RecursionError):
         answer = None
     if not isinstance(answer, dict):

@@ -27,7 +27,7 @@ from faultkit import Services, ready, spawned, stops_clean
 from localusers import throwaway_user
 
 from clawsvc import exitcodes
-from clawsvc.commands import canary
+from clawsvc.commands.upgrade import canary
 from clawsvc.config import Config, GatewayConfig
 
 HUNG = 120.0

@@ -3,7 +3,7 @@ state (refuse a newer database schema, fail a migration) happens to the copy fir
 
 - SQLite databases (the header magic, or an empty *.sqlite/*.sqlite3/*.db beside its -wal) are copied with SQLite's
   backup API from a read-only connection: consistent while the live gateway writes. Their -wal/-shm/-journal
-  companions are not copied (the backup holds their content). The copy's owner leases (LEASE_TABLES) are
+  companions are not copied (the backup holds their content). The copy's owner leases (openclaw.LEASE_TABLES) are
   released: they name the live gateway, which is alive, so the canary would refuse the state as in use
   ("Another Gateway owner lease is still active"); the gateway itself drops a dead owner's lease the same way.
 - Other regular files are copied with their mode and times, never through a symlink. Not copied: clawsvc's own
@@ -26,18 +26,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import json
 import os
 import shutil
 import sqlite3
 import stat
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 from clawsvc import trust
+from clawsvc.commands.upgrade import openclaw
 from clawsvc.gateway.leftovers import PIDFILE
 from clawsvc.gateway.spawnenv import GATEWAY_CONFIG
 
@@ -51,9 +49,7 @@ SKIPPED_SUFFIXES = (".log", ".lock", ".lock.sqlite")
 RUNTIME_DIRS = frozenset({"tmp"})  # at the top of the state dir: the gateway's temp dir (locks, transfers)
 BUSY_TIMEOUT = 30.0  # seconds a backup step waits for the live gateway's write lock
 BACKUP_PAGES = 1024  # pages per backup step: the writer gets the lock between steps
-LEASE_TABLES = ("state_leases", "agent_database_leases")  # OpenClaw 2026.9's process leases on its state
 FREE_SPACE_MARGIN = 64 * 1024 ** 2
-CONFIG_CAP = 16 * 1024 ** 2  # the most of openclaw.json the rewrite reads
 
 
 class StateCopyError(Exception):
@@ -97,7 +93,10 @@ def copy_state(source: Path, dest: Path, limits: Limits = Limits(),
         if kind is not None:
             copied += 1
             databases += kind
-    _point_config_at(dest / GATEWAY_CONFIG, source, dest, warn)
+    try:
+        openclaw.point_config_at(dest / GATEWAY_CONFIG, source, dest, warn)
+    except openclaw.ConfigCopyError as exc:
+        raise StateCopyError(str(exc)) from None
     return Copied(copied, databases, plan.size)
 
 
@@ -216,15 +215,7 @@ def _backup(src: Path, dst: Path) -> None:
     with contextlib.closing(sqlite3.connect(f"{src.as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)) as live, \
             contextlib.closing(sqlite3.connect(dst)) as copy:
         live.backup(copy, pages=BACKUP_PAGES, progress=_deadline(src))
-        _release_leases(copy)
-
-
-def _release_leases(copy: sqlite3.Connection) -> None:
-    tables = {row[0] for row in copy.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    with copy:
-        for table in LEASE_TABLES:
-            if table in tables:
-                copy.execute(f"DELETE FROM {table}")  # a fixed name, not input
+        openclaw.release_leases(copy)
 
 
 def _deadline(src: Path) -> Callable[[int, int, int], None]:
@@ -237,54 +228,6 @@ def _deadline(src: Path) -> Callable[[int, int, int], None]:
             raise sqlite3.OperationalError(f"locked by another process for {BUSY_TIMEOUT:g}s")
 
     return progress
-
-
-def _point_config_at(path: Path, source: Path, dest: Path, warn: Callable[[str], None]) -> None:
-    try:
-        found = trust.read_regular(path, f"the canary's copy of {GATEWAY_CONFIG}", cap=CONFIG_CAP, nofollow=True)
-    except FileNotFoundError:
-        return
-    except trust.TrustError as exc:  # a symlink, FIFO ... swapped in: never followed
-        raise StateCopyError(str(exc)) from None
-    except OSError as exc:
-        raise StateCopyError(f"cannot read the canary's copy {path}: {exc.strerror}; try the upgrade again") from None
-    try:
-        config = json.loads(found.data)
-    except ValueError:
-        if b"logging" in found.data:
-            warn(f"the canary's copy of {GATEWAY_CONFIG} is not plain JSON, so its logging.file is left as it is "
-                 "(the canary may log where the service does)")
-        return
-    config = _moved(config, str(source.absolute()), str(dest))
-    if isinstance(config, dict) and isinstance(config.get("logging"), dict) and "file" in config["logging"]:
-        config["logging"]["file"] = str(dest / Path(str(config["logging"]["file"])).name)
-    _replace(path, (json.dumps(config, indent=2) + "\n").encode(), stat.S_IMODE(found.st.st_mode))
-
-
-def _replace(path: Path, data: bytes, mode: int) -> None:
-    """Write path anew through a temp file in its dir and a rename: whatever path is (a symlink), it is replaced,
-    never written through."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # O_EXCL | O_NOFOLLOW
-    try:
-        with open(fd, "wb") as file:
-            file.write(data)
-            os.fchmod(fd, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _moved(value: Any, source: str, dest: str) -> Any:
-    """`value` with every string naming `source` or a path under it naming the same path under `dest`."""
-    if isinstance(value, dict):
-        return {key: _moved(item, source, dest) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_moved(item, source, dest) for item in value]
-    if isinstance(value, str) and (value == source or value.startswith(source.rstrip("/") + "/")):
-        return dest + value[len(source.rstrip("/")):]
-    return value
 
 
 def _gib(size: int) -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from clawsvc import exitcodes, trust
-from clawsvc.commands import gateway_links
+from clawsvc.commands.runtime import links as gateway_links
 from clawsvc.gateway.node import ProvisionError, node_satisfies, node_version_of, required_node
 from clawsvc.text import shown
 

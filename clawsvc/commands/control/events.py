@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from clawsvc import exitcodes
-from clawsvc.commands.control import STATUS_TIMEOUT, ask, fail, target
+from clawsvc.commands.control.client import STATUS_TIMEOUT, ask, fail, target
 from clawsvc.control.client import ClientRefusal, follow
 from clawsvc.control.wire import ControlError, ServiceNotRunning
 from clawsvc.service import catalogue

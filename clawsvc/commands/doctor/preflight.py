@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clawsvc.commands import install
-from clawsvc.commands.doctor_findings import Finding, Level
+from clawsvc.commands.doctor.findings import Finding, Level
+from clawsvc.commands.install import plan as install
 from clawsvc.config import Config, ConfigError
 from clawsvc.gateway.command import Vetted
 from clawsvc.service.preflight import COMMAND, STEPS

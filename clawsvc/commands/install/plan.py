@@ -18,19 +18,20 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
-from clawsvc.commands import install_reach
+from clawsvc.commands.install import reach as install_reach
 from clawsvc.config import ConfigError, parse_config
 from clawsvc.config.instances import INSTALL_ROOT_ENV as INSTALL_ROOT_ENV
 from clawsvc.config.instances import install_root as install_root
 from clawsvc.users import SERVICE_USER
 
+LAUNCHD_LABEL = "ai.openclaw.clawsvc"
 KINDS = ("system", "user", "launchd")
 TEMPLATE_EXE = "/usr/local/bin/clawsvc"  # what ExecStart= / ProgramArguments name in the shipped files
 # A system service runs with ProtectHome=yes and PrivateTmp=yes: nothing below these is visible to it.
 HIDDEN_FROM_SYSTEM_UNIT = tuple(str(p) for p in (*install_reach.HOME_HIDDEN, *install_reach.TMP_HIDDEN))
 UNIT_DIR = Path("/etc/systemd/system")
 SYSUSERS_TIMEOUT = 60.0
-_REPO = Path(__file__).resolve().parents[2]  # a source checkout: clawsvc/commands/install_plan.py
+_REPO = Path(__file__).resolve().parents[3]  # a source checkout: clawsvc/commands/install/plan.py
 
 
 class InstallError(Exception):

@@ -9,8 +9,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from clawsvc.commands import gateway_links
-from clawsvc.commands.gateway_install import MARKER
+from clawsvc.commands.runtime import links as gateway_links
+from clawsvc.commands.runtime.provision import MARKER
 
 
 def prune(prefix: Path, keep: set[str], report: Callable[[str], None]) -> list[str]:

@@ -3,7 +3,7 @@
 The live state dir belongs to that account, which a compromised gateway runs as: between the copy's walk and its
 reads it can swap a dir of the state for a symlink to, say, /root/.ssh. O_NOFOLLOW guards only a path's last
 component, so root copying would read through it and hand the copy to that account. So root runs the copy in a
-child, `python -m clawsvc.commands.canary_copy SOURCE DEST MAX_BYTES MAX_FILES` through setpriv as the account: it
+child, `python -m clawsvc.commands.upgrade.copy_as SOURCE DEST MAX_BYTES MAX_FILES` through setpriv as the account: it
 reads only what the account may read and writes only into DEST, which the account owns. The child prints one
 JSON line (the counts and the warnings) on stdout, or one error line on stderr and exits 1. The parent bounds it
 with COPY_TIMEOUT and kills it on any exception (Ctrl-C included).
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from clawsvc import users
 from clawsvc.boundedrun import Account, as_account, clawsvc_module
-from clawsvc.commands.canary_state import Copied, Limits, StateCopyError, copy_state
+from clawsvc.commands.upgrade.statecopy import Copied, Limits, StateCopyError, copy_state
 
 COPY_TIMEOUT = 600.0  # MAX_BYTES (2 GiB) of state copies in well under that on any disk clawsvc runs on
 OUTPUT_CAP = 1024 ** 2  # the most of the child's stdout or stderr we parse

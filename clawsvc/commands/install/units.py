@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clawsvc.commands import install
+from clawsvc.commands.install import plan as install
 
 UNIT_NAMES = {"system": "clawsvc.service", "user": "clawsvc.service", "launchd": "ai.openclaw.clawsvc.plist"}
 CREDENTIAL_KEYS = ("LoadCredential=", "LoadCredentialEncrypted=", "SetCredential=", "SetCredentialEncrypted=")

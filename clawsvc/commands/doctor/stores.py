@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 
 from clawsvc import trust
-from clawsvc.commands.doctor_findings import Finding, Level
+from clawsvc.commands.doctor.findings import Finding, Level
 from clawsvc.config import Config
 from clawsvc.gateway import compile_cache
 from clawsvc.secrets import credstore

@@ -14,10 +14,13 @@ from pathlib import Path
 from typing import TextIO
 
 from clawsvc import exitcodes, trust
-from clawsvc.commands import check_config, control, gateway_install, gateway_links, install_agents, servicectl
-from clawsvc.commands import install_config as genconfig
-from clawsvc.commands import install_plan as files
-from clawsvc.commands import install_reach as reach
+from clawsvc.commands import check_config, servicectl
+from clawsvc.commands.control import status as control
+from clawsvc.commands.install import agents as install_agents
+from clawsvc.commands.install import genconfig, reach
+from clawsvc.commands.install import plan as files
+from clawsvc.commands.runtime import links as gateway_links
+from clawsvc.commands.runtime import provision as gateway_install
 from clawsvc.config import Config, ConfigError, instances, load_config
 from clawsvc.gateway.node import ProvisionError
 from clawsvc.service.preflight import preflight

@@ -1,6 +1,6 @@
-"""`clawsvc install`: the entry point. The system set-up to READY is install_system; what is written, for every
-kind, is install_plan (its names are re-exported here for doctor, uninstall and the tests); the reachability
-check is install_reach; the generated config install_config."""
+"""`clawsvc install`: the entry point. The system set-up to READY is install.system; what is written, for every
+kind, is install.plan; the reachability check is install.reach; the generated config install.genconfig; --user
+and --launchd are started by install.agents."""
 
 from __future__ import annotations
 
@@ -9,37 +9,9 @@ import sys
 from pathlib import Path
 
 from clawsvc import exitcodes
-from clawsvc.commands import install_agents, install_system
-from clawsvc.commands.install_plan import (
-    HIDDEN_FROM_SYSTEM_UNIT,
-    INSTALL_ROOT_ENV,
-    KINDS,
-    TEMPLATE_EXE,
-    UNIT_DIR,
-    InstallError,
-    InstallFile,
-    Plan,
-    apply,
-    below_root,
-    clawsvc_command,
-    data_text,
-    default_config,
-    default_kind,
-    dropin_path,
-    hidden_paths,
-    install_root,
-    plan,
-    render_plist,
-    render_unit,
-    show,
-)
-
-__all__ = ["HIDDEN_FROM_SYSTEM_UNIT", "INSTALL_ROOT_ENV", "KINDS", "TEMPLATE_EXE", "UNIT_DIR", "InstallError",
-           "InstallFile", "Plan", "apply", "below_root", "clawsvc_command", "data_text", "default_config",
-           "default_kind", "dropin_path", "hidden_paths", "install_root", "main", "plan", "render_plist",
-           "render_unit", "show"]
-
-LAUNCHD_LABEL = "ai.openclaw.clawsvc"
+from clawsvc.commands.install import agents as install_agents
+from clawsvc.commands.install import system as install_system
+from clawsvc.commands.install.plan import LAUNCHD_LABEL, InstallError, apply, default_kind, install_root, plan, show
 
 
 def usage_problem(args: argparse.Namespace, kind: str) -> str | None:

@@ -3,9 +3,10 @@
 It runs as the service's gateway would (the same env from the same config, the service's compile cache, so it
 warms it), but on a free loopback port, with a throwaway token and a scratch state dir that starts as a copy of
 the service's state (canary_state), so a version that would refuse or break that state fails here, before any
-switch. The copied state must not make it work for real: it runs in the gateway's quiet, offline mode
-(CANARY_ENV: no channels, providers, cron jobs ...) and every secret-looking variable it would inherit (provider
-API keys) is emptied. It is always stopped, and its scratch dir removed: on success, failure, timeout and Ctrl-C.
+switch; before it starts, the new version's own database preflight judges the copy (upgrade/openclaw.py). The
+copied state must not make it work for real: it runs in the gateway's quiet, offline mode (openclaw.CANARY_ENV: no
+channels, providers, cron jobs ...) and every secret-looking variable it would inherit (provider API keys) is
+emptied. It is always stopped, and its scratch dir removed: on success, failure, timeout and Ctrl-C.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from clawsvc import trust, users
-from clawsvc.commands.canary_copy import copy_state_as
-from clawsvc.commands.canary_state import Copied, copy_state
+from clawsvc.commands.upgrade import openclaw
+from clawsvc.commands.upgrade.copy_as import copy_state_as
+from clawsvc.commands.upgrade.statecopy import Copied, copy_state
 from clawsvc.config import SECRET_ENV, Config
 from clawsvc.config.values import TOKEN_ENV
 from clawsvc.exits import ExitInfo
@@ -44,18 +46,16 @@ from clawsvc.gateway.spawnenv import STRIP_ENV
 LOG_LINES = 20
 SCRATCH_PREFIX = "clawsvc-canary-"
 GATEWAY_LOGGER = "clawsvc.gateway"  # where OutputPump logs the gateway's (redacted) lines
-CANARY_ENV = {key: "1" for key in (
-    "OPENCLAW_SKIP_CHANNELS", "OPENCLAW_SKIP_PROVIDERS", "OPENCLAW_SKIP_CRON", "OPENCLAW_SKIP_GMAIL_WATCHER",
-    "OPENCLAW_SKIP_CANVAS_HOST", "OPENCLAW_SKIP_BROWSER_CONTROL_SERVER", "OPENCLAW_SKIP_STARTUP_MODEL_PREWARM",
-    "OPENCLAW_NO_AUTO_UPDATE", "OPENCLAW_DISABLE_BONJOUR")}
 
 
 class CanaryFailed(Exception):
-    """The new version did not answer; str() is one line, `lines` its last log lines (redacted)."""
+    """The new version did not answer; str() is one line, `lines` its last log lines (redacted); `newer_state`
+    when it refused a state a newer release migrated."""
 
-    def __init__(self, reason: str, lines: list[str]) -> None:
+    def __init__(self, reason: str, lines: list[str], newer_state: bool = False) -> None:
         super().__init__(reason)
         self.lines = lines
+        self.newer_state = newer_state or openclaw.newer_state(lines)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,12 +164,20 @@ def canary_config(config: Config, command: tuple[str, ...], scratch: Path, port:
     gw = config.gateway
     emptied = {key: "" for key in (*os.environ, *gw.env) if SECRET_ENV.search(key) and key != TOKEN_ENV
                and key not in STRIP_ENV}
-    env = {**gw.env, **emptied, **CANARY_ENV, "HOME": str(scratch / "home"), "OPENCLAW_HOME": str(scratch / "home"),
+    home = str(scratch / "home")
+    env = {**gw.env, **emptied, **openclaw.CANARY_ENV, "HOME": home, "OPENCLAW_HOME": home,
            "TMPDIR": str(scratch / "tmp")}
     command = run_as.command(command) if run_as is not None else command
     return dataclasses.replace(config, gateway=dataclasses.replace(
         gw, command=command, port=port, state_dir=scratch / "state", env=env, adopt_existing=False,
         compile_cache=warmed_cache(config, run_as)))
+
+
+def _cli_env(canary: Config) -> dict[str, str]:
+    """The canary's environment for its CLI: the gateway's, without a token (the CLI needs none)."""
+    env = process.build_env(canary, "", {})
+    env.pop(TOKEN_ENV, None)
+    return env
 
 
 def run_canary(config: Config, command: tuple[str, ...], report: Callable[[str], None] = lambda _line: None) -> float:
@@ -189,6 +197,11 @@ def run_canary(config: Config, command: tuple[str, ...], report: Callable[[str],
         report(f"canary: copied the service's state {source} ({copied.files} files, {copied.databases} "
                f"database(s), {copied.bytes / 1024 ** 2:.1f} MiB) to a scratch dir")
         canary = canary_config(config, command, scratch, free_port(), run_as)
+        if refused := openclaw.preflight(canary.gateway.command, scratch / "state", _cli_env(canary)):
+            raise CanaryFailed("its database preflight refuses the service's state: "
+                               + "; ".join(refusal.text for refusal in refused), [],
+                               any(refusal.incompatible for refusal in refused))
+        report("canary: openclaw's database preflight accepts the copied state")
         exited, token = threading.Event(), secrets.token_urlsafe(32)  # throwaway: never the service's
         gateway = GatewayProcess(canary, token, {}, lambda _info: exited.set())
         try:

@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clawsvc import exitcodes, trust
-from clawsvc.commands.control import client_socket
-from clawsvc.commands.doctor_findings import Finding, Level
-from clawsvc.commands.doctor_preflight import Preflight, command_findings, run_preflight
-from clawsvc.commands.doctor_stores import check_compile_cache, check_credentials
-from clawsvc.commands.installed_units import read_unit, unit_path
+from clawsvc.commands.control.client import client_socket
+from clawsvc.commands.doctor.findings import Finding, Level
+from clawsvc.commands.doctor.preflight import Preflight, command_findings, run_preflight
+from clawsvc.commands.doctor.stores import check_compile_cache, check_credentials
+from clawsvc.commands.install.units import read_unit, unit_path
 from clawsvc.config import Config, ConfigError, default_config_path, load_config
 from clawsvc.config.instances import unit_name
 from clawsvc.control.client import request

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from clawsvc.commands.control import MARGIN, STATUS_TIMEOUT, client_socket
+from clawsvc.commands.control.client import MARGIN, STATUS_TIMEOUT, client_socket
 from clawsvc.config import Config
 from clawsvc.control.client import request
 from clawsvc.control.wire import ControlError, ServiceNotRunning

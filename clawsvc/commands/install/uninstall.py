@@ -16,9 +16,14 @@ from pathlib import Path
 from typing import TextIO
 
 from clawsvc import cachedir, exitcodes, trust
-from clawsvc.commands import gateway_install, install, install_agents, install_reach, installed_units, servicectl
+from clawsvc.commands import servicectl
+from clawsvc.commands.install import agents as install_agents
+from clawsvc.commands.install import plan as install
+from clawsvc.commands.install import reach as install_reach
+from clawsvc.commands.install import units as installed_units
+from clawsvc.commands.runtime import provision as gateway_install
 from clawsvc.commands.servicectl import ServiceCtlError
-from clawsvc.config import instances
+from clawsvc.config import instances, user_state_root
 from clawsvc.secrets import credstore
 from clawsvc.users import SERVICE_USER
 
@@ -59,10 +64,6 @@ class Run:
         print(f"{verb:8} {what}" + (f" ({why})" if why else ""), file=self.out)
 
 
-def _xdg(var: str, fallback: str) -> Path:
-    return Path(os.environ.get(var) or Path.home() / fallback)
-
-
 def target(kind: str, instance: str | None, config: Path | None, root: Path) -> Target:
     if kind == "system" and instance is not None:
         return Target(kind, instances.unit_name(instance), install.UNIT_DIR / TEMPLATE,
@@ -76,7 +77,7 @@ def target(kind: str, instance: str | None, config: Path | None, root: Path) -> 
     config = written or config or install.default_config(kind, Path.home())
     if kind == "system":
         return Target(kind, MAIN_UNIT, unit_file, config, _data(instances.STATE_ROOT, CACHE_ROOT))
-    user_dirs = _data(_xdg("XDG_STATE_HOME", ".local/state") / "clawsvc", Path(cachedir.user_cache_dir(os.environ)))
+    user_dirs = _data(user_state_root(), Path(cachedir.user_cache_dir(os.environ)))
     if kind == "user":
         return Target(kind, MAIN_UNIT, unit_file, config, user_dirs)
     logs = Path.home() / "Library" / "Logs" / "clawsvc"

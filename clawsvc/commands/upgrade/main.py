@@ -18,19 +18,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from clawsvc import exitcodes
-from clawsvc.commands import gateway_links
-from clawsvc.commands.canary import CanaryFailed, run_canary
-from clawsvc.commands.canary_state import StateCopyError
-from clawsvc.commands.control import load
-from clawsvc.commands.gateway_install import ensure_installed, find_installation, locked, resolve_version
-from clawsvc.commands.gateway_versions import prune
-from clawsvc.commands.switchover import NotServing, Service, ServiceGone
+from clawsvc.commands.control.client import load
+from clawsvc.commands.runtime import links as gateway_links
+from clawsvc.commands.runtime.provision import ensure_installed, find_installation, locked, resolve_version
+from clawsvc.commands.runtime.versions import prune
+from clawsvc.commands.upgrade import openclaw
+from clawsvc.commands.upgrade.canary import CanaryFailed, run_canary
+from clawsvc.commands.upgrade.statecopy import StateCopyError
+from clawsvc.commands.upgrade.switchover import NotServing, Service, ServiceGone
 from clawsvc.config import Config
 from clawsvc.gateway.node import ProvisionError
 from clawsvc.service.status import Snapshot
 
 LATEST = "latest"
-SCHEMA_TOO_NEW = "are newer than this build"  # the gateway's refusal of a state a newer release migrated
 UPGRADE_LOCK = ".upgrade.lock"  # held for a whole upgrade (the prefix's install lock only for each step)
 
 
@@ -85,10 +85,8 @@ class Upgrade:
         except CanaryFailed as exc:
             for line in exc.lines:
                 print(f"  | {line}", file=sys.stderr)
-            if any(SCHEMA_TOO_NEW in line for line in exc.lines):
-                say(f"hint: the service's state was migrated by a newer release than {version}; going back to "
-                    f"{version} needs that state ({self.config.gateway.state_dir}) restored from a backup made "
-                    "before the upgrade")
+            if exc.newer_state:
+                say(f"hint: {openclaw.schema_hint(version, self.config.gateway.state_dir)}")
             return fail(f"openclaw {version} failed its canary: {exc}; {keeps}")
         say(f"canary: openclaw {version} answered hello-ok {took:.1f}s after its start; stopped it")
         return None
