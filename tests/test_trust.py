@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from double import python
 
 from clawsvc import exitcodes, secrets, trust
 from clawsvc.commands import check_config as checkconfig
@@ -361,7 +362,7 @@ def service_owned_state_dir(tmp_path: Path, uid: int = OTHER) -> Path:
 
 def config_file(tmp_path: Path, state: Path) -> Path:
     path = tmp_path / "clawsvc.yaml"
-    path.write_text(yaml.safe_dump({"gateway": {"state_dir": str(state), "command": [sys.executable, "-c", "pass"]},
+    path.write_text(yaml.safe_dump({"gateway": {"state_dir": str(state), "command": [python(), "-c", "pass"]},
                                     "auth": {"token_file": None}}))
     return path
 

@@ -18,7 +18,6 @@ import secrets
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,11 +25,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from .staged import double_script, python
+
 DOUBLE_SCRIPT = Path(__file__).with_name("gateway_double.py")
 
 
 def double_command() -> tuple[str, ...]:
-    return (sys.executable, str(DOUBLE_SCRIPT))
+    """gateway.command for clawsvc: the staged Python and double (staged.py), wherever the checkout lives."""
+    return (python(), double_script())
 
 
 # Test ports come from below the kernel's ephemeral range (32768+ by default), so no outgoing connection or
