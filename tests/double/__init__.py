@@ -96,13 +96,18 @@ class DoubleProcess:
         return self.stderr_path.read_text(errors="replace")
 
     def wait_for_output(self, pattern: str, timeout: float = 10.0, stream: str = "stdout") -> re.Match[str]:
-        """Poll the captured output until `pattern` (a regex) shows up; AssertionError after `timeout` seconds."""
+        """Poll the captured output until `pattern` (a regex) shows up; AssertionError after `timeout` seconds, or
+        at once when the double has exited without it."""
         deadline = time.monotonic() + timeout
         while True:
+            exited = self.popen.poll() is not None  # before reading: its output is complete then
             text = self.stdout() if stream == "stdout" else self.stderr()
             match = re.search(pattern, text)
             if match:
                 return match
+            if exited:
+                raise AssertionError(f"{pattern!r} not in the double's {stream}: it exited with "
+                                     f"{self.popen.returncode}:\n{text[-2000:]}")
             if time.monotonic() > deadline:
                 raise AssertionError(f"{pattern!r} not in the double's {stream} after {timeout}s:\n{text[-2000:]}")
             time.sleep(0.02)
