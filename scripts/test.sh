@@ -36,7 +36,8 @@ fi
 # gateway-double processes the tests start (PYTHONDONTWRITEBYTECODE may be set).
 "$venv/bin/python" -m compileall -q clawsvc tests >/dev/null
 pytest=("$venv/bin/python" -m pytest -q -ra)
-fast_tier=(-m "not realgateway and not systemd" -n "${CLAWSVC_TEST_WORKERS:-4}")
+slow_markers="realgateway or systemd or bench"
+fast_tier=(-m "not ($slow_markers)" -n "${CLAWSVC_TEST_WORKERS:-4}")
 if [ "${1:-}" = --fast ]; then
     shift
     exec "${pytest[@]}" "${fast_tier[@]}" "$@"
@@ -47,5 +48,5 @@ fi
 status=0
 "${pytest[@]}" "${fast_tier[@]}" || status=$?
 slow=0
-"${pytest[@]}" -m "realgateway or systemd" || slow=$?
+"${pytest[@]}" -m "$slow_markers" || slow=$?
 exit $((status ? status : slow))
