@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from another_user import needs_another_user
 from faultkit import Callers, Services, cli, cli_argv, finish, ready, write_config
 from service_proc import ServiceProcess, poll
 
@@ -158,7 +158,7 @@ def test_a_stopped_follower_holds_up_nobody_and_learns_what_it_missed(services: 
     assert got < FLOOD and got + lost >= FLOOD, (got, lost)  # what was lost is counted (ticks too)
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+@needs_another_user
 def test_another_uid_is_refused(open_services: Services) -> None:
     svc = open_services.start()
     ready(svc)
