@@ -71,8 +71,9 @@ class NotifyPeer:
                     self._drain()
 
     def _drain(self) -> None:
-        """Take every datagram queued on the socket (the lock held: the reader and a waiter both drain, in order)."""
-        while True:
+        """Take every datagram queued on the socket, with the lock held: the reader thread and every look at the
+        datagrams drain, in order, so a look sees all that was sent before it (a sender that just exited too)."""
+        while self._sock.fileno() >= 0:  # not closed
             try:
                 data = self._sock.recv(65536)
             except BlockingIOError:
@@ -82,6 +83,7 @@ class NotifyPeer:
 
     def datagrams(self) -> list[Datagram]:
         with self._changed:
+            self._drain()
             return list(self._datagrams)
 
     def messages(self) -> list[str]:
@@ -90,6 +92,7 @@ class NotifyPeer:
     def mark(self) -> int:
         """An index to pass as `since`: only datagrams arriving after this call are considered."""
         with self._changed:
+            self._drain()
             return len(self._datagrams)
 
     def find(self, match: Match, since: int = 0) -> list[Datagram]:
@@ -102,15 +105,12 @@ class NotifyPeer:
         deadline = time.monotonic() + timeout
         with self._changed:
             while True:
+                ended = self._gone() if self._gone is not None else None  # first: then all it sent is queued
+                self._drain()
                 found = next((datagram for datagram in self._datagrams[since:] if test(datagram)), None)
                 if found is not None:
                     return found
-                ended = self._gone() if self._gone is not None else None
                 if ended is not None:
-                    self._drain()  # everything it sent before exiting is queued by now
-                    found = next((datagram for datagram in self._datagrams[since:] if test(datagram)), None)
-                    if found is not None:
-                        return found
                     raise AssertionError(f"no notify datagram matching {match!r}: {ended}\n"
                                          f"last datagrams:\n{self._tail()}")
                 remaining = deadline - time.monotonic()
