@@ -23,6 +23,7 @@ import yaml
 from bench.common import Backend, gateway_processes, realgw
 from clawsvc.control import client as control_client
 from tests.notify_peer import Datagram, NotifyPeer
+from tests.waiting import exit_description
 
 READY_TIMEOUT = 180.0  # the real gateway needs ~7 s idle, much more on a loaded 2-core machine
 STOP_TIMEOUT = 30.0
@@ -80,6 +81,7 @@ class ServiceRun:
         self.config = merge(config, overrides or {})
         self.config_path = self.root / "clawsvc.yaml"
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        self.config_path.chmod(0o600)  # whatever the umask: run refuses a config others can write
         self.notify = NotifyPeer(self.root / "notify.sock")
         self.popen: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
@@ -100,6 +102,8 @@ class ServiceRun:
             self.popen = subprocess.Popen([sys.executable, "-m", "clawsvc", "run", "-c", str(self.config_path)],
                                           env=env, cwd=self.root, stdin=subprocess.DEVNULL, stdout=log,
                                           stderr=subprocess.STDOUT, start_new_session=True)
+        popen = self.popen
+        self.notify.watch(lambda: exit_description(popen, "clawsvc", self.log_tail))
         return self
 
     def wait_for(self, match: Callable[[Datagram], bool], timeout: float = READY_TIMEOUT,

@@ -4,6 +4,9 @@
 # etc/clawsvc-dev.yaml with gateway.command filled in, then `clawsvc run`. Ctrl-C stops clawsvc and the gateway.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# What this creates (.venv, the cache, the config, ~/.local/state/clawsvc-dev) must not be group-writable, whatever
+# the caller's umask: clawsvc refuses a config, gateway or state dir another user could change.
+umask 022
 venv=${CLAWSVC_VENV:-.venv}
 cache=${CLAWSVC_DEV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/clawsvc}
 

@@ -2,13 +2,15 @@
 # Runs the whole test suite from nothing: Python deps into .venv, Debian tools the tests use, then ruff and
 # pytest. The real gateway (Node 24 + openclaw from the npm registry) is provisioned by the test session
 # itself into $CLAWSVC_TEST_CACHE (default /var/cache/clawsvc-test as root), reused across runs.
-# `scripts/test.sh --fast [PYTEST ARGS]` skips the real-gateway and real-systemd tests (the fast tier, run by
+# `scripts/test.sh --fast [PYTEST ARGS]` skips the real-gateway, real-systemd and bench tests (the fast tier, run by
 # $CLAWSVC_TEST_WORKERS pytest-xdist workers, default 4: its tests mostly wait on child processes, not on the CPU).
-# Without arguments: the fast tier in parallel, then the real-gateway and systemd tests one at a time (heavy, and
-# they share the provisioned gateway); the exit status is the first failure's. Any other arguments: one serial
-# pytest run with them.
+# Without arguments: the fast tier in parallel, then the slow tier one at a time (heavy, and its tests share the
+# provisioned gateway); the exit status is the first failure's. Any other arguments: one serial pytest run with them.
+# Any user, any checkout: as a normal user the tests that need root skip with their reason (the systemd ones are all
+# root's), and the slow tier provisions the gateway into ~/.cache/clawsvc-test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+umask 022  # what this creates (.venv) is not group-writable whatever the caller's umask (the tests set their own)
 venv=${CLAWSVC_VENV:-.venv}
 
 missing=()
@@ -36,7 +38,8 @@ fi
 # gateway-double processes the tests start (PYTHONDONTWRITEBYTECODE may be set).
 "$venv/bin/python" -m compileall -q clawsvc tests >/dev/null
 pytest=("$venv/bin/python" -m pytest -q -ra)
-fast_tier=(-m "not realgateway and not systemd" -n "${CLAWSVC_TEST_WORKERS:-4}")
+slow_markers="realgateway or systemd or bench"
+fast_tier=(-m "not ($slow_markers)" -n "${CLAWSVC_TEST_WORKERS:-4}")
 if [ "${1:-}" = --fast ]; then
     shift
     exec "${pytest[@]}" "${fast_tier[@]}" "$@"
@@ -47,5 +50,5 @@ fi
 status=0
 "${pytest[@]}" "${fast_tier[@]}" || status=$?
 slow=0
-"${pytest[@]}" -m "realgateway or systemd" || slow=$?
+"${pytest[@]}" -m "$slow_markers" || slow=$?
 exit $((status ? status : slow))

@@ -11,6 +11,16 @@ from realgw import RealGateway, cache_dir, provision
 
 from clawsvc.commands.runtime.provision import Installation, ProvisionError
 
+# The modes of everything the tests create (temp dirs, configs, token files) and of what the clawsvc and gateway
+# processes they start create: set here, never inherited from the umask of whoever runs the suite. clawsvc's
+# trust rules refuse a group-writable config or state dir, so a umask-002 shell must not turn every such test
+# into a refusal. Tests that are about a mode set it themselves with chmod.
+TEST_UMASK = 0o022
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.umask(TEST_UMASK)
+
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")

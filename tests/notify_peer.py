@@ -33,6 +33,8 @@ class Datagram:
 
 
 Match = str | re.Pattern[str] | Callable[[Datagram], bool]
+Gone = Callable[[], str | None]  # as waiting.Gone (bench imports this module as tests.notify_peer, alone)
+GONE_CHECK = 0.1  # how often a wait looks whether the sender has exited
 
 
 def _predicate(match: Match) -> Callable[[Datagram], bool]:
@@ -49,24 +51,39 @@ class NotifyPeer:
         self.address = str(address)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.bind("\0" + self.address[1:] if self.address.startswith("@") else self.address)
+        self._sock.setblocking(False)
         self._datagrams: list[Datagram] = []
+        self._gone: Gone | None = None
         self._changed = threading.Condition()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._read, name="clawsvc-test-notify", daemon=True)
         self._thread.start()
 
+    def watch(self, gone: Gone) -> None:
+        """Waits give up as soon as `gone` says the sender has exited (after reading all it sent)."""
+        self._gone = gone
+
     def _read(self) -> None:
         while not self._closed.is_set():
             readable, _, _ = select.select([self._sock], [], [], 0.1)
-            if not readable:
-                continue
-            data = self._sock.recv(65536)
-            with self._changed:
-                self._datagrams.append(Datagram(time.monotonic(), data.decode("utf-8", "replace")))
-                self._changed.notify_all()
+            if readable:
+                with self._changed:
+                    self._drain()
+
+    def _drain(self) -> None:
+        """Take every datagram queued on the socket, with the lock held: the reader thread and every look at the
+        datagrams drain, in order, so a look sees all that was sent before it (a sender that just exited too)."""
+        while self._sock.fileno() >= 0:  # not closed
+            try:
+                data = self._sock.recv(65536)
+            except BlockingIOError:
+                return
+            self._datagrams.append(Datagram(time.monotonic(), data.decode("utf-8", "replace")))
+            self._changed.notify_all()
 
     def datagrams(self) -> list[Datagram]:
         with self._changed:
+            self._drain()
             return list(self._datagrams)
 
     def messages(self) -> list[str]:
@@ -75,6 +92,7 @@ class NotifyPeer:
     def mark(self) -> int:
         """An index to pass as `since`: only datagrams arriving after this call are considered."""
         with self._changed:
+            self._drain()
             return len(self._datagrams)
 
     def find(self, match: Match, since: int = 0) -> list[Datagram]:
@@ -87,14 +105,22 @@ class NotifyPeer:
         deadline = time.monotonic() + timeout
         with self._changed:
             while True:
-                for datagram in self._datagrams[since:]:
-                    if test(datagram):
-                        return datagram
+                ended = self._gone() if self._gone is not None else None  # first: then all it sent is queued
+                self._drain()
+                found = next((datagram for datagram in self._datagrams[since:] if test(datagram)), None)
+                if found is not None:
+                    return found
+                if ended is not None:
+                    raise AssertionError(f"no notify datagram matching {match!r}: {ended}\n"
+                                         f"last datagrams:\n{self._tail()}")
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    tail = "\n---\n".join(d.text for d in self._datagrams[-15:])
-                    raise AssertionError(f"no notify datagram matching {match!r} within {timeout}s; last ones:\n{tail}")
-                self._changed.wait(remaining)
+                    raise AssertionError(f"no notify datagram matching {match!r} within {timeout}s; last ones:\n"
+                                         f"{self._tail()}")
+                self._changed.wait(remaining if self._gone is None else min(remaining, GONE_CHECK))
+
+    def _tail(self) -> str:
+        return "\n---\n".join(d.text for d in self._datagrams[-15:])
 
     def close(self) -> None:
         self._closed.set()

@@ -26,7 +26,7 @@ from typing import IO, Any
 import yaml
 from notify_peer import NotifyPeer
 from realgw import processes_with_env
-from waiting import poll
+from waiting import exit_description, poll
 
 from clawsvc.control import client as control_client
 from clawsvc.control import wire as control_wire
@@ -87,7 +87,9 @@ class ServiceProcess:
         popen = subprocess.Popen([sys.executable, "-m", "clawsvc", "run", "-c", str(config_path)], env=child_env,
                                  stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                                  start_new_session=True)
-        return cls(popen, root, config_path, config, peer, log_path, log_file)
+        started = cls(popen, root, config_path, config, peer, log_path, log_file)
+        peer.watch(started.exited)
+        return started
 
     @property
     def pid(self) -> int:
@@ -108,11 +110,15 @@ class ServiceProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def exited(self) -> str | None:
+        """None while clawsvc runs; else its exit status and last log lines (waits on it give up at once)."""
+        return exit_description(self.popen, "clawsvc", self.log)
+
     def wait_log(self, pattern: str, timeout: float, since: int = 0) -> re.Match[str]:
         """Poll the captured output (from byte offset `since`) until the regex shows up."""
         compiled = re.compile(pattern)
         return poll(lambda: compiled.search(self.log()[since:]), timeout, f"log line {pattern!r}:\n"
-                    f"{self.log()[-3000:]}")
+                    f"{self.log()[-3000:]}", gone=self.exited)
 
     def rewrite_config(self, text_or_config: str | dict[str, Any]) -> None:
         if isinstance(text_or_config, dict):
@@ -135,7 +141,7 @@ class ServiceProcess:
             except (control_wire.ServiceNotRunning, control_wire.ControlError):
                 return None
             return status if predicate(status) else None
-        return poll(check, timeout, f"{what} (log tail:\n{self.log()[-3000:]})", every=0.1)
+        return poll(check, timeout, f"{what} (log tail:\n{self.log()[-3000:]})", every=0.1, gone=self.exited)
 
     def send_signal(self, sig: int) -> None:
         self.popen.send_signal(sig)

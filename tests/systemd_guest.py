@@ -106,16 +106,30 @@ def guest_path_for(host: Path, name: str) -> Path:
     return host if not _hidden_by_hardening(host) else GUEST_OPT / "mnt" / name
 
 
+def base_python() -> Path:
+    """The interpreter behind this venv (the guest sees it at the same path through the overlay)."""
+    return Path(getattr(sys, "_base_executable", sys.executable)).resolve()
+
+
+def _site_dirs() -> list[Path]:
+    return [Path(site).resolve() for site in dict.fromkeys([sysconfig.get_paths()["purelib"],
+                                                             sysconfig.get_paths()["platlib"]])]
+
+
+def guest_pythonpath() -> list[str]:
+    """Where the guest finds this checkout and its packages: visible to a hardened unit, wherever CI put them."""
+    return [str(GUEST_OPT / "src"), *(str(GUEST_OPT / f"site-packages{index or ''}")
+                                      for index in range(len(_site_dirs())))]
+
+
 def python_runtime() -> tuple[dict[Path, Path], dict[str, str]]:
     """Binds and wrapper scripts that give the guest this interpreter, its packages and this checkout."""
     base = Path(sys.base_prefix).resolve()
-    exe = Path(getattr(sys, "_base_executable", sys.executable)).resolve()
     binds = {base: GUEST_OPT / "python", REPO: GUEST_OPT / "src"}
-    paths = [str(GUEST_OPT / "src")]
-    for index, site in enumerate(dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])):
-        binds[Path(site).resolve()] = GUEST_OPT / f"site-packages{index or ''}"
-        paths.append(str(GUEST_OPT / f"site-packages{index or ''}"))
-    python = GUEST_OPT / "python" / exe.relative_to(base)
+    for index, site in enumerate(_site_dirs()):
+        binds[site] = GUEST_OPT / f"site-packages{index or ''}"
+    paths = guest_pythonpath()
+    python = GUEST_OPT / "python" / base_python().relative_to(base)
     wrapper = ("#!/bin/sh\n"
                f"export PYTHONPATH={':'.join(paths)}\n"
                f"export LD_LIBRARY_PATH={GUEST_OPT / 'python' / 'lib'}\n"

@@ -18,6 +18,7 @@ def run_bench(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[s
                           timeout=timeout)
 
 
+@pytest.mark.bench
 def test_quick_events_and_rpc_print_every_figure() -> None:
     done = run_bench("--quick", "--only", "events,rpc", "--no-write")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -32,6 +33,7 @@ def test_quick_events_and_rpc_print_every_figure() -> None:
     assert "FAILED" not in out
 
 
+@pytest.mark.bench
 def test_writes_markdown_with_machine_and_table(tmp_path: Path) -> None:
     target = tmp_path / "BENCHMARKS.md"
     repo_copy = REPO / "BENCHMARKS.md"

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from another_user import needs_another_user
 from waiting import poll
 
 from clawsvc.commands.upgrade.copy_as import copy_state_as
@@ -25,8 +26,7 @@ NOBODY = 65534
 SECRET = "root-only-secret-0123456789"
 CHILD_BOUND = 120.0  # seconds: a bound for a child copy on a loaded machine, not a measurement
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
-                                reason="running the copy as another account needs root and setpriv")
+pytestmark = needs_another_user
 
 
 def give(root: Path) -> None:

@@ -12,7 +12,16 @@ import yaml
 from localusers import shared_group
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLE = REPO / "etc" / "clawsvc.yaml"
+
+
+def shipped(name: str, tmp_path: Path) -> Path:
+    """A copy of the checkout's etc/NAME in a directory of the test's own (as dev.sh and install copy them): the
+    checkout itself may sit in a group-writable directory, which the trust rules rightly refuse."""
+    copy = tmp_path / "etc" / name
+    copy.parent.mkdir(mode=0o755, exist_ok=True)
+    copy.write_text((REPO / "etc" / name).read_text())
+    copy.chmod(0o644)
+    return copy
 
 
 @pytest.fixture(autouse=True)
@@ -32,13 +41,14 @@ def check_config(*args: str | Path, env: dict[str, str] | None = None) -> subpro
                           capture_output=True, text=True, timeout=60, env={**base, **(env or {})}, check=False)
 
 
-def test_example_is_valid():
-    done = check_config("-c", EXAMPLE)
-    assert (done.returncode, done.stdout, done.stderr) == (0, f"{EXAMPLE}: ok\n", "")
+def test_example_is_valid(tmp_path):
+    example = shipped("clawsvc.yaml", tmp_path)
+    done = check_config("-c", example)
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"{example}: ok\n", "")
 
 
-def test_dev_config_is_valid():
-    done = check_config("-c", REPO / "etc" / "clawsvc-dev.yaml")
+def test_dev_config_is_valid(tmp_path):
+    done = check_config("-c", shipped("clawsvc-dev.yaml", tmp_path))
     assert done.returncode == 0, done.stderr
 
 
@@ -112,7 +122,8 @@ def test_config_from_environment(tmp_path):
     assert done.stderr.startswith(f"clawsvc: {path}:2: gateway.bind: ")
     path.write_text("gateway:\n  bind: lan\n")
     assert check_config(env={"CLAWSVC_CONFIG": str(path)}).stdout == f"{path}: ok\n"
-    assert check_config("-c", EXAMPLE, env={"CLAWSVC_CONFIG": str(tmp_path / "missing.yaml")}).returncode == 0
+    example = shipped("clawsvc.yaml", tmp_path)
+    assert check_config("-c", example, env={"CLAWSVC_CONFIG": str(tmp_path / "missing.yaml")}).returncode == 0
 
 
 def test_a_command_run_could_not_start_is_refused(tmp_path):

@@ -18,7 +18,7 @@ from types import MappingProxyType
 
 import pytest
 import yaml
-from double import double_command, free_port
+from double import double_command, free_port, python
 from localusers import shared_group
 from realgw import gateway_env
 from service_proc import ServiceProcess, base_config, merge
@@ -159,6 +159,8 @@ def planted(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Pa
         cache.chmod(0o770)
         yield cache, "writable by group/others"
     else:
+        if os.geteuid() != 0:
+            pytest.skip("planting a cache owned by another user needs root (chown)")
         cache.chmod(0o700)
         os.chown(cache, NOBODY, NOBODY)
         yield cache, f"is owned by user nobody (uid {NOBODY})"
@@ -180,7 +182,7 @@ def check_config(path: Path) -> subprocess.CompletedProcess[str]:
 def test_check_config_refuses_a_planted_cache_in_one_line(planted: tuple[Path, str], tmp_path: Path) -> None:
     cache, why = planted
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({"gateway": {"command": [sys.executable], "state_dir": str(tmp_path / "s"),
+    path.write_text(yaml.safe_dump({"gateway": {"command": [python()], "state_dir": str(tmp_path / "s"),
                                                 "compile_cache": str(cache)}}))
     done = check_config(path)
     assert done.returncode == exitcodes.CONFIG and done.stdout == ""
@@ -190,13 +192,13 @@ def test_check_config_refuses_a_planted_cache_in_one_line(planted: tuple[Path, s
 
 def test_check_config_print_shows_the_effective_value(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({"gateway": {"command": [sys.executable], "state_dir": str(tmp_path / "s"),
+    path.write_text(yaml.safe_dump({"gateway": {"command": [python()], "state_dir": str(tmp_path / "s"),
                                                 "compile_cache": str(tmp_path / "cc")}}))
     shown = subprocess.run([sys.executable, "-m", "clawsvc", "check-config", "-c", str(path), "--print"],
                            capture_output=True, text=True, timeout=60, check=False)
     assert shown.returncode == 0, shown.stderr
     assert yaml.safe_load(shown.stdout)["gateway"]["compile_cache"] == str(tmp_path / "cc")
-    path.write_text(yaml.safe_dump({"gateway": {"command": [sys.executable], "compile_cache": False}}))
+    path.write_text(yaml.safe_dump({"gateway": {"command": [python()], "compile_cache": False}}))
     off = subprocess.run([sys.executable, "-m", "clawsvc", "check-config", "-c", str(path), "--print"],
                          capture_output=True, text=True, timeout=60, check=False)
     assert off.returncode == 0, off.stderr

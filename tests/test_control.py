@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from another_user import needs_another_user
 from waiting import poll
 
 from clawsvc import exitcodes
@@ -403,8 +404,6 @@ except ControlError as exc:
     print(json.dumps({"code": exc.code, "message": exc.message}))
 """
 
-needs_root_and_setpriv = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
-                                            reason="needs root and setpriv to act as another uid")
 
 
 def as_nobody(path: Path, groups: str | None = None, gid: int = NOBODY) -> dict[str, Any]:
@@ -488,7 +487,7 @@ def bytes_received(popen: subprocess.Popen[str]) -> int:
     return int(out)
 
 
-@needs_root_and_setpriv
+@needs_another_user
 def test_the_client_refuses_a_socket_served_by_another_uid_and_sends_nothing(nobody_server):
     path, server = nobody_server
     with pytest.raises(ClientRefusal) as err:
@@ -508,7 +507,7 @@ print(json.dumps([sorted(control_client.trusted_server_uids(Path(p))) for p in s
 """
 
 
-@needs_root_and_setpriv
+@needs_another_user
 def test_the_service_user_is_trusted_by_root_and_below_run_clawsvc_only(monkeypatch):
     argv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", sys.executable, "-c",
             TRUSTED_AS_NOBODY, "/run/clawsvc/control.sock", "/run/clawsvc/x/control.sock",
@@ -547,7 +546,7 @@ def test_a_huge_reply_is_capped(tmp_path, monkeypatch):
     assert sent[0] < 16 << 20
 
 
-@needs_root_and_setpriv
+@needs_another_user
 def test_another_uid_is_refused_by_the_peer_check(public_dir, handler):
     path = public_dir / "control.sock"
     srv = ControlServer(path, handler)
@@ -562,7 +561,7 @@ def test_another_uid_is_refused_by_the_peer_check(public_dir, handler):
     assert handler.calls == []
 
 
-@needs_root_and_setpriv
+@needs_another_user
 def test_another_uid_cannot_even_open_the_default_socket(public_dir, handler):
     path = public_dir / "run" / "control.sock"
     srv = ControlServer(path, handler)
@@ -575,7 +574,7 @@ def test_another_uid_cannot_even_open_the_default_socket(public_dir, handler):
     assert "permission denied opening" in reply["message"]
 
 
-@needs_root_and_setpriv
+@needs_another_user
 def test_member_of_the_control_group_is_allowed(public_dir, handler):
     path = public_dir / "run" / "control.sock"
     srv = ControlServer(path, handler, group="users")
@@ -619,7 +618,7 @@ print(json.dumps(answers), flush=True)
 """
 
 
-@needs_root_and_setpriv
+@needs_another_user
 def test_slots_are_kept_for_root_when_the_group_has_taken_its_share(public_dir, handler):
     path = public_dir / "run" / "control.sock"
     srv = ControlServer(path, handler, group="users")

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from another_user import needs_another_user
 
 from clawsvc.commands.doctor import main as doctor
 from clawsvc.secrets import credstore
@@ -22,6 +23,8 @@ TOKEN = "tok-" + "Rw7" * 10
 STORE = Path("etc/credstore.encrypted/clawsvc/clawsvc")
 DROPIN = Path("etc/systemd/system/clawsvc.service.d/50-clawsvc-credentials.conf")
 NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+ROOT_STORE = "the encrypted credential store is root's: `clawsvc keys` refuses it to other users"
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason=ROOT_STORE)
 
 
 @pytest.fixture
@@ -61,6 +64,7 @@ def rows(listing: str) -> dict[str, str]:
     return {line.split()[0]: line for line in listing.splitlines()[2:]}
 
 
+@needs_root
 def test_set_without_keyring_stores_an_encrypted_credential_and_its_dropin(env: dict[str, str]) -> None:
     done = keys(env, "set", "anthropic", stdin=KEY + "\n")
     assert done.returncode == 0, done.stderr
@@ -88,6 +92,7 @@ def test_set_without_keyring_stores_an_encrypted_credential_and_its_dropin(env: 
     assert decrypted.returncode == 0 and decrypted.stdout == KEY
 
 
+@needs_root
 def test_list_shows_where_each_key_lives(env: dict[str, str]) -> None:
     assert keys(env, "set", "anthropic", stdin=KEY).returncode == 0
     assert keys(env, "set", "gateway-token", stdin=TOKEN).returncode == 0
@@ -103,6 +108,7 @@ def test_list_shows_where_each_key_lives(env: dict[str, str]) -> None:
     assert found["gateway-token"].endswith(f"credential {store / 'gateway-token'}")
 
 
+@needs_root
 def test_delete_removes_the_file_and_its_line_then_the_dropin(env: dict[str, str]) -> None:
     root = root_of(env)
     assert keys(env, "set", "anthropic", stdin=KEY).returncode == 0
@@ -123,6 +129,7 @@ def test_delete_removes_the_file_and_its_line_then_the_dropin(env: dict[str, str
     assert again.returncode == 1 and "no key for gateway-token is stored" in again.stderr
 
 
+@needs_root
 def test_set_replaces_an_older_credential(env: dict[str, str]) -> None:
     assert keys(env, "set", "openai", stdin="sk-old-" + "a" * 20).returncode == 0
     assert keys(env, "set", "openai", stdin=KEY).returncode == 0
@@ -133,6 +140,7 @@ def test_set_replaces_an_older_credential(env: dict[str, str]) -> None:
     assert sorted(p.name for p in stored.parent.iterdir()) == ["openai-api-key"]
 
 
+@needs_root
 @pytest.mark.parametrize(("name", "value", "message"), [
     ("gateway-token", "abc", "is refused by clawsvc: use at least 16"),
     ("anthropic", "two words", "contains whitespace"),
@@ -146,6 +154,7 @@ def test_bad_values_are_refused_and_nothing_is_written(env: dict[str, str], name
     assert not (root_of(env) / "etc").exists() and tool_calls(env) == []
 
 
+@needs_root
 def test_failed_encryption_leaves_no_file_and_no_dropin(env: dict[str, str]) -> None:
     done = keys({**env, "FAKE_CREDS_FAIL": "1"}, "set", "anthropic", stdin=KEY)
     assert done.returncode == 1
@@ -154,6 +163,7 @@ def test_failed_encryption_leaves_no_file_and_no_dropin(env: dict[str, str]) -> 
     assert not (root_of(env) / DROPIN).exists()
 
 
+@needs_another_user
 def test_credential_store_needs_root_and_systemd_creds(env: dict[str, str], tmp_path: Path) -> None:
     unprivileged = {**env, "CLAWSVC_CONFIG": "", "XDG_CONFIG_HOME": "/nonexistent", "HOME": "/"}
     for store in ("credential", "auto"):
@@ -169,6 +179,7 @@ def test_credential_store_needs_root_and_systemd_creds(env: dict[str, str], tmp_
     assert not (root_of(env) / "etc").exists()
 
 
+@needs_root
 def test_instances_have_their_own_credentials_and_uninstall_removes_only_theirs(
         env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("PATH", credstore.INSTALL_ROOT_ENV):
@@ -196,6 +207,8 @@ def test_instances_have_their_own_credentials_and_uninstall_removes_only_theirs(
 @pytest.fixture
 def stored(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Path:
     """The anthropic key and the gateway token stored for clawsvc.service; the store's directory on disk."""
+    if os.geteuid() != 0:
+        pytest.skip(ROOT_STORE)
     for name in ("PATH", credstore.INSTALL_ROOT_ENV):
         monkeypatch.setenv(name, env[name])
     credstore.store("clawsvc.service", "anthropic-api-key", KEY)
@@ -268,6 +281,7 @@ def test_a_symlink_planted_as_the_store_is_never_listed_deleted_or_removed_throu
     assert precious.exists()
 
 
+@needs_root
 @pytest.mark.parametrize(("stdin", "message"), [
     (b"\xff\xfe-not-utf8\n", "the key on stdin is not UTF-8 text: nothing stored"),
     (b"k" * (10 * 1024 * 1024), "the first line on stdin is longer than 64 KiB, which is no key: nothing stored"),

@@ -7,13 +7,13 @@ import io
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from double.staged import owned_dir
+from install_kit import files_below, run_install, write_launcher
 
 from clawsvc.commands.install import genconfig, reach
 from clawsvc.commands.install import plan as install
@@ -24,17 +24,6 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = (REPO / "etc/clawsvc.yaml").read_text()
 STABLE = ("/opt/clawsvc/gateway/current/node", "/opt/clawsvc/gateway/current/node_modules/openclaw/openclaw.mjs")
 NOBODY = reach.Account(uid=None, gids=frozenset())
-
-
-def run_cli(tmp_path: Path, *args: str, exe: tuple[str, ...] | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("XDG_CONFIG_HOME", "CLAWSVC_CONFIG")}
-    env.update({install.INSTALL_ROOT_ENV: str(tmp_path / "root"), "HOME": str(tmp_path / "home")})
-    exe = exe or (str(Path(sys.executable).with_name("clawsvc")),)
-    return subprocess.run([*exe, "install", *args], capture_output=True, text=True, env=env, check=False, timeout=120)
-
-
-def files_below(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
 # ---------------------------------------------------------------- the generated config
@@ -121,7 +110,7 @@ def test_a_symlink_planted_at_a_temporary_or_new_name_is_replaced_never_written_
 
 
 def test_staged_system_install_writes_the_config_with_the_gateway_filled_in(tmp_path):
-    result = run_cli(tmp_path, "--system")
+    result = run_install(tmp_path, "--system")
     assert result.returncode == 0, result.stderr
     config = parse_config((tmp_path / "root/etc/clawsvc/clawsvc.yaml").read_text())
     assert config.gateway.command == STABLE
@@ -130,20 +119,20 @@ def test_staged_system_install_writes_the_config_with_the_gateway_filled_in(tmp_
 
 def test_staged_instances_get_successive_ports_and_a_rerun_keeps_them(tmp_path):
     for name in ("alpha", "beta"):
-        assert run_cli(tmp_path, "--system", "--instance", name).returncode == 0
+        assert run_install(tmp_path, "--system", "--instance", name).returncode == 0
     root = tmp_path / "root/etc/clawsvc"
     ports = {n: parse_config((root / f"{n}.yaml").read_text()).gateway.port for n in ("alpha", "beta")}
     assert ports["beta"] == ports["alpha"] + 1 or genconfig.listening(ports["alpha"] + 1)
     assert ports["alpha"] >= genconfig.FIRST_INSTANCE_PORT
     stamp = (root / "alpha.yaml").stat().st_mtime_ns
-    again = run_cli(tmp_path, "--system", "--instance", "alpha")
+    again = run_install(tmp_path, "--system", "--instance", "alpha")
     assert again.returncode == 0 and f"same     {root}/alpha.yaml" in again.stdout
     assert (root / "alpha.yaml").stat().st_mtime_ns == stamp
     assert "enable --now clawsvc@alpha.service" in again.stdout
 
 
 def test_instance_with_a_given_port(tmp_path):
-    assert run_cli(tmp_path, "--system", "--instance", "work", "--port", "19000").returncode == 0
+    assert run_install(tmp_path, "--system", "--instance", "work", "--port", "19000").returncode == 0
     assert parse_config((tmp_path / "root/etc/clawsvc/work.yaml").read_text()).gateway.port == 19000
 
 
@@ -152,14 +141,14 @@ def test_a_file_where_the_config_directory_belongs_is_one_line(tmp_path, kind):
     config_dir = tmp_path / ("root/etc/clawsvc" if kind == "--system" else "root" + str(tmp_path / "home/.config"))
     config_dir.parent.mkdir(parents=True)
     config_dir.write_text("")
-    result = run_cli(tmp_path, kind, "--no-start")
+    result = run_install(tmp_path, kind, "--no-start")
     assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith(f"clawsvc: install: cannot write {config_dir}/")
     assert ": Not a directory; fix what is in its place, then rerun" in result.stderr
 
 
 def test_dry_run_lists_files_and_commands_and_writes_nothing(tmp_path):
-    result = run_cli(tmp_path, "--system", "--instance", "alpha", "--dry-run")
+    result = run_install(tmp_path, "--system", "--instance", "alpha", "--dry-run")
     assert result.returncode == 0, result.stderr
     assert files_below(tmp_path / "root") == []
     assert f"# ---- {tmp_path}/root/etc/clawsvc/alpha.yaml" in result.stdout
@@ -174,18 +163,15 @@ def test_dry_run_lists_files_and_commands_and_writes_nothing(tmp_path):
     (("--system", "--instance", "Bad Name"), "instance name 'Bad Name' must be"),
 ])
 def test_usage_errors_are_one_line_and_write_nothing(tmp_path, args, message):
-    result = run_cli(tmp_path, *args)
+    result = run_install(tmp_path, *args)
     assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert files_below(tmp_path / "root") == []
 
 
 def test_a_clawsvc_below_tmp_is_refused_before_anything_is_written(tmp_path):
-    script = tmp_path / "bin" / "clawsvc"
-    script.parent.mkdir()
-    script.write_text(f"#!{sys.executable}\nfrom clawsvc.cli import main\nraise SystemExit(main())\n")
-    script.chmod(0o755)
-    result = run_cli(tmp_path, "--system", exe=(str(script),))
+    script = write_launcher(owned_dir("clawsvc-test-", Path("/tmp")) / "bin" / "clawsvc")  # wherever tmp_path is
+    result = run_install(tmp_path, "--system", exe=(str(script),))
     assert result.returncode == 1
     assert result.stderr.startswith(f"clawsvc: install: nothing was written: clawsvc {script} is below /tmp")
     assert "python3 -m venv /opt/clawsvc/venv" in result.stderr and len(result.stderr.strip().splitlines()) == 1
@@ -273,6 +259,7 @@ def test_an_unreadable_script_is_refused_but_an_execute_only_binary_is_fine(box)
     assert reach.check(reach.gateway_needs((str(binary), str(entry))), NOBODY, sandbox) == ()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a prefix to another user needs root (chown)")
 def test_a_prefix_another_user_can_write_is_never_bound_into_the_unit(box):
     top, sandbox = box
     python = executable(top / "home/bob/.venv/bin/python3")

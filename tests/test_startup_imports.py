@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from double import python
 from waiting import poll
 
 from clawsvc.secrets import keyring_client
@@ -63,7 +64,7 @@ def at_spawn(tmp_path: Path, env: dict[str, str]) -> dict[str, Any]:
     recorder.write_text(RECORDER)
     config = tmp_path / "clawsvc.yaml"
     config.write_text(yaml.safe_dump({
-        "gateway": {"command": [sys.executable, str(gateway)], "port": free_port(),
+        "gateway": {"command": [python(), str(gateway)], "port": free_port(),
                     "state_dir": str(tmp_path / "state"), "stop_timeout": "5s", "start_timeout": "120s"},
         "control": {"socket": str(tmp_path / "control.sock")},
     }))

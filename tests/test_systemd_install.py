@@ -13,12 +13,13 @@ import json
 import os
 import re
 import sys
+import sysconfig
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from systemd_guest import Guest, booted_systemd
+from systemd_guest import Guest, base_python, booted_systemd, guest_pythonpath
 
 from clawsvc.commands.runtime.provision import Installation
 
@@ -29,7 +30,7 @@ CONFIG = "/etc/clawsvc/clawsvc.yaml"
 INSTALL_TIMEOUT = 600.0  # to READY: the gateway needs ~7 s idle, minutes on a loaded 2-core machine
 WRITTEN = ("/etc/systemd/system/clawsvc.service", "/etc/systemd/system/clawsvc@.service",
            "/etc/sysusers.d/clawsvc.conf", CONFIG)
-HOST_VENV_CLAWSVC = Path(sys.executable).with_name("clawsvc")  # this checkout's venv: python under /root/.pyenv
+GUEST_VENV = Path("/root/clawsvc-venv")  # made in the guest only (its overlay): nothing is written on the host
 EXPOSURE_MAX = 2.0
 
 
@@ -188,16 +189,32 @@ def test_instance_is_refused_for_user_units(guest):
     assert not guest.path("/etc/clawsvc/gamma.yaml").exists()
 
 
+def venv_below_root(guest: Guest) -> Path:
+    """What an admin gets from `python3 -m venv /root/clawsvc-venv` and a pip install there, made in the guest on
+    this interpreter (clawsvc and its packages from the guest's /opt/clawsvc, so wherever the checkout lives);
+    its console script, as pip writes it."""
+    guest.run("sh", "-c", f"umask 022 && exec {base_python()} -m venv --without-pip {GUEST_VENV}", check=True)
+    purelib = sysconfig.get_path("purelib", "venv", vars={"base": str(GUEST_VENV), "platbase": str(GUEST_VENV)})
+    guest.write(Path(purelib) / "clawsvc.pth", "".join(f"{path}\n" for path in guest_pythonpath()))
+    script = GUEST_VENV / "bin" / "clawsvc"
+    guest.write(script, f"#!{GUEST_VENV}/bin/python\nfrom clawsvc.cli import main\nraise SystemExit(main())\n", 0o755)
+    return script
+
+
 def test_clawsvc_under_root_gets_a_drop_in_and_ends_ready(guest, first_install):
-    """This checkout's venv runs /root/.pyenv's python, which ProtectHome=yes hides: a 203/EXEC before."""
+    """A venv below /root, which ProtectHome=yes hides (a 203/EXEC before): the drop-in binds it, and its python
+    too when that is below /root as well (pyenv's)."""
+    script = venv_below_root(guest)
     python_home = Path(os.path.realpath(sys.base_prefix))
-    assert Path("/root") in python_home.parents, "this test needs the venv's python below /root"
-    took, out, _ = install(guest, exe=str(HOST_VENV_CLAWSVC))
-    print(f"\nTIMING install --system from a venv on /root/.pyenv (drop-in, restart to READY): {took:.1f}s")
+    expected = {GUEST_VENV, *([python_home] if Path("/root") in python_home.parents else [])}
+    took, out, _ = install(guest, exe=str(script))
+    print(f"\nTIMING install --system from a venv below /root (drop-in, restart to READY): {took:.1f}s")
     dropin = guest.path("/etc/systemd/system/clawsvc.service.d/10-clawsvc-reach.conf").read_text()
-    assert "ProtectHome=tmpfs" in dropin and f"BindReadOnlyPaths={python_home}" in dropin
+    assert "ProtectHome=tmpfs" in dropin
+    assert {Path(line.split("=", 1)[1]) for line in dropin.splitlines()
+            if line.startswith("BindReadOnlyPaths=")} == expected, dropin
     props = guest.show("clawsvc.service", "ActiveState", "ExecStart")
-    assert props["ActiveState"] == "active" and str(HOST_VENV_CLAWSVC) in props["ExecStart"]
+    assert props["ActiveState"] == "active" and str(script) in props["ExecStart"]
     assert "restarted (its unit changed) clawsvc.service" in out
     rpc_health(guest)
     assert exposure(guest, "clawsvc.service") <= EXPOSURE_MAX

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from double import python
 from localusers import add_to_group, shared_group, throwaway_user
 
 from clawsvc import exitcodes, secrets, trust
@@ -365,7 +366,7 @@ def service_owned_state_dir(tmp_path: Path, uid: int = OTHER) -> Path:
 
 def config_file(tmp_path: Path, state: Path) -> Path:
     path = tmp_path / "clawsvc.yaml"
-    path.write_text(yaml.safe_dump({"gateway": {"state_dir": str(state), "command": [sys.executable, "-c", "pass"]},
+    path.write_text(yaml.safe_dump({"gateway": {"state_dir": str(state), "command": [python(), "-c", "pass"]},
                                     "auth": {"token_file": None}}))
     return path
 

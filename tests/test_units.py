@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from install_kit import files_below, launcher, run_install
 
 from clawsvc import cli
 from clawsvc.commands.install import plan as install
@@ -215,23 +216,6 @@ def test_rendered_plist_has_absolute_paths_only(tmp_path):
 
 # ---------------------------------------------------------------- clawsvc install
 
-def clawsvc_exe() -> tuple[str, ...]:
-    """This environment's clawsvc console script (what a user would run), else python -m clawsvc."""
-    script = Path(sys.executable).with_name("clawsvc")
-    return (str(script),) if script.exists() else (sys.executable, "-m", "clawsvc")
-
-
-def run_install(tmp_path: Path, *args: str, home: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("XDG_CONFIG_HOME", "CLAWSVC_CONFIG")}
-    env.update({install.INSTALL_ROOT_ENV: str(tmp_path / "root"), "HOME": str(home or tmp_path / "home")})
-    return subprocess.run([*clawsvc_exe(), "install", *args], capture_output=True, text=True, env=env,
-                          check=False, timeout=60)
-
-
-def files_below(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
-
-
 def test_default_kind():
     assert install.default_kind("darwin", 0) == "launchd"
     assert install.default_kind("linux", 0) == "system"
@@ -244,7 +228,7 @@ def test_dry_run_prints_files_and_next_steps_and_writes_nothing(tmp_path):
     root = tmp_path / "root"
     assert files_below(root) == []
     assert f"# ---- {root}/etc/systemd/system/clawsvc.service" in result.stdout
-    assert f"ExecStart={' '.join(clawsvc_exe())} run -c /etc/clawsvc/clawsvc.yaml" in result.stdout
+    assert f"ExecStart={' '.join(launcher())} run -c /etc/clawsvc/clawsvc.yaml" in result.stdout
     assert "systemctl enable --now clawsvc" in result.stdout
     assert "systemd-sysusers /etc/sysusers.d/clawsvc.conf" in result.stdout
 
@@ -253,16 +237,16 @@ def test_system_install_writes_units_sysusers_and_config(tmp_path):
     result = run_install(tmp_path, "--system")
     assert result.returncode == 0, result.stderr
     root = tmp_path / "root"
-    # This checkout's venv python may live below /root: then the unit gets the reachability drop-in too.
+    # The tests' clawsvc lives below a home directory (install_kit): then the unit gets the reachability drop-in.
     reach = "etc/systemd/system/clawsvc.service.d/10-clawsvc-reach.conf"
-    dropin = [reach] if install.hidden_paths(clawsvc_exe()) else []
+    dropin = [reach] if install.hidden_paths(launcher()) else []
     assert files_below(root) == sorted(["etc/clawsvc/clawsvc.yaml", "etc/systemd/system/clawsvc.service",
                                         "etc/systemd/system/clawsvc@.service", "etc/sysusers.d/clawsvc.conf",
                                         *dropin])
     unit = parse_unit((root / "etc/systemd/system/clawsvc.service").read_text())
-    assert unit["Service"]["ExecStart"] == [f"{' '.join(clawsvc_exe())} run -c /etc/clawsvc/clawsvc.yaml"]
+    assert unit["Service"]["ExecStart"] == [f"{' '.join(launcher())} run -c /etc/clawsvc/clawsvc.yaml"]
     template = parse_unit((root / "etc/systemd/system/clawsvc@.service").read_text())
-    assert template["Service"]["ExecStart"] == [f"{' '.join(clawsvc_exe())} run -c /etc/clawsvc/%i.yaml"]
+    assert template["Service"]["ExecStart"] == [f"{' '.join(launcher())} run -c /etc/clawsvc/%i.yaml"]
     config = root / "etc/clawsvc/clawsvc.yaml"
     differing = [line for line, shipped in zip(config.read_text().splitlines(),
                                                (REPO / "etc/clawsvc.yaml").read_text().splitlines(), strict=True)
@@ -303,7 +287,7 @@ def test_user_install_uses_home_paths(tmp_path):
     root = tmp_path / "root"
     unit_path = root / "home/ada/.config/systemd/user/clawsvc.service"
     unit = parse_unit(unit_path.read_text())
-    assert unit["Service"]["ExecStart"] == [f"{' '.join(clawsvc_exe())} run -c /home/ada/.config/clawsvc/clawsvc.yaml"]
+    assert unit["Service"]["ExecStart"] == [f"{' '.join(launcher())} run -c /home/ada/.config/clawsvc/clawsvc.yaml"]
     assert "User" not in unit["Service"]
     config = root / "home/ada/.config/clawsvc/clawsvc.yaml"
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
@@ -316,7 +300,7 @@ def test_launchd_install_writes_a_loadable_plist(tmp_path):
     assert result.returncode == 0, result.stderr
     root = tmp_path / "root"
     plist = plistlib.loads((root / "Users/ada/Library/LaunchAgents/ai.openclaw.clawsvc.plist").read_bytes())
-    assert plist["ProgramArguments"] == [*clawsvc_exe(), "run", "-c", "/Users/ada/.config/clawsvc/clawsvc.yaml"]
+    assert plist["ProgramArguments"] == [*launcher(), "run", "-c", "/Users/ada/.config/clawsvc/clawsvc.yaml"]
     assert (root / "Users/ada/Library/Logs/clawsvc").is_dir(), "launchd does not create log directories"
     assert "launchctl bootstrap gui/$(id -u) /Users/ada/Library/LaunchAgents/ai.openclaw.clawsvc.plist" \
         in result.stdout

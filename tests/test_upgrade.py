@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from double import DOUBLE_SCRIPT, free_port
+from double import DOUBLE_SCRIPT, double_command, free_port
 from faults.faultkit import FAST
 from service_proc import STRIPPED, ServiceProcess, base_config, merge
 from waiting import poll
@@ -140,7 +140,7 @@ def assert_clean(tmp_path: Path, done: subprocess.CompletedProcess[str]) -> None
 
 
 def test_refuses_a_gateway_not_installed_by_gateway_install(tmp_path: Path) -> None:
-    config = write_config(tmp_path, {"gateway": {"command": [sys.executable, str(DOUBLE_SCRIPT)]}})
+    config = write_config(tmp_path, {"gateway": {"command": list(double_command())}})
     done = upgrade(tmp_path, config, "1.0.2")
     assert done.returncode == 1, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1

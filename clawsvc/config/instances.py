@@ -15,6 +15,7 @@ CONFIG_DIR = Path("/etc/clawsvc")
 STATE_ROOT = Path("/var/lib/clawsvc")
 RUNTIME_ROOT = Path("/run/clawsvc")
 CACHE_ROOT = Path("/var/cache/clawsvc")
+GATEWAY_PREFIX = Path("/opt/clawsvc/gateway")  # `clawsvc gateway-install` as root; what a system unit runs
 
 
 def install_root() -> Path:

@@ -18,7 +18,6 @@ import secrets
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,11 +25,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from .staged import double_script, python
+
 DOUBLE_SCRIPT = Path(__file__).with_name("gateway_double.py")
 
 
 def double_command() -> tuple[str, ...]:
-    return (sys.executable, str(DOUBLE_SCRIPT))
+    """gateway.command for clawsvc: the staged Python and double (staged.py), wherever the checkout lives."""
+    return (python(), double_script())
 
 
 # Test ports come from below the kernel's ephemeral range (32768+ by default), so no outgoing connection or
@@ -94,13 +96,18 @@ class DoubleProcess:
         return self.stderr_path.read_text(errors="replace")
 
     def wait_for_output(self, pattern: str, timeout: float = 10.0, stream: str = "stdout") -> re.Match[str]:
-        """Poll the captured output until `pattern` (a regex) shows up; AssertionError after `timeout` seconds."""
+        """Poll the captured output until `pattern` (a regex) shows up; AssertionError after `timeout` seconds, or
+        at once when the double has exited without it."""
         deadline = time.monotonic() + timeout
         while True:
+            exited = self.popen.poll() is not None  # before reading: its output is complete then
             text = self.stdout() if stream == "stdout" else self.stderr()
             match = re.search(pattern, text)
             if match:
                 return match
+            if exited:
+                raise AssertionError(f"{pattern!r} not in the double's {stream}: it exited with "
+                                     f"{self.popen.returncode}:\n{text[-2000:]}")
             if time.monotonic() > deadline:
                 raise AssertionError(f"{pattern!r} not in the double's {stream} after {timeout}s:\n{text[-2000:]}")
             time.sleep(0.02)

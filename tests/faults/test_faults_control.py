@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from another_user import needs_another_user
 from double import pid_alive
 from faultkit import (
     HUNG,
@@ -46,7 +47,7 @@ from clawsvc.control import wire as control_wire
 NOBODY = 65534
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+@needs_another_user
 def test_another_uid_is_refused_by_file_mode_and_by_peer_credentials(open_services: Services) -> None:
     svc = open_services.start()
     pid = ready(svc)["pid"]
@@ -235,7 +236,7 @@ sys.stdin.read()
 """
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+@needs_another_user
 def test_64_idle_connections_of_a_refused_uid_do_not_lock_out_root(open_services: Services) -> None:
     svc = open_services.start()
     pid = ready(svc)["pid"]
@@ -388,8 +389,6 @@ def test_too_many_clients_warning_is_rate_limited(services: Services, floods: li
 
 # ---------------------------------------------------------------- whose socket: the directory, the server, the reply
 
-needs_root_and_setpriv = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
-                                            reason="needs root and setpriv")
 
 
 @pytest.fixture
@@ -442,7 +441,7 @@ print(received, flush=True)
 """
 
 
-@needs_root_and_setpriv
+@needs_another_user
 def test_the_cli_refuses_a_socket_served_by_another_uid_and_sends_it_nothing(public_dir: Path) -> None:
     path = nobodys_dir(public_dir) / "control.sock"
     config = public_dir / "clawsvc.yaml"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from double import python
 from faultkit import HUNG, Services, cli, ready, spawned, stops_clean, write_config
 from service_proc import STRIPPED
 
@@ -162,7 +163,7 @@ def test_newline_in_token_file_path(refusals: Refusals, tmp_path: Path) -> None:
 
 
 def test_nul_in_command(refusals: Refusals, tmp_path: Path) -> None:
-    config = write_config(tmp_path, {"gateway": {"command": [sys.executable, "double\0.py"]}})
+    config = write_config(tmp_path, {"gateway": {"command": [python(), "double\0.py"]}})
     assert_refused(refusals, config, "gateway.command[1]: an argument must not contain a NUL character")
 
 
@@ -218,7 +219,7 @@ def test_a_command_that_does_not_exist(refusals: Refusals, tmp_path: Path) -> No
 
 def test_a_missing_entry_script(refusals: Refusals, tmp_path: Path) -> None:
     missing = tmp_path / "gone.py"
-    config = write_config(tmp_path, {"gateway": {"command": [sys.executable, str(missing)]}})
+    config = write_config(tmp_path, {"gateway": {"command": [python(), str(missing)]}})
     assert_refused(refusals, config, str(missing))
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from another_user import needs_another_user
 from double import free_port, pid_alive, start_double
 from faultkit import STARTED, Services, error_lines, ready, running_other_than, spawned
 from service_proc import ServiceProcess
@@ -27,8 +27,7 @@ from clawsvc.gateway.protocol import TransportError
 SQUATTER = Path(__file__).parent.parent / "helpers" / "squatter.py"
 NOBODY = 65534
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
-                                reason="needs root and setpriv to run the squatter as another user")
+pytestmark = needs_another_user
 
 
 # tests/helpers/squatter.py's loop, but every connection is accepted by root and served by a forked child

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import re
 import stat
-import sys
 from pathlib import Path
 
-from double import pid_alive
+from double import pid_alive, python
 from faultkit import Services, error_lines, health_ok, last_status, ready, spawned, stops_clean
 from service_proc import ServiceProcess
 
@@ -64,7 +63,7 @@ def test_missing_entry_script_for_node_is_a_config_error_naming_the_path(service
 
 def test_missing_entry_script_for_another_interpreter_is_a_config_error(services: Services, tmp_path: Path) -> None:
     entry = tmp_path / "missing.py"
-    svc = services.start(extra={"gateway": {"command": [sys.executable, str(entry)]},
+    svc = services.start(extra={"gateway": {"command": [python(), str(entry)]},
                                 "reconnect": {"max_attempts": 1}})
     assert_refused_to_start(svc, str(entry))
 

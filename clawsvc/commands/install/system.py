@@ -72,8 +72,9 @@ def usable_config(path: Path) -> Config | None:
 
 
 def gateway_command(req: Request, out: TextIO) -> tuple[str, ...]:
-    """gateway.command for a new config: the stable paths of the gateway-install prefix, provisioned if absent."""
-    prefix = gateway_install.default_prefix()
+    """gateway.command for a new config: the stable paths of the system gateway-install prefix, provisioned if
+    absent (also when a non-root packager stages the install: the unit runs the system's gateway)."""
+    prefix = instances.GATEWAY_PREFIX
     version = gateway_links.linked_version(prefix)
     found = gateway_install.find_installation(prefix, version) if version else None
     if not req.live or req.dry_run:

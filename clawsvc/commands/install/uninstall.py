@@ -238,7 +238,7 @@ def _remove_tree(real: Path, what: str, system: bool) -> None:
 
 
 def _say_gateway_kept(run: Run, tgt: Target) -> None:
-    prefix = gateway_install.default_prefix() if tgt.kind != "system" else Path("/opt/clawsvc/gateway")
+    prefix = gateway_install.default_prefix() if tgt.kind != "system" else instances.GATEWAY_PREFIX
     if run.at(prefix).is_dir():
         run.say("kept", run.at(prefix), f"the gateway runtime, shared by every instance; to remove it: "
                 f"rm -rf {run.at(prefix)}")
