@@ -71,6 +71,8 @@ def test_models_and_an_unstreamed_answer(model: SlowModel) -> None:
     answer = json.loads(conn.getresponse().read())
     conn.close()
     assert answer["choices"][0]["message"]["content"] == "one two three four"
+    (call,) = model.wait_calls(1, 5)
+    model.wait_ended(call, 5)  # the server records the outcome once the last byte is written: after we read it
     assert [(c.stream, c.outcome, c.last_user_text) for c in model.calls] == [(False, "finished", "x")]
 
 
