@@ -38,7 +38,7 @@ from clawsvc.gateway.peercheck import PeerCheck
 from clawsvc.gateway.process import GatewayProcess, SpawnError
 from clawsvc.gateway.protocol import GatewayError, describe_error
 from clawsvc.gateway.readiness import connect_when_up
-from clawsvc.gateway.spawnenv import STRIP_ENV
+from clawsvc.gateway.spawnenv import GATEWAY_CONFIG, STRIP_ENV
 
 LOG_LINES = 20
 SCRATCH_PREFIX = "clawsvc-canary-"
@@ -163,11 +163,14 @@ def canary_config(config: Config, command: tuple[str, ...], scratch: Path, port:
     gw = config.gateway
     emptied = {key: "" for key in (*os.environ, *gw.env) if SECRET_ENV.search(key) and key != TOKEN_ENV
                and key not in STRIP_ENV}
+    # gateway.env wins over the state paths clawsvc sets: its own ones would start the canary on the live state
+    state = scratch / "state"
     env = {**gw.env, **emptied, **CANARY_ENV, "HOME": str(scratch / "home"), "OPENCLAW_HOME": str(scratch / "home"),
-           "TMPDIR": str(scratch / "tmp")}
+           "TMPDIR": str(scratch / "tmp"), "OPENCLAW_STATE_DIR": str(state),
+           "OPENCLAW_CONFIG_PATH": str(state / GATEWAY_CONFIG)}
     command = run_as.command(command) if run_as is not None else command
     return dataclasses.replace(config, gateway=dataclasses.replace(
-        gw, command=command, port=port, state_dir=scratch / "state", env=env, adopt_existing=False,
+        gw, command=command, port=port, state_dir=state, env=env, adopt_existing=False,
         compile_cache=warmed_cache(config, run_as)))
 
 
