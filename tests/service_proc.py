@@ -143,6 +143,12 @@ class ServiceProcess:
             return status if predicate(status) else None
         return poll(check, timeout, f"{what} (log tail:\n{self.log()[-3000:]})", every=0.1, gone=self.exited)
 
+    def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """`clawsvc COMMAND -c CONFIG [ARGS]` against this service, as an admin runs it."""
+        env = {k: v for k, v in os.environ.items() if k not in STRIPPED}
+        return subprocess.run([sys.executable, "-m", "clawsvc", args[0], "-c", str(self.config_path), *args[1:]],
+                              env=env, capture_output=True, text=True, timeout=timeout)
+
     def send_signal(self, sig: int) -> None:
         self.popen.send_signal(sig)
 

@@ -40,6 +40,8 @@ CGROUP2 = Path("/sys/fs/cgroup/unified")
 REPO = Path(__file__).resolve().parent.parent
 GUEST_OPT = Path("/opt/clawsvc")
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+GUEST_ENV = {"PATH": GUEST_PATH, "LANG": "C.UTF-8", "SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": "", "TERM": "dumb"}
+GUEST_PYTHON = str(GUEST_OPT / "bin" / "python")
 BOOT_TIMEOUT = 60.0
 HALT_TIMEOUT = 60.0  # a halting guest stops its units first; clawsvc may take TimeoutStopSec (30 s)
 # Units that start on the host's boot but only fail or make noise in a network-less guest.
@@ -135,8 +137,7 @@ def python_runtime() -> tuple[dict[Path, Path], dict[str, str]]:
                f"export LD_LIBRARY_PATH={GUEST_OPT / 'python' / 'lib'}\n"
                "export PYTHONDONTWRITEBYTECODE=1\n"
                f'exec {python} "$@"\n')
-    files = {str(GUEST_OPT / "bin" / "python"): wrapper,
-             "/usr/local/bin/clawsvc": f'#!/bin/sh\nexec {GUEST_OPT / "bin" / "python"} -m clawsvc "$@"\n'}
+    files = {GUEST_PYTHON: wrapper, "/usr/local/bin/clawsvc": f'#!/bin/sh\nexec {GUEST_PYTHON} -m clawsvc "$@"\n'}
     return binds, files
 
 
@@ -171,13 +172,17 @@ class Guest:
     cgroup: str  # its subtree below /sys/fs/cgroup/unified
     binds: Mapping[Path, Path] = field(default_factory=dict)
 
+    def enter(self, *argv: str, user: str | None = None) -> list[str]:
+        """The host argv that runs `argv` inside the guest (all namespaces, its root and cwd), optionally as
+        `user`; run it with GUEST_ENV."""
+        prefix = ["runuser", "-u", user, "--"] if user else []
+        return ["nsenter", "-t", str(self.pid), "-a", "-r", "-w", *prefix, *argv]
+
     def run(self, *argv: str, check: bool = False, timeout: float = 120.0, user: str | None = None,
             input: str | None = None) -> subprocess.CompletedProcess[str]:
-        """Run a command inside the guest (all namespaces, its root and cwd), optionally as `user`."""
-        prefix = ["runuser", "-u", user, "--"] if user else []
-        env = {"PATH": GUEST_PATH, "LANG": "C.UTF-8", "SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": "", "TERM": "dumb"}
-        result = subprocess.run(["nsenter", "-t", str(self.pid), "-a", "-r", "-w", *prefix, *argv], env=env,
-                                input=input, capture_output=True, text=True, timeout=timeout, check=False)
+        """Run a command inside the guest, optionally as `user`."""
+        result = subprocess.run(self.enter(*argv, user=user), env=GUEST_ENV, input=input, capture_output=True,
+                                text=True, timeout=timeout, check=False)
         if check and result.returncode != 0:
             raise AssertionError(f"guest: {' '.join(argv)} exited {result.returncode}\n"
                                  f"stdout: {result.stdout}\nstderr: {result.stderr}")

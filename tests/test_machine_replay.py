@@ -769,11 +769,21 @@ def test_a_safe_restart_is_the_gateways_own_same_process_restart() -> None:
     assert effects_of(steps, StopProcess) == [], "nothing was killed"
 
 
-def test_a_second_restart_request_is_served_by_the_pending_one() -> None:
-    state, steps = replay(at("restart_asked"), [(6.0, RestartRequested("again", object(), RestartMode.SAFE)),
-                                                (7.0, RestartRequested("reload", None))])
+def test_a_second_safe_restart_request_is_served_by_the_pending_one() -> None:
+    state, steps = replay(at("restart_asked"), [(6.0, RestartRequested("again", object(), RestartMode.SAFE))])
     assert isinstance(state, Running) and state.restart == "test"
     assert effects_of(steps, AskRestart) == [] and effects_of(steps, StopProcess) == []
+
+
+def test_a_reload_or_switch_with_a_safe_restart_pending_still_gets_a_new_process() -> None:
+    """The gateway's own restart keeps its process: a new gateway.env, argv or release (a reload, upgrade's switch)
+    would not apply. So the gateway drains (its link kept: a final reply still reaches `clawsvc events`) and a new
+    one starts."""
+    state, steps = replay(at("restart_asked"), [(7.0, ConfigLoaded(changed_port(), TOKEN, {}))])
+    assert isinstance(state, Restarting) and state.link == 1 and state.reason == "config reload changed gateway.port"
+    assert effects_of(steps, StopProcess) == [StopProcess(PID, None)] and effects_of(steps, CloseLink) == []
+    state, _ = replay(state, [(30.0, ProcessExited(1, PID, ExitInfo(0, None)))])
+    assert isinstance(state, Probing) and state.book.config.gateway.port == changed_port().gateway.port
 
 
 def test_force_stops_at_once_even_with_a_safe_restart_pending() -> None:

@@ -7,13 +7,17 @@ import http.client
 import json
 import re
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from helpers import slow_model_process
 from helpers.slow_model import MODEL_ID, SlowModel
+from helpers.slow_model_process import ModelProcess
 from realgw import QUIET_ENV, free_port
 from service_proc import ServiceProcess
 from slowmodel_kit import (
@@ -27,6 +31,7 @@ from slowmodel_kit import (
     send_turn_through,
     slow_service_config,
 )
+from waiting import poll
 
 from clawsvc.commands.runtime.provision import Installation
 from clawsvc.gateway.spawnenv import unconfigured_flag
@@ -46,20 +51,44 @@ def _post(model: SlowModel, body: dict[str, object]) -> http.client.HTTPConnecti
     return conn
 
 
+def _chunks(body: str) -> list[dict[str, Any]]:
+    """The JSON chunks of a streamed answer, which must end in `data: [DONE]`."""
+    events = [line.removeprefix("data: ") for line in body.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    return [json.loads(event) for event in events[:-1]]
+
+
+def _streamed_text(body: str) -> str:
+    return "".join(c["choices"][0]["delta"].get("content", "") for c in _chunks(body))
+
+
 def test_a_streamed_answer_comes_in_chunks_then_done(model: SlowModel) -> None:
     conn = _post(model, {"model": MODEL_ID, "stream": True, "messages": [{"role": "user", "content": "hi"}]})
     began = time.monotonic()
     body = conn.getresponse().read().decode()
     took = time.monotonic() - began
     conn.close()
-    events = [line.removeprefix("data: ") for line in body.splitlines() if line.startswith("data: ")]
-    assert events[-1] == "[DONE]"
-    chunks = [json.loads(event) for event in events[:-1]]
-    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "one two three four"
+    assert _streamed_text(body) == "one two three four"
+    chunks = _chunks(body)
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop" and chunks[-1]["usage"]["total_tokens"] > 0
     assert took >= 0.6
     (call,) = model.wait_calls(1, 5)
     assert model.wait_ended(call, 5).outcome == "finished" and call.stream and call.last_user_text == "hi"
+
+
+def test_a_held_answer_streams_its_text_and_finishes_only_when_released(model: SlowModel) -> None:
+    model.hold = threading.Event()
+    conn = _post(model, {"model": MODEL_ID, "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+    response = conn.getresponse()
+    (call,) = model.wait_calls(1, 5)
+    poll(lambda: call.chunks_sent == 4, 5, "the role chunk and the three pieces")
+    with pytest.raises(AssertionError, match="still answering"):
+        model.wait_ended(call, 1.0)  # held: no finish chunk while the test has not released it
+    model.hold.set()
+    body = response.read().decode()
+    conn.close()
+    assert model.wait_ended(call, 5).outcome == "finished" and body.rstrip().endswith("data: [DONE]")
+    assert call.chunks_sent == 5
 
 
 def test_models_and_an_unstreamed_answer(model: SlowModel) -> None:
@@ -105,6 +134,21 @@ def test_close_ends_calls_in_flight_and_leaves_no_thread_or_port() -> None:
     streaming.close()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_the_model_in_a_process_of_its_own_reports_its_calls() -> None:
+    with ModelProcess(lambda *argv: list(argv), sys.executable, slow_model_process.__file__, "from afar", 0.3,
+                      chunks=2) as model:
+        conn = http.client.HTTPConnection("127.0.0.1", model.port, timeout=10)
+        conn.request("POST", "/v1/chat/completions", json.dumps({"stream": True, "messages": [
+            {"role": "user", "content": "hi"}]}), {"Content-Type": "application/json"})
+        body = conn.getresponse().read().decode()
+        conn.close()
+        assert model.arrived(1, 10) == [{"event": "arrived", "call": 0, "lastUserText": "hi"}]
+        ended = model.ended(0, 10)
+    assert _streamed_text(body) == "from afar"
+    assert ended["outcome"] == "finished" and ended["seconds"] >= 0.3
+    assert model.popen.returncode == 0  # it stopped when its stdin closed
 
 
 def test_the_service_config_turns_providers_on_and_drops_allow_unconfigured(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 The guest starts like a machine where only `clawsvc gateway-install` was run: /opt/clawsvc/gateway is a writable
 "farm" (a tmp dir with symlinks to the test cache's node and openclaw, so nothing is copied into the guest's 2 GB
 tmpfs), nothing in /etc/clawsvc, no clawsvc user. One guest for the module; the tests build on each other in
-file order (install, rerun, restart, instances, the unreachable interpreter last, as it rewrites the main unit).
+file order (install, rerun, restart, instances, the unreachable interpreter, as it rewrites the main unit, and
+last a stop during a turn, which leaves the unit stopped).
 Run alone with:  pytest -m systemd tests/test_systemd_install.py -s   (-s shows the measured timings)
 """
 
@@ -14,14 +15,20 @@ import os
 import re
 import sys
 import sysconfig
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from systemd_guest import Guest, base_python, booted_systemd, guest_pythonpath
+from helpers import slow_model_process
+from helpers.slow_model_process import ModelProcess
+from service_proc import merge
+from slowmodel_kit import model_config, turn_params
+from systemd_guest import GUEST_ENV, GUEST_OPT, GUEST_PYTHON, REPO, Guest, base_python, booted_systemd, guest_pythonpath
 
 from clawsvc.commands.runtime.provision import Installation
+from clawsvc.gateway.process import UNIT_STOP_TIMEOUT
 
 pytestmark = [pytest.mark.systemd, pytest.mark.realgateway, pytest.mark.timeout(1800)]
 
@@ -32,6 +39,9 @@ WRITTEN = ("/etc/systemd/system/clawsvc.service", "/etc/systemd/system/clawsvc@.
            "/etc/sysusers.d/clawsvc.conf", CONFIG)
 GUEST_VENV = Path("/root/clawsvc-venv")  # made in the guest only (its overlay): nothing is written on the host
 EXPOSURE_MAX = 2.0
+STATE_DIR = "/var/lib/clawsvc/openclaw"  # the installed config's gateway.state_dir
+TURN_TIMEOUT = 180.0  # chat.send → the model call: 8-12 s, more for a gateway's first turn on a loaded machine
+MODEL_CALL = 25.0
 
 
 def farm(tmp: Path, gateway: Installation) -> Path:
@@ -218,3 +228,52 @@ def test_clawsvc_under_root_gets_a_drop_in_and_ends_ready(guest, first_install):
     assert "restarted (its unit changed) clawsvc.service" in out
     rpc_health(guest)
     assert exposure(guest, "clawsvc.service") <= EXPOSURE_MAX
+
+
+def serve_the_slow_model(guest: Guest, base_url: str) -> None:
+    """Make the guest's gateway's agent answer with the slow model at base_url (inside the guest): its own config,
+    openclaw.json in its state dir (the service user's, 0600; merged into the gateway's if it wrote one), and a
+    restart of the gateway to read it."""
+    config = guest.path(f"{STATE_DIR}/openclaw.json")
+    written = json.loads(config.read_text()) if config.exists() else {}
+    config.write_text(json.dumps(merge(written, {"gateway": {"mode": "local"}, **model_config(base_url)})))
+    owner = guest.path(STATE_DIR).stat()
+    os.chown(config, owner.st_uid, owner.st_gid)
+    config.chmod(0o600)
+    before = json.loads(guest.run("clawsvc", "status", "--json", check=True, timeout=60).stdout)
+    guest.run("clawsvc", "restart-gateway", check=True, timeout=60)
+
+    def restarted() -> bool:  # `status` exits 3 while the service is not running
+        status = json.loads(guest.run("clawsvc", "status", "--json", timeout=60).stdout)
+        return status["state"] == "running" and status["restarts"] > before["restarts"]
+    guest.wait_for("the gateway back after its restart", restarted, timeout=INSTALL_TIMEOUT, interval=1.0)
+
+
+def test_systemctl_stop_during_a_turn_lets_it_finish(guest, first_install):
+    """Issue 19: the shipped unit and clawsvc's defaults give a turn in flight its time: no TimeoutStopSec kill
+    (systemd's "State 'stop-sigterm' timed out"), no SIGKILL, one model call and it finished."""
+    script = str(GUEST_OPT / "src" / Path(slow_model_process.__file__).relative_to(REPO))
+    with ModelProcess(guest.enter, GUEST_PYTHON, script, "finished under systemd", MODEL_CALL,
+                      env=GUEST_ENV) as model:
+        serve_the_slow_model(guest, model.base_url)
+        gateway = gateway_pid(guest)
+        sent = guest.run("clawsvc", "rpc", "chat.send", json.dumps(turn_params("hello from the guest", "stop")),
+                         timeout=120)
+        assert sent.returncode == 0 and json.loads(sent.stdout)["status"] == "started", sent.stderr
+        (call,) = model.arrived(1, TURN_TIMEOUT)
+        threading.Event().wait(1.0)  # the issue's moment: 1 s into the model call
+        earlier = len(guest.journal("clawsvc.service"))
+        started = time.monotonic()
+        stopped = guest.systemctl("stop", "clawsvc.service", timeout=UNIT_STOP_TIMEOUT + 60)
+        took = time.monotonic() - started
+        ended = model.ended(call["call"], 10)
+        calls = model.calls("arrived")
+    print(f"\nTIMING systemctl stop during a {MODEL_CALL:g}s model call (1 s in): {took:.1f}s")
+    assert stopped.returncode == 0, stopped.stderr
+    assert ended["outcome"] == "finished" and len(calls) == 1, (ended, calls)
+    assert guest.show("clawsvc.service", "ActiveState", "Result", "ExecMainStatus") == \
+        {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}
+    journal = guest.journal("clawsvc.service")[earlier:]
+    assert not re.search(r"State 'stop-sigterm' timed out|sending SIGKILL|with signal SIGKILL", journal), journal
+    assert re.search(r"gateway drain: waiting for .*embeddedRuns=1", journal), "the stop met the turn in flight"
+    assert f"gateway pid {gateway} exited with status 0" in journal

@@ -38,6 +38,7 @@ REFUSES_NEWER_STATE = ('if [ -e "$OPENCLAW_STATE_DIR/schema-18" ]; then echo "Ga
 SHOWS_ITS_STATE = ('echo "state: $(cat "$OPENCLAW_STATE_DIR/data/notes.txt") skip=$OPENCLAW_SKIP_CHANNELS'
                    '$OPENCLAW_SKIP_CRON$OPENCLAW_NO_AUTO_UPDATE key=[${ANTHROPIC_API_KEY:-none}${OPENAI_API_KEY:-none}]'
                    ' log=$(ls "$OPENCLAW_STATE_DIR"/*.log 2>/dev/null)" >&2; exit 1')
+SHOWS_ITS_PATHS = 'echo "paths: $OPENCLAW_STATE_DIR $OPENCLAW_CONFIG_PATH" >&2; exit 1'
 UPGRADE_TIMEOUT = 120.0
 
 
@@ -370,4 +371,20 @@ def test_the_canary_sees_the_copied_state_quietly_and_without_keys(tmp_path: Pat
     assert "sk-" not in done.stderr + done.stdout
     assert sorted(p.name for p in state.iterdir()) == ["data", "gateway.log"]
     assert links(prefix) == ("1.0.1", None)
+    assert_clean(tmp_path, done)
+
+
+def test_the_canary_runs_on_its_copy_even_when_gateway_env_names_the_live_state(tmp_path: Path) -> None:
+    """gateway.env wins over the paths clawsvc sets: for the canary, they would name the live state."""
+    prefix = farm(tmp_path, "1.0.1", ("1.0.3", SHOWS_ITS_PATHS))
+    config = service_config(tmp_path, prefix)
+    state = Path(config["gateway"]["state_dir"]).absolute()
+    config["gateway"]["env"].update(OPENCLAW_STATE_DIR=str(state), OPENCLAW_CONFIG_PATH=str(state / "openclaw.json"))
+    state.mkdir(parents=True)
+    done = upgrade(tmp_path, write_config(tmp_path, config), "1.0.3")
+    assert done.returncode == 1, done.stderr
+    line = next(line for line in done.stderr.splitlines() if line.startswith("  | paths: "))
+    copy_state, copy_config = line.removeprefix("  | paths: ").split()
+    assert Path(copy_state).parent.name.startswith("clawsvc-canary-") and Path(copy_state).name == "state"
+    assert copy_config == f"{copy_state}/openclaw.json"
     assert_clean(tmp_path, done)

@@ -21,13 +21,13 @@ from typing import Any
 import pytest
 from realgw import QUIET_ENV, cache_dir, free_port, provision
 from service_proc import STRIPPED, ServiceProcess, base_config, merge
+from upgrade_farm import NEW, OLD, build_farm
 
 from clawsvc.commands.runtime import links as gateway_links
-from clawsvc.commands.runtime.provision import MARKER, NODE_VERSION, Installation
+from clawsvc.commands.runtime.provision import MARKER, Installation
 
 pytestmark = pytest.mark.realgateway
 
-OLD, NEW = "2026.9.5", "2026.9.6"
 BROKEN = "2026.9.90"          # exits 1 at once: refused by the canary
 SERVICE_ONLY_FAILS = "2026.9.91"  # answers as the canary, exits 1 under the service
 START_TIMEOUT = 180.0
@@ -50,12 +50,7 @@ def fake_version(farm: Path, version: str, real: Installation, script: str) -> N
 
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory: pytest.TempPathFactory, gateway_install: Installation) -> Path:
-    provision(OLD)
-    farm = tmp_path_factory.mktemp("farm")
-    for name in (f"node-{NODE_VERSION}", f"openclaw-{OLD}", f"openclaw-{NEW}"):
-        (farm / name).symlink_to(cache_dir() / name)
-    gateway_links.point(farm, gateway_links.CURRENT, OLD)
-    return farm
+    return build_farm(tmp_path_factory.mktemp("farm"))
 
 
 class Held:

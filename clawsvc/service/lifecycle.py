@@ -151,7 +151,7 @@ def on_restart(state: MState, message: RestartRequested, now: float) -> Outcome:
     pid, book = pid_of(state), state.book
     if isinstance(state, Restarting):
         return state, effects
-    if isinstance(state, Running) and state.restart is not None and mode is not RestartMode.FORCE:
+    if isinstance(state, Running) and state.restart is not None and mode is RestartMode.SAFE:
         return state, effects  # the gateway restarts itself soon: that restart serves this request too
     if mode is RestartMode.SAFE:
         assert isinstance(state, Running)

@@ -8,9 +8,11 @@
 
 `GET /v1/models` lists the one model; `POST /v1/chat/completions` answers after `delay` seconds, streamed (SSE:
 a role chunk at once, the reply in `chunks` pieces spread over the delay, a finish chunk with usage, `[DONE]`)
-or in one JSON body. Every call is recorded with its arrival time and how it ended: "finished", "client-gone"
-(the client closed or reset the connection before the end: the broken pipe is seen while waiting, not only at
-the next write) or "server-closed" (close() ended it). close() unblocks and joins every thread and frees the port.
+or in one JSON body. With `hold` set to an Event that is not set yet, a streamed answer keeps its finish chunk
+until it is (its text has come by then): a call that lasts until a test has seen what it waits for.
+Every call is recorded with its arrival time and how it ended: "finished", "client-gone" (the client closed or
+reset the connection before the end: the broken pipe is seen while waiting, not only at the next write) or
+"server-closed" (close() ended it). close() unblocks and joins every thread and frees the port.
 """
 
 from __future__ import annotations
@@ -58,11 +60,12 @@ class _Closing(Exception):
 
 
 class SlowModel:
-    """The server; `delay`, `chunks` and `reply` may be changed between calls (read when a call arrives)."""
+    """The server; `delay`, `chunks`, `reply` and `hold` may be changed between calls (read when a call arrives)."""
 
     def __init__(self, reply: str = "slow model reply", delay: float = 25.0, chunks: int = 5,
                  model_id: str = MODEL_ID) -> None:
         self.reply, self.delay, self.chunks, self.model_id = reply, delay, max(1, chunks), model_id
+        self.hold: threading.Event | None = None
         self._calls: list[ModelCall] = []
         self._changed = threading.Condition()
         self._closing = threading.Event()
@@ -206,10 +209,10 @@ class _Handler(BaseHTTPRequestHandler):
         call = ModelCall(0, time.monotonic(), bool(request.get("stream")), str(request.get("model", "")),
                          _last_user_text(request), request=request)
         model._record(call)
-        reply, delay, chunks = model.reply, model.delay, model.chunks
+        reply, delay, chunks, hold = model.reply, model.delay, model.chunks, model.hold
         try:
             if call.stream:
-                self._stream(call, reply, delay, chunks)
+                self._stream(call, reply, delay, chunks, hold)
             else:
                 self._wait(delay)
                 self._json(200, _completion(model.model_id, reply))
@@ -219,7 +222,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             model._end(call, "finished")
 
-    def _stream(self, call: ModelCall, reply: str, delay: float, chunks: int) -> None:
+    def _stream(self, call: ModelCall, reply: str, delay: float, chunks: int, hold: threading.Event | None) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -232,6 +235,8 @@ class _Handler(BaseHTTPRequestHandler):
         for piece in pieces:
             self._wait(delay / len(pieces))
             self._event(call, _chunk(ident, created, self.model.model_id, {"content": piece}))
+        while hold is not None and not hold.is_set():
+            self._wait(0.1)
         final = _chunk(ident, created, self.model.model_id, {}, finish="stop")
         final["usage"] = _usage(reply)
         self._event(call, final)
@@ -276,16 +281,22 @@ def _peer_closed(conn: socket.socket) -> bool:
         return True
 
 
-def _last_user_text(request: dict[str, Any]) -> str:
+def user_texts(request: dict[str, Any]) -> list[str]:
+    """The text of each user message of a chat completion request, in order."""
     messages = request.get("messages")
-    for message in reversed(messages if isinstance(messages, list) else []):
+    texts = []
+    for message in messages if isinstance(messages, list) else []:
         if isinstance(message, dict) and message.get("role") == "user":
             content = message.get("content")
             if isinstance(content, str):
-                return content
-            if isinstance(content, list):
-                return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
-    return ""
+                texts.append(content)
+            elif isinstance(content, list):
+                texts.append("".join(str(part.get("text", "")) for part in content if isinstance(part, dict)))
+    return texts
+
+
+def _last_user_text(request: dict[str, Any]) -> str:
+    return next(iter(user_texts(request)[-1:]), "")
 
 
 def _split(text: str, parts: int) -> list[str]:

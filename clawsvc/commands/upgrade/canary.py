@@ -41,7 +41,7 @@ from clawsvc.gateway.peercheck import PeerCheck
 from clawsvc.gateway.process import GatewayProcess, SpawnError
 from clawsvc.gateway.protocol import GatewayError, describe_error
 from clawsvc.gateway.readiness import connect_when_up
-from clawsvc.gateway.spawnenv import STRIP_ENV
+from clawsvc.gateway.spawnenv import GATEWAY_CONFIG, STRIP_ENV
 
 LOG_LINES = 20
 SCRATCH_PREFIX = "clawsvc-canary-"
@@ -164,12 +164,14 @@ def canary_config(config: Config, command: tuple[str, ...], scratch: Path, port:
     gw = config.gateway
     emptied = {key: "" for key in (*os.environ, *gw.env) if SECRET_ENV.search(key) and key != TOKEN_ENV
                and key not in STRIP_ENV}
-    home = str(scratch / "home")
+    # gateway.env wins over the state paths clawsvc sets: its own ones would start the canary on the live state
+    home, state = str(scratch / "home"), scratch / "state"
     env = {**gw.env, **emptied, **openclaw.CANARY_ENV, "HOME": home, "OPENCLAW_HOME": home,
-           "TMPDIR": str(scratch / "tmp")}
+           "TMPDIR": str(scratch / "tmp"), "OPENCLAW_STATE_DIR": str(state),
+           "OPENCLAW_CONFIG_PATH": str(state / GATEWAY_CONFIG)}
     command = run_as.command(command) if run_as is not None else command
     return dataclasses.replace(config, gateway=dataclasses.replace(
-        gw, command=command, port=port, state_dir=scratch / "state", env=env, adopt_existing=False,
+        gw, command=command, port=port, state_dir=state, env=env, adopt_existing=False,
         compile_cache=warmed_cache(config, run_as)))
 
 
