@@ -520,7 +520,8 @@ def test_restart_of_our_gateway_over_the_control_socket_is_accepted() -> None:
     handle = object()
     state, steps = replay(at("running"), [(5.0, RestartRequested("asked", handle))])
     assert isinstance(state, Restarting)
-    assert [e for e in steps[0] if isinstance(e, Reply)] == [Reply(handle, {"restarting": True, "mode": "fresh"})]
+    assert [e for e in steps[0] if isinstance(e, Reply)] == [
+        Reply(handle, {"restarting": True, "mode": "fresh", "restarts": 1})]
 
 
 def test_a_restart_asked_while_stopping_is_answered_not_done() -> None:
@@ -758,7 +759,7 @@ def test_a_safe_restart_is_the_gateways_own_same_process_restart() -> None:
     handle = object()
     state, steps = replay(at("running"), [(5.0, RestartRequested("asked", handle, RestartMode.SAFE))])
     assert isinstance(state, Running) and state.restart == "asked"
-    assert effects_of(steps, Reply) == [Reply(handle, {"restarting": True, "mode": "safe"})]
+    assert effects_of(steps, Reply) == [Reply(handle, {"restarting": True, "mode": "safe", "restarts": 1})]
     assert effects_of(steps, AskRestart) == [AskRestart(1, 1, "asked")]
     assert effects_of(steps, StopProcess) == [] and effects_of(steps, CloseLink) == []
     shutdown = GatewayEventSeen(1, 1, "shutdown", {"reason": "restart", "restartExpectedMs": 1500}, 40)
@@ -798,7 +799,7 @@ def test_a_safe_restart_of_a_gateway_that_is_not_running_drains_and_respawns(nam
     handle = object()
     state, steps = replay(at(name), [(5.0, RestartRequested("asked", handle, RestartMode.SAFE))])
     assert isinstance(state, Restarting)
-    assert effects_of(steps, Reply) == [Reply(handle, {"restarting": True, "mode": "fresh"})]
+    assert effects_of(steps, Reply) == [Reply(handle, {"restarting": True, "mode": "fresh", "restarts": 1})]
     assert effects_of(steps, StopProcess) == [StopProcess(PID, None)] and effects_of(steps, AskRestart) == []
 
 
@@ -897,3 +898,13 @@ def test_an_exit_0_without_a_handoff_is_a_crash() -> None:
 def test_with_in_process_restarts_an_exit_0_is_not_checked_for_a_handoff() -> None:
     state, _ = machine.step(at("running"), ProcessExited(1, PID, ExitInfo(0, None)), 30.0)
     assert isinstance(state, BackingOff)
+
+
+def test_a_restart_reply_gives_the_count_a_client_watches_for_a_crash_after_it() -> None:
+    """The upgrade's switch watches `restarts`: counted from the reply, a crash loop before the request is not
+    taken for a crash of the new version."""
+    crashing, _ = replay(at("running"), [(5.0, ProcessExited(1, PID, CRASH))])
+    handle = object()
+    state, steps = machine.step(crashing, RestartRequested("switch", handle), 6.0)
+    (reply,) = effects_of([steps], Reply)
+    assert reply.result is not None and reply.result["restarts"] == state.book.restarts == 2

@@ -92,8 +92,8 @@ def write_config(tmp_path: Path, config: dict[str, Any]) -> Path:
 def services(tmp_path: Path):
     started: list[ServiceProcess] = []
 
-    def start(prefix: Path) -> ServiceProcess:
-        svc = ServiceProcess.start(tmp_path / "svc", service_config(tmp_path, prefix))
+    def start(prefix: Path, extra: dict[str, Any] | None = None) -> ServiceProcess:
+        svc = ServiceProcess.start(tmp_path / "svc", merge(service_config(tmp_path, prefix), extra or {}))
         started.append(svc)
         svc.wait_state(lambda s: s["state"] == "running", 30, "the service running")
         return svc
@@ -261,7 +261,9 @@ def test_upgrade_switches_verifies_prunes_and_rolls_back(tmp_path: Path, service
 
 def test_a_version_failing_under_the_service_is_rolled_back(tmp_path: Path, services) -> None:
     prefix = farm(tmp_path, "1.0.1", ("1.0.4", ONLY_IN_CANARY))
-    svc = services(prefix)
+    # FAST's 5 attempts 0.05-0.2 s apart: on a loaded machine clawsvc could give up on 1.0.4 (as configured)
+    # before the upgrade's next look; this test is about the rollback, so clawsvc keeps trying meanwhile
+    svc = services(prefix, {"reconnect": {"max_attempts": 0}})
     done = upgrade(tmp_path, svc.config_path, "1.0.4")
     assert done.returncode == 1, done.stderr
     assert "canary: openclaw 1.0.4 answered hello-ok" in done.stderr

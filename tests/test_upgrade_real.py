@@ -130,8 +130,9 @@ def test_a_version_that_cannot_start_is_refused_by_the_canary(service: ServicePr
     before = service.status()
     done = upgrade(service, BROKEN)
     assert done.returncode == 1
-    assert f"openclaw {BROKEN} failed its canary: it exited with status 1" in done.stderr
-    assert "  | boom: this build cannot start" in done.stderr
+    # its own CLI cannot run its database preflight: refused before the canary starts, with the reason
+    assert (f"openclaw {BROKEN} failed its canary: its database preflight: it gave no verdict (exit 1): boom: this "
+            "build cannot start") in done.stderr
     after = service.status()
     assert (after["pid"], after["gatewayVersion"], after["state"]) == (before["pid"], NEW, "running")
     assert links(farm) == (NEW, OLD)
@@ -156,8 +157,8 @@ def assert_refused_for_the_schema(service: ServiceProcess, farm: Path, done: sub
                                   before: dict[str, Any]) -> None:
     assert done.returncode == 1
     # the target release's own database preflight refuses the copy before the canary even starts
-    assert (f"openclaw {OLD} failed its canary: its database preflight refuses the service's state: the state "
-            "database: incompatible: found schema 18, this release supports 17") in done.stderr
+    assert (f"openclaw {OLD} failed its canary: its database preflight: the state database is incompatible: found "
+            "schema 18, this release supports 17") in done.stderr
     assert f"hint: the service's state was migrated by a newer release than {OLD}" in done.stderr
     after = service.status()
     assert (after["pid"], after["gatewayVersion"], after["state"]) == (before["pid"], NEW, "running")

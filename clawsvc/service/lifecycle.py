@@ -146,8 +146,9 @@ def on_restart(state: MState, message: RestartRequested, now: float) -> Outcome:
     mode = _restart_mode(state, message)
     effects: list[Effect] = [Log(INFO, f"gateway restart requested ({message.reason}); restarting it {HOW[mode]}"),
                              catalogue.RESTART_REQUESTED(message.reason)]
-    if message.reply is not None:
-        effects.append(Reply(message.reply, {"restarting": True, "mode": mode.value}))
+    if message.reply is not None:  # `restarts`: the count once this restart is done, for a client to watch
+        effects.append(Reply(message.reply, {"restarting": True, "mode": mode.value,
+                                             "restarts": state.book.restarts + 1}))
     pid, book = pid_of(state), state.book
     if isinstance(state, Restarting):
         return state, effects

@@ -3,10 +3,11 @@ leases and the openclaw.json paths of a copied state, the target release's own d
 it refuses a state a newer release migrated with.
 
 The database preflight (the gateway's supervisor contract: docs/cli/gateway/restart-and-supervision.md) runs the
-target release's CLI on each consolidated database of the canary's copy, before the canary starts (which would
-migrate the copy): `openclaw database preflight DB --json` for the state database, `database preflight-agent DB
---agent-id ID --json` for each agent's. Its JSON `status` is the verdict: exact, startup-repairable and
-migration-required are fine; incompatible and indeterminate refuse the upgrade."""
+target release's CLI on the canary's consistent copy of the state database, before the canary starts (which would
+migrate the copy): `openclaw database preflight STATE_DIR/state/openclaw.sqlite --json`. Its JSON `status` is the
+verdict: exact, startup-repairable and migration-required are fine; incompatible and indeterminate refuse the
+upgrade. Agent databases are not its business (`preflight-agent` refuses an older one the gateway migrates at
+start, seen with 2026.9.6 on 2026.9.5's): the canary's start on the copy judges those."""
 
 from __future__ import annotations
 
@@ -34,7 +35,6 @@ LEASE_TABLES = ("state_leases", "agent_database_leases")  # OpenClaw 2026.9's pr
 CONFIG_CAP = 16 * 1024 ** 2  # the most of openclaw.json the rewrite reads
 SCHEMA_TOO_NEW = "are newer than this build"  # the gateway's refusal of a state a newer release migrated
 STATE_DATABASE = Path("state") / "openclaw.sqlite"
-AGENT_DATABASE = "openclaw-agent.sqlite"  # agents/<id>/agent/openclaw-agent.sqlite
 FINE = ("exact", "startup-repairable", "migration-required")
 PREFLIGHT_TIMEOUT = 120.0  # a cold CLI start: 2-5 s here idle, 36 s seen under load
 PREFLIGHT_CAP = 256 * 1024
@@ -115,47 +115,34 @@ def schema_hint(version: str, state_dir: Path) -> str:
             f"that state ({state_dir}) restored from a backup made before the upgrade")
 
 
-def databases(state: Path) -> list[tuple[Path, str | None]]:
-    """(database, agent id or None for the state database) of a copied state dir."""
-    found: list[tuple[Path, str | None]] = []
-    if (state / STATE_DATABASE).is_file():
-        found.append((state / STATE_DATABASE, None))
-    agents = state / "agents"
-    if agents.is_dir():
-        for agent in sorted(agents.iterdir()):
-            database = agent / "agent" / AGENT_DATABASE
-            if database.is_file() and not database.is_symlink():
-                found.append((database, agent.name))
-    return found
-
-
 @dataclass(frozen=True)
 class Refusal:
     text: str  # one line: which database, the verdict, why
     incompatible: bool  # a schema newer than the release supports (a downgrade across a migration)
 
 
-def preflight(command: Sequence[str], state: Path, env: Mapping[str, str]) -> list[Refusal]:
-    """The target release's verdict on each database of the copied `state`: what it refuses (empty: every
-    database is one it can open). `command` runs the target release's CLI (node + entry, or a setpriv that runs
-    it as the service user); `env` is the canary's."""
-    refusals = []
-    for database, agent in databases(state):
-        what = "preflight" if agent is None else "preflight-agent"
-        argv = [*command, "database", what, str(database), *(["--agent-id", agent] if agent else []), "--json"]
-        name = "the state database" if agent is None else f"agent {agent}'s database"
-        try:
-            done = run_bounded(argv, env=env, timeout=PREFLIGHT_TIMEOUT, cap=PREFLIGHT_CAP)
-        except Unfinished as exc:
-            refusals.append(Refusal(f"{name}: its database preflight did not finish ({exc})", False))
-            continue
-        verdict = _verdict(done.output)
-        status = str(verdict.get("status", "?"))
-        if status not in FINE or done.returncode != 0:
-            reason = str(verdict.get("reason") or f"found schema {verdict.get('foundVersion')}, this release "
-                                                   f"supports {verdict.get('targetVersion')}").splitlines()[0]
-            refusals.append(Refusal(printable(cut(f"{name}: {status}: {reason}", 400)), status == "incompatible"))
-    return refusals
+def preflight(command: Sequence[str], state: Path, env: Mapping[str, str]) -> Refusal | None:
+    """The target release's verdict on the copied `state`'s state database: a Refusal, or None when it can open
+    it (or there is none yet). `command` runs the target release's CLI (node + entry, or a setpriv that runs it as
+    the service user); `env` is the canary's."""
+    database = state / STATE_DATABASE
+    if not database.is_file() or database.is_symlink():
+        return None
+    argv = [*command, "database", "preflight", str(database), "--json"]
+    try:
+        done = run_bounded(argv, env=env, timeout=PREFLIGHT_TIMEOUT, cap=PREFLIGHT_CAP)
+    except Unfinished as exc:
+        return Refusal(f"it did not finish ({exc})", False)
+    verdict = _verdict(done.output)
+    status = verdict.get("status")
+    if not isinstance(status, str):
+        last = done.output.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
+        return Refusal(printable(cut(f"it gave no verdict (exit {done.returncode}): {last[0]}", 400)), False)
+    if status in FINE and done.returncode == 0:
+        return None
+    reason = str(verdict.get("reason") or f"found schema {verdict.get('foundVersion')}, this release supports "
+                                           f"{verdict.get('targetVersion')}").splitlines()[0]
+    return Refusal(printable(cut(f"the state database is {status}: {reason}", 400)), status == "incompatible")
 
 
 def _verdict(output: bytes) -> dict[str, Any]:

@@ -53,11 +53,15 @@ class Service:
 
     def restart_and_verify(self, version: str) -> Served:
         """Restart the gateway, then wait (gateway.stop_timeout + start_timeout + margin) for `version`."""
-        before = self.status()  # just before the restart: its pid and restart count are the baseline
+        before = self.status()  # just before the restart: its pid is not the new one
         started = time.monotonic()
         bound = self.config.gateway.stop_timeout + self.config.gateway.start_timeout + MARGIN
-        self._ask({"cmd": "restart-gateway", "mode": "fresh"}, bound)  # new code: a new process, after a drain
-        snap = self._wait_running(version, before, started, bound)
+        answer = self._ask({"cmd": "restart-gateway", "mode": "fresh"}, bound)  # new code: a new process, drained
+        counted = answer.get("restarts") if isinstance(answer, dict) else None
+        # the service's restart count once ours is done: a crash loop of the old version between `before` and
+        # the request must not pass for a crash of the new one
+        baseline = counted if isinstance(counted, int) and not isinstance(counted, bool) else before.restarts + 1
+        snap = self._wait_running(version, before.pid, baseline, started, bound)
         running_after = time.monotonic() - started
         assert snap.pid is not None
         self._check_health(snap.pid)
@@ -71,18 +75,20 @@ class Service:
         except ControlError as exc:
             raise NotServing(f"clawsvc refused {message['cmd']}: {exc.code}: {exc.message}") from None
 
-    def _wait_running(self, version: str, before: Snapshot, started: float, bound: float) -> Snapshot:
-        """The first snapshot of a new gateway of `version` running; NotServing as soon as it cannot come."""
+    def _wait_running(self, version: str, old_pid: int | None, restarts: int, started: float,
+                      bound: float) -> Snapshot:
+        """The first snapshot of a new gateway of `version` running; NotServing as soon as it cannot come (more
+        restarts than `restarts`: the new version crashed)."""
         while True:
             snap = self.status()
-            if snap.state is State.RUNNING and snap.pid not in (None, before.pid):
+            if snap.state is State.RUNNING and snap.pid not in (None, old_pid):
                 if snap.gateway_version != version:
                     raise NotServing(f"the gateway now running says it is {snap.gateway_version or 'unknown'}, "
                                      f"not {version}")
                 return snap
             if snap.state is State.ERROR or snap.state is State.STOPPING:
                 raise NotServing(f"clawsvc is {snap.state.value}: {snap.error or snap.cause or snap.last_exit}")
-            if snap.restarts > before.restarts + 1:  # the one we asked for, then a crash of the new version
+            if snap.restarts > restarts:  # the one we asked for, then a crash of the new version
                 raise NotServing(f"the new gateway {snap.last_exit or 'failed'}; clawsvc is {snap.state.value}: "
                                  f"{snap.cause or snap.error or 'restarting it'}")
             if time.monotonic() - started >= bound:
