@@ -123,11 +123,11 @@ class Executor:
             case StopProcess():
                 self._stop(effect.pid, effect.grace)
             case AskRestart():
-                self._ask_restart(effect)
+                self._on_link("restart", self._restart_request, effect)
             case ConsumeHandoff():
                 start_thread("handoff", self._consume_handoff, effect)
             case CheckHealth():
-                self._check_health(effect)
+                self._on_link("health", self._health_probe, effect)
             case LoadConfig():
                 start_thread("reload", self._load_config, effect.path)
             case ApplyConfig():
@@ -227,10 +227,12 @@ class Executor:
             connection.on_down = connection.on_event = None
             start_thread("closer", connection.close)
 
-    def _check_health(self, effect: CheckHealth) -> None:
+    def _on_link(self, role: str, work: Callable[[GatewayConnection | None, Any], None],
+                 effect: CheckHealth | AskRestart) -> None:
+        """`work(connection, effect)` on a thread of its own, with the connection of effect.link (None: closed)."""
         with self._lock:
             connection = self._links.get(effect.link)
-        start_thread("health", self._health_probe, connection, effect)
+        start_thread(role, work, connection, effect)
 
     def _health_probe(self, connection: GatewayConnection | None, effect: CheckHealth) -> None:
         if connection is None:
@@ -249,11 +251,6 @@ class Executor:
         """Worker: the gateway's CLI, with the gateway's own environment (no token), bounded in time."""
         accepted, said = handoff.consume(effect.config, effect.pid, build_env(effect.config, "", {}))
         self.post(HandoffChecked(effect.gen, effect.pid, accepted, said))
-
-    def _ask_restart(self, effect: AskRestart) -> None:
-        with self._lock:
-            connection = self._links.get(effect.link)
-        start_thread("restart", self._restart_request, connection, effect)
 
     def _restart_request(self, connection: GatewayConnection | None, effect: AskRestart) -> None:
         """The gateway's own safe restart (= `openclaw gateway restart --safe`); the machine decides on the answer."""
