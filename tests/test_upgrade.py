@@ -45,6 +45,7 @@ def fake_node(prefix: Path, name: str = "node-fake") -> Path:
     node = prefix / name / "bin" / "node"
     node.parent.mkdir(parents=True, exist_ok=True)
     node.write_text(f'#!/bin/sh\nif [ "$1" = --version ]; then echo v24.21.0; exit 0; fi\n'
+                    'while case "$1" in -*) true;; *) false;; esac; do shift; done  # node options, as node\n'
                     f'entry=$1; shift\n. "$entry"\nexport DOUBLE_VERSION\nexec {sys.executable} {DOUBLE_SCRIPT} "$@"\n')
     node.chmod(0o755)
     return node

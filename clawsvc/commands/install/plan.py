@@ -30,6 +30,7 @@ TEMPLATE_EXE = "/usr/local/bin/clawsvc"  # what ExecStart= / ProgramArguments na
 # A system service runs with ProtectHome=yes and PrivateTmp=yes: nothing below these is visible to it.
 HIDDEN_FROM_SYSTEM_UNIT = tuple(str(p) for p in (*install_reach.HOME_HIDDEN, *install_reach.TMP_HIDDEN))
 UNIT_DIR = Path("/etc/systemd/system")
+ALERT_UNIT = "clawsvc-alert@.service"  # the units' OnFailure=: runs the alert hooks (`clawsvc alert`)
 SYSUSERS_TIMEOUT = 60.0
 _REPO = Path(__file__).resolve().parents[3]  # a source checkout: clawsvc/commands/install/plan.py
 
@@ -183,7 +184,9 @@ def plan(kind: str, config: Path | None = None, command: Sequence[str] | None = 
     if kind == "user":
         unit_text = render_unit(data_text("units/user/clawsvc.service"), command, config)
         target = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "systemd" / "user" / "clawsvc.service"
-        return Plan(kind, (InstallFile(target, unit_text), _config_file(config, kind, config_text)), (
+        alert = InstallFile(target.with_name(ALERT_UNIT), render_unit(data_text(f"units/user/{ALERT_UNIT}"), command,
+                                                                      config))
+        return Plan(kind, (InstallFile(target, unit_text), _config_file(config, kind, config_text), alert), (
             f"clawsvc check-config -c {shown_config}",
             "systemctl --user daemon-reload",
             "systemctl --user enable --now clawsvc",
@@ -213,6 +216,7 @@ def _system_plan(command: tuple[str, ...], config: InstallFile, unit: str, binds
     files = [
         InstallFile(UNIT_DIR / "clawsvc.service", main_unit),
         InstallFile(UNIT_DIR / "clawsvc@.service", render_unit(data_text("units/clawsvc@.service"), command, None)),
+        InstallFile(UNIT_DIR / ALERT_UNIT, render_unit(data_text(f"units/{ALERT_UNIT}"), command, main_config)),
         InstallFile(sysusers, data_text("units/clawsvc.sysusers.conf")),
         config,
     ]

@@ -56,7 +56,7 @@ class Service:
         before = self.status()  # just before the restart: its pid and restart count are the baseline
         started = time.monotonic()
         bound = self.config.gateway.stop_timeout + self.config.gateway.start_timeout + MARGIN
-        self._ask({"cmd": "restart-gateway", "mode": "fresh"}, bound)  # new code: a new process, after a drain
+        self._ask({"cmd": "restart-gateway", "mode": "fresh", "why": "upgrade"}, bound)  # a new process, after a drain
         snap = self._wait_running(version, before, started, bound)
         running_after = time.monotonic() - started
         assert snap.pid is not None
