@@ -126,6 +126,7 @@ def instance_tree(root: Path, *names: str) -> None:
     if not (root / UNITS / "clawsvc.service").exists():
         put(root, UNITS / "clawsvc.service", (REPO / "units/clawsvc.service").read_text())
     put(root, UNITS / "clawsvc@.service", (REPO / "units/clawsvc@.service").read_text())
+    put(root, UNITS / "clawsvc-alert@.service", (REPO / "units/clawsvc-alert@.service").read_text())
     put(root, "etc/sysusers.d/clawsvc.conf")
     for name in names:
         enable(root, f"clawsvc@{name}.service")

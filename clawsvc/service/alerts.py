@@ -66,13 +66,10 @@ def message(event: Event, held_back: int, config: Config) -> bytes:
 
 
 def _account() -> Account | None:
-    """Who a command hook runs as: ourselves, or, when we are root, the service user (never root)."""
-    if os.geteuid() != 0:
-        return None
-    uid = service_uid()
-    if uid is None:
-        raise HookFailed("clawsvc runs as root and there is no service user (clawsvc) to run the command as")
-    return Account.of(uid)
+    """Who a command hook runs as: the service user. Run by root (`clawsvc upgrade`, a `clawsvc run` of root's) that
+    is the clawsvc user where it exists; anyone else (and root on a machine without it) runs hooks as itself."""
+    uid = service_uid() if os.geteuid() == 0 else None
+    return None if uid is None else Account.of(uid)
 
 
 def run_hook(hook: AlertHook, data: bytes, name: str) -> None:
