@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from double import DOUBLE_SCRIPT, free_port
 from faults.faultkit import FAST
+from hookkit import command_hook, recorded
 from service_proc import STRIPPED, ServiceProcess, base_config, merge
 from waiting import poll
 
@@ -77,7 +78,8 @@ def farm(tmp_path: Path, current: str = "1.0.1", *others: tuple[str, str]) -> Pa
 
 def service_config(tmp_path: Path, prefix: Path) -> dict[str, Any]:
     config = merge(base_config(tmp_path / "svc", gateway_links.stable_command(prefix), free_port()), FAST)
-    return merge(config, {"gateway": {"env": {"DOUBLE_TICK_MS": "300"}}})
+    hook = {"on": ["upgrade.rolled-back"], "command": command_hook(tmp_path / "svc" / "rolled-back.jsonl")}
+    return merge(config, {"gateway": {"env": {"DOUBLE_TICK_MS": "300"}}, "alerts": [hook]})
 
 
 def write_config(tmp_path: Path, config: dict[str, Any]) -> Path:
@@ -266,6 +268,9 @@ def test_a_version_failing_under_the_service_is_rolled_back(tmp_path: Path, serv
     assert done.returncode == 1, done.stderr
     assert "canary: openclaw 1.0.4 answered hello-ok" in done.stderr
     assert "error: rolled back to 1.0.1: the new gateway exited with status 1" in done.stderr
+    told = recorded(tmp_path / "svc" / "rolled-back.jsonl")
+    assert [(e["name"], e["payload"]["version"], e["payload"]["restored"]) for e in told] == [
+        ("upgrade.rolled-back", "1.0.4", "1.0.1")]
     status = svc.status()
     assert (status["state"], status["gatewayVersion"]) == ("running", "1.0.1")
     assert links(prefix) == ("1.0.1", None)
