@@ -15,9 +15,10 @@ import pytest
 from prom import prometheus_binary
 from waiting import poll
 
+from clawsvc.atomicfile import write_atomically
 from clawsvc.config import Config, ConfigError, MetricsConfig, parse_config
 from clawsvc.gateway import memory
-from clawsvc.service.exposition import MetricsServer, Outputs, TextfileWriter, write_atomically
+from clawsvc.service.exposition import MetricsServer, Outputs, TextfileWriter
 from clawsvc.service.metrics import Counts, instance_of, render
 from clawsvc.service.status import Snapshot, State
 
@@ -174,7 +175,7 @@ def test_write_atomically_never_writes_through_a_planted_link(tmp_path: Path) ->
     victim = tmp_path / "victim"
     victim.write_text("mine\n")
     target = tmp_path / "out.prom"
-    (tmp_path / f".out.prom.{os.getpid()}.tmp").symlink_to(victim)
+    (tmp_path / ".out.prom.clawsvc-tmp").symlink_to(victim)
     target.symlink_to(victim)
     write_atomically(target, b"x 1\n", 0o644)
     assert victim.read_text() == "mine\n" and not target.is_symlink() and target.read_text() == "x 1\n"

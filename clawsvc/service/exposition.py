@@ -10,9 +10,7 @@ head (at most HEAD_MAX bytes), WRITE_TIMEOUT for the answer; nothing is read pas
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
-import os
 import selectors
 import socket
 import threading
@@ -20,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from clawsvc.atomicfile import write_atomically
 from clawsvc.config import Config
 from clawsvc.config.values import LOOPBACK_NAMES, split_listen
 from clawsvc.service.metrics import CONTENT_TYPE
@@ -81,6 +80,8 @@ class MetricsServer:
             raise
         self._listener = listener
         self._thread = start_thread("metrics-http", self._serve)
+        import ipaddress  # only with an endpoint
+
         exposed = "" if host in LOOPBACK_NAMES or ipaddress.ip_address(host).is_loopback else \
             "; it is not loopback: firewall it"
         log.info("metrics on http://%s/metrics%s", self.address, exposed)
@@ -132,29 +133,6 @@ class MetricsServer:
             reply = _answer("200 OK", self._render().encode("utf-8"), CONTENT_TYPE, head=method == b"HEAD")
         conn.settimeout(WRITE_TIMEOUT)
         conn.sendall(reply)
-
-
-def write_atomically(target: Path, data: bytes, mode: int) -> None:
-    """A temporary file beside `target` (created O_EXCL|O_NOFOLLOW: never through a link planted there), then
-    renamed over it: a reader sees the old file or the new one, never half of one."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    try:
-        os.fchmod(fd, mode)  # the umask narrowed it
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, target)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 class TextfileWriter:

@@ -3,7 +3,6 @@ reachability drop-in; shown (--dry-run) or written below the install root, a dif
 
 from __future__ import annotations
 
-import contextlib
 import grp
 import os
 import plistlib
@@ -18,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
+from clawsvc.atomicfile import write_atomically
 from clawsvc.commands.install import reach as install_reach
 from clawsvc.config import ConfigError, parse_config
 from clawsvc.config.instances import INSTALL_ROOT_ENV as INSTALL_ROOT_ENV
@@ -246,25 +246,8 @@ def _chgrp(path: Path, group: str | None, out: TextIO) -> None:
 
 
 def _write(target: Path, content: str, mode: int) -> None:
-    """Atomically, with its mode before any content is in it, and never through a link planted at the temporary
-    name (O_EXCL|O_NOFOLLOW after removing a leftover; os.replace swaps a link at `target` itself, not its target)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.clawsvc-tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    try:
-        os.fchmod(fd, mode)  # the umask narrowed it
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            fd = -1
-            stream.write(content)
-        os.replace(tmp, target)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    write_atomically(target, content.encode("utf-8"), mode)
 
 
 def _read(target: Path) -> str | None:
