@@ -1,7 +1,7 @@
 """YAML config file -> frozen, typed Config; every error names file:line and the dotted key.
 
 model: the Config dataclasses and defaults; reader: bounded YAML reading; loader: schema, parse_config,
-load_config; render: to_dict, dump, gateway_affecting; values: the parsers of single settings."""
+load_config; render: to_dict, dump, gateway_affecting; values, monitoring: the parsers of single settings."""
 
 from clawsvc.config.loader import SCHEMA, load_config, parse_config
 from clawsvc.config.model import (

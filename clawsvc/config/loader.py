@@ -25,12 +25,12 @@ from clawsvc.config.model import (
     ReconnectConfig,
     default_config_path,
 )
+from clawsvc.config.monitoring import alert_hooks, listen_address, memory_settings
 from clawsvc.config.reader import MAX_CONFIG_BYTES, Reader
 from clawsvc.config.values import (
     BINDS,
     LEVELS,
     Parser,
-    alert_hooks,
     boolean,
     choice,
     command,
@@ -38,8 +38,6 @@ from clawsvc.config.values import (
     env_map,
     group_name,
     integer,
-    listen_address,
-    memory_settings,
     number,
     optional,
     path,

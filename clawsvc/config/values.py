@@ -12,7 +12,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from clawsvc.config.model import AlertHook, MemoryConfig
 from clawsvc.text import shown
 
 BINDS = ("loopback", "lan", "tailnet", "auto")
@@ -46,7 +45,7 @@ _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
@@ -60,7 +59,7 @@ def _plain_text(value: str, what: str, newline: bool = True) -> None:
 
 def parse_duration(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f"expected a duration like 30, 250ms, 30s or 5m, got {_type_name(value)}")
+        raise ValueError(f"expected a duration like 30, 250ms, 30s or 5m, got {type_name(value)}")
     if isinstance(value, str):
         match = _DURATION.fullmatch(value)
         if not match:
@@ -90,7 +89,7 @@ def duration(minimum: float = 0.0, allow_zero: bool = False) -> Parser:
 def integer(low: int, high: int) -> Parser:
     def parse(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected an integer, got {_type_name(value)} {shown(value)}")
+            raise ValueError(f"expected an integer, got {type_name(value)} {shown(value)}")
         if not low <= value <= high:
             raise ValueError(f"must be between {low} and {high}, got {shown(value)}")
         return value
@@ -100,7 +99,7 @@ def integer(low: int, high: int) -> Parser:
 def number(low: float, high: float) -> Parser:
     def parse(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"expected a number, got {_type_name(value)} {shown(value)}")
+            raise ValueError(f"expected a number, got {type_name(value)} {shown(value)}")
         if not math.isfinite(value) or value < low:
             raise ValueError(f"must be at least {low}, got {shown(value)}")
         if value > high:
@@ -111,7 +110,7 @@ def number(low: float, high: float) -> Parser:
 
 def boolean(value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {_type_name(value)} {shown(value)}")
+        raise ValueError(f"expected true or false, got {type_name(value)} {shown(value)}")
     return value
 
 
@@ -129,7 +128,7 @@ def _fs_bytes(value: str) -> int:
 
 def path(value: Any) -> Path:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"expected a path, got {_type_name(value)} {shown(value)}")
+        raise ValueError(f"expected a path, got {type_name(value)} {shown(value)}")
     _plain_text(value, "a path")
     expanded = os.path.expanduser(value)
     if _fs_bytes(expanded) > PATH_MAX:
@@ -142,7 +141,7 @@ def path_or_false(value: Any) -> Path | None:
     if value is False:
         return None
     if not isinstance(value, str):
-        raise ValueError(f"expected a path or false, got {_type_name(value)} {shown(value)}")
+        raise ValueError(f"expected a path or false, got {type_name(value)} {shown(value)}")
     return path(value)
 
 
@@ -172,7 +171,7 @@ def command(value: Any) -> tuple[str, ...]:
         raise ValueError("expected a non-empty list of strings (the argv that starts openclaw)")
     for index, item in enumerate(value):
         if not isinstance(item, str) or not item:
-            raise ItemError(index, f"expected a non-empty string, got {_type_name(item)} {shown(item)}")
+            raise ItemError(index, f"expected a non-empty string, got {type_name(item)} {shown(item)}")
         try:
             _plain_text(item, "an argument", newline=False)
         except ValueError as exc:
@@ -184,7 +183,7 @@ def command(value: Any) -> tuple[str, ...]:
 
 def env_map(value: Any) -> Mapping[str, str]:
     if not isinstance(value, dict):
-        raise ValueError(f"expected a mapping of NAME: value, got {_type_name(value)}")
+        raise ValueError(f"expected a mapping of NAME: value, got {type_name(value)}")
     result: dict[str, str] = {}
     for key, item in value.items():
         if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
@@ -193,7 +192,7 @@ def env_map(value: Any) -> Mapping[str, str]:
             raise ItemError(key, "the gateway token does not go here: use auth.token_file, the keyring "
                                  "or $CREDENTIALS_DIRECTORY/gateway-token", at_key=True)
         if item is None or isinstance(item, dict | list):
-            raise ItemError(key, f"expected a string, got {_type_name(item)}")
+            raise ItemError(key, f"expected a string, got {type_name(item)}")
         text = str(item).lower() if isinstance(item, bool) else str(item)
         if "\0" in text:
             raise ItemError(key, "an environment value must not contain a NUL character")
@@ -205,7 +204,7 @@ def env_map(value: Any) -> Mapping[str, str]:
 
 def providers(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
-        raise ValueError(f"expected a list of provider names, got {_type_name(value)}")
+        raise ValueError(f"expected a list of provider names, got {type_name(value)}")
     for index, item in enumerate(value):
         if not isinstance(item, str) or not re.fullmatch(r"[a-z][a-z0-9_-]{0,63}", item):
             raise ItemError(index, f"{shown(item)} is not a provider name (lowercase letters, digits, - and _; "
@@ -229,7 +228,7 @@ def ws_path(value: Any) -> str:
 
 def group_name(value: Any) -> str:
     if not isinstance(value, str) or not value:
-        raise ValueError(f"expected a group name, got {_type_name(value)} {shown(value)}")
+        raise ValueError(f"expected a group name, got {type_name(value)} {shown(value)}")
     if len(value) > 256 or re.search(r"[\x00-\x20:\x7f]", value):
         raise ValueError(f"expected a group name (no spaces, colons or control characters), got {shown(value)}")
     return value
@@ -237,153 +236,14 @@ def group_name(value: Any) -> str:
 
 def regex_list(value: Any) -> tuple[re.Pattern[str], ...]:
     if not isinstance(value, list):
-        raise ValueError(f"expected a list of regular expressions, got {_type_name(value)}")
+        raise ValueError(f"expected a list of regular expressions, got {type_name(value)}")
     compiled = []
     for index, item in enumerate(value):
         if not isinstance(item, str):
-            raise ItemError(index, f"expected a regex string, got {_type_name(item)} {shown(item)}")
+            raise ItemError(index, f"expected a regex string, got {type_name(item)} {shown(item)}")
         try:
             compiled.append(re.compile(item))
         except (re.error, RecursionError, OverflowError) as exc:
             raise ItemError(index, f"{shown(item)} is not a valid regex: {exc}") from None
     return tuple(compiled)
 
-
-_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", re.IGNORECASE)
-_SIZE_UNIT = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-MIN_SIZE, MAX_SIZE = 1 << 20, 1 << 50
-
-
-def size(value: Any) -> int:
-    """Bytes: a number, or a number with K, M, G or T (1024-based, as systemd's MemoryMax=; KiB, MB... alike)."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f"expected a size like 800M or 1.5G, got {_type_name(value)}")
-    if isinstance(value, str):
-        match = _SIZE.fullmatch(value)
-        if not match:
-            raise ValueError(f"expected a size like 800M, 1.5G or 2GiB, got {shown(value)}")
-        number = float(match.group(1)) * _SIZE_UNIT[match.group(2).lower()]
-    else:
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"expected a finite size, got {value}")
-        number = float(value) if abs(value) <= MAX_SIZE else float(MAX_SIZE + 1)
-    if not MIN_SIZE <= number <= MAX_SIZE:
-        raise ValueError(f"must be between 1M and 1P, got {shown(value)}")
-    return int(number)
-
-
-def memory_settings(value: Any) -> MemoryConfig:
-    """gateway.memory: {warn_above, restart_above, cooldown}; the MemoryConfig is built by the caller's type."""
-    if value is None:
-        return MemoryConfig()
-    if not isinstance(value, dict):
-        raise ValueError(f"expected a mapping {{warn_above, restart_above, cooldown}}, got {_type_name(value)}")
-    parsers: dict[str, Parser] = {"warn_above": optional(size), "restart_above": optional(size),
-                                  "cooldown": duration(minimum=60.0)}
-    out: dict[str, Any] = {}
-    for key, item in value.items():
-        if key not in parsers:
-            raise ItemError(key, f"unknown key {shown(key)}; known: {', '.join(parsers)}", at_key=True)
-        try:
-            out[key] = parsers[key](item)
-        except ValueError as exc:
-            raise ItemError(key, str(exc)) from None
-    return MemoryConfig(**out)
-
-
-LOOPBACK_NAMES = ("localhost",)
-
-
-def listen_address(value: Any) -> str:
-    """HOST:PORT to listen on: an IP address ([v6] in brackets) or localhost, and a port 1-65535."""
-    import ipaddress
-
-    if not isinstance(value, str) or ":" not in value:
-        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:9464, got {shown(value)}")
-    host, _, port_text = value.strip().rpartition(":")
-    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if bare not in LOOPBACK_NAMES:
-        try:
-            address = ipaddress.ip_address(bare)
-        except ValueError:
-            raise ValueError(f"expected an IP address or localhost before the port, got {shown(host)}") from None
-        if address.version == 6 and bare == host:
-            raise ValueError(f"write an IPv6 address in brackets: [{bare}]:{port_text}")
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"expected a port 1-65535 after the host, got {shown(port_text)}")
-    return f"{host}:{int(port_text)}"
-
-
-def split_listen(value: str) -> tuple[str, int]:
-    """(host without brackets, port) of a listen_address."""
-    host, _, port = value.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-EVENT_NAME = re.compile(r"[a-z][a-z0-9_.-]{0,99}")
-MAX_HOOKS = 32
-HOOK_KEYS = ("on", "command", "webhook", "headers_file", "min_interval", "timeout")
-
-
-def webhook_url(value: Any) -> str:
-    """An http(s) URL with a host and no user:password (credentials come from headers_file, never the YAML)."""
-    from urllib.parse import urlsplit
-
-    if not isinstance(value, str) or len(value) > WS_PATH_MAX or re.search(r"[\x00-\x20\x7f]", value):
-        raise ValueError(f"expected an http:// or https:// URL without spaces, got {shown(value)}")
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError for a port that is no number or out of range
-    except ValueError as exc:
-        raise ValueError(f"not a usable URL ({exc}): {shown(value)}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected an http:// or https:// URL with a host, got {shown(value)}")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError("a user or password in the URL would sit in the YAML in plain text: put an "
-                         "'Authorization: ...' line in headers_file instead")
-    return value
-
-
-def _hook(value: Any) -> AlertHook:
-    if not isinstance(value, dict):
-        raise ValueError(f"expected a mapping {{on, command | webhook, ...}}, got {_type_name(value)}")
-    value = {"on" if key is True else key: item for key, item in value.items()}  # YAML 1.1 reads `on` as true
-    unknown = [key for key in value if key not in HOOK_KEYS]
-    if unknown:
-        raise ValueError(f"unknown key {shown(unknown[0])}; known: {', '.join(HOOK_KEYS)}")
-    names = value.get("on")
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) and EVENT_NAME.fullmatch(n)
-                                                           for n in names):
-        raise ValueError(f"on: expected a list of event names (see `clawsvc events --names`), got {shown(names)}")
-    if ("command" in value) == ("webhook" in value):
-        raise ValueError("give exactly one of command: [argv] or webhook: URL")
-    if "headers_file" in value and "webhook" not in value:
-        raise ValueError("headers_file goes with webhook:, not command:")
-    parsed: dict[str, Any] = {"on": tuple(dict.fromkeys(names))}
-    for key, parser in (("command", command), ("webhook", webhook_url), ("headers_file", path),
-                        ("min_interval", duration(minimum=1.0)), ("timeout", duration(minimum=0.1))):
-        if key in value:
-            try:
-                parsed[key] = parser(value[key])
-            except ValueError as exc:
-                raise ValueError(f"{key}: {exc}") from None
-    if parsed.get("timeout", 10.0) > 300.0:
-        raise ValueError(f"timeout: at most 300s, got {shown(value['timeout'])}")
-    return AlertHook(**parsed)
-
-
-def alert_hooks(value: Any) -> tuple[AlertHook, ...]:
-    """alerts: a list of hooks; the event names are checked against the catalogue by preflight."""
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise ValueError(f"expected a list of hooks, got {_type_name(value)}")
-    if len(value) > MAX_HOOKS:
-        raise ValueError(f"at most {MAX_HOOKS} hooks, got {len(value)}")
-    hooks = []
-    for index, item in enumerate(value):
-        try:
-            hooks.append(_hook(item))
-        except ValueError as exc:
-            raise ItemError(index, str(exc)) from None
-    return tuple(hooks)

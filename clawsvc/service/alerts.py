@@ -189,14 +189,16 @@ class Hooks:
             self._finished(number, hook, gate, None)
 
     def _finished(self, number: int, hook: AlertHook, gate: Gate, problem: str | None) -> None:
+        """The run is over: its failure counted (and logged, if due), then the hook is free again."""
         with self._lock:
-            gate.busy = False
             unlogged = gate.failure(self._clock()) if problem is not None else None
-            self._idle.notify_all()
         if unlogged is not None:
             more = f" ({unlogged} more failure(s) since the last warning)" if unlogged else ""
             log.warning("alert hook %d (%s) failed: %s%s; next warning about it in %gs at the earliest", number,
                         hook.target, problem, more, hook.min_interval)
+        with self._lock:
+            gate.busy = False
+            self._idle.notify_all()
 
     def counts(self, events_missed: int) -> Counts:
         with self._lock:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from clawsvc.atomicfile import write_atomically
 from clawsvc.config import Config
-from clawsvc.config.values import LOOPBACK_NAMES, split_listen
+from clawsvc.config.monitoring import LOOPBACK_NAMES, split_listen
 from clawsvc.service.metrics import CONTENT_TYPE
 from clawsvc.threads import start_thread
 
