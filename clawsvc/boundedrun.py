@@ -1,7 +1,8 @@
-"""A short helper program (`node --version`, a check run as the service user) run with bounds: stdin /dev/null, a
-clean environment given by the caller, cwd /, stdout and stderr in one pipe of which at most `cap` bytes are
-taken, and its process group killed at the deadline or as soon as it prints more. Optionally as another account:
-its uid, its primary gid and no supplementary groups, so it can do no more than that user could."""
+"""A short helper program (`node --version`, a check run as the service user, an alert hook) run with bounds:
+stdin /dev/null or a small input (at most a pipe's buffer, written without blocking), a clean environment given by
+the caller, cwd /, stdout and stderr in one pipe of which at most `cap` bytes are taken, and its process group
+killed at the deadline or as soon as it prints more. Optionally as another account: its uid, its primary gid and no
+supplementary groups, so it can do no more than that user could."""
 
 from __future__ import annotations
 
@@ -63,15 +64,25 @@ def as_account(argv: Sequence[str], account: Account | None) -> tuple[list[str],
             "KILL", "--", *argv], {}
 
 
+STDIN_MAX = 64 * 1024  # a fresh pipe takes this much without a reader: writing it never waits on the program
+
+
 def run_bounded(argv: Sequence[str], *, env: Mapping[str, str], timeout: float, cap: int,
-                account: Account | None = None) -> Finished:
-    """Run argv to its end within `timeout` seconds, keeping at most `cap` bytes of its output."""
+                account: Account | None = None, stdin: bytes | None = None) -> Finished:
+    """Run argv to its end within `timeout` seconds, keeping at most `cap` bytes of its output; `stdin` (at most
+    STDIN_MAX bytes) is what it reads, then end of file."""
+    if stdin is not None and len(stdin) > STDIN_MAX:
+        raise ValueError(f"run_bounded takes at most {STDIN_MAX} bytes of input, got {len(stdin)}")
     command, switch = as_account(argv, account)
     try:
-        child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, env=dict(env), cwd="/", start_new_session=True, **switch)
+        child = subprocess.Popen(command, stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(env), cwd="/",
+                                 start_new_session=True, **switch)
     except (OSError, subprocess.SubprocessError) as exc:
         raise Unfinished(f"cannot run {argv[0]}: {getattr(exc, 'strerror', None) or exc}") from None
+    if child.stdin is not None:
+        _feed(child.stdin.fileno(), stdin or b"")
+        child.stdin.close()
     deadline = time.monotonic() + timeout
     try:
         assert child.stdout is not None
@@ -89,6 +100,13 @@ def run_bounded(argv: Sequence[str], *, env: Mapping[str, str], timeout: float, 
         if child.stdout is not None:
             child.stdout.close()
     return Finished(returncode, output)
+
+
+def _feed(fd: int, data: bytes) -> None:
+    """All of `data` into the empty pipe at once; a program that exits without reading it is no error."""
+    os.set_blocking(fd, False)
+    with contextlib.suppress(BlockingIOError, BrokenPipeError):
+        os.write(fd, data)
 
 
 def _read(fd: int, deadline: float, cap: int) -> bytes | None:

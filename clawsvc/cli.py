@@ -18,6 +18,8 @@ HANDLERS = {
     "rpc": "clawsvc.commands.control.rpc:rpc_main",
     "restart-gateway": "clawsvc.commands.control.restart:restart_main",
     "events": "clawsvc.commands.control.events:main",
+    "metrics": "clawsvc.commands.control.metrics:main",
+    "alert": "clawsvc.commands.alert:main",
     "keys": "clawsvc.commands.keys:main",
     "install": "clawsvc.commands.install.main:main",
     "uninstall": "clawsvc.commands.install.uninstall:main",
@@ -47,8 +49,8 @@ def _kind_args(parser: argparse.ArgumentParser) -> None:
 
 
 GROUPS = (
-    ("run the service", ("run", "check-config")),
-    ("ask the running service", ("status", "events", "rpc", "restart-gateway")),
+    ("run the service", ("run", "check-config", "alert")),
+    ("ask the running service", ("status", "events", "metrics", "rpc", "restart-gateway")),
     ("set up and maintain", ("install", "uninstall", "upgrade", "gateway-install", "keys", "doctor")),
 )
 
@@ -125,6 +127,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only events of this name (repeatable); `tick` only arrives when named")
     p.add_argument("--names", dest="list_names", action="store_true",
                    help="list every event name with a one-line description, and exit")
+
+    p = _command(sub, "metrics", "print the service's Prometheus metrics (as metrics.listen serves them)",
+                 "0 printed; 1 refused (or the socket is served by another user); 3 not running")
+    _config_arg(p)
+
+    p = _command(sub, "alert", "run the config's alert hooks for service.failed now (what the units' OnFailure= "
+                               "runs)",
+                 "0 the hooks ran (or none takes service.failed); 1 a hook failed; 78 bad config",
+                 "Run the alert hooks that list service.failed, in this process, with the failed unit's result "
+                 "from $MONITOR_SERVICE_RESULT, $MONITOR_EXIT_CODE and $MONITOR_EXIT_STATUS (systemd sets them for "
+                 "OnFailure= units). An instance's unit (clawsvc@NAME.service) reads /etc/clawsvc/NAME.yaml.")
+    _config_arg(p)
+    p.add_argument("--unit", default="clawsvc.service", metavar="UNIT", help="the unit that failed")
 
     p = _command(sub, "keys", "provider API keys and the gateway token, in the keyring or as encrypted systemd "
                               "credentials",

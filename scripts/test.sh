@@ -27,6 +27,17 @@ if ((${#missing[@]})); then
         exit 1
     fi
 fi
+# A real Prometheus (Debian's package; its own service is not started) scrapes clawsvc in the tests.
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "installing Debian's prometheus for the metrics tests"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    else
+        echo "missing tools: prometheus, promtool (install Debian's prometheus)" >&2
+        exit 1
+    fi
+fi
 
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 # compat: the editable install is a plain path in a .pth file; the default import hook costs every clawsvc

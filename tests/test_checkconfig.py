@@ -91,7 +91,8 @@ def test_print_shows_effective_config_with_secrets_redacted(tmp_path):
     shown = yaml.safe_load(done.stdout)
     assert shown["gateway"]["port"] == 4242
     assert shown["gateway"]["env"] == {"MY_API_KEY": "<redacted>", "SLACK_TOKEN": "<redacted>", "LOG_FORMAT": "json"}
-    assert shown["health"] == {"interval": 60.0, "timeout": 5.0, "failures": 3, "tick_grace": 2.0}
+    assert shown["health"] == {"interval": 60.0, "timeout": 5.0, "failures": 3, "tick_grace": 2.0,
+                              "not_ready_after": 300.0}
     assert shown["providers"] == ["anthropic", "openai", "google", "openrouter"]  # defaults filled in
     assert str(path) in done.stdout.splitlines()[0]
     # what --print shows is itself a valid config

@@ -73,9 +73,13 @@ class FakeHandler:
             return self.rpc_behaviour(method, params, timeout)
         return {"method": method, "params": params, "timeout": timeout}
 
-    def restart_gateway(self, mode: str) -> dict[str, Any]:
-        self.calls.append(("restart-gateway", mode))
+    def restart_gateway(self, mode: str, why: str = "requested") -> dict[str, Any]:
+        self.calls.append(("restart-gateway", mode, why))
         return {"restarting": True, "mode": mode}
+
+    def metrics(self) -> str:
+        self.calls.append(("metrics",))
+        return "# HELP clawsvc_gateway_up up\n# TYPE clawsvc_gateway_up gauge\nclawsvc_gateway_up 1\n"
 
 
 @pytest.fixture
@@ -119,11 +123,22 @@ def test_rpc_passes_method_params_and_timeout(server, handler, sock_path):
 def test_restart_gateway(server, handler, sock_path):
     assert request(sock_path, {"cmd": "restart-gateway"}, 5) == {"restarting": True, "mode": "safe"}
     assert request(sock_path, {"cmd": "restart-gateway", "mode": "fresh"}, 5)["mode"] == "fresh"
-    assert handler.calls == [("restart-gateway", "safe"), ("restart-gateway", "fresh")]
+    assert request(sock_path, {"cmd": "restart-gateway", "mode": "fresh", "why": "upgrade"}, 5)["mode"] == "fresh"
+    assert handler.calls == [("restart-gateway", "safe", "requested"), ("restart-gateway", "fresh", "requested"),
+                             ("restart-gateway", "fresh", "upgrade")]
     for bad in ("soft", 1, None, ["safe"]):
         with pytest.raises(ControlError) as err:
             request(sock_path, {"cmd": "restart-gateway", "mode": bad}, 5)
         assert err.value.code == "BAD_REQUEST" and "safe, fresh, force" in err.value.message
+    for bad in ("memory", "crash", 1, None):
+        with pytest.raises(ControlError) as err:
+            request(sock_path, {"cmd": "restart-gateway", "mode": "fresh", "why": bad}, 5)
+        assert err.value.code == "BAD_REQUEST" and "requested, upgrade" in err.value.message
+    assert len(handler.calls) == 3, "a refused request reaches no handler"
+
+
+def test_metrics_round_trip(server, handler, sock_path):
+    assert request(sock_path, {"cmd": "metrics"}, 5) == handler.metrics()
     assert len(handler.calls) == 2
 
 
@@ -787,7 +802,7 @@ def test_restart_gateway_cli(server, handler, config_file, capsys):
     assert "restarts itself (same process) as soon as its active work is done" in capsys.readouterr().out
     assert restart_cli.restart_main(ns(config_file, force=True)) == exitcodes.OK
     assert "work in flight is cut off" in capsys.readouterr().out
-    assert handler.calls == [("restart-gateway", "safe"), ("restart-gateway", "force")]
+    assert handler.calls == [("restart-gateway", "safe", "requested"), ("restart-gateway", "force", "requested")]
 
 
 def test_cli_subprocess_end_to_end(server, config_file):

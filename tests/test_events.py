@@ -322,6 +322,10 @@ SAMPLES: dict[str, tuple[Any, ...]] = {
     "health.failed": (1, 3, "timeout"),
     "readiness": (False, ["channel:telegram"]), "reload": (True, ["gateway.port"], None), "ready": ("2026.9.6", 7),
     "error": ("gave up", 1), "missed": (4,), "dropped": ("too slow",),
+    "readiness.failing": (["channel:telegram"], 300.0), "gateway.replaced": (7, "3 failed health checks"),
+    "memory.high": (900 << 20, 800 << 20, "restart"),
+    "service.failed": ("clawsvc.service", "exit-code", "exited", "1"),
+    "upgrade.rolled-back": ("2026.9.7", "2026.9.6", "the canary did not come up"),
 }
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from clawsvc import exitcodes
-from clawsvc.config import Config, GatewayConfig, HealthConfig, ReconnectConfig
+from clawsvc.config import Config, GatewayConfig, HealthConfig, MemoryConfig, ReconnectConfig
 from clawsvc.exits import ExitCause, ExitKind
 from clawsvc.service import machine
 from clawsvc.service.backoff import restart_delay
@@ -44,11 +44,13 @@ from clawsvc.service.messages import (
     HandshakeKind,
     HealthChecked,
     LinkLost,
+    MemorySampled,
     PortFree,
     PortTaken,
     ProcessExited,
     ReadinessChecked,
     RestartAnswered,
+    RestartCause,
     RestartMode,
     RestartRequested,
     SignalReceived,
@@ -174,7 +176,7 @@ ROWS: list[tuple[str, Any, type, list[str]]] = [
     ("adopting", HandshakeFailed(1, HandshakeKind.OTHER, "not a gateway"), Stopped,
      [ST, ERR, "AbortConnect", STATE]),
     ("awaiting", HandshakeFailed(1, HandshakeKind.TRANSPORT, "refused", True, 20.0), Replacing,
-     [ST, "AbortConnect", f"StopProcess:{PID}", STATE]),
+     [ST, "Emit:gateway.replaced", "AbortConnect", f"StopProcess:{PID}", STATE]),
     ("reconnecting", HandshakeFailed(1, HandshakeKind.AUTH, "token mismatch"), Stopping,
      [ST, ERR, "AbortConnect", f"StopProcess:{PID}", STATE]),
     ("running", GatewayEventSeen(1, 1, "shutdown", {"reason": "update", "restartExpectedMs": 1500}), Reconnecting,
@@ -183,6 +185,7 @@ ROWS: list[tuple[str, Any, type, list[str]]] = [
     ("running", TimerFired(TimerKind.HEALTH), Running, ["CheckHealth:1"]),
     ("running", HealthChecked(1, 1, False, "timeout"), Running, ["Emit:health.failed"]),
     ("running", ReadinessChecked(1, 1, False, ("channel:telegram",)), Running, [ST, "Emit:readiness"]),
+    ("running", MemorySampled(1, 1, PID, 500 << 20, "rss"), Running, []),
     ("awaiting", ProcessExited(1, PID, CRASH), BackingOff, [ST, EXITED, "AbortConnect", RESTART, STATE]),
     ("running", ProcessExited(1, PID, CRASH), BackingOff, [ST, EXITED, "CloseLink:1", "AbortConnect", RESTART, STATE]),
     ("reconnecting", ProcessExited(1, PID, CRASH), BackingOff, [ST, EXITED, "AbortConnect", RESTART]),
@@ -621,7 +624,9 @@ def test_events_of_failed_health_checks() -> None:
     events = emitted(steps)
     assert events[:2] == [("service", "health.failed", {"failures": 1, "limit": 2, "error": "timeout"}),
                           ("service", "health.failed", {"failures": 2, "limit": 2, "error": "closed"})]
-    assert events[2][1] == "state" and events[2][2]["to"] == "reconnecting"
+    assert events[2] == ("service", "gateway.replaced",
+                         {"pid": PID, "reason": "2 consecutive failed health checks; last: closed"})
+    assert events[3][1] == "state" and events[3][2]["to"] == "reconnecting"
 
 
 def test_events_of_reloads() -> None:
@@ -908,3 +913,132 @@ def test_a_restart_reply_gives_the_count_a_client_watches_for_a_crash_after_it()
     state, steps = machine.step(crashing, RestartRequested("switch", handle), 6.0)
     (reply,) = effects_of([steps], Reply)
     assert reply.result is not None and reply.result["restarts"] == state.book.restarts == 2
+
+
+# ------------------------------------------------------------------ what the metrics count; the memory watch
+
+MIB = 1 << 20
+WATCHED = replace(CONFIG, gateway=replace(CONFIG.gateway, memory=MemoryConfig(warn_above=600 * MIB,
+                                                                              restart_above=800 * MIB,
+                                                                              cooldown=3600.0)))
+
+
+def by_reason(state: MState) -> dict[str, int]:
+    return dict(machine.view(state).restarts_by)
+
+
+def come_up(state: MState, t: float, pid: int = PID) -> MState:
+    """From Probing: the port is free, `pid` spawns and answers."""
+    gen = state.book.gen
+    state, _ = replay(state, [(t, PortFree(gen)), (t, Spawned(gen, pid)), (t + 1, HandshakeDone(gen, 9, "v", 4))])
+    assert isinstance(state, Running)
+    return state
+
+
+def test_restarts_are_counted_by_their_reason() -> None:
+    zero = {"crash": 0, "hang": 0, "requested": 0, "reload": 0, "upgrade": 0, "memory": 0}
+    assert by_reason(at("running")) == zero
+    state, t = crash_and_come_back(at("running"), 3.0)
+    assert by_reason(state) == {**zero, "crash": 1}
+    state, _ = replay(state, [(t + 40, HealthChecked(state.book.gen, 9, False, "timeout")),
+                              (t + 80, HealthChecked(state.book.gen, 9, False, "timeout")),
+                              (t + 81, ProcessExited(state.book.gen, PID, ExitInfo(None, 15)))])
+    assert isinstance(state, BackingOff) and by_reason(state) == {**zero, "crash": 1, "hang": 1}
+    state, _ = replay(state, [(state.until, TimerFired(TimerKind.BACKOFF))])
+    state = come_up(state, t + 100)
+    for message, reason in ((RestartRequested("asked", object()), "requested"),
+                            (ConfigLoaded(changed_port(), TOKEN, {}), "reload"),
+                            (RestartRequested("upgrade", None, RestartMode.FRESH, RestartCause.UPGRADE), "upgrade")):
+        before = by_reason(state)
+        state, _ = replay(state, [(t + 200, message)])
+        assert isinstance(state, Restarting) and by_reason(state) == before, "counted once the restart happens"
+        state, _ = replay(state, [(t + 210, ProcessExited(state.book.gen, PID, ExitInfo(0, None)))])
+        assert by_reason(state) == {**before, reason: before[reason] + 1}
+        state = come_up(state, t + 220)
+    assert machine.view(state).restarts == sum(by_reason(state).values()) == 5
+
+
+def test_a_safe_restart_counts_when_the_gateway_begins_it_and_marks_the_last_start() -> None:
+    state, _ = replay(at("restart_asked"), [(6.0, RestartAnswered(1, 1, True))])
+    assert by_reason(state)["requested"] == 0 and machine.view(state).last_start == 2.0  # spawned at 2.0
+    shutdown = GatewayEventSeen(1, 1, "shutdown", {"reason": "restart", "restartExpectedMs": 1500}, 4)
+    state, _ = replay(state, [(30.0, shutdown)])
+    assert by_reason(state)["requested"] == 1 and machine.view(state).last_start == 30.0
+
+
+def test_failed_health_checks_are_counted_across_gateways() -> None:
+    state, _ = replay(at("running"), [(40.0, HealthChecked(1, 1, False, "timeout")),
+                                      (70.0, HealthChecked(1, 1, True, None)),
+                                      (100.0, HealthChecked(1, 1, False, "timeout"))])
+    assert machine.view(state).health_failures == 2
+    state, _ = crash_and_come_back(state, 110.0)
+    assert machine.view(state).health_failures == 2
+
+
+def test_readiness_failing_for_longer_than_not_ready_after_is_told_once() -> None:
+    config = replace(CONFIG, health=replace(CONFIG.health, not_ready_after=90.0))
+    down = ReadinessChecked(1, 1, False, ("channel:telegram",))
+    _, steps = replay(at("running", config), [(40.0, down), (70.0, down), (100.0, down), (130.0, down),
+                                              (160.0, down), (190.0, ReadinessChecked(1, 1, True, ())),
+                                              (220.0, down), (280.0, down), (310.0, down)])
+    told = [(i, payload) for i, step in enumerate(steps) for _, name, payload in emitted([step])
+            if name == "readiness.failing"]
+    assert told == [(3, {"failing": ["channel:telegram"], "seconds": 90.0}),
+                    (8, {"failing": ["channel:telegram"], "seconds": 90.0})]
+
+
+def test_memory_above_warn_above_is_told_once_and_shown_on_status() -> None:
+    state, steps = replay(at("running", WATCHED), [(40.0, MemorySampled(1, 1, PID, 500 * MIB, "rss")),
+                                                   (70.0, MemorySampled(1, 1, PID, 650 * MIB, "rss")),
+                                                   (100.0, MemorySampled(1, 1, PID, 700 * MIB, "rss")),
+                                                   (130.0, MemorySampled(1, 1, PID, 550 * MIB, "rss"))])
+    assert [actions(step) for step in steps] == [[], [ST, "Emit:memory.high"], [], [ST]]
+    assert emitted(steps[1:2]) == [("service", "memory.high", {"bytes": 650 * MIB, "limit": 600 * MIB,
+                                                                "action": "warn"})]
+    state, _ = replay(state, [(160.0, MemorySampled(1, 1, PID, 700 * MIB, "rss"))])
+    view = machine.view(state)
+    assert view.memory == 700 * MIB and view.memory_high
+    assert "memory-high=700MiB" in status_line(view, 160.0)
+
+
+def test_a_sample_of_another_link_or_pid_is_ignored() -> None:
+    for message in (MemorySampled(1, 7, PID, 900 * MIB, "rss"), MemorySampled(1, 1, PID + 1, 900 * MIB, "rss")):
+        state, effects = machine.step(at("running", WATCHED), message, 40.0)
+        assert machine.view(state).memory is None and actions(effects) == []
+
+
+def test_memory_above_restart_above_drains_once_per_cooldown_never_in_a_loop() -> None:
+    """A threshold below what a fresh gateway uses: one draining restart, then none until the cooldown is over."""
+    big = 900 * MIB
+    state, steps = replay(at("running", WATCHED), [(40.0, MemorySampled(1, 1, PID, big, "rss"))])
+    assert isinstance(state, Restarting) and state.cause is RestartCause.MEMORY and state.link == 1
+    assert effects_of(steps, StopProcess) == [StopProcess(PID, None)], "SIGTERM: the gateway drains its work"
+    assert [name for _, name, _ in emitted(steps)][:3] == ["memory.high", "memory.high", "restart.requested"]
+    assert [p["action"] for _, n, p in emitted(steps) if n == "memory.high"] == ["warn", "restart"]
+    state, _ = replay(state, [(50.0, ProcessExited(1, PID, ExitInfo(0, None)))])
+    state = come_up(state, 51.0, PID + 1)
+    assert by_reason(state)["memory"] == 1 and state.book.attempts == 0
+    t, stops = 60.0, 0
+    while t < 40.0 + 3600.0:  # the new gateway is as big: sampled every 30 s for the rest of the hour
+        state, steps = replay(state, [(t, MemorySampled(state.book.gen, 9, PID + 1, big, "rss"))])
+        stops += len(effects_of(steps, StopProcess))
+        t += 30.0
+    assert stops == 0 and isinstance(state, Running) and by_reason(state)["memory"] == 1
+    state, steps = replay(state, [(t, MemorySampled(state.book.gen, 9, PID + 1, big, "rss"))])
+    assert isinstance(state, Restarting) and effects_of(steps, StopProcess) == [StopProcess(PID + 1, None)]
+
+
+def test_no_memory_restart_while_another_restart_is_pending_nor_for_an_adopted_gateway() -> None:
+    asked = at("restart_asked", WATCHED)
+    state, steps = machine.step(asked, MemorySampled(1, 1, PID, 900 * MIB, "rss"), 40.0)
+    assert isinstance(state, Running) and effects_of([steps], StopProcess) == []
+    assert state.book.memory_restart_at is None, "the cooldown starts with a restart it caused"
+    _, effects = machine.step(at("running_adopted", WATCHED), TimerFired(TimerKind.HEALTH), 40.0)
+    assert [e.pid for e in effects if type(e).__name__ == "CheckHealth"] == [None], "nothing to sample"
+
+
+def test_a_new_gateway_starts_with_no_memory_seen() -> None:
+    state, _ = replay(at("running", WATCHED), [(40.0, MemorySampled(1, 1, PID, 650 * MIB, "rss"))])
+    state, _ = crash_and_come_back(state, 50.0)
+    view = machine.view(state)
+    assert (view.memory, view.memory_high) == (None, False)

@@ -26,6 +26,7 @@ from helpers.slow_model_process import ModelProcess
 from service_proc import merge
 from slowmodel_kit import model_config, turn_params
 from systemd_guest import GUEST_ENV, GUEST_OPT, GUEST_PYTHON, REPO, Guest, base_python, booted_systemd, guest_pythonpath
+from waiting import poll
 
 from clawsvc.commands.runtime.provision import Installation
 from clawsvc.gateway.process import UNIT_STOP_TIMEOUT
@@ -209,6 +210,37 @@ def venv_below_root(guest: Guest) -> Path:
     script = GUEST_VENV / "bin" / "clawsvc"
     guest.write(script, f"#!{GUEST_VENV}/bin/python\nfrom clawsvc.cli import main\nraise SystemExit(main())\n", 0o755)
     return script
+
+
+def test_a_unit_that_fails_for_good_runs_the_alert_hooks_through_on_failure(guest, first_install):
+    """clawsvc exits 78 (its gateway: "Missing config") -> systemd gives up -> OnFailure=clawsvc-alert@%n.service ->
+    `clawsvc alert` as the clawsvc user -> the hook (logger, into the journal) gets service.failed."""
+    assert guest.path("/etc/systemd/system/clawsvc-alert@.service").is_file()
+    guest.write("/etc/clawsvc/fail-gateway.sh", '#!/bin/sh\necho "Missing config. Run openclaw setup" >&2\nexit 78\n',
+                mode=0o755)
+    config = {"gateway": {"command": ["/etc/clawsvc/fail-gateway.sh"], "port": 18799,
+                          "state_dir": "/var/lib/clawsvc/failing/openclaw"},
+              "control": {"socket": "/run/clawsvc/failing/control.sock"},
+              "alerts": [{"on": ["service.failed"], "command": ["logger", "-t", "clawsvc-hook"]}]}
+    guest.write("/etc/clawsvc/failing.yaml", json.dumps(config), mode=0o640)
+    assert guest.run("chgrp", "clawsvc", "/etc/clawsvc/failing.yaml").returncode == 0
+    try:
+        guest.systemctl("start", "clawsvc@failing.service", timeout=120)
+        props = guest.show("clawsvc@failing.service", "ActiveState", "ExecMainStatus")
+        assert (props["ActiveState"], props["ExecMainStatus"]) == ("failed", "78")
+
+        def told() -> str | None:
+            out = guest.run("journalctl", "--no-pager", "-t", "clawsvc-hook", "-o", "cat", timeout=60).stdout
+            return out if "service.failed" in out else None
+
+        line = json.loads(poll(told, 60, "the hook's line in the journal").strip().splitlines()[-1])
+        assert line["name"] == "service.failed" and line["payload"]["unit"] == "clawsvc@failing.service"
+        assert line["payload"]["result"] == "exit-code" and line["payload"]["exit_status"] == "78"
+        assert guest.show("clawsvc-alert@clawsvc@failing.service.service", "Result")["Result"] == "success"
+    finally:
+        guest.systemctl("reset-failed", "clawsvc@failing.service", timeout=60)
+        for path in ("/etc/clawsvc/failing.yaml", "/etc/clawsvc/fail-gateway.sh"):
+            guest.path(path).unlink(missing_ok=True)
 
 
 def test_clawsvc_under_root_gets_a_drop_in_and_ends_ready(guest, first_install):

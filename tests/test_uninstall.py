@@ -55,6 +55,7 @@ def system_tree(root: Path) -> None:
     """What `install --system` and `keys set` leave: units, enablement, drop-ins, a credential, config, state."""
     put(root, UNITS / "clawsvc.service", (REPO / "units/clawsvc.service").read_text())
     put(root, UNITS / "clawsvc@.service", (REPO / "units/clawsvc@.service").read_text())
+    put(root, UNITS / "clawsvc-alert@.service", (REPO / "units/clawsvc-alert@.service").read_text())
     enable(root, "clawsvc.service")
     put(root, UNITS / "clawsvc.service.d/10-clawsvc-reach.conf", "[Service]\nProtectHome=tmpfs\n")
     put(root, UNITS / "clawsvc.service.d/50-clawsvc-credentials.conf",
@@ -78,7 +79,7 @@ def test_system_uninstall_removes_units_dropins_and_credentials_and_keeps_config
     put(root, UNITS / "clawsvc.service.d/override.conf", "[Service]\nNice=5\n")  # the admin's, not clawsvc's
     code, out, err = run_cli(capsys, "--system")
     assert (code, err) == (0, "")
-    for gone in (UNITS / "clawsvc.service", UNITS / "clawsvc@.service",
+    for gone in (UNITS / "clawsvc.service", UNITS / "clawsvc@.service", UNITS / "clawsvc-alert@.service",
                  UNITS / "multi-user.target.wants/clawsvc.service",
                  UNITS / "clawsvc.service.d/10-clawsvc-reach.conf", CREDS / "clawsvc",
                  UNITS / "clawsvc.service.d/50-clawsvc-credentials.conf"):
@@ -125,6 +126,7 @@ def instance_tree(root: Path, *names: str) -> None:
     if not (root / UNITS / "clawsvc.service").exists():
         put(root, UNITS / "clawsvc.service", (REPO / "units/clawsvc.service").read_text())
     put(root, UNITS / "clawsvc@.service", (REPO / "units/clawsvc@.service").read_text())
+    put(root, UNITS / "clawsvc-alert@.service", (REPO / "units/clawsvc-alert@.service").read_text())
     put(root, "etc/sysusers.d/clawsvc.conf")
     for name in names:
         enable(root, f"clawsvc@{name}.service")
@@ -140,7 +142,8 @@ def test_an_instance_goes_alone_and_the_template_stays_while_another_instance_us
     assert not (root / UNITS / "multi-user.target.wants/clawsvc@alpha.service").is_symlink()
     assert not (root / CREDS / "clawsvc@alpha").exists()
     assert not (root / "etc/clawsvc/alpha.yaml").exists() and not (root / "var/lib/clawsvc/alpha").exists()
-    for kept in (UNITS / "clawsvc@.service", UNITS / "clawsvc.service", CREDS / "clawsvc@beta/gateway-token",
+    for kept in (UNITS / "clawsvc@.service", UNITS / "clawsvc.service", UNITS / "clawsvc-alert@.service",
+                 CREDS / "clawsvc@beta/gateway-token",
                  "etc/clawsvc/beta.yaml",
                  "var/lib/clawsvc/beta/openclaw/state.db", "etc/sysusers.d/clawsvc.conf"):
         assert (root / kept).exists(), kept
@@ -152,6 +155,7 @@ def test_an_instance_goes_alone_and_the_template_stays_while_another_instance_us
     assert code == 0
     assert not (root / UNITS / "clawsvc@.service").exists()
     assert not (root / UNITS / "clawsvc.service").exists(), "the last instance takes the unused main unit with it"
+    assert not (root / UNITS / "clawsvc-alert@.service").exists(), "and the alert unit they shared"
     assert not (root / "etc/sysusers.d/clawsvc.conf").exists()
     assert not (root / "var/lib/clawsvc/beta").exists()
 
@@ -163,6 +167,7 @@ def test_the_last_instance_leaves_a_main_unit_that_is_set_up_and_its_user_alone(
     assert code == 0
     assert not (root / "etc/clawsvc/alpha.yaml").exists()
     assert (root / UNITS / "clawsvc.service").exists() and (root / "etc/sysusers.d/clawsvc.conf").exists()
+    assert (root / UNITS / "clawsvc-alert@.service").exists(), "the main unit's OnFailure= still needs it"
     assert "kept     user clawsvc (still used by clawsvc.service)" in out
 
 
@@ -175,7 +180,7 @@ def test_purging_the_main_unit_keeps_the_state_root_the_instances_live_in(root, 
     assert (root / "var/lib/clawsvc/alpha/openclaw/state.db").exists()
     assert (root / "var/lib/clawsvc/openclaw/state.db").exists()
     assert f"kept     {root / 'var/lib/clawsvc'} (instances alpha keep their state below it)" in out
-    assert (root / UNITS / "clawsvc@.service").exists()
+    assert (root / UNITS / "clawsvc@.service").exists() and (root / UNITS / "clawsvc-alert@.service").exists()
 
 
 def test_instance_is_for_the_system_kind_only(root, capsys):
@@ -224,13 +229,16 @@ def test_user_uninstall_with_purge_removes_the_user_unit_config_state_and_cache(
     shipped = "ExecStart=/usr/local/bin/clawsvc run -c %E/clawsvc/clawsvc.yaml"
     unit = (REPO / "units/user/clawsvc.service").read_text().replace(shipped, f"ExecStart=/x/clawsvc run -c {config}")
     put(root, unit_dir.relative_to("/") / "clawsvc.service", unit)
+    put(root, unit_dir.relative_to("/") / "clawsvc-alert@.service",
+        (REPO / "units/user/clawsvc-alert@.service").read_text())
     put(root, unit_dir.relative_to("/") / "clawsvc.service.d/10-clawsvc-reach.conf")
     put(root, config.relative_to("/"))
     put(root, (home / ".local/state/clawsvc/openclaw/db").relative_to("/"))
     put(root, (home / ".cache/clawsvc/node-compile-cache/x").relative_to("/"))
     code, _, err = run_cli(capsys, "--user", "--purge")
     assert (code, err) == (0, "")
-    for gone in (unit_dir / "clawsvc.service", unit_dir / "clawsvc.service.d", config,
+    for gone in (unit_dir / "clawsvc.service", unit_dir / "clawsvc-alert@.service", unit_dir / "clawsvc.service.d",
+                 config,
                  home / ".local/state/clawsvc", home / ".cache/clawsvc"):
         assert not (root / gone.relative_to("/")).exists(), gone
     assert calls(mgr) == [], "an install root is files only: no manager is asked"

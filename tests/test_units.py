@@ -242,11 +242,16 @@ def test_system_install_writes_units_sysusers_and_config(tmp_path):
     dropin = [reach] if install.hidden_paths(launcher()) else []
     assert files_below(root) == sorted(["etc/clawsvc/clawsvc.yaml", "etc/systemd/system/clawsvc.service",
                                         "etc/systemd/system/clawsvc@.service", "etc/sysusers.d/clawsvc.conf",
-                                        *dropin])
+                                        "etc/systemd/system/clawsvc-alert@.service", *dropin])
     unit = parse_unit((root / "etc/systemd/system/clawsvc.service").read_text())
     assert unit["Service"]["ExecStart"] == [f"{' '.join(launcher())} run -c /etc/clawsvc/clawsvc.yaml"]
     template = parse_unit((root / "etc/systemd/system/clawsvc@.service").read_text())
     assert template["Service"]["ExecStart"] == [f"{' '.join(launcher())} run -c /etc/clawsvc/%i.yaml"]
+    alert = parse_unit((root / "etc/systemd/system/clawsvc-alert@.service").read_text())
+    exe = " ".join(launcher())
+    assert alert["Service"]["ExecStart"] == [f"{exe} alert -c /etc/clawsvc/clawsvc.yaml --unit %i"]
+    for text in (unit, template):
+        assert text["Unit"]["OnFailure"] == ["clawsvc-alert@%n.service"]
     config = root / "etc/clawsvc/clawsvc.yaml"
     differing = [line for line, shipped in zip(config.read_text().splitlines(),
                                                (REPO / "etc/clawsvc.yaml").read_text().splitlines(), strict=True)
@@ -289,6 +294,10 @@ def test_user_install_uses_home_paths(tmp_path):
     unit = parse_unit(unit_path.read_text())
     assert unit["Service"]["ExecStart"] == [f"{' '.join(launcher())} run -c /home/ada/.config/clawsvc/clawsvc.yaml"]
     assert "User" not in unit["Service"]
+    alert = parse_unit((unit_path.parent / "clawsvc-alert@.service").read_text())
+    assert alert["Service"]["ExecStart"] == [f"{' '.join(launcher())} alert -c "
+                                             "/home/ada/.config/clawsvc/clawsvc.yaml --unit %i"]
+    assert unit["Unit"]["OnFailure"] == ["clawsvc-alert@%n.service"]
     config = root / "home/ada/.config/clawsvc/clawsvc.yaml"
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
     assert "systemctl --user enable --now clawsvc" in result.stdout

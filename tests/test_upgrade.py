@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from double import DOUBLE_SCRIPT, double_command, free_port
 from faults.faultkit import FAST
+from hookkit import command_hook, recorded
 from service_proc import STRIPPED, ServiceProcess, base_config, merge
 from waiting import poll
 
@@ -46,6 +47,7 @@ def fake_node(prefix: Path, name: str = "node-fake") -> Path:
     node = prefix / name / "bin" / "node"
     node.parent.mkdir(parents=True, exist_ok=True)
     node.write_text(f'#!/bin/sh\nif [ "$1" = --version ]; then echo v24.21.0; exit 0; fi\n'
+                    'while case "$1" in -*) true;; *) false;; esac; do shift; done  # node options, as node\n'
                     f'entry=$1; shift\n. "$entry"\nexport DOUBLE_VERSION\nexec {sys.executable} {DOUBLE_SCRIPT} "$@"\n')
     node.chmod(0o755)
     return node
@@ -77,7 +79,8 @@ def farm(tmp_path: Path, current: str = "1.0.1", *others: tuple[str, str]) -> Pa
 
 def service_config(tmp_path: Path, prefix: Path) -> dict[str, Any]:
     config = merge(base_config(tmp_path / "svc", gateway_links.stable_command(prefix), free_port()), FAST)
-    return merge(config, {"gateway": {"env": {"DOUBLE_TICK_MS": "300"}}})
+    hook = {"on": ["upgrade.rolled-back"], "command": command_hook(tmp_path / "svc" / "rolled-back.jsonl")}
+    return merge(config, {"gateway": {"env": {"DOUBLE_TICK_MS": "300"}}, "alerts": [hook]})
 
 
 def write_config(tmp_path: Path, config: dict[str, Any]) -> Path:
@@ -268,6 +271,9 @@ def test_a_version_failing_under_the_service_is_rolled_back(tmp_path: Path, serv
     assert done.returncode == 1, done.stderr
     assert "canary: openclaw 1.0.4 answered hello-ok" in done.stderr
     assert "error: rolled back to 1.0.1: the new gateway exited with status 1" in done.stderr
+    told = recorded(tmp_path / "svc" / "rolled-back.jsonl")
+    assert [(e["name"], e["payload"]["version"], e["payload"]["restored"]) for e in told] == [
+        ("upgrade.rolled-back", "1.0.4", "1.0.1")]
     status = svc.status()
     assert (status["state"], status["gatewayVersion"]) == ("running", "1.0.1")
     assert links(prefix) == ("1.0.1", None)

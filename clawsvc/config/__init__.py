@@ -1,7 +1,7 @@
 """YAML config file -> frozen, typed Config; every error names file:line and the dotted key.
 
 model: the Config dataclasses and defaults; reader: bounded YAML reading; loader: schema, parse_config,
-load_config; render: to_dict, dump, gateway_affecting; values: the parsers of single settings."""
+load_config; render: to_dict, dump, gateway_affecting; values, monitoring: the parsers of single settings."""
 
 from clawsvc.config.loader import SCHEMA, load_config, parse_config
 from clawsvc.config.model import (
@@ -10,6 +10,7 @@ from clawsvc.config.model import (
     REDACTED,
     SECRET_ENV,
     SYSTEM_CONTROL_SOCKET,
+    AlertHook,
     AuthConfig,
     Config,
     ConfigError,
@@ -18,6 +19,8 @@ from clawsvc.config.model import (
     GatewayConfig,
     HealthConfig,
     LoggingConfig,
+    MemoryConfig,
+    MetricsConfig,
     ReconnectConfig,
     default_compile_cache,
     default_config_path,
@@ -41,6 +44,7 @@ __all__ = [
     "SCHEMA",
     "SECRET_ENV",
     "SYSTEM_CONTROL_SOCKET",
+    "AlertHook",
     "AuthConfig",
     "Config",
     "ConfigError",
@@ -49,6 +53,8 @@ __all__ = [
     "GatewayConfig",
     "HealthConfig",
     "LoggingConfig",
+    "MemoryConfig",
+    "MetricsConfig",
     "ReconnectConfig",
     "default_compile_cache",
     "default_config_path",

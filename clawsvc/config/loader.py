@@ -4,6 +4,7 @@ and load_config (which file, read how)."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import yaml
 
 from clawsvc import trust
 from clawsvc.config.model import (
+    AlertHook,
     AuthConfig,
     Config,
     ConfigError,
@@ -19,9 +21,11 @@ from clawsvc.config.model import (
     GatewayConfig,
     HealthConfig,
     LoggingConfig,
+    MetricsConfig,
     ReconnectConfig,
     default_config_path,
 )
+from clawsvc.config.monitoring import alert_hooks, listen_address, memory_settings
 from clawsvc.config.reader import MAX_CONFIG_BYTES, Reader
 from clawsvc.config.values import (
     BINDS,
@@ -56,6 +60,7 @@ SCHEMA: dict[str, dict[str, Parser] | Parser] = {
         "adopt_existing": boolean,
         "start_timeout": duration(),
         "stop_timeout": duration(),
+        "memory": memory_settings,
     },
     "auth": {"token_file": optional(path)},
     "providers": providers,
@@ -70,6 +75,7 @@ SCHEMA: dict[str, dict[str, Parser] | Parser] = {
         "timeout": duration(),
         "failures": integer(1, 100),
         "tick_grace": number(1.0, 100.0),
+        "not_ready_after": duration(),
     },
     "reconnect": {
         "base_delay": duration(allow_zero=True),
@@ -78,6 +84,8 @@ SCHEMA: dict[str, dict[str, Parser] | Parser] = {
         "stable_after": duration(allow_zero=True),
     },
     "control": {"socket": socket_path, "group": optional(group_name)},
+    "metrics": {"listen": optional(listen_address), "textfile": optional(path)},
+    "alerts": alert_hooks,
     "logging": {
         "level": choice(LEVELS),
         "gateway_stdout": choice(LEVELS),
@@ -88,7 +96,7 @@ SCHEMA: dict[str, dict[str, Parser] | Parser] = {
 
 _SECTIONS: dict[str, type] = {
     "gateway": GatewayConfig, "auth": AuthConfig, "connection": ConnectionConfig, "health": HealthConfig,
-    "reconnect": ReconnectConfig, "control": ControlConfig, "logging": LoggingConfig,
+    "reconnect": ReconnectConfig, "control": ControlConfig, "metrics": MetricsConfig, "logging": LoggingConfig,
 }
 
 
@@ -105,6 +113,8 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
         spec = SCHEMA[name]
         if not isinstance(spec, dict):
             built[name] = reader.parse(node, name, spec)
+            if name == "alerts":
+                built[name] = _with_lines(built[name], node)
             continue
         if isinstance(node, yaml.ScalarNode) and node.tag.endswith("null"):
             continue  # "health:" with nothing under it means all defaults
@@ -115,6 +125,17 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
     config = Config(**built, source=Path(filename))
     _check_relations(config, written, reader)
     return config
+
+
+def _with_lines(hooks: tuple[AlertHook, ...], node: yaml.Node) -> tuple[AlertHook, ...]:
+    """Each hook with the line of its `on:` value, so a name the catalogue lacks is reported at file:line."""
+    if not isinstance(node, yaml.SequenceNode):
+        return hooks
+    lines = []
+    for item in node.value:
+        found = [value for key, value in getattr(item, "value", ()) if getattr(key, "value", None) == "on"]
+        lines.append((found[0] if found else item).start_mark.line + 1)
+    return tuple(replace(hook, line=line) for hook, line in zip(hooks, lines, strict=True))
 
 
 Relation = tuple[str, float, str]  # dotted key, its value, how it must relate to the other key

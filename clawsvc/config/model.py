@@ -67,6 +67,14 @@ def default_control_socket() -> Path:
 
 
 @dataclass(frozen=True)
+class MemoryConfig:
+    """The memory watch of the gateway's process tree (sampled with the health checks); sizes in bytes."""
+    warn_above: int | None = None     # an event (memory.high) and a note on STATUS=
+    restart_above: int | None = None  # a draining restart, at most once per cooldown
+    cooldown: float = 3600.0
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     command: tuple[str, ...] = ("openclaw",)
     port: int = 18789
@@ -77,6 +85,7 @@ class GatewayConfig:
     adopt_existing: bool = True
     start_timeout: float = 120.0
     stop_timeout: float = 330.0  # the gateway's own policy: 315 s of drain + 15 s to close (see gateway.process)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
 
 
 @dataclass(frozen=True)
@@ -98,6 +107,7 @@ class HealthConfig:
     timeout: float = 5.0
     failures: int = 3
     tick_grace: float = 2.0
+    not_ready_after: float = 300.0  # /readyz failing this long: the readiness.failing event (an alert)
 
 
 @dataclass(frozen=True)
@@ -112,6 +122,34 @@ class ReconnectConfig:
 class ControlConfig:
     socket: Path = field(default_factory=default_control_socket)
     group: str | None = None
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: str | None = None   # "HOST:PORT" for GET /metrics
+    textfile: Path | None = None  # node_exporter's textfile collector
+
+
+@dataclass(frozen=True)
+class AlertHook:
+    """One `alerts:` entry: what it is told (event names), and how: a command (event JSON on stdin) or a webhook."""
+    on: tuple[str, ...]
+    command: tuple[str, ...] | None = None
+    webhook: str | None = None
+    headers_file: Path | None = None  # "Name: value" lines for the webhook (a bearer token), trusted like a secret
+    min_interval: float = 60.0
+    timeout: float = 10.0
+    line: int = field(default=0, compare=False)  # where `on` is written (for messages naming file:line)
+
+    @property
+    def target(self) -> str:
+        """The hook in words for log lines: its program, or the webhook's scheme, host and port (never its path)."""
+        if self.command is not None:
+            return f"command {self.command[0]}"
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.webhook or "")
+        return f"webhook {parts.scheme}://{parts.netloc}"
 
 
 @dataclass(frozen=True)
@@ -143,6 +181,8 @@ class Config:
     health: HealthConfig = field(default_factory=HealthConfig)
     reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    alerts: tuple[AlertHook, ...] = ()
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     source: Path | None = None
 

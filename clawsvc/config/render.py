@@ -25,6 +25,8 @@ def _plain(value: Any) -> Any:
         return [_plain(item) for item in value]
     if isinstance(value, Mapping):
         return {key: _plain(item) for key, item in value.items()}
+    if hasattr(value, "__dataclass_fields__"):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value) if f.compare}
     return value
 
 
@@ -39,12 +41,23 @@ def to_dict(config: Config, redact: bool = True) -> dict[str, Any]:
             out[f.name] = {sub.name: _plain(getattr(value, sub.name)) for sub in fields(value)}
         else:
             out[f.name] = _plain(value)
+    for hook in out["alerts"] if redact else ():
+        if hook["webhook"]:
+            hook["webhook"] = _redacted_url(hook["webhook"])
     if out["gateway"]["compile_cache"] is None:
         out["gateway"]["compile_cache"] = False  # as written in the file: null would read as "no value"
     if redact:
         out["gateway"]["env"] = {key: REDACTED if SECRET_ENV.search(key) else item
                                  for key, item in out["gateway"]["env"].items()}
     return out
+
+
+def _redacted_url(url: str) -> str:
+    """Only scheme, host and port of a webhook URL: its path may hold a secret (a chat's incoming webhook)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}/" + (REDACTED if parts.path.strip("/") or parts.query else "")
 
 
 def _cut_long(value: Any) -> Any:
@@ -62,10 +75,13 @@ def dump(config: Config) -> str:
     return yaml.safe_dump(_cut_long(to_dict(config)), sort_keys=False, default_flow_style=False)
 
 
+APPLIED_IN_PLACE = ("memory",)  # gateway.* keys clawsvc reads itself: the gateway never sees them
+
+
 def gateway_affecting(old: Config, new: Config) -> list[str]:
     """Dotted keys whose change needs the gateway restarted (the rest apply in place)."""
     changed = [f"gateway.{f.name}" for f in fields(GatewayConfig)
-               if getattr(old.gateway, f.name) != getattr(new.gateway, f.name)]
+               if f.name not in APPLIED_IN_PLACE and getattr(old.gateway, f.name) != getattr(new.gateway, f.name)]
     if old.auth != new.auth:
         changed.append("auth.token_file")
     if old.providers != new.providers:

@@ -45,7 +45,7 @@ _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
@@ -59,7 +59,7 @@ def _plain_text(value: str, what: str, newline: bool = True) -> None:
 
 def parse_duration(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f"expected a duration like 30, 250ms, 30s or 5m, got {_type_name(value)}")
+        raise ValueError(f"expected a duration like 30, 250ms, 30s or 5m, got {type_name(value)}")
     if isinstance(value, str):
         match = _DURATION.fullmatch(value)
         if not match:
@@ -89,7 +89,7 @@ def duration(minimum: float = 0.0, allow_zero: bool = False) -> Parser:
 def integer(low: int, high: int) -> Parser:
     def parse(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected an integer, got {_type_name(value)} {shown(value)}")
+            raise ValueError(f"expected an integer, got {type_name(value)} {shown(value)}")
         if not low <= value <= high:
             raise ValueError(f"must be between {low} and {high}, got {shown(value)}")
         return value
@@ -99,7 +99,7 @@ def integer(low: int, high: int) -> Parser:
 def number(low: float, high: float) -> Parser:
     def parse(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"expected a number, got {_type_name(value)} {shown(value)}")
+            raise ValueError(f"expected a number, got {type_name(value)} {shown(value)}")
         if not math.isfinite(value) or value < low:
             raise ValueError(f"must be at least {low}, got {shown(value)}")
         if value > high:
@@ -110,7 +110,7 @@ def number(low: float, high: float) -> Parser:
 
 def boolean(value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {_type_name(value)} {shown(value)}")
+        raise ValueError(f"expected true or false, got {type_name(value)} {shown(value)}")
     return value
 
 
@@ -128,7 +128,7 @@ def _fs_bytes(value: str) -> int:
 
 def path(value: Any) -> Path:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"expected a path, got {_type_name(value)} {shown(value)}")
+        raise ValueError(f"expected a path, got {type_name(value)} {shown(value)}")
     _plain_text(value, "a path")
     expanded = os.path.expanduser(value)
     if _fs_bytes(expanded) > PATH_MAX:
@@ -141,7 +141,7 @@ def path_or_false(value: Any) -> Path | None:
     if value is False:
         return None
     if not isinstance(value, str):
-        raise ValueError(f"expected a path or false, got {_type_name(value)} {shown(value)}")
+        raise ValueError(f"expected a path or false, got {type_name(value)} {shown(value)}")
     return path(value)
 
 
@@ -171,7 +171,7 @@ def command(value: Any) -> tuple[str, ...]:
         raise ValueError("expected a non-empty list of strings (the argv that starts openclaw)")
     for index, item in enumerate(value):
         if not isinstance(item, str) or not item:
-            raise ItemError(index, f"expected a non-empty string, got {_type_name(item)} {shown(item)}")
+            raise ItemError(index, f"expected a non-empty string, got {type_name(item)} {shown(item)}")
         try:
             _plain_text(item, "an argument", newline=False)
         except ValueError as exc:
@@ -183,7 +183,7 @@ def command(value: Any) -> tuple[str, ...]:
 
 def env_map(value: Any) -> Mapping[str, str]:
     if not isinstance(value, dict):
-        raise ValueError(f"expected a mapping of NAME: value, got {_type_name(value)}")
+        raise ValueError(f"expected a mapping of NAME: value, got {type_name(value)}")
     result: dict[str, str] = {}
     for key, item in value.items():
         if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
@@ -192,7 +192,7 @@ def env_map(value: Any) -> Mapping[str, str]:
             raise ItemError(key, "the gateway token does not go here: use auth.token_file, the keyring "
                                  "or $CREDENTIALS_DIRECTORY/gateway-token", at_key=True)
         if item is None or isinstance(item, dict | list):
-            raise ItemError(key, f"expected a string, got {_type_name(item)}")
+            raise ItemError(key, f"expected a string, got {type_name(item)}")
         text = str(item).lower() if isinstance(item, bool) else str(item)
         if "\0" in text:
             raise ItemError(key, "an environment value must not contain a NUL character")
@@ -204,7 +204,7 @@ def env_map(value: Any) -> Mapping[str, str]:
 
 def providers(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
-        raise ValueError(f"expected a list of provider names, got {_type_name(value)}")
+        raise ValueError(f"expected a list of provider names, got {type_name(value)}")
     for index, item in enumerate(value):
         if not isinstance(item, str) or not re.fullmatch(r"[a-z][a-z0-9_-]{0,63}", item):
             raise ItemError(index, f"{shown(item)} is not a provider name (lowercase letters, digits, - and _; "
@@ -228,7 +228,7 @@ def ws_path(value: Any) -> str:
 
 def group_name(value: Any) -> str:
     if not isinstance(value, str) or not value:
-        raise ValueError(f"expected a group name, got {_type_name(value)} {shown(value)}")
+        raise ValueError(f"expected a group name, got {type_name(value)} {shown(value)}")
     if len(value) > 256 or re.search(r"[\x00-\x20:\x7f]", value):
         raise ValueError(f"expected a group name (no spaces, colons or control characters), got {shown(value)}")
     return value
@@ -236,13 +236,14 @@ def group_name(value: Any) -> str:
 
 def regex_list(value: Any) -> tuple[re.Pattern[str], ...]:
     if not isinstance(value, list):
-        raise ValueError(f"expected a list of regular expressions, got {_type_name(value)}")
+        raise ValueError(f"expected a list of regular expressions, got {type_name(value)}")
     compiled = []
     for index, item in enumerate(value):
         if not isinstance(item, str):
-            raise ItemError(index, f"expected a regex string, got {_type_name(item)} {shown(item)}")
+            raise ItemError(index, f"expected a regex string, got {type_name(item)} {shown(item)}")
         try:
             compiled.append(re.compile(item))
         except (re.error, RecursionError, OverflowError) as exc:
             raise ItemError(index, f"{shown(item)} is not a valid regex: {exc}") from None
     return tuple(compiled)
+

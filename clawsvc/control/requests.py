@@ -1,5 +1,5 @@
 """What a control request means: one request line, already read from a checked peer, turned into a call on the
-service (status, rpc, restart-gateway, events) and its reply. No sockets here; server.py does the serving
+service (status, metrics, rpc, restart-gateway, events) and its reply. No sockets here; server.py does the serving
 (stream.py the events that follow an `events` request with follow)."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from clawsvc.control.wire import (
     MAX_NAME,
     MAX_NAMES,
     RESTART_MODES,
+    RESTART_WHYS,
     ControlError,
     Peer,
     error,
@@ -39,8 +40,9 @@ class Feed(Protocol):
 
 class ControlHandler(Protocol):
     def status(self) -> dict[str, Any]: ...
+    def metrics(self) -> str: ...
     def rpc(self, method: str, params: Any, timeout: float | None) -> Any: ...
-    def restart_gateway(self, mode: str) -> dict[str, Any]: ...
+    def restart_gateway(self, mode: str, why: str = "requested") -> dict[str, Any]: ...
     def event_history(self, names: frozenset[str] | None) -> Any: ...  # a JSON array (jsontext.RawJSON)
     def subscribe(self, names: frozenset[str] | None) -> Feed: ...
 
@@ -70,12 +72,18 @@ def _run(handler: ControlHandler, request: dict[str, Any]) -> Any:
     cmd = request.get("cmd")
     if cmd == "status":
         return handler.status()
+    if cmd == "metrics":
+        return handler.metrics()
     if cmd == "restart-gateway":
         mode = request.get("mode", "safe")
         if mode not in RESTART_MODES:
             raise ControlError("BAD_REQUEST", f"restart-gateway mode must be one of {', '.join(RESTART_MODES)}, "
                                               f"got {shown(mode)}")
-        return handler.restart_gateway(mode)
+        why = request.get("why", "requested")
+        if why not in RESTART_WHYS:
+            raise ControlError("BAD_REQUEST", f"restart-gateway why must be one of {', '.join(RESTART_WHYS)}, "
+                                              f"got {shown(why)}")
+        return handler.restart_gateway(mode, why)
     if cmd == "events":
         names = event_names(request.get("names"))
         if request.get("follow") is True:  # a short one was taken by stream.py before it got here

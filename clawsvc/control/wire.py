@@ -1,8 +1,9 @@
 """What both ends of the control socket share: one JSON object per line each way over a unix socket, the
 limits, the error shape, and SO_PEERCRED (the server checks its clients, the client its server).
 
-Requests:  {"cmd": "status"} | {"cmd": "rpc", "method": M, "params": P, "timeout": S|null} | {"cmd": "restart-gateway"}
-           | {"cmd": "events", "follow": B, "names": [N, ...]|null}
+Requests:  {"cmd": "status"} | {"cmd": "rpc", "method": M, "params": P, "timeout": S|null}
+           | {"cmd": "restart-gateway", "mode": "safe"|"fresh"|"force", "why": "requested"|"upgrade"}
+           | {"cmd": "events", "follow": B, "names": [N, ...]|null} | {"cmd": "metrics"} (the result: the text)
 Replies:   {"ok": true, "result": R} | {"ok": false, "error": {"code": C, "message": M, "details": D|null}}
            events with follow: {"ok": true, "result": "following"}, then one event object per line (stream.py)
 """
@@ -24,8 +25,9 @@ MAX_REQUEST = 1 << 20  # bytes of a request line
 MAX_REPLY = 64 << 20  # bytes of a reply line the client reads; beyond that it is not clawsvc talking
 MAX_DEPTH = 100  # nesting of arrays and objects in a request
 MAX_RPC_TIMEOUT = 3600.0  # seconds; the cap on an rpc request's "timeout"
-COMMANDS = ("status", "rpc", "restart-gateway", "events")
+COMMANDS = ("status", "rpc", "restart-gateway", "events", "metrics")
 RESTART_MODES = ("safe", "fresh", "force")  # restart-gateway's "mode": see clawsvc.service.messages.RestartMode
+RESTART_WHYS = ("requested", "upgrade")  # its "why": what the restart is counted as (RestartCause)
 MAX_NAMES = 64  # event names in one events request
 MAX_NAME = 100  # characters of one event name
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13; Python does not name it

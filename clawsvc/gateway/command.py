@@ -72,7 +72,7 @@ def _trusted(path: str | Path, owners: set[int]) -> None:
         raise SpawnError(f"{WHAT} {path}: cannot check it: {exc.strerror or exc}") from None
 
 
-def _is_node(executable: str) -> bool:
+def is_node(executable: str) -> bool:
     return Path(executable).name.startswith("node")
 
 
@@ -94,7 +94,7 @@ def _env_node_script(program: str) -> bool:
 
 def _node_and_entry(argv: list[str], path_env: str | None) -> tuple[str, Path] | None:
     """(node, entry script) when argv is `node script ...` or a `#!/usr/bin/env node` script."""
-    if _is_node(argv[0]):
+    if is_node(argv[0]):
         if len(argv) < 2 or argv[1].startswith("-"):
             return None
         entry = Path(argv[1])
@@ -127,7 +127,7 @@ def vet_command(argv: Sequence[str], env: Mapping[str, str]) -> Vetted:
     program = _executable(argv[0], env.get("PATH"))
     _trusted(program, owners)
     words = [program, *argv[1:]]
-    if _is_node(program) and len(words) > 1 and not words[1].startswith("-"):
+    if is_node(program) and len(words) > 1 and not words[1].startswith("-"):
         words[1] = os.path.abspath(words[1])
     if len(words) > 1 and words[1].endswith(SCRIPT_SUFFIXES) and not os.path.isfile(words[1]):
         raise SpawnError(f"gateway entry script {words[1]} does not exist; {FIX}")

@@ -23,8 +23,8 @@ from clawsvc import trust
 from clawsvc.config import NO_RESPAWN, SECRET_ENV, Config
 from clawsvc.config.values import TOKEN_ENV
 from clawsvc.exits import ExitInfo
-from clawsvc.gateway import compile_cache, leftovers, proctree
-from clawsvc.gateway.command import FIX, SpawnError, check_command
+from clawsvc.gateway import compile_cache, leftovers, memory, proctree
+from clawsvc.gateway.command import FIX, SpawnError, check_command, is_node
 from clawsvc.gateway.notices import Notices, exit_cause
 from clawsvc.gateway.output import OutputPump
 from clawsvc.gateway.spawnenv import GATEWAY_CONFIG, inherited, unconfigured_flag
@@ -160,6 +160,9 @@ class GatewayProcess:
             env = build_env(self.config, self._token, self._provider_env)
             env[proctree.GATEWAY_ID_ENV] = self._marker
             argv = check_command(build_argv(self.config), env)
+            argv, heap = memory.with_heap_limit(argv, env, is_node(argv[0]))
+            if heap is not None:
+                log.debug("gateway V8 heap limit: %s", heap)
             prepare_state_dir(self.config)
             prepare_compile_cache(self.config, env)
             if killed := leftovers.kill_leftovers(state_dir(self.config)):

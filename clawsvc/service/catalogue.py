@@ -76,14 +76,37 @@ READINESS = Kind("readiness", ("ready", "failing"), "the gateway's own readiness
                  lambda p: "ready" if p["ready"] else f"not ready: {', '.join(map(str, p['failing'])) or '?'}")
 ERROR = Kind("error", ("error", "exit_code"), "clawsvc gave up and is stopping with this exit code",
              lambda p: f"{p['error']} (exit {p['exit_code']})")
+def _mib(value: Any) -> str:
+    return f"{int(value) // (1 << 20)} MiB"
+
+
+MEMORY_HIGH = Kind("memory.high", ("bytes", "limit", "action"),
+                   "the gateway uses more memory than gateway.memory.warn_above (action warn) or restart_above "
+                   "(action restart: a draining restart)",
+                   lambda p: f"{_mib(p['bytes'])} above {_mib(p['limit'])}; {p['action']}")
+REPLACED = Kind("gateway.replaced", ("pid", "reason"), "clawsvc is replacing a gateway that hangs (failed health "
+                "checks, no handshake)", lambda p: f"pid {p['pid']}: {p['reason']}")
+NOT_READY = Kind("readiness.failing", ("failing", "seconds"),
+                 "the gateway's /readyz has failed for health.not_ready_after (channels down, ...)",
+                 lambda p: f"not ready for {float(p['seconds']):.0f}s: {', '.join(map(str, p['failing'])) or '?'}")
+SERVICE_FAILED = Kind("service.failed", ("unit", "result", "exit_code", "exit_status"),
+                      "clawsvc itself failed and systemd gave up on it (OnFailure=, `clawsvc alert`)",
+                      lambda p: f"{p['unit']}: {p['result'] or 'failed'}"
+                                + (f" ({p['exit_code']} {p['exit_status']})" if p["exit_code"] else ""))
+ROLLED_BACK = Kind("upgrade.rolled-back", ("version", "restored", "reason"),
+                   "`clawsvc upgrade` rolled back: the old gateway keeps serving",
+                   lambda p: f"{p['version']} -> back to {p['restored']}: {p['reason']}")
 MISSED = Kind("missed", ("count",), "this consumer fell behind: events it did not take in time",
               lambda p: f"{p['count']} event(s) this consumer did not take in time")
 DROPPED = Kind("dropped", ("reason",), "this consumer took nothing for too long and was dropped",
                lambda p: str(p["reason"]))
 
 SERVICE: Mapping[str, Kind] = {kind.name: kind for kind in (
-    STATE, SPAWNED, EXITED, RESTART, RESTART_REQUESTED, HEALTH_FAILED, RELOAD, READY, READINESS, ERROR, MISSED,
-    DROPPED)}
+    STATE, SPAWNED, EXITED, RESTART, RESTART_REQUESTED, HEALTH_FAILED, RELOAD, READY, READINESS, NOT_READY, ERROR,
+    REPLACED, MEMORY_HIGH, SERVICE_FAILED, ROLLED_BACK, MISSED, DROPPED)}
+# What alert hooks can be told: clawsvc's own events but those about one `clawsvc events` consumer. The gateway's
+# pass through unread and may carry chat content: they never go to a hook.
+HOOKABLE: frozenset[str] = frozenset(SERVICE) - {MISSED.name, DROPPED.name}
 
 # The gateway's common events (its protocol docs); every other one it sends passes through under its own name.
 GATEWAY: Mapping[str, str] = {

@@ -87,11 +87,12 @@ class ConsumeHandoff:
 
 @dataclass(frozen=True)
 class CheckHealth:
-    """A `health` RPC on `link`, then the gateway's /readyz on `port`."""
+    """A `health` RPC on `link`, then the gateway's /readyz on `port` and the memory of our gateway `pid`."""
     gen: int
     link: int
     timeout: float
     port: int
+    pid: int | None = None
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,11 @@ class Feed:
         """With the hub's lock held."""
         return self._outbox.offer(event)
 
+    @property
+    def lost(self) -> int:
+        """With the hub's lock held: the events this subscriber did not take in time."""
+        return self._outbox.lost
+
 
 class EventHub:
     def __init__(self, history: int = HISTORY, capacity: int = CAPACITY, stuck_after: float = STUCK_AFTER,
@@ -96,6 +101,7 @@ class EventHub:
         self._capacity = capacity
         self._outbox_bytes = outbox_bytes
         self._stuck_after = stuck_after
+        self._missed = 0  # of subscribers gone; missed() adds the live ones'
 
     def publish(self, event: Event) -> None:
         held = hold(event)  # once for every subscriber, outside the lock
@@ -104,6 +110,11 @@ class EventHub:
             idle = [feed for feed in self._feeds if feed.offer(held)]
         for feed in idle:
             feed.wake()
+
+    def missed(self) -> int:
+        """Every event a subscriber did not take in time, since the start (clawsvc_events_missed_total)."""
+        with self.lock:
+            return self._missed + sum(feed.lost for feed in self._feeds)
 
     def history(self, names: frozenset[str] | None) -> jsontext.RawJSON:
         """The recent events as one JSON array, made of their encoded form (nothing is parsed again)."""
@@ -119,7 +130,9 @@ class EventHub:
 
     def forget(self, feed: Feed) -> None:
         with self.lock:
-            self._feeds.discard(feed)
+            if feed in self._feeds:
+                self._feeds.discard(feed)
+                self._missed += feed.lost
 
     def subscribers(self) -> int:
         with self.lock:

@@ -136,6 +136,7 @@ class Outbox:
         self._pending: deque[Held] = deque()
         self._bytes = 0  # of what is pending and of the batch being sent
         self._missed = 0
+        self.lost = 0  # every event dropped for this subscriber, for the metrics (never reset)
         self._missed_at = 0.0
         self._idle = False
         self._blocked_since: float | None = None
@@ -147,6 +148,7 @@ class Outbox:
         size = len(event.json)
         if len(self._pending) >= self.capacity or self._bytes + size > self.budget:
             self._missed += 1
+            self.lost += 1
             self._missed_at = event.time
             return False
         self._pending.append(event)

@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clawsvc.config import Config, ConfigError, load_config
-from clawsvc.gateway import handoff, leftovers
+from clawsvc.gateway import handoff, leftovers, memory
 from clawsvc.gateway.probes import readiness
 from clawsvc.gateway.process import GatewayProcess, SpawnError, build_env, stop_bound
 from clawsvc.gateway.protocol import GatewayError, describe_error
 from clawsvc.logs import set_level
 from clawsvc.secrets import SecretError
+from clawsvc.service import metrics
+from clawsvc.service.alerts import Hooks, hook_names
 from clawsvc.service.connector import Connector, always
 from clawsvc.service.effects import (
     AbortConnect,
@@ -53,6 +55,7 @@ from clawsvc.service.messages import (
     ExitInfo,
     HandoffChecked,
     HealthChecked,
+    MemorySampled,
     Message,
     ProcessExited,
     ReadinessChecked,
@@ -86,8 +89,12 @@ class Executor:
         self.clock = clock
         self.connector = Connector(post, self._register)
         self.on_reload: Callable[[Config, Config], None] | None = None
+        self.on_change: Callable[[], None] | None = None  # the published view or a count changed (the textfile)
         self.snapshot = Snapshot.empty(config, os.getpid(), clock())
         self.events = EventHub()
+        self.hooks = Hooks(config, clock)
+        if config.alerts:
+            log.info("alert hooks: %s", hook_names(config.alerts))
         self._lock = threading.Lock()  # guards the three below: control threads read them
         self._processes: dict[int, GatewayProcess] = {}
         self._links: dict[int, GatewayConnection] = {}
@@ -105,9 +112,14 @@ class Executor:
             case Log():
                 log.log(effect.level, "%s", effect.text)
             case Emit():  # payloads may hold chat content: never logged
-                self.events.publish(Event(time.time(), effect.source, effect.name, effect.payload, effect.seq))
+                event = Event(time.time(), effect.source, effect.name, effect.payload, effect.seq)
+                self.events.publish(event)
+                if effect.source == "service":
+                    self.hooks.offer(event)
+                    self._changed()
             case Publish():
                 self._publish(effect.view)
+                self._changed()
             case Notify():
                 self._notify(effect)
             case Probe():
@@ -145,6 +157,14 @@ class Executor:
         self.snapshot = dataclasses.replace(view, connected_at=epoch, service_pid=os.getpid())
         with self._lock:
             self._current = self._links.get(view.link) if view.link is not None else None
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    def metrics_text(self) -> str:
+        """The Prometheus exposition of the published state (any thread)."""
+        return metrics.render(self.snapshot, self.clock(), time.time(), self.hooks.counts(self.events.missed()))
 
     def _notify(self, effect: Notify) -> None:
         if effect.kind in (NotifyKind.READY, NotifyKind.STATUS):
@@ -246,6 +266,8 @@ class Executor:
         self.post(HealthChecked(effect.gen, effect.link, True, None))
         if (ready := readiness(effect.port)) is not None:
             self.post(ReadinessChecked(effect.gen, effect.link, ready.ready, ready.failing))
+        if effect.pid is not None and (used := memory.sample(effect.pid)) is not None:
+            self.post(MemorySampled(effect.gen, effect.link, effect.pid, *used))
 
     def _consume_handoff(self, effect: ConsumeHandoff) -> None:
         """Worker: the gateway's CLI, with the gateway's own environment (no token), bounded in time."""
@@ -306,6 +328,9 @@ class Executor:
 
     def _apply(self, old: Config, new: Config) -> None:
         set_level(new.logging.level)
+        self.hooks.update(new)
+        if new.alerts != old.alerts:
+            log.info("alert hooks: %s", hook_names(new.alerts) or "none")
         if self.on_reload is not None:
             start_thread("reapply", self._reapply, self.on_reload, old, new)
 

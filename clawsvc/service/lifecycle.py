@@ -31,6 +31,7 @@ from clawsvc.service.messages import (
     ConfigLoaded,
     HandoffChecked,
     ProcessExited,
+    RestartCause,
     RestartMode,
     RestartRequested,
     SignalReceived,
@@ -62,6 +63,7 @@ from clawsvc.service.states import (
     adopted,
     link_of,
     pid_of,
+    restarted,
     spawning,
     with_book,
 )
@@ -95,7 +97,8 @@ def on_crash(state: AwaitingHello | Running | Reconnecting | Replacing, message:
     what = f"gateway pid {message.pid} {last}" + (f": {cause.text}" if cause is not None else "")
     if isinstance(state, Replacing):
         what = f"gateway pid {message.pid} replaced ({state.cause})"
-    new, more = schedule_restart(book, what, now)
+    new, more = schedule_restart(book, what, now, RestartCause.HANG if isinstance(state, Replacing)
+                                 else RestartCause.CRASH)
     return new, effects + more
 
 
@@ -107,14 +110,14 @@ def on_handoff(state: HandingOff, message: HandoffChecked, now: float) -> Outcom
     if not message.accepted:
         return schedule_restart(book, f"gateway pid {state.pid} exited 0 without a restart handoff for clawsvc "
                                       f"({message.said})", now)
-    new, effects = begin(replace(book, restarts=book.restarts + 1), now)
+    new, effects = begin(restarted(book, RestartCause.REQUESTED), now)  # asked for by the gateway itself
     return new, [Log(INFO, f"gateway pid {state.pid} restarted itself as a fresh process (its handoff: "
                            f"{message.said}); starting the new one"), *effects]
 
 
 def on_planned_exit(state: Restarting, message: ProcessExited, now: float) -> Outcome:
     last = message.info.describe()
-    book = replace(state.book, last_exit=last, ready_at=None, restarts=state.book.restarts + 1)
+    book = replace(restarted(state.book, state.cause), last_exit=last, ready_at=None)
     new, effects = begin(book, now)
     return new, [Log(INFO, f"gateway pid {message.pid} {last}; starting it again as asked"), exited(message),
                  *drop_link(state), *effects]
@@ -154,19 +157,21 @@ def on_restart(state: MState, message: RestartRequested, now: float) -> Outcome:
         return state, effects
     if isinstance(state, Running) and state.restart is not None and mode is RestartMode.SAFE:
         return state, effects  # the gateway restarts itself soon: that restart serves this request too
+    cause = message.cause
     if mode is RestartMode.SAFE:
         assert isinstance(state, Running)
-        asked = replace(state, restart=message.reason, restart_by=now + SAFE_RESTART_BOUND)
+        asked = replace(state, restart=message.reason, restart_by=now + SAFE_RESTART_BOUND, restart_cause=cause)
         return asked, [*effects, AskRestart(book.gen, state.link, message.reason)]
     if isinstance(state, Spawning):
-        return Restarting(book, None, message.reason), effects
+        return Restarting(book, None, message.reason, cause=cause), effects
     if pid is None:
-        new, more = begin(replace(book, restarts=book.restarts + 1), now)
+        new, more = begin(restarted(book, cause), now)
         return new, [*effects, AbortConnect(), *drop_link(state), *more]
     if mode is RestartMode.FORCE:
         stop = StopProcess(pid, FORCE_GRACE)
-        return Restarting(book, pid, message.reason), [*effects, AbortConnect(), *drop_link(state), stop]
-    return Restarting(book, pid, message.reason, link_of(state)), [*effects, AbortConnect(), StopProcess(pid)]
+        return Restarting(book, pid, message.reason, cause=cause), [*effects, AbortConnect(), *drop_link(state), stop]
+    return Restarting(book, pid, message.reason, link_of(state), cause=cause), \
+        [*effects, AbortConnect(), StopProcess(pid)]
 
 
 def on_signal(state: MState, message: SignalReceived, now: float) -> Outcome:
@@ -204,8 +209,9 @@ def on_config_loaded(state: MState, message: ConfigLoaded, now: float) -> Outcom
     book = replace(book, config=new, token=message.token, provider_env=message.provider_env)
     what = ", ".join(changed)
     effects.append(Log(INFO, f"reloaded {new.source}; {what} changed, restarting the gateway"))
-    restarted, more = on_restart(with_book(state, book), RestartRequested(f"config reload changed {what}"), now)
-    return restarted, [*effects, *more, _reload_done(book.ready_sent)]
+    asked = RestartRequested(f"config reload changed {what}", cause=RestartCause.RELOAD)
+    new_state, more = on_restart(with_book(state, book), asked, now)
+    return new_state, [*effects, *more, _reload_done(book.ready_sent)]
 
 
 def on_config_failed(state: MState, message: ConfigFailed, now: float) -> Outcome:

@@ -16,7 +16,7 @@ from clawsvc.jsontext import RawJSON
 from clawsvc.service import machine
 from clawsvc.service.eventhub import Feed
 from clawsvc.service.executor import Executor, Secrets
-from clawsvc.service.messages import Message, RestartMode, RestartRequested, TimerFired, TimerKind
+from clawsvc.service.messages import Message, RestartCause, RestartMode, RestartRequested, TimerFired, TimerKind
 from clawsvc.service.notify import Notifier
 from clawsvc.service.states import MState, Stopped, next_deadline
 
@@ -25,7 +25,7 @@ REPLY_WAIT = 10.0  # a control client asking for a restart waits this long for t
 
 
 class Supervisor:
-    """Public surface for `clawsvc run` and the control socket: post, run, status, rpc, restart_gateway,
+    """Public surface for `clawsvc run` and the control socket: post, run, status, metrics, rpc, restart_gateway,
     event_history, subscribe."""
 
     def __init__(self, config: Config, secrets: Secrets, notifier: Notifier,
@@ -89,6 +89,9 @@ class Supervisor:
     def status(self) -> dict[str, Any]:
         return self.executor.snapshot.to_dict(self.clock())
 
+    def metrics(self) -> str:
+        return self.executor.metrics_text()
+
     def rpc(self, method: str, params: Any, timeout: float | None) -> Any:
         return self.executor.rpc(method, params, timeout)
 
@@ -98,10 +101,12 @@ class Supervisor:
     def subscribe(self, names: frozenset[str] | None) -> Feed:
         return self.executor.events.subscribe(names)
 
-    def restart_gateway(self, mode: str) -> dict[str, Any]:
-        """Whether the gateway may be restarted (NOT_OWNED when adopted), and how, is the machine's call."""
+    def restart_gateway(self, mode: str, why: str = "requested") -> dict[str, Any]:
+        """Whether the gateway may be restarted (NOT_OWNED when adopted), and how, is the machine's call; `why`
+        (requested, upgrade) is what the restart is counted as."""
         reply: Future[dict[str, Any]] = Future()
-        self.post(RestartRequested("asked over the control socket", reply, RestartMode(mode)))
+        asked = "asked by `clawsvc upgrade`" if why == "upgrade" else "asked over the control socket"
+        self.post(RestartRequested(asked, reply, RestartMode(mode), RestartCause(why)))
         try:
             return reply.result(timeout=REPLY_WAIT)
         except TimeoutError:

@@ -43,6 +43,16 @@ class RestartMode(enum.Enum):
     FORCE = "force"  # at once: SIGTERM, SIGKILL of its group after a short grace
 
 
+class RestartCause(enum.Enum):
+    """Why the gateway was restarted: the `reason` label of clawsvc_gateway_restarts_total."""
+    CRASH = "crash"          # it exited on its own
+    HANG = "hang"            # clawsvc replaced it: failed health checks, or no handshake
+    REQUESTED = "requested"  # restart-gateway, or the gateway's own restart
+    RELOAD = "reload"        # a reload changed what the gateway reads
+    UPGRADE = "upgrade"      # `clawsvc upgrade` switched it
+    MEMORY = "memory"        # gateway.memory.restart_above
+
+
 @dataclass(frozen=True)
 class PortFree:
     """Nothing listens on the port: spawn our own gateway."""
@@ -129,6 +139,17 @@ class ReadinessChecked:
 
 
 @dataclass(frozen=True)
+class MemorySampled:
+    """What the gateway `pid` uses, sampled after a health check on `link`: its process tree's resident memory
+    ("rss"), or its own cgroup's memory.current ("cgroup")."""
+    gen: int
+    link: int
+    pid: int
+    bytes: int
+    source: str
+
+
+@dataclass(frozen=True)
 class SignalReceived:
     signum: int
 
@@ -140,6 +161,7 @@ class RestartRequested:
     reason: str
     reply: object | None = None
     mode: RestartMode = RestartMode.FRESH
+    cause: RestartCause = RestartCause.REQUESTED
 
 
 @dataclass(frozen=True)
@@ -188,5 +210,6 @@ class TimerFired:
 
 
 Message = (PortFree | PortTaken | Spawned | SpawnFailed | HandshakeDone | HandshakeFailed | ProcessExited
-           | LinkLost | GatewayEventSeen | HealthChecked | ReadinessChecked | SignalReceived | RestartRequested
+           | LinkLost | GatewayEventSeen | HealthChecked | ReadinessChecked | MemorySampled | SignalReceived
+           | RestartRequested
            | RestartAnswered | DrainNoticed | HandoffChecked | ConfigLoaded | ConfigFailed | TimerFired)

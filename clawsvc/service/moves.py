@@ -18,6 +18,7 @@ from clawsvc.service.effects import (
     Probe,
     StopProcess,
 )
+from clawsvc.service.messages import RestartCause
 from clawsvc.service.states import (
     BackingOff,
     Book,
@@ -30,6 +31,7 @@ from clawsvc.service.states import (
     Stopping,
     link_of,
     pid_of,
+    restarted,
     spawning,
 )
 
@@ -43,7 +45,9 @@ FORCE_GRACE = 10.0  # restart-gateway --force: SIGTERM, then SIGKILL of the grou
 
 
 def begin(book: Book, now: float) -> Outcome:
-    book = replace(book, gen=book.gen + 1, extend_at=None if book.ready_sent else now)
+    """A new start (generation): what was seen of the last gateway's memory and readiness goes with it."""
+    book = replace(book, gen=book.gen + 1, extend_at=None if book.ready_sent else now, memory=None,
+                   memory_source=None, memory_high=False, not_ready_since=None, not_ready_told=False)
     return Probing(book), [Probe(book.gen, book.config.gateway.port)]
 
 
@@ -75,14 +79,14 @@ def fail_in(state: MState, error: str, code: int) -> Outcome:
     return fail(state.book, error, code, pid_of(state), link_of(state), spawning(state))
 
 
-def schedule_restart(book: Book, cause: str, now: float) -> Outcome:
+def schedule_restart(book: Book, cause: str, now: float, kind: RestartCause = RestartCause.CRASH) -> Outcome:
     attempts = book.attempts + 1
     delay, seed = restart_delay(attempts, book.config.reconnect, book.seed)
     limit = book.config.reconnect.max_attempts
     book = replace(book, attempts=attempts, seed=seed)
     if delay is None:
         return fail(book, f"{cause}; gave up after {limit} attempts in a row", exitcodes.FAIL)
-    book = replace(book, restarts=book.restarts + 1)
+    book = restarted(book, kind)
     text = f"{cause}; restarting in {delay:.1f}s (attempt {attempts}/{limit or '∞'})"
     restart = catalogue.RESTART(cause, attempts, delay)
     return BackingOff(book, now + delay, cause), [Log(WARNING, text), restart]
@@ -91,7 +95,8 @@ def schedule_restart(book: Book, cause: str, now: float) -> Outcome:
 def replace_gateway(state: MState, pid: int, why: str) -> Outcome:
     """Stop a misbehaving gateway of ours; its exit is then handled like a crash."""
     book = replace(state.book, error=why)
-    effects = [Log(ERROR, f"replacing gateway pid {pid}: {why}"), AbortConnect(), *drop_link(state), StopProcess(pid)]
+    effects = [Log(ERROR, f"replacing gateway pid {pid}: {why}"), catalogue.REPLACED(pid, why), AbortConnect(),
+               *drop_link(state), StopProcess(pid)]
     return Replacing(book, pid, why), effects
 
 

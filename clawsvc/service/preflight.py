@@ -20,6 +20,7 @@ from clawsvc.gateway import compile_cache
 from clawsvc.gateway.command import SpawnError, Vetted, vet_command
 from clawsvc.gateway.process import build_argv, build_env, state_dir, stop_problem
 from clawsvc.secrets import describe_token_source
+from clawsvc.service.alerts import check_names
 
 COMMAND = "gateway.command"
 
@@ -81,6 +82,11 @@ def _check_control_group(config: Config) -> None:
                           "control.group") from None
 
 
+def _check_alerts(config: Config) -> None:
+    """The hooks' event names are the catalogue's (which config, below it, cannot know)."""
+    check_names(config)
+
+
 def _check_stop_timeout(config: Config) -> None:
     if problem := stop_problem(config):
         raise ConfigError(problem)
@@ -90,7 +96,7 @@ def _check_stop_timeout(config: Config) -> None:
 STEPS: tuple[tuple[str, Callable[[Config], Any]], ...] = (
     ("files", _check_files), ("token", _check_token_file), (COMMAND, _check_command),
     ("state dir", _check_state_dir), ("compile cache", _check_compile_cache), ("control.group", _check_control_group),
-    ("stop timeout", _check_stop_timeout))
+    ("stop timeout", _check_stop_timeout), ("alerts", _check_alerts))
 
 
 def preflight(config: Config) -> Vetted:

@@ -16,6 +16,7 @@ from clawsvc.control.server import ControlServer
 from clawsvc.gateway import proctree
 from clawsvc.logs import set_level, setup_logging
 from clawsvc.secrets import SecretError, load_all
+from clawsvc.service.exposition import Outputs
 from clawsvc.service.loop import Supervisor
 from clawsvc.service.messages import Message, SignalReceived
 from clawsvc.service.notify import Notifier
@@ -23,6 +24,7 @@ from clawsvc.service.preflight import preflight
 
 log = logging.getLogger("clawsvc")
 THREADS_GRACE = 5.0  # at exit, how long to wait in all for the threads still finishing (closes, stops)
+HOOKS_GRACE = 15.0  # ... and first for alert hooks still running (the `error` event's, when clawsvc gives up)
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -34,6 +36,18 @@ def load_secrets(config: Config) -> tuple[str, Mapping[str, str]]:
 
 def _on_signal(inbox: queue.SimpleQueue[Message], signum: int, frame: FrameType | None) -> None:
     inbox.put(SignalReceived(signum))
+
+
+class Reapply:
+    """What follows the config in place on a reload: the control socket, then the metrics outputs."""
+
+    def __init__(self, control: ControlSocket, outputs: Outputs) -> None:
+        self.control = control
+        self.outputs = outputs
+
+    def __call__(self, old: Config, new: Config) -> None:
+        self.control.reload(old, new)
+        self.outputs.reload(old, new)
 
 
 class ControlSocket:
@@ -72,8 +86,9 @@ def _refuse(notifier: Notifier, message: str, problem: str) -> int:
 
 
 def _machinery(config: Config, notifier: Notifier,
-               first_secrets: tuple[str, Mapping[str, str]]) -> tuple[Supervisor, ControlSocket]:
-    """The supervisor, its signal handlers and its open control socket; any failure is logged here, then raised."""
+               first_secrets: tuple[str, Mapping[str, str]]) -> tuple[Supervisor, ControlSocket, Outputs]:
+    """The supervisor, its signal handlers, its open control socket and metrics outputs; any failure is logged here,
+    then raised (the metrics outputs only log theirs)."""
     try:
         supervisor = Supervisor(config, load_secrets, notifier, first_secrets=first_secrets)
     except Exception:
@@ -87,8 +102,11 @@ def _machinery(config: Config, notifier: Notifier,
     except Exception as exc:
         log.error("cannot open the control socket %s: %s", config.control.socket, exc)
         raise
-    supervisor.on_reload = control.reload
-    return supervisor, control
+    outputs = Outputs(supervisor.metrics)
+    outputs.open(config)
+    supervisor.executor.on_change = outputs.changed
+    supervisor.on_reload = Reapply(control, outputs)
+    return supervisor, control, outputs
 
 
 def main(args: argparse.Namespace) -> int:
@@ -107,13 +125,16 @@ def main(args: argparse.Namespace) -> int:
     except (SecretError, ConfigError) as exc:
         return _refuse(notifier, "cannot load secrets, not starting", str(exc))
     try:
-        supervisor, control = _machinery(config, notifier, first_secrets)
+        supervisor, control, outputs = _machinery(config, notifier, first_secrets)
     except Exception:
         return exitcodes.FAIL
     try:
         code = supervisor.run()
     finally:
         control.close()
+        outputs.close()
+    if not supervisor.executor.hooks.wait(HOOKS_GRACE):
+        log.warning("alert hooks still running %.0fs after the service stopped; exiting without them", HOOKS_GRACE)
     if lingering := threads.join_all(THREADS_GRACE):
         log.debug("threads still running at exit: %s", ", ".join(lingering))
     log.info("clawsvc stopped (exit %d)", code)

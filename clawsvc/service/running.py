@@ -19,17 +19,23 @@ from clawsvc.service.effects import (
     NotifyKind,
     StopProcess,
 )
+from clawsvc.service.lifecycle import on_restart
 from clawsvc.service.messages import (
     DrainNoticed,
     GatewayEventSeen,
     HealthChecked,
     LinkLost,
+    MemorySampled,
     ReadinessChecked,
     RestartAnswered,
+    RestartCause,
+    RestartMode,
+    RestartRequested,
     TimerFired,
 )
 from clawsvc.service.moves import SAFE_RESTART_BOUND, Outcome, reconnect, replace_gateway
-from clawsvc.service.states import Restarting, Running, Stopping, with_book
+from clawsvc.service.states import Restarting, Running, Stopping, restarted, with_book
+from clawsvc.service.status import human_bytes
 
 
 def on_event(state: Running, message: GatewayEventSeen, now: float) -> Outcome:
@@ -48,7 +54,7 @@ def on_event(state: Running, message: GatewayEventSeen, now: float) -> Outcome:
     seconds = expected / 1000.0 + book.config.gateway.start_timeout
     text = f"gateway is restarting itself ({reason}); waiting up to {seconds:.0f}s for it instead of spawning another"
     if state.restart is not None:  # the safe restart we asked for has begun
-        book = replace(book, restarts=book.restarts + 1)
+        book = replace(restarted(book, state.restart_cause), last_start=now)
     new, effects = reconnect(with_book(state, book), f"gateway restarting itself ({payload.get('reason', '')})",
                              seconds)
     return new, [Log(INFO, text), emit, *effects]
@@ -117,7 +123,7 @@ def on_health_due(state: Running, message: TimerFired, now: float) -> Outcome:
     if state.health_busy:
         return state, []
     config = state.book.config
-    check = CheckHealth(state.book.gen, state.link, config.health.timeout, config.gateway.port)
+    check = CheckHealth(state.book.gen, state.link, config.health.timeout, config.gateway.port, state.pid)
     return replace(state, health_at=None, health_busy=True), [check]
 
 
@@ -130,6 +136,7 @@ def on_health(state: Running, message: HealthChecked, now: float) -> Outcome:
         back = [Log(INFO, f"gateway health check ok again after {state.failures} failure(s)")]
         return replace(checked, failures=0), back if state.failures else []
     failures = state.failures + 1
+    checked = with_book(checked, replace(checked.book, health_failures=checked.book.health_failures + 1))
     effects: list[Effect] = [Log(WARNING, f"gateway health check failed ({failures}/{health.failures}): "
                                           f"{message.error}"),
                              catalogue.HEALTH_FAILED(failures, health.failures, message.error)]
@@ -146,18 +153,68 @@ def on_health(state: Running, message: HealthChecked, now: float) -> Outcome:
 
 def on_readiness(state: Running, message: ReadinessChecked, now: float) -> Outcome:
     """The gateway's own readiness (channels, agent databases, plugin reloads): shown, and an event when it
-    changes; the gateway is not replaced for it (it recovers its channels itself)."""
+    changes, and one more (readiness.failing, for alerts) once it has failed for health.not_ready_after; the gateway
+    is not replaced for it (it recovers its channels itself)."""
     book = state.book
-    if message.link != state.link or (message.ready, message.failing) == (book.ready, book.failing):
+    if message.link != state.link:
         return state, []
-    if message.ready:
-        text = "gateway is ready again (its /readyz)" if book.ready is False else "gateway is ready (its /readyz)"
-        level = INFO
-    else:
-        text, level = f"gateway is not ready: its /readyz names {', '.join(message.failing) or 'nothing'} failing", \
-            WARNING
-    new = with_book(state, replace(book, ready=message.ready, failing=message.failing))
-    return new, [Log(level, text), Notify(NotifyKind.STATUS), catalogue.READINESS(message.ready, list(message.failing))]
+    since = None if message.ready else book.not_ready_since if book.not_ready_since is not None else now
+    book = replace(book, not_ready_since=since, not_ready_told=book.not_ready_told and since is not None)
+    effects: list[Effect] = []
+    if (message.ready, message.failing) != (state.book.ready, state.book.failing):
+        if message.ready:
+            text = "gateway is ready again (its /readyz)" if book.ready is False else "gateway is ready (its /readyz)"
+            level = INFO
+        else:
+            text, level = f"gateway is not ready: its /readyz names {', '.join(message.failing) or 'nothing'} " \
+                          "failing", WARNING
+        book = replace(book, ready=message.ready, failing=message.failing)
+        effects += [Log(level, text), Notify(NotifyKind.STATUS),
+                    catalogue.READINESS(message.ready, list(message.failing))]
+    lasting = book.config.health.not_ready_after
+    if since is not None and not book.not_ready_told and now - since >= lasting:
+        book = replace(book, not_ready_told=True)
+        effects += [Log(WARNING, f"gateway has not been ready for {now - since:.0f}s (health.not_ready_after "
+                                 f"{lasting:g}s): its /readyz names {', '.join(message.failing) or 'nothing'}"),
+                    catalogue.NOT_READY(list(message.failing), now - since)]
+    return with_book(state, book), effects
+
+
+def on_memory(state: Running, message: MemorySampled, now: float) -> Outcome:
+    """The memory watch: above warn_above an event and a note on STATUS=; above restart_above a draining restart
+    (FRESH: SIGTERM, the gateway finishes its active work, then a new process: only a new process gives the memory
+    back, an in-process restart keeps the heap's high-water mark), at most once per cooldown, so a threshold below
+    what a fresh gateway needs restarts it once per cooldown, never in a loop."""
+    if message.link != state.link or message.pid != state.pid:
+        return state, []
+    limits, old = state.book.config.gateway.memory, state.book
+    high = limits.warn_above is not None and message.bytes > limits.warn_above
+    book = replace(old, memory=message.bytes, memory_source=message.source, memory_high=high)
+    effects: list[Effect] = []
+    used = f"gateway pid {message.pid} uses {human_bytes(message.bytes)} ({WHAT_SAMPLED[message.source]})"
+    if high and not old.memory_high:
+        assert limits.warn_above is not None
+        effects += [Log(WARNING, f"{used}, above gateway.memory.warn_above ({human_bytes(limits.warn_above)})"),
+                    Notify(NotifyKind.STATUS), catalogue.MEMORY_HIGH(message.bytes, limits.warn_above, "warn")]
+    elif old.memory_high and not high:
+        effects += [Log(INFO, f"{used}, below gateway.memory.warn_above again"), Notify(NotifyKind.STATUS)]
+    new = with_book(state, book)
+    limit = limits.restart_above
+    if limit is None or message.bytes <= limit or state.restart is not None:
+        return new, effects
+    if old.memory_restart_at is not None and now - old.memory_restart_at < limits.cooldown:
+        return new, effects
+    new = with_book(new, replace(book, memory_restart_at=now))
+    why = f"memory: {human_bytes(message.bytes)} above gateway.memory.restart_above ({human_bytes(limit)})"
+    effects += [Log(WARNING, f"{used}, above gateway.memory.restart_above ({human_bytes(limit)}); restarting it as a "
+                             f"new process once its active work is done (no other memory restart within "
+                             f"{limits.cooldown:g}s)"),
+                catalogue.MEMORY_HIGH(message.bytes, limit, "restart")]
+    restarting, more = on_restart(new, RestartRequested(why, None, RestartMode.FRESH, RestartCause.MEMORY), now)
+    return restarting, effects + more
+
+
+WHAT_SAMPLED = {"rss": "resident memory of its processes", "cgroup": "its cgroup's memory.current"}
 
 
 def on_stable(state: Running, message: TimerFired, now: float) -> Outcome:

@@ -52,8 +52,8 @@ def on_spawned(state: Spawning, message: Spawned, now: float) -> Outcome:
     text = (f"started gateway pid {message.pid} on port {gateway.port}; waiting for its hello-ok "
             f"(up to {gateway.start_timeout:.0f}s)")
     connect = Connect(book.gen, book.config, book.token, spawned=message.pid, timeout=gateway.start_timeout)
-    return AwaitingHello(book, message.pid, now), [Log(INFO, text), catalogue.SPAWNED(message.pid),
-                                                   connect]
+    waiting = AwaitingHello(replace(book, last_start=now), message.pid, now)
+    return waiting, [Log(INFO, text), catalogue.SPAWNED(message.pid), connect]
 
 
 def on_spawn_failed(state: Spawning | Restarting, message: SpawnFailed, now: float) -> Outcome:

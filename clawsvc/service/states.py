@@ -7,8 +7,10 @@ from dataclasses import dataclass, field, replace
 
 from clawsvc import exitcodes
 from clawsvc.config import Config
-from clawsvc.service.messages import TimerKind
+from clawsvc.service.messages import RestartCause, TimerKind
 from clawsvc.service.status import Snapshot, State
+
+NO_RESTARTS = (0,) * len(RestartCause)
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,24 @@ class Book:
     connected_at: float | None = None
     ready: bool | None = None        # the gateway's /readyz at the last health check
     failing: tuple[str, ...] = ()
+    # what the metrics count and show (clawsvc.service.metrics)
+    restarts_by: tuple[int, ...] = NO_RESTARTS  # restarts by RestartCause, in its order
+    health_failures: int = 0
+    last_start: float | None = None  # our gateway's last spawn or in-process restart
+    not_ready_since: float | None = None  # /readyz has failed since (told: readiness.failing sent for it)
+    not_ready_told: bool = False
+    # the memory watch (running.on_memory): the last sample of our gateway, and the last restart it caused
+    memory: int | None = None
+    memory_source: str | None = None
+    memory_high: bool = False
+    memory_restart_at: float | None = None
+
+
+def restarted(book: Book, cause: RestartCause) -> Book:
+    """The book with one more restart, counted under its cause."""
+    index = list(RestartCause).index(cause)
+    by = tuple(count + (i == index) for i, count in enumerate(book.restarts_by))
+    return replace(book, restarts=book.restarts + 1, restarts_by=by)
 
 
 @dataclass(frozen=True)
@@ -74,6 +94,7 @@ class Running:
     restart: str | None = None
     restart_by: float | None = None
     activity: str | None = None  # what the gateway says the restart waits for
+    restart_cause: RestartCause = RestartCause.REQUESTED
 
 
 @dataclass(frozen=True)
@@ -101,6 +122,7 @@ class Restarting:
     reason: str
     link: int | None = None
     activity: str | None = None  # what the gateway says its drain still waits for
+    cause: RestartCause = RestartCause.REQUESTED
 
 
 @dataclass(frozen=True)
@@ -214,6 +236,10 @@ def view(state: MState) -> Snapshot:
         max_attempts=config.reconnect.max_attempts, link=link_of(state), connected_mono=book.connected_at,
         ready=book.ready if isinstance(state, Running) else None, failing=book.failing if isinstance(state, Running)
         else (),
+        restarts_by=tuple(zip((cause.value for cause in RestartCause), book.restarts_by, strict=True)),
+        health_failures=book.health_failures, last_start=book.last_start,
+        memory=book.memory if isinstance(state, Running) else None, memory_source=book.memory_source,
+        memory_high=book.memory_high and isinstance(state, Running),
     )
 
 

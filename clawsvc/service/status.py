@@ -70,6 +70,12 @@ class Snapshot:
     connected_mono: float | None = None  # monotonic (not in the reply)
     ready: bool | None = None    # the gateway's /readyz at the last health check (None: not asked yet)
     failing: tuple[str, ...] = ()  # what /readyz names as failing (channels, agent databases, plugin reloads)
+    restarts_by: tuple[tuple[str, int], ...] = ()  # (reason, count): clawsvc_gateway_restarts_total
+    health_failures: int = 0
+    last_start: float | None = None  # monotonic: our gateway's last spawn or in-process restart
+    memory: int | None = None     # bytes our gateway uses (its process tree, or its own cgroup)
+    memory_source: str | None = None  # "rss" | "cgroup"
+    memory_high: bool = False     # above gateway.memory.warn_above
 
     @classmethod
     def empty(cls, config: Config, service_pid: int, now: float) -> Snapshot:
@@ -87,7 +93,7 @@ class Snapshot:
             "error": self.error, "cause": self.cause, "reconnectAttempts": self.reconnect_attempts,
             "restarts": self.restarts, "lastExit": self.last_exit, "servicePid": self.service_pid,
             "serviceUptime": now - self.started_at, "config": self.config, "ready": self.ready,
-            "failing": list(self.failing),
+            "failing": list(self.failing), "memory": self.memory, "memoryHigh": self.memory_high,
         }
 
     @classmethod
@@ -117,6 +123,8 @@ class Snapshot:
             max_attempts=0,
             ready=field.optional("ready", _is_bool, "true or false"),
             failing=tuple(field.optional("failing", _is_names, "a list of names") or ()),
+            memory=field.optional("memory", _is_count, "a number of bytes"),
+            memory_high=field.optional("memoryHigh", _is_bool, "true or false") or False,
         )
 
 
@@ -217,7 +225,15 @@ def status_line(snap: Snapshot, now: float) -> str:
 
 
 def _readiness_note(snap: Snapshot) -> str:
-    return f" not-ready={','.join(snap.failing) or '?'}" if snap.ready is False else ""
+    memory = f" memory-high={human_bytes(snap.memory)}" if snap.memory_high and snap.memory is not None else ""
+    return (f" not-ready={','.join(snap.failing) or '?'}" if snap.ready is False else "") + memory
+
+
+def human_bytes(count: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if count >= size:
+            return f"{count / size:.1f}{unit}" if count < 10 * size else f"{count // size}{unit}"
+    return f"{count}B"
 
 
 def _readiness(snap: Snapshot) -> str:
@@ -265,6 +281,9 @@ def status_block(snap: Snapshot, socket_path: object, now: float, wall_now: floa
             ("Restarts", f"{snap.restarts}, reconnect attempts: {snap.reconnect_attempts}")]
     if snap.state is State.RUNNING:
         rows.append(("Readiness", _readiness(snap)))
+    if snap.memory is not None:
+        rows.append(("Memory", human_bytes(snap.memory) + (" (above gateway.memory.warn_above)" if snap.memory_high
+                                                           else "")))
     if snap.cause:
         rows.append(("Cause", snap.cause))
     if snap.last_exit:

@@ -3,7 +3,6 @@ reachability drop-in; shown (--dry-run) or written below the install root, a dif
 
 from __future__ import annotations
 
-import contextlib
 import grp
 import os
 import plistlib
@@ -18,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
+from clawsvc.atomicfile import write_atomically
 from clawsvc.commands.install import reach as install_reach
 from clawsvc.config import ConfigError, parse_config
 from clawsvc.config.instances import INSTALL_ROOT_ENV as INSTALL_ROOT_ENV
@@ -30,6 +30,7 @@ TEMPLATE_EXE = "/usr/local/bin/clawsvc"  # what ExecStart= / ProgramArguments na
 # A system service runs with ProtectHome=yes and PrivateTmp=yes: nothing below these is visible to it.
 HIDDEN_FROM_SYSTEM_UNIT = tuple(str(p) for p in (*install_reach.HOME_HIDDEN, *install_reach.TMP_HIDDEN))
 UNIT_DIR = Path("/etc/systemd/system")
+ALERT_UNIT = "clawsvc-alert@.service"  # the units' OnFailure=: runs the alert hooks (`clawsvc alert`)
 SYSUSERS_TIMEOUT = 60.0
 _REPO = Path(__file__).resolve().parents[3]  # a source checkout: clawsvc/commands/install/plan.py
 
@@ -183,7 +184,9 @@ def plan(kind: str, config: Path | None = None, command: Sequence[str] | None = 
     if kind == "user":
         unit_text = render_unit(data_text("units/user/clawsvc.service"), command, config)
         target = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "systemd" / "user" / "clawsvc.service"
-        return Plan(kind, (InstallFile(target, unit_text), _config_file(config, kind, config_text)), (
+        alert = InstallFile(target.with_name(ALERT_UNIT), render_unit(data_text(f"units/user/{ALERT_UNIT}"), command,
+                                                                      config))
+        return Plan(kind, (InstallFile(target, unit_text), _config_file(config, kind, config_text), alert), (
             f"clawsvc check-config -c {shown_config}",
             "systemctl --user daemon-reload",
             "systemctl --user enable --now clawsvc",
@@ -213,6 +216,7 @@ def _system_plan(command: tuple[str, ...], config: InstallFile, unit: str, binds
     files = [
         InstallFile(UNIT_DIR / "clawsvc.service", main_unit),
         InstallFile(UNIT_DIR / "clawsvc@.service", render_unit(data_text("units/clawsvc@.service"), command, None)),
+        InstallFile(UNIT_DIR / ALERT_UNIT, render_unit(data_text(f"units/{ALERT_UNIT}"), command, main_config)),
         InstallFile(sysusers, data_text("units/clawsvc.sysusers.conf")),
         config,
     ]
@@ -242,25 +246,8 @@ def _chgrp(path: Path, group: str | None, out: TextIO) -> None:
 
 
 def _write(target: Path, content: str, mode: int) -> None:
-    """Atomically, with its mode before any content is in it, and never through a link planted at the temporary
-    name (O_EXCL|O_NOFOLLOW after removing a leftover; os.replace swaps a link at `target` itself, not its target)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.clawsvc-tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    try:
-        os.fchmod(fd, mode)  # the umask narrowed it
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            fd = -1
-            stream.write(content)
-        os.replace(tmp, target)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    write_atomically(target, content.encode("utf-8"), mode)
 
 
 def _read(target: Path) -> str | None:

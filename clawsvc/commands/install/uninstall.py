@@ -144,6 +144,8 @@ def _remove_unit_files(run: Run, tgt: Target) -> None:
         _remove_file(run, tgt.unit_file)
     elif not _other_instances(run, tgt.instance) and not _main_in_use(run):
         _remove_file(run, install.UNIT_DIR / MAIN_UNIT, "install --instance writes it too; the main unit is not set up")
+    if not any(run.at(unit_dir / name).exists() for name in (MAIN_UNIT, TEMPLATE)):
+        _remove_file(run, unit_dir / install.ALERT_UNIT, "OnFailure= alert hooks; it goes with the last unit")
 
 
 def _remove_dropins(run: Run, dropins: Path) -> None:

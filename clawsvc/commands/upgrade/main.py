@@ -14,6 +14,7 @@ import fcntl
 import os
 import shlex
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from clawsvc.commands.upgrade.statecopy import StateCopyError
 from clawsvc.commands.upgrade.switchover import NotServing, Service, ServiceGone
 from clawsvc.config import Config
 from clawsvc.gateway.node import ProvisionError
+from clawsvc.service import alerts, catalogue
+from clawsvc.service.events import Event
 from clawsvc.service.status import Snapshot
 
 LATEST = "latest"
@@ -116,16 +119,19 @@ class Upgrade:
         try:
             served = self.service.restart_and_verify(new)
         except (NotServing, ServiceGone) as exc:
-            return self._switch_back(old, old_previous, str(exc))
+            return self._switch_back(old, old_previous, str(exc), new)
         say(f"openclaw {new} is serving as gateway pid {served.pid}: running {served.running_after:.1f}s after "
             f"the restart request, healthy after {served.healthy_after:.1f}s")
         self._prune({new, old})
         print(f"{done}: openclaw {old} -> {new}")
         return exitcodes.OK
 
-    def _switch_back(self, old: str, old_previous: str | None, why: str) -> int:
+    def _switch_back(self, old: str, old_previous: str | None, why: str, new: str) -> int:
         self._point(old, old_previous)
         say(f"{why}; switched {self.prefix / gateway_links.CURRENT} back to openclaw-{old}, restarting it")
+        event = Event(time.time(), "service", catalogue.ROLLED_BACK.name, catalogue.ROLLED_BACK.payload(new, old, why))
+        for failure in alerts.fire(self.config, event):  # the config's hooks for upgrade.rolled-back, now
+            say(failure)
         try:
             self.service.restart_and_verify(old)
         except ServiceGone as exc:

@@ -56,7 +56,7 @@ class Service:
         before = self.status()  # just before the restart: its pid is not the new one
         started = time.monotonic()
         bound = self.config.gateway.stop_timeout + self.config.gateway.start_timeout + MARGIN
-        answer = self._ask({"cmd": "restart-gateway", "mode": "fresh"}, bound)  # new code: a new process, drained
+        answer = self._ask({"cmd": "restart-gateway", "mode": "fresh", "why": "upgrade"}, bound)  # drained, new
         counted = answer.get("restarts") if isinstance(answer, dict) else None
         # the service's restart count once ours is done: a crash loop of the old version between `before` and
         # the request must not pass for a crash of the new one
