@@ -9,8 +9,6 @@ import re
 import secrets
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,11 +47,6 @@ def run_service(services: list[ServiceProcess], root: Path, double_env: dict[str
     return svc
 
 
-def cli(svc: ServiceProcess, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "clawsvc", args[0], "-c", str(svc.config_path), *args[1:]],
-                          capture_output=True, text=True, timeout=timeout)
-
-
 def spawned(svc: ServiceProcess) -> list[int]:
     return [int(pid) for pid in re.findall(STARTED, svc.log())]
 
@@ -72,7 +65,7 @@ def test_ready_after_hello_ok_with_status_lines(services: list[ServiceProcess], 
     texts = svc.peer.messages()
     assert any(t.startswith("STATUS=starting") for t in texts[: texts.index(ready.text)])
     svc.peer.wait_for("^WATCHDOG=1$", 10, since=svc.peer.mark())
-    assert cli(svc, "status").returncode == 0
+    assert svc.cli("status").returncode == 0
     assert svc.terminate() == 0
     assert svc.leftovers() == []
 
@@ -115,13 +108,13 @@ def test_link_drop_with_the_process_alive_reconnects_to_the_same_pid(services: l
     svc.peer.wait_for("^READY=1", 20)
     pid = svc.status()["pid"]
     mark = svc.peer.mark()
-    result = cli(svc, "rpc", "double.close", '{"code": 1011, "reason": "test drop"}')
+    result = svc.cli("rpc", "double.close", '{"code": 1011, "reason": "test drop"}')
     assert result.returncode == 0, result.stderr
     svc.peer.wait_for(r"^STATUS=reconnecting", 10, since=mark)
     svc.peer.wait_for(r"^STATUS=running", 10, since=mark)
     assert svc.status()["pid"] == pid and spawned(svc) == [pid]
     assert "test drop" in svc.log()
-    health = cli(svc, "rpc", "health")
+    health = svc.cli("rpc", "health")
     assert health.returncode == 0 and '"ok": true' in health.stdout
 
 
@@ -130,7 +123,7 @@ def test_tick_silence_gets_a_fresh_link_to_the_same_gateway(services: list[Servi
     svc.peer.wait_for("^READY=1", 20)
     pid = svc.status()["pid"]
     mark = svc.peer.mark()
-    assert cli(svc, "rpc", "double.silence").returncode == 0
+    assert svc.cli("rpc", "double.silence").returncode == 0
     svc.peer.wait_for(r"^STATUS=reconnecting", 10, since=mark)
     svc.peer.wait_for(r"^STATUS=running", 10, since=mark)
     assert svc.status()["pid"] == pid and spawned(svc) == [pid]
@@ -144,7 +137,7 @@ def test_a_hung_gateway_is_replaced_while_the_watchdog_keeps_going(services: lis
     svc.peer.wait_for("^READY=1", 20)
     pid = svc.status()["pid"]
     mark = svc.peer.mark()
-    assert cli(svc, "rpc", "double.hang").returncode == 0
+    assert svc.cli("rpc", "double.hang").returncode == 0
     svc.wait_log(r"replacing gateway pid \d+: 2 consecutive failed health checks", 20)
     status = running_with(svc, 30, not_pid=pid)
     assert not pid_alive(pid)
@@ -161,7 +154,7 @@ def test_shutdown_with_restart_expected_waits_instead_of_spawning(services: list
     pid = svc.status()["pid"]
     mark = svc.peer.mark()
     params = '{"event": "shutdown", "payload": {"reason": "in-process restart", "restartExpectedMs": 2000}}'
-    cli(svc, "rpc", "double.event", params)  # may fail: clawsvc drops the link as soon as it sees the event
+    svc.cli("rpc", "double.event", params)  # may fail: clawsvc drops the link as soon as it sees the event
     svc.wait_log(r"gateway is restarting itself \(in-process restart\); waiting up to", 10)
     svc.peer.wait_for(r"^STATUS=reconnecting.*restarting itself", 10, since=mark)
     svc.peer.wait_for(r"^STATUS=running", 10, since=mark)
@@ -172,7 +165,7 @@ def test_restart_gateway_over_the_control_socket(services: list[ServiceProcess],
     svc = run_service(services, tmp_path)
     svc.peer.wait_for("^READY=1", 20)
     pid = svc.status()["pid"]
-    result = cli(svc, "restart-gateway")
+    result = svc.cli("restart-gateway")
     assert result.returncode == 0, result.stderr
     status = running_with(svc, 20, not_pid=pid)
     assert status["restarts"] == 1 and status["reconnectAttempts"] == 0
@@ -202,7 +195,7 @@ def test_reload_after_a_token_rotation_restarts_the_gateway_with_the_new_token(s
     assert "the gateway token or provider keys changed" in svc.log()
     environ = Path(f"/proc/{status['pid']}/environ").read_bytes().split(b"\0")
     assert f"OPENCLAW_GATEWAY_TOKEN={svc.token}".encode() in environ, "the new gateway got the rotated token"
-    assert cli(svc, "rpc", "health").returncode == 0
+    assert svc.cli("rpc", "health").returncode == 0
 
 
 def test_adopts_an_existing_gateway_and_leaves_it_running(services: list[ServiceProcess], tmp_path: Path) -> None:
@@ -217,7 +210,7 @@ def test_adopts_an_existing_gateway_and_leaves_it_running(services: list[Service
         status = svc.status()
         assert status["owned"] is False and status["pid"] is None and status["state"] == "running"
         assert svc.peer.wait_for("^READY=1", 1).text.endswith("adopted")
-        refused = cli(svc, "restart-gateway")
+        refused = svc.cli("restart-gateway")
         assert refused.returncode == 1 and "NOT_OWNED" in refused.stderr
         assert svc.terminate() == 0
         assert existing.popen.poll() is None and existing.accepts_tcp()

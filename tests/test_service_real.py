@@ -11,8 +11,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -78,11 +76,6 @@ def real_config(root: Path, installation: Installation, port: int) -> dict[str, 
         "health": {"interval": 1.0, "timeout": 1.0, "failures": 2},
         "reconnect": {"base_delay": 0.2, "max_delay": 2.0, "max_attempts": 5},
     })
-
-
-def cli(svc: ServiceProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "clawsvc", args[0], "-c", str(svc.config_path), *args[1:]],
-                          capture_output=True, text=True, timeout=60)
 
 
 def spawned(svc: ServiceProcess) -> list[int]:
@@ -163,14 +156,14 @@ def test_watchdog_at_the_asked_rate(shared: Shared) -> None:
 
 def test_status_and_rpc_through_the_running_service(shared: Shared, gateway_install: Installation) -> None:
     svc = shared.svc
-    status = cli(svc, "status")
+    status = svc.cli("status")
     assert status.returncode == 0, status.stderr
     assert "clawsvc - OpenClaw gateway service: running" in status.stdout
     assert f"openclaw {gateway_install.version}" in status.stdout and "started by clawsvc" in status.stdout
-    health = cli(svc, "rpc", "health")
+    health = svc.cli("rpc", "health")
     assert health.returncode == 0, health.stderr
     assert '"ok": true' in health.stdout
-    unknown = cli(svc, "rpc", "no.such.method")
+    unknown = svc.cli("rpc", "no.such.method")
     assert unknown.returncode == 1 and "unknown method" in unknown.stderr
     assert svc.token not in status.stdout + health.stdout + unknown.stderr + svc.log()
 
@@ -277,7 +270,8 @@ def test_events_follow_shows_a_restart_then_the_gateways_own_events(shared: Shar
     follower = EventsFollower(svc)
     try:
         follower.wait_subscribed(svc)
-        assert cli(svc, "restart-gateway").returncode == 0
+        # --force: a new gateway process (the default, the gateway's own in-process restart, is in test_inflight_real)
+        assert svc.cli("restart-gateway", "--force").returncode == 0
         running = poll(lambda: [e for e in follower.named("state") if e["payload"]["to"] == "running"],
                        START_TIMEOUT, "state running again")[0]
         back = poll(lambda: [e for e in follower.lines if e["source"] == "gateway" and e["time"] > running["time"]],
