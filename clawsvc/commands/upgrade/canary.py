@@ -200,10 +200,8 @@ def run_canary(config: Config, command: tuple[str, ...], report: Callable[[str],
                f"database(s), {copied.bytes / 1024 ** 2:.1f} MiB) to a scratch dir")
         canary = canary_config(config, command, scratch, free_port(), run_as)
         if refused := openclaw.preflight(canary.gateway.command, scratch / "state", _cli_env(canary)):
-            raise CanaryFailed("its database preflight refuses the service's state: "
-                               + "; ".join(refusal.text for refusal in refused), [],
-                               any(refusal.incompatible for refusal in refused))
-        report("canary: openclaw's database preflight accepts the copied state")
+            raise CanaryFailed(f"its database preflight: {refused.text}", [], refused.incompatible)
+        report("canary: its database preflight accepts the copied state")
         exited, token = threading.Event(), secrets.token_urlsafe(32)  # throwaway: never the service's
         gateway = GatewayProcess(canary, token, {}, lambda _info: exited.set())
         try:
