@@ -5,7 +5,9 @@ load_config; render: to_dict, dump, gateway_affecting; values: the parsers of si
 
 from clawsvc.config.loader import SCHEMA, load_config, parse_config
 from clawsvc.config.model import (
+    AUTH_FIX,
     DEFAULT_PROVIDERS,
+    GATEWAY_CONFIG,
     NO_RESPAWN,
     REDACTED,
     SECRET_ENV,
@@ -30,7 +32,9 @@ from clawsvc.config.reader import MAX_CHARS, MAX_CONFIG_BYTES, MAX_DEPTH, MAX_NO
 from clawsvc.config.render import PRINT_MAX, dump, gateway_affecting, to_dict
 
 __all__ = [
+    "AUTH_FIX",
     "DEFAULT_PROVIDERS",
+    "GATEWAY_CONFIG",
     "MAX_CHARS",
     "MAX_CONFIG_BYTES",
     "MAX_DEPTH",

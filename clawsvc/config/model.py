@@ -11,6 +11,7 @@ from types import MappingProxyType
 
 from clawsvc.cachedir import cache_dir
 from clawsvc.secretrule import SECRET_WORDS
+from clawsvc.users import service_uid
 
 SECRET_ENV = re.compile("|".join(SECRET_WORDS), re.IGNORECASE)
 REDACTED = "<redacted>"
@@ -20,8 +21,11 @@ class ConfigError(Exception):
     """A config file that cannot be used; str() is one line naming file:line and key."""
 
 
-def _is_root() -> bool:
-    return os.geteuid() == 0
+def _system_wide() -> bool:
+    """Whether the system-wide defaults apply: root, or the service user the system unit runs as (`sudo -u clawsvc
+    clawsvc doctor` reads /etc/clawsvc/clawsvc.yaml and the unit's paths, not a second state under its home)."""
+    euid = os.geteuid()
+    return euid == 0 or euid == service_uid()
 
 
 def _xdg(var: str, fallback: str) -> Path:
@@ -34,7 +38,7 @@ def default_config_path() -> Path:
     env = os.environ.get("CLAWSVC_CONFIG")
     if env:
         return Path(env)
-    if _is_root():
+    if _system_wide():
         return Path("/etc/clawsvc/clawsvc.yaml")
     return _xdg("XDG_CONFIG_HOME", ".config") / "clawsvc" / "clawsvc.yaml"
 
@@ -45,21 +49,21 @@ def user_state_root() -> Path:
 
 
 def default_state_dir() -> Path:
-    if _is_root():
+    if _system_wide():
         return Path("/var/lib/clawsvc/openclaw")
     return user_state_root() / "openclaw"
 
 
 def default_compile_cache() -> Path:
     """Under clawsvc's cache directory (cachedir.cache_dir): where Node's compile cache outlives a restart."""
-    return Path(cache_dir(os.environ, _is_root())) / "node-compile-cache"
+    return Path(cache_dir(os.environ, _system_wide())) / "node-compile-cache"
 
 
 SYSTEM_CONTROL_SOCKET = Path("/run/clawsvc/control.sock")
 
 
 def default_control_socket() -> Path:
-    if _is_root():
+    if _system_wide():
         return SYSTEM_CONTROL_SOCKET
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     base = Path(runtime) if runtime else Path(f"/tmp/clawsvc-{os.getuid()}")
@@ -126,6 +130,8 @@ DEFAULT_PROVIDERS = ("anthropic", "openai", "google", "openrouter")
 
 
 NO_RESPAWN = "OPENCLAW_NO_RESPAWN"  # clawsvc sets it to 1: the gateway restarts itself in its own process
+GATEWAY_CONFIG = "openclaw.json"  # the gateway's own config, in gateway.state_dir (clawsvc.gateway.ownconfig)
+AUTH_FIX = "sudo clawsvc doctor --fix"  # points openclaw.json's gateway.auth back at the token clawsvc hands it
 
 
 def fresh_process_restarts(config: Config) -> bool:
