@@ -322,6 +322,7 @@ SAMPLES: dict[str, tuple[Any, ...]] = {
     "health.failed": (1, 3, "timeout"),
     "readiness": (False, ["channel:telegram"]), "reload": (True, ["gateway.port"], None), "ready": ("2026.9.6", 7),
     "error": ("gave up", 1), "missed": (4,), "dropped": ("too slow",),
+    "auth.rejected": (7, "gateway pid 7 rejects clawsvc's token: ..."),
 }
 
 

@@ -74,6 +74,8 @@ RELOAD = Kind("reload", ("ok", "changed", "error"), "the config was reloaded (SI
 READY = Kind("ready", ("version", "pid"), "the gateway answered its first hello-ok (READY=1)", _ready)
 READINESS = Kind("readiness", ("ready", "failing"), "the gateway's own readiness (/readyz) changed: what fails",
                  lambda p: "ready" if p["ready"] else f"not ready: {', '.join(map(str, p['failing'])) or '?'}")
+AUTH_REJECTED = Kind("auth.rejected", ("pid", "reason"), "the gateway rejects clawsvc's token (its own openclaw.json "
+                     "set one): it serves on, clawsvc cannot reach it until the named fix", lambda p: str(p["reason"]))
 ERROR = Kind("error", ("error", "exit_code"), "clawsvc gave up and is stopping with this exit code",
              lambda p: f"{p['error']} (exit {p['exit_code']})")
 MISSED = Kind("missed", ("count",), "this consumer fell behind: events it did not take in time",
@@ -83,7 +85,7 @@ DROPPED = Kind("dropped", ("reason",), "this consumer took nothing for too long 
 
 SERVICE: Mapping[str, Kind] = {kind.name: kind for kind in (
     STATE, SPAWNED, EXITED, RESTART, RESTART_REQUESTED, HEALTH_FAILED, RELOAD, READY, READINESS, ERROR, MISSED,
-    DROPPED)}
+    DROPPED, AUTH_REJECTED)}
 
 # The gateway's common events (its protocol docs); every other one it sends passes through under its own name.
 GATEWAY: Mapping[str, str] = {
