@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from clawsvc.config import Config, ConfigError, load_config
 from clawsvc.gateway import handoff, leftovers
+from clawsvc.gateway.dashboard import Dashboard
 from clawsvc.gateway.probes import readiness
 from clawsvc.gateway.process import GatewayProcess, SpawnError, build_env, stop_bound
 from clawsvc.gateway.protocol import GatewayError, describe_error
@@ -88,6 +89,7 @@ class Executor:
         self.on_reload: Callable[[Config, Config], None] | None = None
         self.snapshot = Snapshot.empty(config, os.getpid(), clock())
         self.events = EventHub()
+        self.dashboard = Dashboard()  # Control UI links for the gateway of the latest Connect
         self._lock = threading.Lock()  # guards the three below: control threads read them
         self._processes: dict[int, GatewayProcess] = {}
         self._links: dict[int, GatewayConnection] = {}
@@ -208,6 +210,7 @@ class Executor:
     # ------------------------------------------------------------------ connections
 
     def _connect(self, effect: Connect) -> None:
+        self.dashboard.note(effect.config, effect.token)
         alive = always if effect.adopting or effect.spawned is None else functools.partial(self._alive, effect.spawned)
         self.connector.wait_ready(effect.config, effect.token, effect.gen, effect.timeout, alive, effect.adopting,
                                   effect.spawned, effect.stranger)
