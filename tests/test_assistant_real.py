@@ -17,8 +17,8 @@ import pytest
 from realgw import QUIET_ENV, free_port
 from service_proc import ServiceProcess, base_config, merge
 
+from clawsvc import ownconfig
 from clawsvc.commands.runtime.provision import Installation
-from clawsvc.gateway import ownconfig
 
 pytestmark = [pytest.mark.realgateway, pytest.mark.timeout(1200)]
 

@@ -1,18 +1,19 @@
-"""The gateway's own openclaw.json as clawsvc writes and judges it (clawsvc/gateway/ownconfig.py), and the spawn
+"""The gateway's own openclaw.json as clawsvc writes and judges it (clawsvc/ownconfig.py), and the spawn
 that writes it (gateway.process.prepare_state_dir). What the real gateway makes of it: tests/test_assistant_real.py."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 from localusers import reachable_dir, throwaway_user
 
-from clawsvc.boundedrun import Account
+from clawsvc import ownconfig
+from clawsvc.boundedrun import Account, clawsvc_module
 from clawsvc.config import Config, GatewayConfig
-from clawsvc.gateway import ownconfig
 from clawsvc.gateway.process import build_argv, build_env, prepare_state_dir
 from clawsvc.gateway.spawnenv import ALLOW_UNCONFIGURED
 
@@ -118,3 +119,16 @@ def test_root_judges_the_service_users_file_in_a_child_running_as_that_user() ->
         path.chmod(0o000)  # not readable even by its owner: the child says so, as that user
         unreadable = ownconfig.judge_as(Account(user.pw_uid, user.pw_gid), state)
         assert unreadable.level is ownconfig.Level.WARN and "Permission denied" in unreadable.text
+
+
+def test_roots_child_needs_only_clawsvcs_shared_helpers() -> None:
+    """The child runs as the service user on whatever interpreter clawsvc has, with only clawsvc on its path: it
+    must not need yaml or any part of clawsvc beyond the helpers (import-linter keeps the imports so)."""
+    argv, env = clawsvc_module("clawsvc.ownconfig", "/nonexistent")
+    probe = [argv[0], "-P", "-c", "import sys, clawsvc.ownconfig; "
+             "print(sorted(m for m in sys.modules if m.startswith(('yaml', 'websocket', 'clawsvc.config'))))"]
+    done = subprocess.run(probe, env=env, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
+    ran = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert json.loads(ran.stdout) == {"level": "ok", "text": "/nonexistent/openclaw.json does not exist yet; clawsvc "
+                                      "writes it at the gateway's next start"}

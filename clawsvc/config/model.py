@@ -10,6 +10,8 @@ from pathlib import Path
 from types import MappingProxyType
 
 from clawsvc.cachedir import cache_dir
+from clawsvc.ownconfig import AUTH_FIX as AUTH_FIX
+from clawsvc.ownconfig import GATEWAY_CONFIG as GATEWAY_CONFIG
 from clawsvc.secretrule import SECRET_WORDS
 from clawsvc.users import service_uid
 
@@ -130,8 +132,6 @@ DEFAULT_PROVIDERS = ("anthropic", "openai", "google", "openrouter")
 
 
 NO_RESPAWN = "OPENCLAW_NO_RESPAWN"  # clawsvc sets it to 1: the gateway restarts itself in its own process
-GATEWAY_CONFIG = "openclaw.json"  # the gateway's own config, in gateway.state_dir (clawsvc.gateway.ownconfig)
-AUTH_FIX = "sudo clawsvc doctor --fix"  # points openclaw.json's gateway.auth back at the token clawsvc hands it
 
 
 def fresh_process_restarts(config: Config) -> bool:

@@ -19,11 +19,11 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from clawsvc import trust
+from clawsvc import ownconfig, trust
 from clawsvc.config import NO_RESPAWN, SECRET_ENV, Config
 from clawsvc.config.values import TOKEN_ENV
 from clawsvc.exits import ExitInfo
-from clawsvc.gateway import compile_cache, leftovers, ownconfig, proctree
+from clawsvc.gateway import compile_cache, leftovers, proctree
 from clawsvc.gateway.command import FIX, SpawnError, check_command
 from clawsvc.gateway.notices import Notices, exit_cause
 from clawsvc.gateway.output import OutputPump
@@ -96,7 +96,7 @@ def build_env(config: Config, token: str, provider_env: Mapping[str, str],
 
 def prepare_state_dir(config: Config) -> None:
     """Create gateway.state_dir 0700 (see trust.open_private_dir), one we cannot trust refused, with the gateway's
-    minimal openclaw.json in it when it has none (gateway.ownconfig)."""
+    minimal openclaw.json in it when it has none (clawsvc.ownconfig)."""
     path = state_dir(config)
     try:
         fd = trust.open_private_dir(path, "gateway.state_dir")

@@ -10,13 +10,13 @@ import os
 import pwd
 from typing import TextIO
 
-from clawsvc import exitcodes, trust
+from clawsvc import exitcodes, ownconfig, trust
 from clawsvc.boundedrun import Account, Unfinished, run_bounded
 from clawsvc.commands.doctor.findings import Finding, Level
 from clawsvc.commands.runtime import gatewaycli
 from clawsvc.commands.servicectl import start_refused
 from clawsvc.config import Config, ConfigError, load_config
-from clawsvc.gateway import ownconfig, statefiles
+from clawsvc.gateway import statefiles
 from clawsvc.gateway.command import SpawnError
 from clawsvc.gateway.process import state_dir
 from clawsvc.secrets import SecretError

@@ -8,7 +8,8 @@ SecretRef"). A token written into the file (`openclaw config set gateway.auth.to
 environment's (measured with 2026.9.6: the gateway hot-reloads it and closes every client with 4001), so
 `judge` says whether the file still takes its token from clawsvc, and FIX_ARGS is the gateway's own `config set`
 that points it back. Root never parses this file, which the service user writes: it asks a child running as
-that user (`python -m clawsvc.gateway.ownconfig STATE_DIR`, see judge_as).
+that user (`python -m clawsvc.ownconfig STATE_DIR`, see judge_as), which is why this module imports no part of
+clawsvc but its shared helpers: the child needs nothing but the standard library and them.
 """
 
 from __future__ import annotations
@@ -25,18 +26,18 @@ from typing import Any
 
 from clawsvc import trust
 from clawsvc.boundedrun import Account, Unfinished, clawsvc_module, run_bounded
-from clawsvc.config import AUTH_FIX, GATEWAY_CONFIG
-from clawsvc.config.values import TOKEN_ENV
 from clawsvc.text import cut, shown
 from clawsvc.users import describe_uid
 
+GATEWAY_CONFIG = "openclaw.json"  # in gateway.state_dir
+TOKEN_ENV = "OPENCLAW_GATEWAY_TOKEN"  # how clawsvc hands the gateway its token
+AUTH_FIX = "sudo clawsvc doctor --fix"  # points openclaw.json's gateway.auth back at the token clawsvc hands it
 TOKEN_REF = {"source": "env", "provider": "default", "id": TOKEN_ENV}
 MINIMAL = {"gateway": {"mode": "local", "auth": {"mode": "token", "token": TOKEN_REF}}}
 # `openclaw config set gateway '<this>' --strict-json --merge`: the mode and the token back to clawsvc's, the rest
 # of the file (and of gateway.auth) as it is. No secret in it: a reference to the environment.
 FIX_ARGS = ("config", "set", "gateway", json.dumps({"mode": "local", "auth": {"mode": "token", "token": TOKEN_REF}},
                                                    separators=(",", ":")), "--strict-json", "--merge")
-FIX = AUTH_FIX
 READ_CAP = 16 * 1024 ** 2
 JUDGE_TIMEOUT = 30.0
 JUDGE_CAP = 16 * 1024
@@ -91,17 +92,17 @@ def judge_config(config: Any, path: Path) -> Verdict:
     mode, token = auth.get("mode"), auth.get("token")
     if gateway.get("mode") != "local":
         return Verdict(Level.FAIL, f"{path} does not set gateway.mode to \"local\" ({shown(gateway.get('mode'))}): "
-                                   f"the gateway refuses to start; run `{FIX}`")
+                                   f"the gateway refuses to start; run `{AUTH_FIX}`")
     if mode not in (None, "token"):
         return Verdict(Level.FAIL, f"{path} sets gateway.auth.mode to {shown(mode)}: the gateway no longer takes "
-                                   f"clawsvc's token; run `{FIX}`")
+                                   f"clawsvc's token; run `{AUTH_FIX}`")
     if token is None:
         return Verdict(Level.WARN, f"{path} has no gateway.auth.token: the gateway takes clawsvc's token from its "
                                    "environment, but `openclaw doctor --generate-gateway-token` would write one of "
-                                   f"its own there; run `{FIX}`")
+                                   f"its own there; run `{AUTH_FIX}`")
     if not _is_ours(token):
         return Verdict(Level.FAIL, f"{path} sets its own gateway.auth.token, which wins over clawsvc's: the gateway "
-                                   f"rejects clawsvc's token; run `{FIX}` to point it back at clawsvc's")
+                                   f"rejects clawsvc's token; run `{AUTH_FIX}` to point it back at clawsvc's")
     return Verdict(Level.OK, f"{path} takes the gateway token from clawsvc ({TOKEN_ENV})")
 
 
@@ -134,7 +135,8 @@ def judge_as(account: Account | None, state_dir: Path) -> Verdict:
     except Unfinished as exc:
         problem = str(exc)
     except (IndexError, ValueError, KeyError, TypeError):
-        problem = f"it said {shown(cut(done.output.decode('utf-8', 'replace'), 200))}"
+        said = done.output.decode("utf-8", "replace").strip().splitlines()
+        problem = f"it exited {done.returncode} saying {shown(cut(said[-1], 200)) if said else 'nothing'}"
     return Verdict(Level.WARN, f"cannot check {state_dir / GATEWAY_CONFIG} as {describe_uid(account.uid)}: {problem}")
 
 
