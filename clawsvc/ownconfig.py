@@ -32,6 +32,7 @@ from clawsvc.users import describe_uid
 GATEWAY_CONFIG = "openclaw.json"  # in gateway.state_dir
 TOKEN_ENV = "OPENCLAW_GATEWAY_TOKEN"  # how clawsvc hands the gateway its token
 AUTH_FIX = "sudo clawsvc doctor --fix"  # points openclaw.json's gateway.auth back at the token clawsvc hands it
+REJECTS = "rejects clawsvc's token"  # how the service says it (status, STATUS=), and doctor recognises it
 TOKEN_REF = {"source": "env", "provider": "default", "id": TOKEN_ENV}
 MINIMAL = {"gateway": {"mode": "local", "auth": {"mode": "token", "token": TOKEN_REF}}}
 # `openclaw config set gateway '<this>' --strict-json --merge`: the mode and the token back to clawsvc's, the rest

@@ -12,6 +12,7 @@ from types import MappingProxyType
 from clawsvc.cachedir import cache_dir
 from clawsvc.ownconfig import AUTH_FIX as AUTH_FIX
 from clawsvc.ownconfig import GATEWAY_CONFIG as GATEWAY_CONFIG
+from clawsvc.ownconfig import REJECTS as REJECTS
 from clawsvc.secretrule import SECRET_WORDS
 from clawsvc.users import service_uid
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from clawsvc import exitcodes
-from clawsvc.config import AUTH_FIX, GATEWAY_CONFIG
+from clawsvc.config import AUTH_FIX, GATEWAY_CONFIG, REJECTS
 from clawsvc.service import catalogue
 from clawsvc.service.effects import DEBUG, ERROR, INFO, Connect, Effect, Log, Notify, NotifyKind, Spawn, StopProcess
 from clawsvc.service.messages import (
@@ -116,7 +116,7 @@ def locked_out(state: AwaitingHello | Reconnecting, pid: int, now: float) -> Out
     up and supervises a gateway that runs, and a `systemctl start` must not wait for a person."""
     book = state.book
     every = book.config.reconnect.max_delay
-    cause = (f"gateway pid {pid} rejects clawsvc's token: its own config {book.config.gateway.state_dir}/"
+    cause = (f"gateway pid {pid} {REJECTS}: its own config {book.config.gateway.state_dir}/"
              f"{GATEWAY_CONFIG} sets gateway.auth.token, which wins over clawsvc's; run `{AUTH_FIX}` (it keeps "
              f"serving meanwhile; asked again every {every:g}s)")
     again = isinstance(state, Reconnecting) and state.cause == cause

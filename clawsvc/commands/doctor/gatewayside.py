@@ -8,22 +8,28 @@ from __future__ import annotations
 import argparse
 import os
 import pwd
+import threading
+import time
 from typing import TextIO
 
 from clawsvc import exitcodes, ownconfig, trust
 from clawsvc.boundedrun import Account, Unfinished, run_bounded
+from clawsvc.commands.control.client import client_socket
 from clawsvc.commands.doctor.findings import Finding, Level
 from clawsvc.commands.runtime import gatewaycli
 from clawsvc.commands.servicectl import start_refused
-from clawsvc.config import Config, ConfigError, load_config
+from clawsvc.config import REJECTS, Config, ConfigError, load_config
+from clawsvc.control.client import request
+from clawsvc.control.wire import ControlError
 from clawsvc.gateway import statefiles
 from clawsvc.gateway.command import SpawnError
 from clawsvc.gateway.process import state_dir
 from clawsvc.secrets import SecretError
-from clawsvc.service.status import Snapshot, State
+from clawsvc.service.status import BadSnapshot, Snapshot, State
 from clawsvc.text import cut
 from clawsvc.users import user_name
 
+STATUS_TIMEOUT = 3.0
 FIX_TIMEOUT = 180.0  # the gateway's CLI: ~7 s here, cold and loaded much more
 FIX_CAP = 256 * 1024
 _LEVELS = {ownconfig.Level.OK: Level.OK, ownconfig.Level.WARN: Level.WARN, ownconfig.Level.FAIL: Level.FAIL}
@@ -49,7 +55,7 @@ def check_service(status: Snapshot | None) -> list[Finding]:
     """What the running service says when its gateway is not running for it (a rejected token names its fix)."""
     if status is None or status.state is State.RUNNING or not status.cause:
         return []
-    level = Level.FAIL if "rejects clawsvc's token" in status.cause else Level.WARN
+    level = Level.FAIL if REJECTS in status.cause else Level.WARN
     return [Finding(level, "service", f"{status.state.value}: {status.cause}")]
 
 
@@ -99,6 +105,28 @@ def _point_back(args: argparse.Namespace, config: Config, out: TextIO) -> None:
         return
     print(f"fixed  {state_dir(config) / 'openclaw.json'}: gateway.mode local, gateway.auth.token from clawsvc "
           f"(the gateway applies it at once)", file=out)
+    _wait_reachable(config, out)
+
+
+def _locked_out(config: Config) -> bool:
+    """Whether the running service says its gateway rejects its token."""
+    try:
+        reply = request(client_socket(config.control.socket), {"cmd": "status"}, STATUS_TIMEOUT)
+        return REJECTS in str(Snapshot.from_dict(reply).cause or "")
+    except (ControlError, BadSnapshot):
+        return False
+
+
+def _wait_reachable(config: Config, out: TextIO) -> None:
+    """A service that says its gateway rejects its token asks again every reconnect.max_delay: wait for that."""
+    if not _locked_out(config):
+        return
+    bound = config.reconnect.max_delay + 2 * config.connection.handshake_timeout + STATUS_TIMEOUT
+    print(f"wait   clawsvc asks the gateway again within {config.reconnect.max_delay:g}s ...", file=out, flush=True)
+    deadline = time.monotonic() + bound
+    pause = threading.Event()
+    while _locked_out(config) and time.monotonic() < deadline:
+        pause.wait(1.0)
 
 
 def fix(args: argparse.Namespace, out: TextIO) -> int | None:
