@@ -6,6 +6,7 @@ The same as a system service in a booted systemd, with a browser: tests/test_sys
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 from realgw import QUIET_ENV, free_port
 from service_proc import ServiceProcess, base_config, merge
+from terminal import on_a_terminal, read_until
 
 from clawsvc import ownconfig
 from clawsvc.commands.runtime.provision import Installation
@@ -83,6 +85,17 @@ def test_the_wrapper_runs_the_gateways_cli_against_this_gateway(svc: ServiceProc
     state = clawsvc(svc, "openclaw", "status")
     assert state.returncode == 0 and "reachable" in state.stdout, state.stdout + state.stderr
     assert f"ws://127.0.0.1:{svc.config['gateway']['port']}" in state.stdout
+
+
+def test_the_gateways_own_token_command_tells_clawsvcs_token(svc: ServiceProcess) -> None:
+    """What the Control UI's login screen tells a user to run, through the wrapper, on a terminal (it refuses
+    anywhere else): the token clawsvc gave the gateway, since openclaw.json names it by reference."""
+    argv = [sys.executable, "-m", "clawsvc", "openclaw", "-c", str(svc.config_path), "gateway", "auth-token", "--show"]
+    env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8", "TERM": "dumb"}
+    with on_a_terminal(argv, env) as (proc, master):
+        shown = read_until(master, None, CLI_TIMEOUT)  # all it shows, until it exits
+        assert proc.wait(30) == 0
+    assert any(line.strip() == svc.token for line in shown.splitlines()), "not clawsvc's token"
 
 
 def test_the_control_uis_hint_leaves_the_service_running(svc: ServiceProcess) -> None:

@@ -5,25 +5,20 @@ environment, what it writes stays that user's; on a terminal it cannot push keys
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
 import hashlib
 import os
-import pty
 import secrets
-import select
 import signal
 import subprocess
 import sys
-import termios
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from localusers import reachable_dir, throwaway_user
+from terminal import on_a_terminal, read_until
 
 from clawsvc.commands.runtime import gatewaycli
 from clawsvc.config import Config, GatewayConfig
@@ -147,50 +142,13 @@ def test_before_the_first_start_it_says_so(setup: Setup) -> None:
                                         "start clawsvc)")
 
 
-def _controlling_tty() -> None:
-    os.setsid()
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-
-@contextlib.contextmanager
-def on_a_terminal(argv: list[str]) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """argv as the leader of a new session whose controlling terminal is a fresh pty (as a root shell is)."""
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=clean_env(),
-                            preexec_fn=_controlling_tty)
-    os.close(slave)
-    try:
-        yield proc, master
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(30)
-        os.close(master)
-
-
-def read_until(master: int, text: str, timeout: float = 60.0) -> str:
-    seen = b""
-    deadline = time.monotonic() + timeout
-    while text.encode() not in seen:
-        left = deadline - time.monotonic()
-        assert left > 0, f"no {text!r} on the terminal: {seen!r}"
-        if select.select([master], [], [], left)[0]:
-            try:
-                chunk = os.read(master, 4096)
-            except OSError as exc:  # EIO: every end of the pty closed
-                assert exc.errno == errno.EIO
-                break
-            seen += chunk
-    return seen.decode(errors="replace")
-
-
 @pytest.mark.skipif(Path("/proc/sys/dev/tty/legacy_tiocsti").read_text().strip() == "0"
                     if Path("/proc/sys/dev/tty/legacy_tiocsti").exists() else False,
                     reason="the kernel refuses TIOCSTI to everyone: the CLI is exec'd on the terminal")
 def test_on_roots_terminal_the_cli_cannot_push_keystrokes_into_it(setup: Setup) -> None:
     """The service user's CLI on root's terminal: in a session of its own it still reads and writes the terminal,
     but TIOCSTI (typing into root's shell after it exits) is refused."""
-    with on_a_terminal(setup.argv("tiocsti", "3")) as (proc, master):
+    with on_a_terminal(setup.argv("tiocsti", "3"), clean_env()) as (proc, master):
         seen = read_until(master, "tiocsti ")
         assert proc.wait(60) == 3
     assert f"uid {setup.uid} " in seen
@@ -198,7 +156,7 @@ def test_on_roots_terminal_the_cli_cannot_push_keystrokes_into_it(setup: Setup) 
 
 
 def test_on_a_terminal_ctrl_c_reaches_the_cli(setup: Setup) -> None:
-    with on_a_terminal(setup.argv("wait")) as (proc, master):
+    with on_a_terminal(setup.argv("wait"), clean_env()) as (proc, master):
         read_until(master, "waiting")
         os.kill(proc.pid, signal.SIGINT)  # what the terminal sends the foreground job, clawsvc
         assert proc.wait(60) == 128 + signal.SIGINT
