@@ -26,6 +26,8 @@ HANDLERS = {
     "upgrade": "clawsvc.commands.upgrade.main:main",
     "doctor": "clawsvc.commands.doctor.main:main",
     "gateway-install": "clawsvc.commands.runtime.provision:main",
+    "dashboard": "clawsvc.commands.control.dashboard:main",
+    "openclaw": "clawsvc.commands.runtime.gatewaycli:main",
 }
 
 
@@ -51,6 +53,7 @@ def _kind_args(parser: argparse.ArgumentParser) -> None:
 GROUPS = (
     ("run the service", ("run", "check-config", "alert")),
     ("ask the running service", ("status", "events", "metrics", "rpc", "restart-gateway")),
+    ("use the assistant", ("dashboard", "openclaw")),
     ("set up and maintain", ("install", "uninstall", "upgrade", "gateway-install", "keys", "doctor")),
 )
 
@@ -188,8 +191,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "doctor", "check node, the gateway, port, directories, compile cache, token, keys, credentials "
                                 "and units",
-                 "0 all good; 1 problems listed (check-config's checks among them); 78 the config cannot be loaded")
+                 "0 all good (with --fix: after fixing); 1 problems listed (check-config's checks among them); 78 the "
+                 "config cannot be loaded")
     _config_arg(p)
+    p.add_argument("--fix", action="store_true",
+                   help="as root: give what is in the state dir back to the service's user (never following a "
+                        "link) and point the gateway's openclaw.json back at clawsvc's token, then check again")
+
+    p = _command(sub, "dashboard", "a link that opens the gateway's Control UI logged in, and the ssh line for "
+                                   "another machine",
+                 "0 a link printed; 1 refused or no link (not allowed, the gateway could not make one, or the socket "
+                 "is served by another user); 3 not running",
+                 "Asks the running service for a one-time login link to the Control UI (the gateway's own owner "
+                 "link: it works once, for one browser, for ten minutes, and never shows the gateway token), and "
+                 "prints the `ssh -L` line that brings the gateway's port to another machine. For root, the "
+                 "service's user and members of control.group.")
+    _config_arg(p)
+    p.add_argument("--json", action="store_true",
+                   help='one JSON object: {"url", "expiresAtMs", "httpUrl", "port", "ssh"}')
+
+    p = _command(sub, "openclaw", "run the gateway's own CLI as the service's user, with the service's environment",
+                 "0 the CLI succeeded; any other code is the CLI's own, except 78 the config cannot be loaded or "
+                 "gateway.command is refused, and 126 clawsvc cannot run it for you (not root or the service's user, "
+                 "no state dir yet, no setpriv)",
+                 "Runs the installed openclaw CLI (gateway.command) with ARGS, as the user the service runs as, "
+                 "with the environment the service gives its gateway (state dir, config, port, the token and the "
+                 "provider keys, never on the command line), from the state dir: `clawsvc openclaw health`, "
+                 "`clawsvc openclaw config set agents.defaults.model.primary anthropic/claude-sonnet-4-5`, "
+                 "`clawsvc openclaw channels login`. As root or the service's user only.")
+    _config_arg(p)
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
+                   help="the openclaw command and its arguments (after -- if they start with -)")
 
     p = _command(sub, "gateway-install", "provision Node and openclaw from the npm registry",
                  "0 installed (or already there); 1 failed (npm, the prefix, a version that is not one)")

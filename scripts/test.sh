@@ -14,16 +14,16 @@ umask 022  # what this creates (.venv) is not group-writable whatever the caller
 venv=${CLAWSVC_VENV:-.venv}
 
 missing=()
-for tool in npm setpriv prlimit unshare nsenter systemd-analyze lsof; do
+for tool in npm setpriv prlimit unshare nsenter systemd-analyze lsof chromium; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
 if ((${#missing[@]})); then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "installing Debian packages for: ${missing[*]}"
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm util-linux systemd lsof >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm util-linux systemd lsof chromium >/dev/null
     else
-        echo "missing tools: ${missing[*]} (install npm, util-linux, systemd and lsof)" >&2
+        echo "missing tools: ${missing[*]} (install npm, util-linux, systemd, lsof and chromium)" >&2
         exit 1
     fi
 fi

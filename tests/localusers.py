@@ -8,7 +8,9 @@ import contextlib
 import itertools
 import os
 import pwd
+import shutil
 import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,3 +65,15 @@ def shared_group(path: Path) -> None:
         os.chown(path, -1, NOGROUP)
     elif trust.private_group(os.geteuid(), path.stat().st_gid):
         pytest.skip("your files' group is your private group: group-writable is still yours alone")
+
+
+@contextlib.contextmanager
+def reachable_dir() -> Iterator[Path]:
+    """A new root-owned 0755 directory in /var/tmp (sticky): other users can reach what is below it, unlike
+    pytest's tmp dirs (root's, 0700). Removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="clawsvc-test-", dir="/var/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -66,13 +66,13 @@ def test_default_is_under_systemds_cache_directory_first_entry(monkeypatch: pyte
 
 def test_default_as_root_without_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CACHE_DIRECTORY", raising=False)
-    monkeypatch.setattr(config_model, "_is_root", lambda: True)
+    monkeypatch.setattr(config_model, "_system_wide", lambda: True)
     assert GatewayConfig().compile_cache == Path("/var/cache/clawsvc/node-compile-cache")
 
 
 def test_default_for_a_user_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("CACHE_DIRECTORY", raising=False)
-    monkeypatch.setattr(config_model, "_is_root", lambda: False)
+    monkeypatch.setattr(config_model, "_system_wide", lambda: False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert GatewayConfig().compile_cache == tmp_path / "xdg/clawsvc/node-compile-cache"
     monkeypatch.delenv("XDG_CACHE_HOME")

@@ -304,3 +304,27 @@ def test_a_huge_provider_name_is_refused_before_anything_is_read(env: dict[str, 
     assert done.returncode == 2 and len(done.stderr.splitlines()) == 1 and len(done.stderr) < 300
     assert "is not a provider name (up to 64 " in done.stderr
     assert not (root_of(env) / "etc").exists()
+
+
+def test_the_gateways_cli_gets_the_credentials_the_unit_gets(env: dict[str, str], tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`clawsvc openclaw` as root: the unit's encrypted credentials decrypted (over a pipe), in the service's order:
+    a credential wins over the token the service generated, as it does in the unit."""
+    from clawsvc.config import Config, GatewayConfig
+    from clawsvc.secrets import cli_secrets
+
+    assert keys(env, "set", "gateway-token", stdin=TOKEN).returncode == 0
+    assert keys(env, "set", "anthropic", stdin=KEY).returncode == 0
+    for name in ("PATH", credstore.INSTALL_ROOT_ENV, "PYTHON_KEYRING_BACKEND", "FAKE_CREDS_LOG", "FAKE_CREDS_SECRET"):
+        monkeypatch.setenv(name, env[name])
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    (state / "gateway-token").write_text("generated-" + "g" * 30 + "\n")
+    (state / "gateway-token").chmod(0o600)
+    config = Config(gateway=GatewayConfig(state_dir=state), providers=("anthropic", "openai"))
+    token, provider_env = cli_secrets(config, "clawsvc.service")
+    assert token == TOKEN and provider_env == {"ANTHROPIC_API_KEY": KEY}
+    assert ["decrypt", "--name=gateway-token", str(root_of(env) / STORE / "gateway-token"), "-"] in tool_calls(env)
+    (root_of(env) / STORE / "gateway-token").unlink()
+    assert cli_secrets(config, "clawsvc.service")[0] == "generated-" + "g" * 30

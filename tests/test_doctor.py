@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -334,3 +335,17 @@ def test_stale_socket_and_open_state_dir(tmp_path: Path, monkeypatch: pytest.Mon
 
 def stat_mode(path: Path) -> int:
     return path.stat().st_mode & 0o777
+
+
+def test_doctor_repeats_what_the_service_says_of_a_gateway_it_cannot_reach() -> None:
+    """The same line as `clawsvc status` and STATUS=: a rejected token is a FAIL naming the fix."""
+    from clawsvc.commands.doctor.gatewayside import check_service
+    from clawsvc.service.status import Snapshot, State
+
+    cause = ("gateway pid 7 rejects clawsvc's token: its own config /s/openclaw.json sets gateway.auth.token, which "
+             "wins over clawsvc's; run `sudo clawsvc doctor --fix` (it keeps serving meanwhile; asked again every 30s)")
+    snap = Snapshot(State.RECONNECTING, 7, 18789, True, "2026.9.6", None, None, None, cause, 0, 0, None, 9, 0.0,
+                    None, 10)
+    (finding,) = check_service(snap)
+    assert finding.line() == f"FAIL  service: reconnecting: {cause}"
+    assert check_service(None) == [] and check_service(replace(snap, state=State.RUNNING)) == []

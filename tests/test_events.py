@@ -326,6 +326,7 @@ SAMPLES: dict[str, tuple[Any, ...]] = {
     "memory.high": (900 << 20, 800 << 20, "restart"),
     "service.failed": ("clawsvc.service", "exit-code", "exited", "1"),
     "upgrade.rolled-back": ("2026.9.7", "2026.9.6", "the canary did not come up"),
+    "auth.rejected": (7, "gateway pid 7 rejects clawsvc's token: ..."),
 }
 
 

@@ -20,7 +20,7 @@ KEY = "sk-ant-api03-" + "Q7x" * 10
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     config = tmp_path / "clawsvc.yaml"
-    config.write_text("providers: [anthropic, openai, google]\n")
+    config.write_text(f"providers: [anthropic, openai, google]\ngateway: {{state_dir: {tmp_path / 'state'}}}\n")
     base = {k: v for k, v in os.environ.items() if not k.startswith(("DBUS", "CREDENTIALS"))}
     return {**base, "PYTHON_KEYRING_BACKEND": "keyring_file_backend.FileKeyring", "PYTHONPATH": str(HELPERS),
             "KEYRING_FILE": str(tmp_path / "keyring.json"), "CLAWSVC_CONFIG": str(config),
@@ -48,7 +48,9 @@ def test_set_list_delete_never_print_the_value(env: dict[str, str]) -> None:
     assert listing.stdout.startswith("keyring: keyring_file_backend.FileKeyring\n")
     rows = {line.split()[0]: line for line in listing.stdout.splitlines()[2:]}
     assert rows["anthropic"].endswith(" keyring") and rows["openai"].endswith("not stored")
-    assert "GEMINI_API_KEY" in rows["google"] and rows["gateway-token"].endswith("not stored")
+    token_path = Path(env["CLAWSVC_CONFIG"]).parent / "state" / "gateway-token"
+    assert "GEMINI_API_KEY" in rows["google"]
+    assert rows["gateway-token"].endswith(f"none yet: will be generated on first start at {token_path}")
 
     assert keys(env, "delete", "anthropic").returncode == 0
     assert stored(env) == {}
@@ -56,6 +58,19 @@ def test_set_list_delete_never_print_the_value(env: dict[str, str]) -> None:
     assert again.returncode == 1 and "no key for anthropic is stored in the keyring" in again.stderr
     for result in (done, listing, again):
         assert KEY not in result.stdout + result.stderr
+
+
+def test_list_names_the_token_the_service_generated(env: dict[str, str]) -> None:
+    """Not "not stored": the service generated it under its state dir, and that is where it lives."""
+    state = Path(env["CLAWSVC_CONFIG"]).parent / "state"
+    state.mkdir(mode=0o700)
+    (state / "gateway-token").write_text("generated-" + "t" * 30 + "\n")
+    (state / "gateway-token").chmod(0o600)
+    listing = keys(env, "list")
+    assert listing.returncode == 0, listing.stderr
+    row = next(line for line in listing.stdout.splitlines() if line.startswith("gateway-token"))
+    assert row.endswith(f"generated {state / 'gateway-token'}")
+    assert "generated-" + "t" * 30 not in listing.stdout + listing.stderr
 
 
 def test_provider_outside_the_config_is_stored_with_a_note(env: dict[str, str]) -> None:

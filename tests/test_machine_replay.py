@@ -65,6 +65,7 @@ from clawsvc.service.states import (
     AwaitingHello,
     BackingOff,
     HandingOff,
+    LockedOut,
     MState,
     Probing,
     Reconnecting,
@@ -139,6 +140,11 @@ FIXTURES: dict[str, list[tuple[float, Any]]] = {
     "stopping_spawn": [(1.0, PortFree(1)), (2.0, SignalReceived(signal.SIGTERM))],
     "restart_asked": [*UP, (4.0, RestartRequested("test", None, RestartMode.SAFE))],
     "handing_off": [*UP, (4.0, ProcessExited(1, PID, ExitInfo(0, None)))],
+    "reconnecting_adopted": [(1.0, PortTaken(1, "pid 9 (node)")), (2.0, HandshakeDone(1, 1, "v1", 4)),
+                             (4.0, LinkLost(1, 1, 1006, "gone"))],
+    # its openclaw.json got a token of its own: the gateway closes our link with 4001, then rejects our token
+    "locked_out": [*UP, (4.0, LinkLost(1, 1, 4001, "gateway auth changed")),
+                   (5.0, HandshakeFailed(1, HandshakeKind.AUTH, "token mismatch"))],
 }
 # a gateway that restarts itself as a fresh process (exit 0 and a handoff), as gateway.env can ask
 FRESH = replace(CONFIG, gateway=replace(CONFIG.gateway, env={"OPENCLAW_NO_RESPAWN": "0"}))
@@ -146,7 +152,8 @@ FIXTURE_CONFIG = {"handing_off": FRESH}
 TYPES = {"probing": Probing, "adopting": Adopting, "spawning": Spawning, "awaiting": AwaitingHello,
          "running": Running, "running_adopted": Running, "reconnecting": Reconnecting, "replacing": Replacing,
          "restarting": Restarting, "restarting_spawn": Restarting, "backing_off": BackingOff,
-         "stopping": Stopping, "stopping_spawn": Stopping, "restart_asked": Running, "handing_off": HandingOff}
+         "stopping": Stopping, "stopping_spawn": Stopping, "restart_asked": Running, "handing_off": HandingOff,
+         "reconnecting_adopted": Reconnecting, "locked_out": LockedOut}
 
 
 def at(name: str, config: Config | None = None) -> MState:
@@ -160,6 +167,7 @@ ST, READY = "Notify:status", "Notify:ready"
 # the events: the phase changed (always after the handler's own events), clawsvc gives up, the gateway's exit
 STATE, ERR, EXITED, RESTART, ASKED = "Emit:state", "Emit:error", "Emit:gateway.exited", "Emit:restart", \
     "Emit:restart.requested"
+AUTH = "Emit:auth.rejected"
 # (fixture, message, expected state type, expected actions): one row per specific TRANSITIONS entry
 ROWS: list[tuple[str, Any, type, list[str]]] = [
     ("probing", PortFree(1), Spawning, ["Spawn"]),
@@ -177,8 +185,13 @@ ROWS: list[tuple[str, Any, type, list[str]]] = [
      [ST, ERR, "AbortConnect", STATE]),
     ("awaiting", HandshakeFailed(1, HandshakeKind.TRANSPORT, "refused", True, 20.0), Replacing,
      [ST, "Emit:gateway.replaced", "AbortConnect", f"StopProcess:{PID}", STATE]),
-    ("reconnecting", HandshakeFailed(1, HandshakeKind.AUTH, "token mismatch"), Stopping,
-     [ST, ERR, "AbortConnect", f"StopProcess:{PID}", STATE]),
+    ("reconnecting", HandshakeFailed(1, HandshakeKind.AUTH, "token mismatch"), LockedOut, [ST, AUTH]),
+    ("awaiting", HandshakeFailed(1, HandshakeKind.AUTH, "token mismatch"), LockedOut, [READY, AUTH, STATE]),
+    ("reconnecting_adopted", HandshakeFailed(1, HandshakeKind.AUTH, "token mismatch"), Stopped,
+     [ST, ERR, "AbortConnect", STATE]),
+    ("locked_out", TimerFired(TimerKind.AUTH), Reconnecting, ["Connect"]),
+    ("locked_out", ProcessExited(1, PID, CRASH), BackingOff, [ST, EXITED, "AbortConnect", RESTART]),
+    ("locked_out", RestartRequested("r"), Restarting, [ST, ASKED, "AbortConnect", f"StopProcess:{PID}", STATE]),
     ("running", GatewayEventSeen(1, 1, "shutdown", {"reason": "update", "restartExpectedMs": 1500}), Reconnecting,
      [ST, "Gateway:shutdown", "CloseLink:1", "Connect", STATE]),
     ("running", LinkLost(1, 1, 1006, "gone"), Reconnecting, [ST, "CloseLink:1", "Connect", STATE]),
@@ -234,8 +247,9 @@ SIGTERM_ROWS: dict[str, tuple[type, list[str]]] = {
     "backing_off": (Stopped, [ST, STOP, "AbortConnect", STATE]),
     "stopping": (Stopping, []),
     "handing_off": (Stopped, [ST, STOP, "AbortConnect", STATE]),
+    "locked_out": (Stopping, [ST, STOP, "AbortConnect", f"StopProcess:{PID}", STATE]),
 }
-READY_SENT = {"running", "reconnecting", "restarting", "backing_off", "stopping", "handing_off"}
+READY_SENT = {"running", "reconnecting", "restarting", "backing_off", "stopping", "handing_off", "locked_out"}
 STILL_STARTING = {"probing", "adopting", "spawning", "awaiting", "replacing"}  # extend-timeout still running
 
 
@@ -416,8 +430,7 @@ def test_exit_78_from_the_gateway_ends_clawsvc_with_78() -> None:
     assert "Probe:2" not in actions(steps[0]) and phase(state) is State.ERROR
 
 
-@pytest.mark.parametrize(("kind", "code"), [(HandshakeKind.AUTH, exitcodes.CONFIG),
-                                             (HandshakeKind.PROTOCOL, exitcodes.CONFIG),
+@pytest.mark.parametrize(("kind", "code"), [(HandshakeKind.PROTOCOL, exitcodes.CONFIG),
                                              (HandshakeKind.UNTRUSTED_PEER, exitcodes.FAIL)])
 def test_fatal_handshake_failures_stop_with_their_exit_code(kind: HandshakeKind, code: int) -> None:
     state, steps = replay(at("awaiting"), [(5.0, HandshakeFailed(1, kind, "no")),
@@ -1042,3 +1055,46 @@ def test_a_new_gateway_starts_with_no_memory_seen() -> None:
     state, _ = crash_and_come_back(state, 50.0)
     view = machine.view(state)
     assert (view.memory, view.memory_high) == (None, False)
+
+
+# ---------------------------------------------------------------- a gateway whose own config took another token
+
+def test_a_gateway_that_rejects_our_token_is_never_a_dead_service() -> None:
+    """openclaw.json got a token of its own (the Control UI's hint): the gateway closes our link with 4001 and
+    rejects our token. clawsvc keeps the gateway, says what to undo, asks again every max_delay, and is running
+    again once the fix is in, without a restart and without a second READY=1."""
+    state = at("locked_out")
+    assert isinstance(state, LockedOut) and state.pid == PID and phase(state) is State.RECONNECTING
+    line = status_line(machine.view(state), T)
+    assert line.startswith(f"reconnecting pid={PID} port=18789: gateway pid {PID} rejects clawsvc's token")
+    assert "openclaw.json sets gateway.auth.token" in line and "`sudo clawsvc doctor --fix`" in line
+    assert next_deadline(state) == (5.0 + CONFIG.reconnect.max_delay, TimerKind.AUTH)
+    state, steps = replay(state, [(13.0, TimerFired(TimerKind.AUTH)),
+                                  (14.0, HandshakeFailed(1, HandshakeKind.AUTH, "token mismatch")),
+                                  (22.0, TimerFired(TimerKind.AUTH)),
+                                  (23.0, HandshakeDone(1, 2, "v1", 4))])
+    assert [actions(effects) for effects in steps] == [["Connect"], [], ["Connect"], [ST, STATE]]
+    again = [effect for effect in steps[1] if isinstance(effect, Log)]
+    assert [log.level for log in again] == [10], "the same refusal again is not a new error line every 8 s"
+    assert isinstance(state, Running) and state.pid == PID and state.book.error is None
+    assert status_line(machine.view(state), 23.0).startswith(f"running pid={PID} port=18789 gateway=v1")
+
+
+def test_a_start_whose_gateway_rejects_our_token_is_ready_and_keeps_its_gateway() -> None:
+    """`systemctl start` must not wait for a person: READY=1 once, the start's EXTEND_TIMEOUT ends, nothing is
+    stopped, and the refusal is an event an alert can follow."""
+    state, steps = replay(at("awaiting"), [(5.0, HandshakeFailed(1, HandshakeKind.AUTH, "token mismatch"))])
+    assert isinstance(state, LockedOut) and state.book.ready_sent and state.book.extend_at is None
+    assert actions(steps[0]) == [READY, AUTH, STATE]
+    assert not any(isinstance(effect, StopProcess) for effect in steps[0])
+    emitted = next(effect for effect in steps[0] if isinstance(effect, Emit) and effect.name == "auth.rejected")
+    assert emitted.payload["pid"] == PID and "doctor --fix" in emitted.payload["reason"]
+    state, steps = replay(state, [(13.0, TimerFired(TimerKind.AUTH)), (14.0, HandshakeDone(1, 2, "v1", 4))])
+    assert isinstance(state, Running) and READY not in actions(steps[1])
+
+
+def test_an_adopted_gateway_that_rejects_our_token_still_ends_clawsvc_with_78() -> None:
+    """Not ours: its config is not the state dir clawsvc gives its own gateway, and retrying cannot help."""
+    state, _ = replay(at("reconnecting_adopted"), [(5.0, HandshakeFailed(1, HandshakeKind.AUTH, "token mismatch"))])
+    assert isinstance(state, Stopped) and state.book.exit_code == exitcodes.CONFIG
+    assert "rejected our token" in (state.book.error or "")

@@ -17,6 +17,7 @@ from clawsvc.secrets import (
     SecretError,
     credstore,
     delete_key,
+    describe_token_source,
     keyring_status,
     provider_env_name,
     require_keyring,
@@ -168,9 +169,17 @@ def _list(config: Config, unit: str) -> int:
         shown = "both: " + ", ".join(where) if len(where) == 2 else (where[0] if where else "not stored")
         if not where and credentials is None:
             shown = "not in the keyring; credentials not checked"
+        if not where and name == TOKEN_USERNAME:
+            shown = _token_elsewhere(config)
         env = "-" if name == TOKEN_USERNAME else provider_env_name(name)
         print(f"{name:<{width}}  {env:<24}  {shown}")
     return exitcodes.OK
+
+
+def _token_elsewhere(config: Config) -> str:
+    """Where the token comes from when neither store has it: auth.token_file, or the one the service generated."""
+    with trust.judged_as_the_service():
+        return describe_token_source(config).source
 
 
 def main(args: argparse.Namespace) -> int:

@@ -71,3 +71,24 @@ def journal_tail(user: bool, unit: str, lines: int = 30) -> str:
 
 def launchctl(*args: str, check: bool = True) -> Result:
     return run(["launchctl", *args], check=check)
+
+
+def start_refused(unit: str) -> str | None:
+    """One line with the fix when systemd refused to start `unit` (the system's, else the caller's --user one)
+    because it was started too often (Result=start-limit-hit); None otherwise, or without a running systemd."""
+    if not os.path.isdir("/run/systemd/system"):
+        return None
+    for user in (False, True):
+        try:
+            shown = systemctl(user, "show", unit, "--property=LoadState,Result", check=False).stdout
+        except ServiceCtlError:
+            return None
+        props = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
+        if props.get("LoadState") != "loaded":
+            continue
+        if props.get("Result") != "start-limit-hit":
+            return None
+        scope, sudo = ("--user ", "") if user else ("", "sudo ")
+        return (f"systemd refused to start {unit}: it was started too often (start-limit-hit); run "
+                f"`{sudo}systemctl {scope}reset-failed {unit}`, then `{sudo}systemctl {scope}start {unit}`")
+    return None

@@ -5,9 +5,12 @@ load_config; render: to_dict, dump, gateway_affecting; values, monitoring: the p
 
 from clawsvc.config.loader import SCHEMA, load_config, parse_config
 from clawsvc.config.model import (
+    AUTH_FIX,
     DEFAULT_PROVIDERS,
+    GATEWAY_CONFIG,
     NO_RESPAWN,
     REDACTED,
+    REJECTS,
     SECRET_ENV,
     SYSTEM_CONTROL_SOCKET,
     AlertHook,
@@ -33,7 +36,9 @@ from clawsvc.config.reader import MAX_CHARS, MAX_CONFIG_BYTES, MAX_DEPTH, MAX_NO
 from clawsvc.config.render import PRINT_MAX, dump, gateway_affecting, to_dict
 
 __all__ = [
+    "AUTH_FIX",
     "DEFAULT_PROVIDERS",
+    "GATEWAY_CONFIG",
     "MAX_CHARS",
     "MAX_CONFIG_BYTES",
     "MAX_DEPTH",
@@ -41,6 +46,7 @@ __all__ = [
     "NO_RESPAWN",
     "PRINT_MAX",
     "REDACTED",
+    "REJECTS",
     "SCHEMA",
     "SECRET_ENV",
     "SYSTEM_CONTROL_SOCKET",

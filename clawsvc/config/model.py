@@ -10,7 +10,11 @@ from pathlib import Path
 from types import MappingProxyType
 
 from clawsvc.cachedir import cache_dir
+from clawsvc.ownconfig import AUTH_FIX as AUTH_FIX
+from clawsvc.ownconfig import GATEWAY_CONFIG as GATEWAY_CONFIG
+from clawsvc.ownconfig import REJECTS as REJECTS
 from clawsvc.secretrule import SECRET_WORDS
+from clawsvc.users import service_uid
 
 SECRET_ENV = re.compile("|".join(SECRET_WORDS), re.IGNORECASE)
 REDACTED = "<redacted>"
@@ -20,8 +24,11 @@ class ConfigError(Exception):
     """A config file that cannot be used; str() is one line naming file:line and key."""
 
 
-def _is_root() -> bool:
-    return os.geteuid() == 0
+def _system_wide() -> bool:
+    """Whether the system-wide defaults apply: root, or the service user the system unit runs as (`sudo -u clawsvc
+    clawsvc doctor` reads /etc/clawsvc/clawsvc.yaml and the unit's paths, not a second state under its home)."""
+    euid = os.geteuid()
+    return euid == 0 or euid == service_uid()
 
 
 def _xdg(var: str, fallback: str) -> Path:
@@ -34,7 +41,7 @@ def default_config_path() -> Path:
     env = os.environ.get("CLAWSVC_CONFIG")
     if env:
         return Path(env)
-    if _is_root():
+    if _system_wide():
         return Path("/etc/clawsvc/clawsvc.yaml")
     return _xdg("XDG_CONFIG_HOME", ".config") / "clawsvc" / "clawsvc.yaml"
 
@@ -45,21 +52,21 @@ def user_state_root() -> Path:
 
 
 def default_state_dir() -> Path:
-    if _is_root():
+    if _system_wide():
         return Path("/var/lib/clawsvc/openclaw")
     return user_state_root() / "openclaw"
 
 
 def default_compile_cache() -> Path:
     """Under clawsvc's cache directory (cachedir.cache_dir): where Node's compile cache outlives a restart."""
-    return Path(cache_dir(os.environ, _is_root())) / "node-compile-cache"
+    return Path(cache_dir(os.environ, _system_wide())) / "node-compile-cache"
 
 
 SYSTEM_CONTROL_SOCKET = Path("/run/clawsvc/control.sock")
 
 
 def default_control_socket() -> Path:
-    if _is_root():
+    if _system_wide():
         return SYSTEM_CONTROL_SOCKET
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     base = Path(runtime) if runtime else Path(f"/tmp/clawsvc-{os.getuid()}")

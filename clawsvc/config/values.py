@@ -12,11 +12,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from clawsvc.ownconfig import TOKEN_ENV as TOKEN_ENV
 from clawsvc.text import shown
 
 BINDS = ("loopback", "lan", "tailnet", "auto")
 LEVELS = ("debug", "info", "warning", "error", "critical")
-TOKEN_ENV = "OPENCLAW_GATEWAY_TOKEN"
 DAY = 86400.0  # no duration makes sense beyond a day; larger ones overflow timers or mean "never"
 MAX_DIGITS = 30  # a number written with more digits is out of every range here
 PATH_MAX = 4095  # bytes of a path, without the NUL (Linux PATH_MAX is 4096 with it)

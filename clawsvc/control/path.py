@@ -84,7 +84,8 @@ class SocketFile:
         except OSError as exc:
             raise ControlSocketError(f"cannot chmod the {DIR_WHAT} {parent}: {exc.strerror}") from None
         try:
-            os.fchown(fd, -1, self.gid)
+            if os.fstat(fd).st_gid != self.gid:  # see _bind
+                os.fchown(fd, -1, self.gid)
         except OSError as exc:
             raise self._chgrp_error(parent, exc) from None
 
@@ -126,7 +127,9 @@ class SocketFile:
             listener.close()
             raise ControlSocketError(f"cannot listen on {self.path}: {exc.strerror or exc}") from None
         try:
-            if self.gid is not None:
+            # chown only when needed: the unit's seccomp filter refuses it (@privileged), and control.group is
+            # usually the service's own group (clawsvc), which the socket has from birth
+            if self.gid is not None and st.st_gid != self.gid:
                 try:
                     os.chown(self.path, -1, self.gid, follow_symlinks=False)
                 except OSError as exc:

@@ -1,6 +1,6 @@
 """What a control request means: one request line, already read from a checked peer, turned into a call on the
-service (status, metrics, rpc, restart-gateway, events) and its reply. No sockets here; server.py does the serving
-(stream.py the events that follow an `events` request with follow)."""
+service (status, metrics, rpc, restart-gateway, events, dashboard) and its reply. No sockets here; server.py does
+the serving (stream.py the events that follow an `events` request with follow)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ class ControlHandler(Protocol):
     def restart_gateway(self, mode: str, why: str = "requested") -> dict[str, Any]: ...
     def event_history(self, names: frozenset[str] | None) -> Any: ...  # a JSON array (jsontext.RawJSON)
     def subscribe(self, names: frozenset[str] | None) -> Feed: ...
+    def dashboard(self) -> dict[str, Any]: ...  # a one-time Control UI login link (clawsvc.gateway.dashboard)
 
 
 def answer(handler: ControlHandler, raw: bytes, peer: Peer | None) -> dict[str, Any]:
@@ -63,9 +64,13 @@ def answer(handler: ControlHandler, raw: bytes, peer: Peer | None) -> dict[str, 
     log.debug("control: %s%s from %s", cmd, f" {str(request.get('method'))[:80]}" if cmd == "rpc" else "",
               f"uid {peer.uid} pid {peer.pid}" if peer else "a local client")
     try:
-        return {"ok": True, "result": _run(handler, request)}
+        result = _run(handler, request)
     except Exception as exc:
         return _failure(cmd, exc)
+    if cmd == "dashboard":  # who was handed a login: for the admin reading the journal, never the link itself
+        log.info("control: gave a one-time Control UI login link to %s",
+                 f"uid {peer.uid} (pid {peer.pid})" if peer else "a local client")
+    return {"ok": True, "result": result}
 
 
 def _run(handler: ControlHandler, request: dict[str, Any]) -> Any:
@@ -84,6 +89,8 @@ def _run(handler: ControlHandler, request: dict[str, Any]) -> Any:
             raise ControlError("BAD_REQUEST", f"restart-gateway why must be one of {', '.join(RESTART_WHYS)}, "
                                               f"got {shown(why)}")
         return handler.restart_gateway(mode, why)
+    if cmd == "dashboard":
+        return handler.dashboard()
     if cmd == "events":
         names = event_names(request.get("names"))
         if request.get("follow") is True:  # a short one was taken by stream.py before it got here

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from clawsvc import trust
+from clawsvc import ownconfig, trust
 from clawsvc.config import NO_RESPAWN, SECRET_ENV, Config
 from clawsvc.config.values import TOKEN_ENV
 from clawsvc.exits import ExitInfo
@@ -35,6 +35,7 @@ log = logging.getLogger("clawsvc.gateway.process")
 
 EXTERNAL_SUPERVISOR_ENV = {NO_RESPAWN: "1", "OPENCLAW_SUPERVISOR_MODE": "external",
                            "OPENCLAW_SERVICE_REPAIR_POLICY": "external", "NO_COLOR": "1"}
+PORT_ENV = "OPENCLAW_GATEWAY_PORT"
 KILL_GRACE = 10.0  # after SIGKILL: only a process stuck in uninterruptible I/O takes longer
 PUMP_DRAIN = 1.0  # how long the waiter lets the pumps log the last lines before reporting the exit
 HELPER_GRACE = 3.0  # children outside the group (the spawn broker) exit by themselves ~1.6 s after it
@@ -81,6 +82,7 @@ def build_env(config: Config, token: str, provider_env: Mapping[str, str],
     env.update(EXTERNAL_SUPERVISOR_ENV)
     env["OPENCLAW_STATE_DIR"] = str(state_dir(config))
     env["OPENCLAW_CONFIG_PATH"] = str(state_dir(config) / GATEWAY_CONFIG)
+    env[PORT_ENV] = str(config.gateway.port)  # the gateway's own CLI finds it there (its argv has --port)
     compile_cache.set_env(config, env)
     for key, value in config.gateway.env.items():
         if key != TOKEN_ENV:
@@ -93,15 +95,25 @@ def build_env(config: Config, token: str, provider_env: Mapping[str, str],
 
 
 def prepare_state_dir(config: Config) -> None:
-    """Create gateway.state_dir 0700 (see trust.open_private_dir); one we cannot trust is refused."""
+    """Create gateway.state_dir 0700 (see trust.open_private_dir), one we cannot trust refused, with the gateway's
+    minimal openclaw.json in it when it has none (clawsvc.ownconfig)."""
     path = state_dir(config)
     try:
-        os.close(trust.open_private_dir(path, "gateway.state_dir"))
+        fd = trust.open_private_dir(path, "gateway.state_dir")
     except trust.TrustError as exc:
         raise SpawnError(str(exc)) from None
     except OSError as exc:
         raise SpawnError(f"cannot create gateway.state_dir {path}: {exc.strerror}; create it (mode 0700) "
                          "for the user clawsvc runs as") from None
+    try:
+        if ownconfig.ensure_minimal(fd):
+            log.info("wrote the gateway's own config %s (gateway.mode local; its token is the one clawsvc hands "
+                     "it, through %s)", path / GATEWAY_CONFIG, TOKEN_ENV)
+    except OSError as exc:
+        raise SpawnError(f"cannot write {path / GATEWAY_CONFIG}: {exc.strerror}; give gateway.state_dir to the "
+                         "user clawsvc runs as") from None
+    finally:
+        os.close(fd)
 
 
 def prepare_compile_cache(config: Config, env: dict[str, str]) -> None:
@@ -159,11 +171,11 @@ class GatewayProcess:
         try:
             env = build_env(self.config, self._token, self._provider_env)
             env[proctree.GATEWAY_ID_ENV] = self._marker
+            prepare_state_dir(self.config)  # first: its openclaw.json decides build_argv's --allow-unconfigured
             argv = check_command(build_argv(self.config), env)
             argv, heap = memory.with_heap_limit(argv, env, is_node(argv[0]))
             if heap is not None:
                 log.debug("gateway V8 heap limit: %s", heap)
-            prepare_state_dir(self.config)
             prepare_compile_cache(self.config, env)
             if killed := leftovers.kill_leftovers(state_dir(self.config)):
                 log.warning("killed %d process(es) left over from an earlier gateway of %s (pids %s); their "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from clawsvc.config import GATEWAY_CONFIG
+
 # What belongs to clawsvc's own service manager, plus the hints OpenClaw reads to decide that systemd or
 # launchd supervises it directly (SUPERVISOR_HINTS in its dist): we are its supervisor, not them.
 STRIP_ENV = frozenset({
@@ -15,7 +17,6 @@ STRIP_ENV = frozenset({
 })
 STRIP_PREFIXES = ("LISTEN_",)
 GATEWAY_ID_ENV = "CLAWSVC_GATEWAY_ID"  # marks a gateway's processes (proctree, leftovers)
-GATEWAY_CONFIG = "openclaw.json"
 ALLOW_UNCONFIGURED = "--allow-unconfigured"
 
 

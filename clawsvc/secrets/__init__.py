@@ -25,6 +25,7 @@ from clawsvc.secrets.providers import (
 from clawsvc.secrets.tokens import (
     TokenSource,
     describe_token_source,
+    find_token,
     gateway_token,
     load_gateway_token,
     token_usernames,
@@ -35,6 +36,7 @@ __all__ = [
     "KeyringUnavailable",
     "SecretError",
     "TokenSource",
+    "cli_secrets",
     "delete_key",
     "describe_token_source",
     "keyring_status",
@@ -54,3 +56,16 @@ def load_all(config: Config) -> tuple[str, str, dict[str, str]]:
     in_keyring = keyring_values([*token_usernames(config), *config.providers])
     token, source = gateway_token(config, in_keyring)
     return token, source, env_from(config, in_keyring)
+
+
+def cli_secrets(config: Config, unit: str) -> tuple[str | None, dict[str, str]]:
+    """(token, provider env) as the unit's gateway gets them, for its CLI run from outside the unit: the same
+    sources in the same order, the unit's encrypted credentials decrypted as root; nothing generated or logged.
+    The token is None before the service's first start generated one."""
+    from clawsvc.secrets import credstore  # it imports this package's modules
+
+    read = credstore.reader(unit)
+    in_keyring = keyring_values([*token_usernames(config), *config.providers], quiet=True)
+    found = find_token(config, in_keyring, generate=False, credentials=read)
+    keys = provider_keys(config, in_keyring, read)
+    return (found.token if found else None), {provider_env_name(p): key for p, (key, _) in keys.items()}

@@ -12,6 +12,7 @@ The value travels only over a pipe: never in argv, a plain file, a log line or a
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import shutil
@@ -23,6 +24,7 @@ from pathlib import Path
 from clawsvc.config.instances import INSTALL_ROOT_ENV as INSTALL_ROOT_ENV
 from clawsvc.config.instances import install_root
 from clawsvc.secrets.errors import SecretError
+from clawsvc.secrets.files import CredentialReader, credential, single_value
 from clawsvc.secrets.providers import provider_credential
 from clawsvc.secrets.tokens import TOKEN_CREDENTIAL, TOKEN_USERNAME
 from clawsvc.text import cut
@@ -256,3 +258,25 @@ def decrypts(name: str, path: Path) -> str | None:
     and dropped), else why not, in one line."""
     done = _run_tool(["decrypt", f"--name={name}", str(path), "-"], None)
     return None if done.returncode == 0 else _tool_failure(done)
+
+
+def reader(unit: str) -> CredentialReader:
+    """What the unit's gateway finds in $CREDENTIALS_DIRECTORY, read from outside the unit (`clawsvc openclaw`):
+    that directory when set, else (as root) the unit's encrypted credential decrypted here, over a pipe."""
+    return functools.partial(_delivered_or_decrypted, unit)
+
+
+def _delivered_or_decrypted(unit: str, name: str) -> str | None:
+    delivered = credential(name)
+    if delivered is not None or os.geteuid() != 0:
+        return delivered
+    path = _on_disk(credential_dir(unit)) / name
+    if not CREDNAME.fullmatch(name) or not path.is_file():
+        return None
+    done = _run_tool(["decrypt", f"--name={name}", str(path), "-"], None)
+    if done.returncode != 0:
+        raise CredstoreError(f"cannot decrypt credential {name} of {unit} ({path}): {_tool_failure(done)}")
+    value, problem = single_value(done.stdout.decode("utf-8", "replace"))
+    if problem is not None:
+        raise CredstoreError(f"credential {name} of {unit} ({path}) does not hold one value: it is {problem}")
+    return value

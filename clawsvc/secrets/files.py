@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from clawsvc import trust
@@ -47,6 +47,9 @@ def read_secret_file(path: Path, what: str) -> str:
     with file_errors(f"cannot read {what} {path}"):
         found = trust.read_secret(path, what)
     return secret_value(found, path, what)
+
+
+CredentialReader = Callable[[str], "str | None"]  # a credential's name -> its value, None when there is none
 
 
 def credential(name: str) -> str | None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from clawsvc.config import Config
 from clawsvc.secrets.errors import KeyringUnavailable, SecretError
-from clawsvc.secrets.files import EMPTY, NOT_ONE_WORD, credential, single_value
+from clawsvc.secrets.files import EMPTY, NOT_ONE_WORD, CredentialReader, credential, single_value
 from clawsvc.secrets.keyring_client import keyring_child, keyring_values
 
 log = logging.getLogger("clawsvc.secrets")
@@ -42,22 +42,23 @@ def provider_credential(provider: str) -> str:
     return f"{provider}-api-key"
 
 
-def _provider_key(provider: str, in_keyring: dict[str, str]) -> tuple[str, str] | None:
+def _provider_key(provider: str, in_keyring: dict[str, str], credentials: CredentialReader) -> tuple[str, str] | None:
     if provider in in_keyring:
         return in_keyring[provider], "keyring"
     name = provider_credential(provider)
-    value = credential(name)
+    value = credentials(name)
     if value is not None:
         return value, f"credential {name}"
     return None
 
 
-def provider_keys(config: Config, in_keyring: dict[str, str] | None = None) -> dict[str, tuple[str, str]]:
-    """{provider: (key, source)} for the configured providers with a key: keyring, else
-    $CREDENTIALS_DIRECTORY/<provider>-api-key. The keyring is read once for all of them."""
+def provider_keys(config: Config, in_keyring: dict[str, str] | None = None,
+                  credentials: CredentialReader = credential) -> dict[str, tuple[str, str]]:
+    """{provider: (key, source)} for the configured providers with a key: keyring, else the credential
+    <provider>-api-key ($CREDENTIALS_DIRECTORY, see find_token). The keyring is read once for all of them."""
     if in_keyring is None:
         in_keyring = keyring_values(config.providers)
-    keys = {p: _provider_key(p, in_keyring) for p in config.providers}
+    keys = {p: _provider_key(p, in_keyring, credentials) for p in config.providers}
     return {p: key for p, key in keys.items() if key is not None}
 
 
@@ -74,7 +75,8 @@ def env_from(config: Config, in_keyring: dict[str, str]) -> dict[str, str]:
     if config.providers and not keys:
         log.warning("no provider API key found for %s: the gateway starts but cannot call a model; store one "
                     "with `clawsvc keys set PROVIDER` or pass LoadCredential=PROVIDER-api-key:FILE, then "
-                    "`systemctl reload clawsvc`", ", ".join(config.providers))
+                    "`systemctl restart clawsvc` (a credential reaches the unit only when it starts)",
+                    ", ".join(config.providers))
     elif keys:
         log.info("provider API keys: %s%s", ", ".join(f"{p} ({source})" for p, (_, source) in keys.items()),
                  f"; none for {', '.join(missing)}" if missing else "")

@@ -19,7 +19,7 @@ from clawsvc import trust
 from clawsvc.config import Config
 from clawsvc.logs import register_secret
 from clawsvc.secrets.errors import SecretError
-from clawsvc.secrets.files import credential, file_errors, secret_value
+from clawsvc.secrets.files import CredentialReader, credential, file_errors, secret_value
 from clawsvc.secrets.keyring_client import keyring_values
 
 log = logging.getLogger("clawsvc.secrets")
@@ -51,12 +51,16 @@ def token_usernames(config: Config) -> list[str]:
 
 
 @overload
-def find_token(config: Config, in_keyring: dict[str, str], generate: Literal[True]) -> FoundToken: ...
+def find_token(config: Config, in_keyring: dict[str, str], generate: Literal[True],
+               credentials: CredentialReader = ...) -> FoundToken: ...
 @overload
-def find_token(config: Config, in_keyring: dict[str, str], generate: Literal[False]) -> FoundToken | None: ...
-def find_token(config: Config, in_keyring: dict[str, str], generate: bool) -> FoundToken | None:
+def find_token(config: Config, in_keyring: dict[str, str], generate: Literal[False],
+               credentials: CredentialReader = ...) -> FoundToken | None: ...
+def find_token(config: Config, in_keyring: dict[str, str], generate: bool,
+               credentials: CredentialReader = credential) -> FoundToken | None:
     """The token from the first source that has one; the generated token is created if absent only when
-    `generate`, else None stands for "will be generated". `in_keyring` is what the keyring holds."""
+    `generate`, else None stands for "will be generated". `in_keyring` is what the keyring holds; `credentials`
+    reads a systemd credential by name (the unit's $CREDENTIALS_DIRECTORY, or as root credstore's files)."""
     token_file = config.auth.token_file
     if token_file is not None:
         token, exposure = _token_file(token_file)
@@ -64,7 +68,7 @@ def find_token(config: Config, in_keyring: dict[str, str], generate: bool) -> Fo
     value = in_keyring.get(TOKEN_USERNAME)
     if value:
         return FoundToken(value, "keyring")
-    value = credential(TOKEN_CREDENTIAL)
+    value = credentials(TOKEN_CREDENTIAL)
     if value is not None:
         return FoundToken(value, f"credential {TOKEN_CREDENTIAL}")
     state_dir = config.gateway.state_dir

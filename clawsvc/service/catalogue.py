@@ -74,6 +74,8 @@ RELOAD = Kind("reload", ("ok", "changed", "error"), "the config was reloaded (SI
 READY = Kind("ready", ("version", "pid"), "the gateway answered its first hello-ok (READY=1)", _ready)
 READINESS = Kind("readiness", ("ready", "failing"), "the gateway's own readiness (/readyz) changed: what fails",
                  lambda p: "ready" if p["ready"] else f"not ready: {', '.join(map(str, p['failing'])) or '?'}")
+AUTH_REJECTED = Kind("auth.rejected", ("pid", "reason"), "the gateway rejects clawsvc's token (its own openclaw.json "
+                     "set one): it serves on, clawsvc cannot reach it until the named fix", lambda p: str(p["reason"]))
 ERROR = Kind("error", ("error", "exit_code"), "clawsvc gave up and is stopping with this exit code",
              lambda p: f"{p['error']} (exit {p['exit_code']})")
 def _mib(value: Any) -> str:
@@ -103,7 +105,7 @@ DROPPED = Kind("dropped", ("reason",), "this consumer took nothing for too long 
 
 SERVICE: Mapping[str, Kind] = {kind.name: kind for kind in (
     STATE, SPAWNED, EXITED, RESTART, RESTART_REQUESTED, HEALTH_FAILED, RELOAD, READY, READINESS, NOT_READY, ERROR,
-    REPLACED, MEMORY_HIGH, SERVICE_FAILED, ROLLED_BACK, MISSED, DROPPED)}
+    REPLACED, MEMORY_HIGH, SERVICE_FAILED, ROLLED_BACK, AUTH_REJECTED, MISSED, DROPPED)}
 # What alert hooks can be told: clawsvc's own events but those about one `clawsvc events` consumer. The gateway's
 # pass through unread and may carry chat content: they never go to a hook.
 HOOKABLE: frozenset[str] = frozenset(SERVICE) - {MISSED.name, DROPPED.name}

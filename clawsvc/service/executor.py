@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from clawsvc.config import Config, ConfigError, load_config
 from clawsvc.gateway import handoff, leftovers, memory
+from clawsvc.gateway.dashboard import Dashboard
 from clawsvc.gateway.probes import readiness
 from clawsvc.gateway.process import GatewayProcess, SpawnError, build_env, stop_bound
 from clawsvc.gateway.protocol import GatewayError, describe_error
@@ -95,6 +96,7 @@ class Executor:
         self.hooks = Hooks(config, clock)
         if config.alerts:
             log.info("alert hooks: %s", hook_names(config.alerts))
+        self.dashboard = Dashboard()  # Control UI links for the gateway of the latest Connect
         self._lock = threading.Lock()  # guards the three below: control threads read them
         self._processes: dict[int, GatewayProcess] = {}
         self._links: dict[int, GatewayConnection] = {}
@@ -228,6 +230,7 @@ class Executor:
     # ------------------------------------------------------------------ connections
 
     def _connect(self, effect: Connect) -> None:
+        self.dashboard.note(effect.config, effect.token)
         alive = always if effect.adopting or effect.spawned is None else functools.partial(self._alive, effect.spawned)
         self.connector.wait_ready(effect.config, effect.token, effect.gen, effect.timeout, alive, effect.adopting,
                                   effect.spawned, effect.stranger)

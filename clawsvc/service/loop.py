@@ -26,7 +26,7 @@ REPLY_WAIT = 10.0  # a control client asking for a restart waits this long for t
 
 class Supervisor:
     """Public surface for `clawsvc run` and the control socket: post, run, status, metrics, rpc, restart_gateway,
-    event_history, subscribe."""
+    event_history, subscribe, dashboard."""
 
     def __init__(self, config: Config, secrets: Secrets, notifier: Notifier,
                  clock: Callable[[], float] = time.monotonic, seed: int | None = None,
@@ -100,6 +100,9 @@ class Supervisor:
 
     def subscribe(self, names: frozenset[str] | None) -> Feed:
         return self.executor.events.subscribe(names)
+
+    def dashboard(self) -> dict[str, Any]:
+        return self.executor.dashboard.issue()
 
     def restart_gateway(self, mode: str, why: str = "requested") -> dict[str, Any]:
         """Whether the gateway may be restarted (NOT_OWNED when adopted), and how, is the machine's call; `why`

@@ -44,6 +44,7 @@ from clawsvc.service.states import (
     BackingOff,
     Book,
     HandingOff,
+    LockedOut,
     MState,
     Probing,
     Reconnecting,
@@ -59,11 +60,11 @@ from clawsvc.service.status import State
 
 Handler = Callable[[Any, Any, float], Outcome]
 Key = tuple[type, type | TimerKind]
-LIVE = (Probing, Adopting, Spawning, AwaitingHello, Running, Reconnecting, Replacing, Restarting, HandingOff,
-        BackingOff)
+LIVE = (Probing, Adopting, Spawning, AwaitingHello, Running, Reconnecting, LockedOut, Replacing, Restarting,
+        HandingOff, BackingOff)
 ANY = (*LIVE, Stopping)
 HELLO_STATES = (Adopting, AwaitingHello, Reconnecting)
-CRASH_STATES = (AwaitingHello, Running, Reconnecting, Replacing)
+CRASH_STATES = (AwaitingHello, Running, Reconnecting, LockedOut, Replacing)
 DRAINING = (Restarting, Stopping)  # our gateway finishes its work; its link stays open until it closes it
 
 
@@ -82,6 +83,7 @@ TRANSITIONS: dict[Key, Handler] = {
     (Stopping, SpawnFailed): starting.on_late_spawn_failed,
     **_rows(HELLO_STATES, HandshakeDone, starting.on_hello),
     **_rows(HELLO_STATES, HandshakeFailed, starting.on_handshake_failed),
+    (LockedOut, TimerKind.AUTH): starting.on_lockout_over,
     (Running, GatewayEventSeen): running.on_event,
     (Running, LinkLost): running.on_link_lost,
     (Running, TimerKind.HEALTH): running.on_health_due,
@@ -113,9 +115,10 @@ ALLOWED: Mapping[type, frozenset[type]] = {state: frozenset({state, *targets}) f
     Probing: {Spawning, Adopting, *_RESTART, *_STOP},
     Adopting: {Running, BackingOff, *_RESTART, *_STOP},
     Spawning: {AwaitingHello, Restarting, *_STOP},
-    AwaitingHello: {Running, Replacing, BackingOff, HandingOff, *_RESTART, *_STOP},
+    AwaitingHello: {Running, LockedOut, Replacing, BackingOff, HandingOff, *_RESTART, *_STOP},
     Running: {Reconnecting, Replacing, BackingOff, HandingOff, *_RESTART, *_STOP},
-    Reconnecting: {Running, Replacing, BackingOff, HandingOff, *_RESTART, *_STOP},
+    Reconnecting: {Running, LockedOut, Replacing, BackingOff, HandingOff, *_RESTART, *_STOP},
+    LockedOut: {Reconnecting, BackingOff, *_RESTART, *_STOP},
     Replacing: {BackingOff, *_RESTART, *_STOP},
     Restarting: {*_RESTART, *_STOP},
     HandingOff: {BackingOff, *_RESTART, *_STOP},

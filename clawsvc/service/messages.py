@@ -34,6 +34,7 @@ class TimerKind(enum.Enum):
     BACKOFF = "backoff"
     STABLE = "stability"
     RESTART = "restart"  # a safe restart the gateway accepted but has not begun in time
+    AUTH = "auth-retry"  # ask again a gateway that rejected clawsvc's token (its openclaw.json set its own)
 
 
 class RestartMode(enum.Enum):

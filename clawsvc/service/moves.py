@@ -22,6 +22,7 @@ from clawsvc.service.messages import RestartCause
 from clawsvc.service.states import (
     BackingOff,
     Book,
+    LockedOut,
     MState,
     Probing,
     Reconnecting,
@@ -100,7 +101,7 @@ def replace_gateway(state: MState, pid: int, why: str) -> Outcome:
     return Replacing(book, pid, why), effects
 
 
-def reconnect(state: Running | Reconnecting, why: str, timeout: float) -> Outcome:
+def reconnect(state: Running | Reconnecting | LockedOut, why: str, timeout: float) -> Outcome:
     book = state.book
     connect = Connect(book.gen, book.config, book.token, adopting=state.pid is None, spawned=state.pid,
                       timeout=timeout)

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from clawsvc import trust
-from clawsvc.config import Config, ConfigError
+from clawsvc.config import AUTH_FIX, Config, ConfigError
 from clawsvc.config.trusted import check_config_paths
-from clawsvc.gateway import compile_cache
+from clawsvc.gateway import compile_cache, statefiles
 from clawsvc.gateway.command import SpawnError, Vetted, vet_command
 from clawsvc.gateway.process import build_argv, build_env, state_dir, stop_problem
 from clawsvc.secrets import describe_token_source
 from clawsvc.service.alerts import check_names
+from clawsvc.users import user_name
 
 COMMAND = "gateway.command"
 
@@ -63,6 +64,15 @@ def _check_state_dir(config: Config) -> None:
         raise ConfigError(f"gateway.state_dir {path} cannot be created: {existing} is not writable; {fix}")
 
 
+def _check_state_files(config: Config) -> None:
+    """Everything in gateway.state_dir belongs to the user the service runs as: the gateway must write it."""
+    owner = max(trust.trusted_uids())  # root, or the user judged as (`sudo check-config`: the service user)
+    problem = statefiles.summary(statefiles.foreign(state_dir(config), owner), user_name(owner))
+    if problem:
+        raise ConfigError(f"gateway.state_dir {state_dir(config)}: {problem}; the gateway cannot write them: run "
+                          f"`{AUTH_FIX}`")
+
+
 def _check_compile_cache(config: Config) -> None:
     """gateway.compile_cache refused as `run` would refuse it (one it cannot create only costs a warning there)."""
     try:
@@ -95,8 +105,8 @@ def _check_stop_timeout(config: Config) -> None:
 # Each step with the topic `doctor` reports it under; preflight() runs them in this order.
 STEPS: tuple[tuple[str, Callable[[Config], Any]], ...] = (
     ("files", _check_files), ("token", _check_token_file), (COMMAND, _check_command),
-    ("state dir", _check_state_dir), ("compile cache", _check_compile_cache), ("control.group", _check_control_group),
-    ("stop timeout", _check_stop_timeout), ("alerts", _check_alerts))
+    ("state dir", _check_state_dir), ("state dir files", _check_state_files), ("compile cache", _check_compile_cache),
+    ("control.group", _check_control_group), ("stop timeout", _check_stop_timeout), ("alerts", _check_alerts))
 
 
 def preflight(config: Config) -> Vetted:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from clawsvc import exitcodes
+from clawsvc.config import AUTH_FIX, GATEWAY_CONFIG, REJECTS
 from clawsvc.service import catalogue
-from clawsvc.service.effects import INFO, Connect, Effect, Log, Notify, NotifyKind, Spawn, StopProcess
+from clawsvc.service.effects import DEBUG, ERROR, INFO, Connect, Effect, Log, Notify, NotifyKind, Spawn, StopProcess
 from clawsvc.service.messages import (
     HandshakeDone,
     HandshakeFailed,
@@ -15,11 +16,13 @@ from clawsvc.service.messages import (
     PortTaken,
     Spawned,
     SpawnFailed,
+    TimerFired,
 )
-from clawsvc.service.moves import Outcome, fail, fail_in, replace_gateway, schedule_restart
+from clawsvc.service.moves import Outcome, fail, fail_in, reconnect, replace_gateway, schedule_restart
 from clawsvc.service.states import (
     Adopting,
     AwaitingHello,
+    LockedOut,
     MState,
     Probing,
     Reconnecting,
@@ -106,8 +109,34 @@ def fatal(state: MState, message: HandshakeFailed) -> tuple[str, int] | None:
     return None
 
 
+def locked_out(state: AwaitingHello | Reconnecting, pid: int, now: float) -> Outcome:
+    """Our gateway rejects our token: only its own openclaw.json can make it (gateway.env cannot set the token), and
+    it keeps serving with it. Never a dead service: say what to undo, and ask again every reconnect.max_delay (a
+    fix is hot-reloaded by the gateway, so the next attempt gets in). READY=1 when it was not sent yet: clawsvc is
+    up and supervises a gateway that runs, and a `systemctl start` must not wait for a person."""
+    book = state.book
+    every = book.config.reconnect.max_delay
+    cause = (f"gateway pid {pid} {REJECTS}: its own config {book.config.gateway.state_dir}/"
+             f"{GATEWAY_CONFIG} sets gateway.auth.token, which wins over clawsvc's; run `{AUTH_FIX}` (it keeps "
+             f"serving meanwhile; asked again every {every:g}s)")
+    again = isinstance(state, Reconnecting) and state.cause == cause
+    effects: list[Effect] = [Log(DEBUG if again else ERROR, cause)]
+    if not book.ready_sent:
+        book = replace(book, ready_sent=True, extend_at=None)
+        effects.append(Notify(NotifyKind.READY))
+    if not again:
+        effects.append(catalogue.AUTH_REJECTED(pid, cause))
+    return LockedOut(book, pid, now + every, cause), effects
+
+
+def on_lockout_over(state: LockedOut, message: TimerFired, now: float) -> Outcome:
+    return reconnect(state, state.cause, state.book.config.connection.handshake_timeout * 2)
+
+
 def on_handshake_failed(state: Adopting | AwaitingHello | Reconnecting, message: HandshakeFailed,
                          now: float) -> Outcome:
+    if message.kind is HandshakeKind.AUTH and not isinstance(state, Adopting) and state.pid is not None:
+        return locked_out(state, state.pid, now)
     verdict = fatal(state, message)
     if verdict is not None:
         return fail_in(state, *verdict)

@@ -106,6 +106,16 @@ class Reconnecting:
 
 
 @dataclass(frozen=True)
+class LockedOut:
+    """Our gateway runs but rejects clawsvc's token: its own openclaw.json set gateway.auth (a token of its own wins
+    over the one clawsvc hands it). It keeps serving; clawsvc asks it again at `retry_at` until that is undone."""
+    book: Book
+    pid: int
+    retry_at: float
+    cause: str
+
+
+@dataclass(frozen=True)
 class Replacing:
     """Stopping a misbehaving gateway of ours; its exit counts as a failure."""
     book: Book
@@ -161,7 +171,7 @@ DRAINING = "; the gateway finishes its active work first"
 def _draining(state: Restarting | Stopping) -> str:
     return DRAINING + (f" ({state.activity})" if state.activity else "")
 
-MState = (Probing | Adopting | Spawning | AwaitingHello | Running | Reconnecting | Replacing | Restarting
+MState = (Probing | Adopting | Spawning | AwaitingHello | Running | Reconnecting | LockedOut | Replacing | Restarting
           | HandingOff | BackingOff | Stopping | Stopped)
 STARTING_STATES = (Probing, Adopting, Spawning, AwaitingHello, Restarting, HandingOff)
 
@@ -171,7 +181,7 @@ def phase(state: MState) -> State:
         return State.STARTING
     if isinstance(state, Running):
         return State.RUNNING
-    if isinstance(state, Reconnecting | Replacing | BackingOff):
+    if isinstance(state, Reconnecting | LockedOut | Replacing | BackingOff):
         return State.RECONNECTING
     if state.book.exit_code != exitcodes.OK:
         return State.ERROR
@@ -187,7 +197,7 @@ def cause(state: MState) -> str | None:
         return f"restarting gateway ({state.reason})" + (_draining(state) if state.pid is not None else "")
     if isinstance(state, HandingOff):
         return f"gateway pid {state.pid} exited 0 to restart as a fresh process; checking its handoff"
-    if isinstance(state, Reconnecting | Replacing | BackingOff):
+    if isinstance(state, Reconnecting | LockedOut | Replacing | BackingOff):
         return state.cause
     if isinstance(state, Stopping | Stopped) and state.book.exit_code != exitcodes.OK:
         return state.book.error
@@ -200,7 +210,7 @@ def cause(state: MState) -> str | None:
 
 
 def pid_of(state: MState) -> int | None:
-    if isinstance(state, AwaitingHello | Running | Reconnecting | Replacing | Restarting | Stopping):
+    if isinstance(state, AwaitingHello | Running | Reconnecting | LockedOut | Replacing | Restarting | Stopping):
         return state.pid
     return None
 
@@ -262,4 +272,6 @@ def next_deadline(state: MState) -> tuple[float, TimerKind] | None:
             due.append((book.ready_at + book.config.reconnect.stable_after, TimerKind.STABLE))
     if isinstance(state, BackingOff):
         due.append((state.until, TimerKind.BACKOFF))
+    if isinstance(state, LockedOut):
+        due.append((state.retry_at, TimerKind.AUTH))
     return min(due, key=lambda item: item[0], default=None)

@@ -8,6 +8,8 @@ import time
 
 from clawsvc import exitcodes
 from clawsvc.commands.control.client import STATUS_TIMEOUT, ask, fail, target
+from clawsvc.commands.servicectl import start_refused
+from clawsvc.config.instances import unit_name
 from clawsvc.service.status import REPLIED, BadSnapshot, Snapshot, State, status_block
 
 
@@ -16,6 +18,8 @@ def status_main(args: argparse.Namespace) -> int:
     if found is None:
         return exitcodes.CONFIG
     code, reply = ask(found.socket, {"cmd": "status"}, STATUS_TIMEOUT, refused_exit=exitcodes.NOT_RUNNING)
+    if code == exitcodes.NOT_RUNNING and (refused := start_refused(unit_name(getattr(args, "instance", None)))):
+        fail(refused)
     if code != exitcodes.OK:
         return code
     try:

@@ -6,10 +6,12 @@ then doctor's own checks add what preflight does not look at (the port, the keyr
 and their credentials) and describe what it accepted (node and openclaw versions, where the token comes from,
 whether the compile cache is warm). A check of doctor's own about something preflight refused is left out.
 
-Lines start with `ok`, `warn`, `FAIL` or `skip` (plain ASCII: journals, dumb terminals, grep). Exit 0 when no
+Lines start with `ok`, `warn`, `FAIL` or `skip` (plain ASCII: journals, dumb terminals, grep). `--fix` first
+repairs what it can (gatewayside.fix: the state dir's owner, openclaw.json's gateway.auth), then checks. Exit 0 when no
 check failed (warnings allowed: no keyring backend is normal on a headless server), 1 when any failed, 78
 (like `check-config`) when the config cannot be loaded: its error is the first FAIL, and the checks that do not
-need a config (keyring, installed units) still run. Nothing is created or changed; no secret is printed.
+need a config (keyring, installed units) still run. Without --fix nothing is created or changed; no secret is
+printed.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 
 from clawsvc import exitcodes, trust
 from clawsvc.commands.control.client import client_socket
+from clawsvc.commands.doctor import gatewayside
 from clawsvc.commands.doctor.findings import Finding, Level
 from clawsvc.commands.doctor.preflight import Preflight, command_findings, run_preflight
 from clawsvc.commands.doctor.stores import check_compile_cache, check_credentials
@@ -201,7 +204,7 @@ def check_provider_keys(doc: Doctor, config: Config) -> list[Finding]:
     if not found:
         return [*findings, Finding(Level.WARN, "provider keys", f"none found for {', '.join(missing)}; "
                                    "the gateway starts but cannot call a model: `clawsvc keys set PROVIDER` or "
-                                   "LoadCredential=PROVIDER-api-key:FILE")]
+                                   "LoadCredential=PROVIDER-api-key:FILE, then `systemctl restart clawsvc`")]
     names = ", ".join(f"{p} ({where})" for p, where in found.items())
     rest = f"; none for {', '.join(missing)}" if missing else ""
     return [*findings, Finding(Level.OK, "provider keys", names + rest)]
@@ -259,6 +262,8 @@ OWN_CHECKS: tuple[tuple[str, tuple[str, ...], Check], ...] = (
     ("token", ("files", "token"), check_token),
     ("keyring", (), lambda doc, _config: check_keyring(doc)),
     ("provider keys", (), check_provider_keys),
+    ("openclaw.json", ("files", "state dir"), lambda _doc, config: gatewayside.check_own_config(config)),
+    ("service", (), lambda doc, _config: gatewayside.check_service(doc.status)),
 )
 
 
@@ -291,7 +296,8 @@ def _diagnose(config_path: str | None, unit: str) -> tuple[list[Finding], bool]:
     ask_service(doc, config)
     own = [finding for topic, needs, check in OWN_CHECKS if not doc.preflight.refused.intersection(needs)
            for finding in _run(functools.partial(check, doc, config), topic)]
-    return [head, *checked, *own, *units, *_run(lambda: check_credentials(unit), "credentials")], True
+    return [head, *checked, *own, *units, *_run(lambda: gatewayside.check_start_limit(unit), "units"),
+            *_run(lambda: check_credentials(unit), "credentials")], True
 
 
 def summary(findings: list[Finding]) -> str:
@@ -302,6 +308,8 @@ def summary(findings: list[Finding]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    if getattr(args, "fix", False) and (code := gatewayside.fix(args, sys.stdout)) is not None:
+        return code
     findings, config_valid = diagnose(args.config, unit_name(getattr(args, "instance", None)))
     for finding in findings:
         print(finding.line())

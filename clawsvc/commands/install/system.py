@@ -1,6 +1,7 @@
 """`sudo clawsvc install --system [--instance NAME]`: the whole set-up, ending with the unit enabled, started and
 READY. Order: reachability (refuse before writing anything), the gateway (reuse or provision), the files and the
-service user, check-config, daemon-reload when a unit changed, enable --now, the status block."""
+service user, check-config, daemon-reload when a unit changed, enable --now, the status block, then `clawsvc` on
+PATH and how to use the assistant (install.closing)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from clawsvc import exitcodes, trust
 from clawsvc.commands import check_config, servicectl
 from clawsvc.commands.control import status as control
 from clawsvc.commands.install import agents as install_agents
-from clawsvc.commands.install import genconfig, reach
+from clawsvc.commands.install import closing, genconfig, reach
 from clawsvc.commands.install import plan as files
 from clawsvc.commands.runtime import links as gateway_links
 from clawsvc.commands.runtime import provision as gateway_install
@@ -137,6 +138,8 @@ def _remove_stale_dropin(req: Request, todo: files.Plan, out: TextIO) -> bool:
 
 def dry_run(req: Request, todo: files.Plan, out: TextIO) -> int:
     files.show(todo, req.root, out)
+    if req.live:
+        closing.link_on_path(files.clawsvc_command(), out, dry_run=True)
     print("\n# dry run: nothing was written or run. It would run:", file=out)
     for step in todo.next_steps:
         print(f"  {step.replace('enable --now', 'enable') if req.no_start else step}", file=out)
@@ -211,7 +214,11 @@ def install(req: Request, out: TextIO) -> int:
     code = check(req)
     if code != exitcodes.OK:
         return code
-    return activate(req, changed, out)
+    code = activate(req, changed, out)
+    if code == exitcodes.OK:
+        closing.link_on_path(files.clawsvc_command(), out)
+        closing.closing_block(req.config, req.instance, out)
+    return code
 
 
 def request(args: argparse.Namespace) -> Request:
