@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clawsvc.config import Config, ConfigError, load_config
-from clawsvc.gateway import handoff, leftovers, memory
+from clawsvc.gateway import leftovers
 from clawsvc.gateway.dashboard import Dashboard
-from clawsvc.gateway.probes import readiness
-from clawsvc.gateway.process import GatewayProcess, SpawnError, build_env, stop_bound
-from clawsvc.gateway.protocol import GatewayError, describe_error
+from clawsvc.gateway.process import GatewayProcess, SpawnError, stop_bound
+from clawsvc.gateway.protocol import GatewayError
 from clawsvc.logs import set_level
 from clawsvc.secrets import SecretError
-from clawsvc.service import metrics
+from clawsvc.service import metrics, workers
 from clawsvc.service.alerts import Hooks, hook_names
 from clawsvc.service.connector import Connector, always
 from clawsvc.service.effects import (
@@ -54,20 +53,15 @@ from clawsvc.service.messages import (
     ConfigLoaded,
     DrainNoticed,
     ExitInfo,
-    HandoffChecked,
-    HealthChecked,
-    MemorySampled,
     Message,
     ProcessExited,
-    ReadinessChecked,
-    RestartAnswered,
     Spawned,
     SpawnFailed,
 )
 from clawsvc.service.notify import Notifier
 from clawsvc.service.preflight import preflight
 from clawsvc.service.status import Snapshot, status_line
-from clawsvc.text import cut, printable
+from clawsvc.text import cut
 from clawsvc.threads import start_thread
 
 if TYPE_CHECKING:
@@ -77,8 +71,6 @@ log = logging.getLogger("clawsvc.supervisor")
 Secrets = Callable[[Config], tuple[str, Mapping[str, str]]]
 Post = Callable[[Message], None]
 PROBLEM_MAX = 300  # characters of a reload problem on the STATUS= line
-SAFE_RESTART_METHOD = "gateway.restart.request"
-REASON_MAX = 200
 
 
 class Executor:
@@ -137,11 +129,11 @@ class Executor:
             case StopProcess():
                 self._stop(effect.pid, effect.grace)
             case AskRestart():
-                self._on_link("restart", self._restart_request, effect)
+                self._on_link("restart", workers.ask_restart, effect)
             case ConsumeHandoff():
-                start_thread("handoff", self._consume_handoff, effect)
+                start_thread("handoff", workers.consume_handoff, self.post, effect)
             case CheckHealth():
-                self._on_link("health", self._health_probe, effect)
+                self._on_link("health", workers.check_health, effect)
             case LoadConfig():
                 start_thread("reload", self._load_config, effect.path)
             case ApplyConfig():
@@ -250,44 +242,12 @@ class Executor:
             connection.on_down = connection.on_event = None
             start_thread("closer", connection.close)
 
-    def _on_link(self, role: str, work: Callable[[GatewayConnection | None, Any], None],
+    def _on_link(self, role: str, work: Callable[[Post, GatewayConnection | None, Any], None],
                  effect: CheckHealth | AskRestart) -> None:
-        """`work(connection, effect)` on a thread of its own, with the connection of effect.link (None: closed)."""
+        """`work(post, connection, effect)` on a thread of its own, with effect.link's connection (None: closed)."""
         with self._lock:
             connection = self._links.get(effect.link)
-        start_thread(role, work, connection, effect)
-
-    def _health_probe(self, connection: GatewayConnection | None, effect: CheckHealth) -> None:
-        if connection is None:
-            self.post(HealthChecked(effect.gen, effect.link, False, "the connection was closed"))
-            return
-        try:
-            connection.rpc("health", None, timeout=effect.timeout)
-        except Exception as exc:  # any failure is a failed check; the machine decides
-            self.post(HealthChecked(effect.gen, effect.link, False, describe_error(exc)))
-            return
-        self.post(HealthChecked(effect.gen, effect.link, True, None))
-        if (ready := readiness(effect.port)) is not None:
-            self.post(ReadinessChecked(effect.gen, effect.link, ready.ready, ready.failing))
-        if effect.pid is not None and (used := memory.sample(effect.pid)) is not None:
-            self.post(MemorySampled(effect.gen, effect.link, effect.pid, *used))
-
-    def _consume_handoff(self, effect: ConsumeHandoff) -> None:
-        """Worker: the gateway's CLI, with the gateway's own environment (no token), bounded in time."""
-        accepted, said = handoff.consume(effect.config, effect.pid, build_env(effect.config, "", {}))
-        self.post(HandoffChecked(effect.gen, effect.pid, accepted, said))
-
-    def _restart_request(self, connection: GatewayConnection | None, effect: AskRestart) -> None:
-        """The gateway's own safe restart (= `openclaw gateway restart --safe`); the machine decides on the answer."""
-        if connection is None:
-            self.post(RestartAnswered(effect.gen, effect.link, False, "the connection was closed"))
-            return
-        try:
-            answer = connection.rpc(SAFE_RESTART_METHOD, {"reason": cut(effect.reason, REASON_MAX)})
-        except Exception as exc:
-            self.post(RestartAnswered(effect.gen, effect.link, False, describe_error(exc)))
-        else:
-            self.post(RestartAnswered(effect.gen, effect.link, True, summary=_restart_summary(answer)))
+        start_thread(role, work, self.post, connection, effect)
 
     def rpc(self, method: str, params: Any, timeout: float | None) -> Any:
         with self._lock:
@@ -340,14 +300,6 @@ class Executor:
     def _reapply(self, on_reload: Callable[[Config, Config], None], old: Config, new: Config) -> None:
         with self._reload_lock:
             on_reload(old, new)
-
-
-def _restart_summary(answer: Any) -> str | None:
-    """The gateway's own words on what its accepted restart waits for: {"status": "deferred", "preflight":
-    {"summary": "restart deferred: 1 pending reply delivery operation(s)", ...}, ...}."""
-    preflight = answer.get("preflight") if isinstance(answer, dict) else None
-    summary = preflight.get("summary") if isinstance(preflight, dict) else None
-    return printable(cut(summary, REASON_MAX)) if isinstance(summary, str) and summary else None
 
 
 def _reply(effect: Reply) -> None:
