@@ -320,7 +320,7 @@ def test_real_gateway_fills_the_cache_and_starts_faster_warm(gateway_install, tm
         cold, warm = [first], []
         for n, cache in enumerate(caches):
             since = len(svc.log())
-            svc.request({"cmd": "restart-gateway"}, timeout=30)  # same cache, filled by the gateway that stops
+            svc.request({"cmd": "restart-gateway", "mode": "fresh"}, timeout=30)  # a new gateway, same cache
             pid = wait_running(svc, since, pid)
             assert cache_files(cache) > 0
             warm.append(spawn_to_hello(svc, since)[1])

@@ -12,6 +12,7 @@ import pytest
 from helpers.fake_managers import calls, install_fakes
 
 from clawsvc import cli
+from clawsvc.commands.install import plan as install
 from clawsvc.commands.install import uninstall
 
 REPO = Path(__file__).resolve().parent.parent
@@ -332,3 +333,18 @@ def test_only_the_dropins_clawsvc_writes_are_removed(root, capsys):
     assert code == 0 and admins.exists()
     assert not (root / UNITS / "clawsvc.service.d/10-clawsvc-reach.conf").exists()
     assert "holds drop-ins clawsvc did not write: 20-clawsvc-limits.conf" in out
+
+
+@pytest.mark.parametrize("ours", [True, False])
+def test_the_link_install_put_on_path_goes_with_the_last_unit_only_when_it_is_ours(root, capsys, tmp_path, ours,
+                                                                               monkeypatch):
+    system_tree(root)
+    this = tmp_path / "venv/bin/clawsvc"
+    other = put(tmp_path, "elsewhere/clawsvc")
+    put(tmp_path, "venv/bin/clawsvc")
+    monkeypatch.setattr(install, "clawsvc_command", lambda argv0=None: (str(this),))
+    link = root / "usr/local/bin/clawsvc"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(this if ours else other)
+    assert run_cli(capsys, "--system")[0] == 0
+    assert link.is_symlink() is not ours, "only a link to this very clawsvc is removed"

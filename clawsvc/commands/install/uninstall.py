@@ -21,6 +21,7 @@ from clawsvc.commands.install import agents as install_agents
 from clawsvc.commands.install import plan as install
 from clawsvc.commands.install import reach as install_reach
 from clawsvc.commands.install import units as installed_units
+from clawsvc.commands.install.closing import ON_PATH
 from clawsvc.commands.runtime import provision as gateway_install
 from clawsvc.commands.servicectl import ServiceCtlError
 from clawsvc.config import instances, user_state_root
@@ -146,6 +147,17 @@ def _remove_unit_files(run: Run, tgt: Target) -> None:
         _remove_file(run, install.UNIT_DIR / MAIN_UNIT, "install --instance writes it too; the main unit is not set up")
     if not any(run.at(unit_dir / name).exists() for name in (MAIN_UNIT, TEMPLATE)):
         _remove_file(run, unit_dir / install.ALERT_UNIT, "OnFailure= alert hooks; it goes with the last unit")
+        if tgt.kind == "system":
+            _remove_path_link(run)
+
+
+def _remove_path_link(run: Run) -> None:
+    """install's `clawsvc` on PATH, when it is still a link to this clawsvc (never another program)."""
+    link, command = run.at(ON_PATH), install.clawsvc_command()
+    if link.is_symlink() and len(command) == 1 and os.path.realpath(link) == os.path.realpath(command[0]):
+        link.unlink()
+        run.say("removed", link, "the link install put on PATH")
+        run.changed = True
 
 
 def _remove_dropins(run: Run, dropins: Path) -> None:
