@@ -13,15 +13,22 @@ cd "$(dirname "$0")/.."
 umask 022  # what this creates (.venv) is not group-writable whatever the caller's umask (the tests set their own)
 venv=${CLAWSVC_VENV:-.venv}
 
+# Only the packages of the tools missing: Debian's npm conflicts with a Node.js installed from elsewhere.
+declare -A package=([npm]=npm [setpriv]=util-linux [prlimit]=util-linux [unshare]=util-linux [nsenter]=util-linux
+                    [systemd-analyze]=systemd [lsof]=lsof [chromium]=chromium)
 missing=()
+packages=()
 for tool in npm setpriv prlimit unshare nsenter systemd-analyze lsof chromium; do
-    command -v "$tool" >/dev/null || missing+=("$tool")
+    if ! command -v "$tool" >/dev/null; then
+        missing+=("$tool")
+        [[ " ${packages[*]} " == *" ${package[$tool]} "* ]] || packages+=("${package[$tool]}")
+    fi
 done
 if ((${#missing[@]})); then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "installing Debian packages for: ${missing[*]}"
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm util-linux systemd lsof chromium >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
     else
         echo "missing tools: ${missing[*]} (install npm, util-linux, systemd, lsof and chromium)" >&2
         exit 1

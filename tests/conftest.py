@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,11 @@ TEST_UMASK = 0o022
 
 def pytest_configure(config: pytest.Config) -> None:
     os.umask(TEST_UMASK)
+    # Run from a background job (`scripts/test.sh &`, nohup), the suite inherits SIGINT ignored, and so would every
+    # clawsvc it starts: the tests of Ctrl-C would then test the caller's shell. A handler here is reset to the
+    # default at each exec, where an ignored signal stays ignored.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def in_ci() -> bool:

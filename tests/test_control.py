@@ -252,6 +252,24 @@ def test_a_request_beyond_all_slots_is_told_busy(server, handler, sock_path):
     assert request(sock_path, {"cmd": "status"}, 5)["state"] == "running"
 
 
+def test_busy_is_asked_again_within_the_connect_window(server, handler, sock_path):
+    """BUSY means nothing was done: the client asks again for up to CONNECT_WINDOW, so a slot freed meanwhile
+    answers it (the admin's `clawsvc status` during a burst), and the status is asked for once, not twice."""
+    release = threading.Event()
+    handler.rpc_behaviour = lambda method, params, timeout: release.wait(30)
+    message = {"cmd": "rpc", "method": "block", "params": None, "timeout": None}
+    with ThreadPoolExecutor(control.MAX_CLIENTS) as pool:
+        try:
+            blocked = [pool.submit(request, sock_path, message, 60) for _ in range(control.MAX_CLIENTS)]
+            poll(lambda: len(handler.calls) == control.MAX_CLIENTS, 20, "every slot taken")
+            threading.Timer(0.5, release.set).start()
+            assert request(sock_path, {"cmd": "status"}, 5)["state"] == "running"
+        finally:
+            release.set()
+        assert [f.result(timeout=30) for f in blocked] == [True] * control.MAX_CLIENTS
+    assert [c for c in handler.calls if c[0] == "status"] == [("status",)]
+
+
 def test_large_reply_arrives_whole(server, handler, sock_path):
     handler.rpc_behaviour = lambda method, params, timeout: {"blob": "y" * (3 << 20)}
     result = request(sock_path, {"cmd": "rpc", "method": "big", "params": None, "timeout": None}, 10)

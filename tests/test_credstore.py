@@ -306,6 +306,7 @@ def test_a_huge_provider_name_is_refused_before_anything_is_read(env: dict[str, 
     assert not (root_of(env) / "etc").exists()
 
 
+@needs_root
 def test_the_gateways_cli_gets_the_credentials_the_unit_gets(env: dict[str, str], tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """`clawsvc openclaw` as root: the unit's encrypted credentials decrypted (over a pipe), in the service's order:

@@ -28,7 +28,8 @@ from clawsvc.control.wire import (
 )
 from clawsvc.users import describe_uid, service_uid
 
-CONNECT_WINDOW = 3.0  # how long a client retries while the socket's queue is full
+CONNECT_WINDOW = 3.0  # how long a client retries while the socket's queue is full or the server says BUSY
+RETRY_PAUSE = 0.05
 
 
 class ClientRefusal(ControlError):
@@ -46,10 +47,17 @@ def request(path: Path, message: dict[str, Any], timeout: float) -> Any:
         raise RequestTooLarge("TOO_LARGE", f"the request is {len(payload)} bytes; clawsvc takes at most "
                                            f"{MAX_REQUEST}")
     deadline = time.monotonic() + timeout
-    with _connect(path, min(timeout, CONNECT_WINDOW)) as sock:
-        _check_server(sock, path)
-        line = _exchange(sock, payload, path, deadline, timeout)
-    return _result(line, path)
+    busy_until = time.monotonic() + min(timeout, CONNECT_WINDOW)
+    while True:
+        with _connect(path, min(timeout, CONNECT_WINDOW)) as sock:
+            _check_server(sock, path)
+            line = _exchange(sock, payload, path, deadline, timeout)
+        try:
+            return _result(line, path)
+        except ControlError as exc:  # BUSY: nothing was done, so asking again is safe
+            if exc.code != "BUSY" or time.monotonic() + RETRY_PAUSE >= busy_until:
+                raise
+        time.sleep(RETRY_PAUSE)
 
 
 def follow(path: Path, message: dict[str, Any], timeout: float) -> Iterator[bytes]:
@@ -140,7 +148,7 @@ def _connect(path: Path, window: float) -> socket.socket:
             if time.monotonic() >= give_up:
                 raise ControlError("BUSY", f"clawsvc at {path} is not taking connections (its queue stayed full "
                                            f"for {window:g}s); try again") from None
-            time.sleep(0.05)
+            time.sleep(RETRY_PAUSE)
         except OSError as exc:
             sock.close()
             raise _connect_error(path, exc) from None

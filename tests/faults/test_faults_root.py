@@ -32,7 +32,11 @@ from clawsvc.config import Config, GatewayConfig
 
 HUNG = 120.0
 ENGINES = ">=24.16 <25 || >=26.1"
-AS_SERVICE = """
+# A `clawsvc` (as install names itself in ExecStart=: a script called clawsvc, not `python -c`, and not the
+# checkout's .venv/bin/clawsvc, which install refuses where the checkout is below /tmp) that runs this Python's
+# clawsvc with SERVICE_USER set to its first argument.
+AS_SERVICE = """#!/bin/sh
+"exec" {python} "$0" "$@"
 import sys
 import clawsvc.users
 clawsvc.users.SERVICE_USER = sys.argv[1]
@@ -91,6 +95,23 @@ def chain() -> Iterator[Chain]:
         shutil.rmtree(root)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def as_service() -> Iterator[None]:
+    global as_service_launcher
+    top = Path(tempfile.mkdtemp(prefix="clawsvc-root-launcher-", dir="/run"))
+    try:
+        top.chmod(0o755)
+        as_service_launcher = top / "clawsvc"
+        as_service_launcher.write_text(AS_SERVICE.format(python=json.dumps(sys.executable)))
+        as_service_launcher.chmod(0o755)
+        yield
+    finally:
+        shutil.rmtree(top)
+
+
+as_service_launcher = Path("/nonexistent")
+
+
 @pytest.fixture
 def service_user() -> Iterator[pwd.struct_passwd]:
     with throwaway_user() as user:
@@ -108,7 +129,7 @@ def as_root(service: pwd.struct_passwd | str, *args: str) -> subprocess.Complete
     name = service if isinstance(service, str) else service.pw_name
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "CLAWSVC_CONFIG", "INVOCATION_ID")}
     env["PYTHON_KEYRING_BACKEND"] = "keyring.backends.fail.Keyring"
-    return subprocess.run([sys.executable, "-c", AS_SERVICE, name, *args], env=env, capture_output=True,
+    return subprocess.run([str(as_service_launcher), name, *args], env=env, capture_output=True,
                           text=True, timeout=HUNG, stdin=subprocess.DEVNULL, cwd="/")
 
 
