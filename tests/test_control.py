@@ -235,7 +235,9 @@ def test_client_gives_up_on_a_full_backlog_in_bounded_time(tmp_path, monkeypatch
     assert 0.3 <= time.monotonic() - started < 3
 
 
-def test_a_request_beyond_all_slots_is_told_busy(server, handler, sock_path):
+@contextlib.contextmanager
+def every_slot_taken(handler, sock_path) -> Iterator[threading.Event]:
+    """MAX_CLIENTS requests held by the handler until the yielded event is set (at the latest on leaving)."""
     release = threading.Event()
     handler.rpc_behaviour = lambda method, params, timeout: release.wait(30)
     message = {"cmd": "rpc", "method": "block", "params": None, "timeout": None}
@@ -243,11 +245,15 @@ def test_a_request_beyond_all_slots_is_told_busy(server, handler, sock_path):
         try:
             blocked = [pool.submit(request, sock_path, message, 60) for _ in range(control.MAX_CLIENTS)]
             poll(lambda: len(handler.calls) == control.MAX_CLIENTS, 20, "every slot taken")
-            with pytest.raises(ControlError) as err:
-                request(sock_path, {"cmd": "status"}, 5)
+            yield release
         finally:
             release.set()
         assert [f.result(timeout=30) for f in blocked] == [True] * control.MAX_CLIENTS
+
+
+def test_a_request_beyond_all_slots_is_told_busy(server, handler, sock_path):
+    with every_slot_taken(handler, sock_path), pytest.raises(ControlError) as err:
+        request(sock_path, {"cmd": "status"}, 5)
     assert err.value.code == "BUSY"
     assert request(sock_path, {"cmd": "status"}, 5)["state"] == "running"
 
@@ -255,18 +261,9 @@ def test_a_request_beyond_all_slots_is_told_busy(server, handler, sock_path):
 def test_busy_is_asked_again_within_the_connect_window(server, handler, sock_path):
     """BUSY means nothing was done: the client asks again for up to CONNECT_WINDOW, so a slot freed meanwhile
     answers it (the admin's `clawsvc status` during a burst), and the status is asked for once, not twice."""
-    release = threading.Event()
-    handler.rpc_behaviour = lambda method, params, timeout: release.wait(30)
-    message = {"cmd": "rpc", "method": "block", "params": None, "timeout": None}
-    with ThreadPoolExecutor(control.MAX_CLIENTS) as pool:
-        try:
-            blocked = [pool.submit(request, sock_path, message, 60) for _ in range(control.MAX_CLIENTS)]
-            poll(lambda: len(handler.calls) == control.MAX_CLIENTS, 20, "every slot taken")
-            threading.Timer(0.5, release.set).start()
-            assert request(sock_path, {"cmd": "status"}, 5)["state"] == "running"
-        finally:
-            release.set()
-        assert [f.result(timeout=30) for f in blocked] == [True] * control.MAX_CLIENTS
+    with every_slot_taken(handler, sock_path) as release:
+        threading.Timer(0.5, release.set).start()
+        assert request(sock_path, {"cmd": "status"}, 5)["state"] == "running"
     assert [c for c in handler.calls if c[0] == "status"] == [("status",)]
 
 
