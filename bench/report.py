@@ -89,7 +89,8 @@ def markdown(sections: list[Section], command: str, seconds: float) -> str:
     return "\n".join(lines)
 
 
-KEPT_MARKER = "<!-- kept by python -m bench: the guest benches (peers, hardening) and own-start, written by hand -->"
+KEPT_MARKER = ("<!-- kept by python -m bench: the guest benches (peers, hardening) and the start plan A/B, "
+               "written by hand -->")
 
 
 def kept_part(path: Path) -> str:
