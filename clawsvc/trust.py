@@ -189,6 +189,19 @@ def _check_dir(path: Path, st: os.stat_result, what: str) -> None:
     check_owned(path, st, what, directory=True, mode_fix="700")
 
 
+def check_reach(path: Path | str, st: os.stat_result, controllers: set[int], what: str) -> None:
+    """Root may open, read or change only what the non-root users who control the way to it (`controllers`: the
+    owners of the directories passed and symlinks followed) own themselves: through the service user's directory
+    or symlink, root's own /etc/shadow must not be what root reads and hands on, nor /etc what it chmods."""
+    others = controllers - {0}
+    if os.geteuid() != 0 or not others or st.st_uid in others:
+        return
+    via = ", ".join(describe_uid(uid) for uid in sorted(others))
+    raise TrustError(f"{what} {path} belongs to {describe_uid(st.st_uid)} but is reached through a directory or "
+                     f"symlink of {via}, who could point it anywhere; root does not open it: give it to that user, "
+                     "or use a path whose directories belong to root")
+
+
 def _too_big(path: Path | str, what: str, cap: int, size: int | None = None) -> TrustError:
     limit = f"{cap // 1024} KiB" if cap % 1024 == 0 else f"{cap} bytes"
     actual = f" ({size} bytes)" if size is not None else ""
@@ -293,16 +306,18 @@ def _make_dirs(missing: Path) -> None:
 def open_private_dir(path: Path, what: str) -> int:
     """An O_NOFOLLOW descriptor of the directory (created 0700 if missing) after checking it and its path;
     our own directory readable by others is tightened to 0700 through the descriptor. The caller closes it."""
-    resolved, st = resolve(path, what)
+    controllers: set[int] = set()
+    resolved, st = resolve(path, what, controllers)
     if st is None:
         _make_dirs(resolved)
-        resolved, st = resolve(path, what)  # again: a directory on the way may have appeared meanwhile
+        resolved, st = resolve(path, what, controllers)  # again: a directory on the way may have appeared meanwhile
         if st is None:
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(resolved))
     fd = os.open(resolved, DIR_FLAGS)
     try:
         st = os.fstat(fd)
         _check_dir(resolved, st, what)
+        check_reach(resolved, st, controllers, what)
         if st.st_mode & OPEN_BY_OTHERS and st.st_uid == os.geteuid():
             os.fchmod(fd, 0o700)
             log.warning("%s %s was accessible to other users (mode %04o); set it to 0700", what, resolved,
@@ -313,9 +328,32 @@ def open_private_dir(path: Path, what: str) -> int:
     return fd
 
 
-def _read_secret(name: Path | str, shown: Path, what: str, dir_fd: int | None) -> SecretFile:
+def open_dir(path: Path, what: str) -> int | None:
+    """An O_NOFOLLOW descriptor of an existing directory, checked like check_dir (and, as root, reached only
+    through what root or its owner controls); None when it does not exist. Nothing is created or changed."""
+    controllers: set[int] = set()
+    resolved, st = resolve(path, what, controllers)
+    if st is None:
+        return None
+    fd = os.open(resolved, DIR_FLAGS)
+    try:
+        st = os.fstat(fd)
+        _check_dir(resolved, st, what)
+        check_reach(resolved, st, controllers, what)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_secret(name: Path | str, shown: Path, what: str, dir_fd: int | None,
+                 controllers: set[int]) -> SecretFile:
+    if dir_fd is not None:
+        controllers = controllers | {os.fstat(dir_fd).st_uid}
+
     def vet(st: os.stat_result) -> None:
         check_owned(shown, st, what, directory=False, mode_fix="600")
+        check_reach(shown, st, controllers, what)
 
     found = read_regular(name, what, cap=SECRET_CAP, nofollow=True, dir_fd=dir_fd, shown=shown, vet=vet)
     try:
@@ -327,16 +365,19 @@ def _read_secret(name: Path | str, shown: Path, what: str, dir_fd: int | None) -
 def read_secret(path: Path, what: str) -> SecretFile:
     """The text of a small regular file that a trusted user owns and nobody else can write, reached through
     trusted directories and symlinks. TrustError for a planted or wrong file; OSError (e.g. missing) for the rest."""
-    resolved, st = resolve(path, what)
+    controllers: set[int] = set()
+    resolved, st = resolve(path, what, controllers)
     if st is None:
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
     check_owned(path, st, what, directory=False, mode_fix="600")  # before opening: not even a device is opened
-    return _read_secret(resolved, path, what, None)
+    check_reach(path, st, controllers, what)
+    return _read_secret(resolved, path, what, None, controllers)
 
 
 def read_secret_at(dir_fd: int, name: str, shown: Path, what: str) -> SecretFile:
-    """Like read_secret for `name` in a directory already checked (open_private_dir); a symlink is refused."""
-    return _read_secret(name, shown, what, dir_fd)
+    """Like read_secret for `name` in a directory already checked (open_dir, open_private_dir); a symlink is
+    refused."""
+    return _read_secret(name, shown, what, dir_fd, set())
 
 
 def create_secret_at(dir_fd: int, name: str, data: bytes) -> None:
