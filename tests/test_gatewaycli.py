@@ -38,6 +38,12 @@ if sys.argv[1:2] == ["tiocsti"]:
         print("tiocsti worked", flush=True)
     except OSError as exc:
         print("tiocsti refused", exc.errno, flush=True)
+if sys.argv[1:2] == ["devtty"]:  # its stdio no terminal, but root's terminal still its controlling one
+    try:
+        fcntl.ioctl(os.open("/dev/tty", os.O_RDWR), termios.TIOCSTI, b"x")
+        print("tiocsti worked", flush=True)
+    except OSError as exc:
+        print("tiocsti refused", exc.errno, flush=True)
 if sys.argv[1:2] == ["wait"]:
     print("waiting", flush=True)
     signal.pause()
@@ -153,6 +159,22 @@ def test_on_roots_terminal_the_cli_cannot_push_keystrokes_into_it(setup: Setup) 
         assert proc.wait(60) == 3
     assert f"uid {setup.uid} " in seen
     assert f"tiocsti refused {errno.EPERM}" in seen and "tiocsti worked" not in seen
+
+
+@pytest.mark.skipif(Path("/proc/sys/dev/tty/legacy_tiocsti").read_text().strip() == "0"
+                    if Path("/proc/sys/dev/tty/legacy_tiocsti").exists() else False,
+                    reason="the kernel refuses TIOCSTI to everyone: the CLI is exec'd on the terminal")
+def test_with_its_output_redirected_in_roots_shell_the_cli_cannot_push_keystrokes_through_dev_tty(
+        setup: Setup, tmp_path: Path) -> None:
+    """`sudo clawsvc openclaw ... </dev/null >out 2>&1`: no stdio is a terminal, yet root's terminal is still the
+    controlling one, which the service user's CLI could open as /dev/tty."""
+    out = tmp_path / "out"
+    redirected = ["sh", "-c", f'exec "$@" </dev/null >{out} 2>&1', "sh", *setup.argv("devtty", "3")]
+    with on_a_terminal(redirected, clean_env()) as (proc, _master):
+        assert proc.wait(60) == 3
+    said = out.read_text()
+    assert f"uid {setup.uid} " in said
+    assert "tiocsti refused" in said and "tiocsti worked" not in said
 
 
 def test_on_a_terminal_ctrl_c_reaches_the_cli(setup: Setup) -> None:

@@ -6,11 +6,11 @@ needed, and what the CLI writes stays the service user's.
 Who runs it as whom:
 - the service's user: the CLI is exec'd as it is.
 - root: as the owner of gateway.state_dir (the service's user; root for a service run as root), through
-  util-linux setpriv: that uid, its group and supplementary groups, no new privileges. Without a terminal, or
-  where the kernel has legacy TIOCSTI off, it is exec'd (an interactive command keeps the terminal). Otherwise it
-  runs in a session of its own, still on the terminal: as the service's user it could push keystrokes into root's
-  terminal (TIOCSTI), which a process outside the terminal's session cannot; clawsvc waits as its parent,
-  forwarding Ctrl-C and the like.
+  util-linux setpriv: that uid, its group and supplementary groups, no new privileges. Without a terminal (no
+  stdio on one and no controlling terminal to open as /dev/tty), or where the kernel has legacy TIOCSTI off, it is
+  exec'd (an interactive command keeps the terminal). Otherwise it runs in a session of its own, still on the
+  terminal: as the service's user it could push keystrokes into root's terminal (TIOCSTI), which a process outside
+  the terminal's session cannot; clawsvc waits as its parent, forwarding Ctrl-C and the like.
 - anyone else (members of control.group among them): refused. The CLI runs code as the service's user with its
   token and keys; what they may do goes through the control socket (`clawsvc rpc`, `clawsvc dashboard`).
 """
@@ -113,7 +113,16 @@ def _setpriv(account: Account) -> list[str]:
 
 
 def _on_a_terminal() -> bool:
-    return any(os.isatty(fd) for fd in (0, 1, 2))
+    """Whether the CLI would reach a terminal: through its stdin, stdout or stderr, or, whatever they are (`sudo
+    clawsvc openclaw ... </dev/null >out 2>&1` in root's shell), by opening /dev/tty, our controlling terminal."""
+    if any(os.isatty(fd) for fd in (0, 1, 2)):
+        return True
+    try:
+        fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # ENXIO: no controlling terminal
+        return False
+    os.close(fd)
+    return True
 
 
 def _tiocsti_off() -> bool:
