@@ -8,6 +8,7 @@ import socket
 import stat
 import subprocess
 import threading
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from waiting import poll
 from clawsvc.atomicfile import write_atomically
 from clawsvc.config import Config, ConfigError, MetricsConfig, parse_config
 from clawsvc.gateway import memory
-from clawsvc.service.exposition import MetricsServer, Outputs, TextfileWriter
+from clawsvc.service import exposition
+from clawsvc.service.exposition import MAX_CLIENTS, MetricsServer, Outputs, TextfileWriter
 from clawsvc.service.metrics import Counts, instance_of, render
 from clawsvc.service.status import Snapshot, State
 
@@ -138,6 +140,52 @@ def test_a_client_that_sends_nothing_holds_the_endpoint_for_the_read_timeout_onl
         worker.join(15)
         assert answered and answered[0].startswith(b"HTTP/1.1 200"), "served after the silent client's 2 s"
         assert idle.recv(10) == b"", "the silent client was dropped"
+
+
+def still_open(sock: socket.socket) -> bool:
+    """The server has neither answered nor closed this connection (yet)."""
+    sock.setblocking(False)
+    try:
+        sock.recv(1)
+    except BlockingIOError:
+        return True
+    return False
+
+
+@pytest.fixture
+def patient() -> Iterator[float]:
+    """Silent clients may wait 30 s for their head here, so none is dropped for its slowness during a test; the
+    scrapes' own timeout is a third of that."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(exposition, "READ_TIMEOUT", 30.0)
+        yield 10.0
+
+
+def test_clients_that_connect_and_say_nothing_never_keep_a_scrape_waiting(server: MetricsServer,
+                                                                          patient: float) -> None:
+    # one request at a time, each silent client held the endpoint for its 2 s: 10 of them kept Prometheus (10 s
+    # scrape timeout) from ever getting an answer
+    port = int(server.address.rsplit(":", 1)[1])
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=patient) for _ in range(40)]
+    try:
+        assert http(port, b"GET /metrics HTTP/1.1\r\n\r\n", timeout=patient).startswith(b"HTTP/1.1 200")
+        assert all(still_open(sock) for sock in idle), "answered while every silent client still waits its turn"
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_past_max_clients_the_oldest_silent_one_makes_room(server: MetricsServer, patient: float) -> None:
+    port = int(server.address.rsplit(":", 1)[1])
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=patient) for _ in range(MAX_CLIENTS)]
+    try:
+        assert http(port, b"GET /metrics HTTP/1.1\r\n\r\n", timeout=patient).startswith(b"HTTP/1.1 200")
+        idle[0].settimeout(patient)
+        assert idle[0].recv(1) == b"", "the oldest was dropped for the scrape"
+        assert still_open(idle[-1])
+    finally:
+        for sock in idle:
+            sock.close()
 
 
 def test_a_port_that_cannot_be_bound_is_logged_and_the_rest_goes_on(tmp_path: Path,
