@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -157,6 +158,38 @@ def test_a_webhook_that_never_answers_is_given_up_within_its_timeout() -> None:
         with pytest.raises(HookFailed, match="did not answer within 1s"):
             post(f"http://127.0.0.1:{silent.getsockname()[1]}/x", b"{}", 1.0)
         assert time.monotonic() - started < 5
+
+
+def dribble(listener: socket.socket, stop: threading.Event) -> None:
+    """A peer that takes the POST, then sends its answer's head a byte at a time, each well within the socket's
+    timeout, and completes it (a 200) only after 30 s, or as soon as the client hangs up."""
+    conn, _ = listener.accept()
+    with conn:
+        conn.recv(65536)
+        answer = b"HTTP/1.1 200 OK\r\n" + b"X-Slow: " + b"a" * 300 + b"\r\nContent-Length: 0\r\n\r\n"
+        try:
+            for byte in answer[:-4]:
+                conn.sendall(bytes([byte]))
+                if stop.wait(0.1):
+                    return
+            conn.sendall(answer[-4:])
+        except OSError:  # the client gave up and closed
+            return
+
+
+def test_a_webhook_that_answers_a_byte_at_a_time_is_given_up_at_its_timeout() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        stop = threading.Event()
+        peer = threading.Thread(target=dribble, args=(listener, stop), name="clawsvc-test-dribble")
+        peer.start()
+        try:
+            with pytest.raises(HookFailed, match="did not answer within 1s"):
+                post(f"http://127.0.0.1:{listener.getsockname()[1]}/x", b"{}", 1.0)
+        finally:
+            stop.set()
+            peer.join(10)
 
 
 def test_a_headers_file_others_can_write_is_refused(tmp_path: Path) -> None:
