@@ -147,10 +147,12 @@ def _check_link(link: Path, st: os.stat_result, shown: str) -> None:
                          "does not follow it; remove the link and use the real path")
 
 
-def resolve(path: Path, what: str, owners: set[int] | None = None) -> tuple[Path, os.stat_result | None]:
+def resolve(path: Path, what: str, owners: set[int] | None = None, *, root_links_only: bool = False
+            ) -> tuple[Path, os.stat_result | None]:
     """(the path with every symlink and `..` resolved, lstat of it or None if missing), checking each directory
-    passed through and each symlink followed; their owners are added to `owners`. OSError for I/O trouble
-    (ENOTDIR, EACCES...)."""
+    passed through and each symlink followed; their owners are added to `owners`. With `root_links_only`, a
+    symlink of anyone but root is refused (for what root then changes). OSError for I/O trouble (ENOTDIR,
+    EACCES...)."""
     shown = f"{what} {path}"
     seen = owners if owners is not None else set()
 
@@ -163,6 +165,9 @@ def resolve(path: Path, what: str, owners: set[int] | None = None) -> tuple[Path
 
     def link(link: str, st: os.stat_result) -> None:
         _check_link(Path(link), st, shown)
+        if root_links_only and st.st_uid != 0:
+            raise TrustError(f"{shown}: symlink {link} on its path belongs to {describe_uid(st.st_uid)}, who could "
+                             "point it anywhere; root changes nothing through it: use the real path")
         seen.add(st.st_uid)
 
     real, st = pathwalk.walk(str(path.absolute()), passage, link, too_many)
@@ -226,10 +231,10 @@ def check_file(path: Path, what: str, mode_fix: str = "go-w", owners: set[int] |
     return st
 
 
-def check_dir(path: Path, what: str) -> Path | None:
+def check_dir(path: Path, what: str, *, root_links_only: bool = False) -> Path | None:
     """Check a directory and its path, changing nothing; its resolved path, or None when it does not exist
-    (then the directories that do exist on the way to it were checked)."""
-    resolved, st = resolve(path, what)
+    (then the directories that do exist on the way to it were checked). See resolve for `root_links_only`."""
+    resolved, st = resolve(path, what, root_links_only=root_links_only)
     if st is None:
         return None
     _check_dir(resolved, st, what)

@@ -74,12 +74,21 @@ def _give_back(config: Config, out: TextIO) -> None:
         print("skip   state dir: giving files back to the service's user needs root (sudo clawsvc doctor --fix)",
               file=out)
         return
-    if not path.is_dir():
-        print(f"skip   state dir: {path} does not exist yet", file=out)
-        return
     with trust.judged_as_the_service():
         uid = max(trust.trusted_uids())
-    fixed = statefiles.give_back(path, uid, pwd.getpwuid(uid).pw_gid)
+        try:
+            resolved = trust.check_dir(path, "gateway.state_dir", root_links_only=True)
+            if resolved is None:
+                print(f"skip   state dir: {path} does not exist yet", file=out)
+                return
+            fixed = statefiles.give_back(resolved, uid, pwd.getpwuid(uid).pw_gid)
+        except trust.TrustError as exc:
+            print(f"FAIL   state dir: {exc}", file=out)
+            return
+        except OSError as exc:  # ELOOP, ENOTDIR: a link appeared on the way since it was checked
+            print(f"FAIL   state dir {path}: {exc.strerror or exc}; stopped there (no link is followed as root)",
+                  file=out)
+            return
     for changed in fixed.changed:
         print(f"fixed  {changed}: now owned by {user_name(uid)}", file=out)
     for left, why in fixed.left:
