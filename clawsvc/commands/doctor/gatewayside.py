@@ -102,7 +102,7 @@ def _point_back(args: argparse.Namespace, config: Config, out: TextIO) -> None:
     fix = argparse.Namespace(config=args.config, instance=getattr(args, "instance", None),
                              args=list(ownconfig.FIX_ARGS))
     try:
-        argv, env, _cwd, _alone = gatewaycli.command(fix)
+        argv, env, _cwd, _alone_as = gatewaycli.command(fix)
         done = run_bounded(argv, env=env, timeout=FIX_TIMEOUT, cap=FIX_CAP)
     except (ConfigError, SpawnError, SecretError, gatewaycli.CannotRun, Unfinished) as exc:
         print(f"FAIL   openclaw.json: cannot run the gateway's CLI to fix it: {exc}", file=out)
