@@ -33,6 +33,7 @@ WRITE_TIMEOUT = 5.0
 HEAD_MAX = 8192
 MAX_CLIENTS = 64  # connections served at once; a new one past this drops the oldest
 BACKLOG = 128
+ACCEPT_PAUSE = 1.0
 CLOSE_WAIT = 2.0  # the endpoint's thread ends at once when told; this only bounds a join that should not wait
 REFRESH = 60.0  # the textfile is written at least this often, so a stale one shows clawsvc is gone
 MIN_GAP = 1.0  # and at most once a second, however often things change
@@ -71,6 +72,7 @@ class MetricsServer:
         self._wake_r, self._wake_w = socket.socketpair()
         self._thread: threading.Thread | None = None
         self._clients: dict[socket.socket, _Client] = {}
+        self._paused_until: float | None = None  # accepting again then, after accept() failed
 
     def start(self) -> None:
         host, port = split_listen(self.address)
@@ -117,7 +119,10 @@ class MetricsServer:
             now = time.monotonic()
             for client in [c for c in self._clients.values() if c.deadline <= now]:
                 self._drop(selector, client)
-            wait = min((c.deadline for c in self._clients.values()), default=now + REFRESH) - now
+            if self._paused_until is not None and self._paused_until <= now:
+                self._paused_until = None
+                selector.register(self._listener, selectors.EVENT_READ)
+            wait = min([c.deadline for c in self._clients.values()] + [self._paused_until or now + REFRESH]) - now
             for key, _ in selector.select(max(wait, 0.0)):
                 if key.fileobj is self._wake_r:
                     return
@@ -133,10 +138,11 @@ class MetricsServer:
                 sock, _ = self._listener.accept()
             except BlockingIOError:
                 return
-            except OSError as exc:  # EMFILE and friends: the oldest client makes room, or we wait for one to end
-                log.warning("metrics endpoint %s: accept failed: %s", self.address, exc.strerror or exc)
-                if self._clients:
-                    self._drop(selector, min(self._clients.values(), key=lambda c: c.deadline))
+            except OSError as exc:  # EMFILE and friends: stop accepting for a while instead of spinning
+                log.warning("metrics endpoint %s: accept failed: %s; trying again in %gs", self.address,
+                            exc.strerror or exc, ACCEPT_PAUSE)
+                selector.unregister(self._listener)
+                self._paused_until = time.monotonic() + ACCEPT_PAUSE
                 return
             if len(self._clients) >= MAX_CLIENTS:
                 self._drop(selector, min(self._clients.values(), key=lambda c: c.deadline))
