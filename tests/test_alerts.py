@@ -192,6 +192,22 @@ def test_a_webhook_that_answers_a_byte_at_a_time_is_given_up_at_its_timeout() ->
             peer.join(10)
 
 
+def test_what_http_cannot_carry_is_a_one_line_failure_without_the_header_value(tmp_path: Path) -> None:
+    headers = tmp_path / "headers"
+    headers.write_text("Authorization: Bearer s\u00e9cret-\u2713\n")
+    headers.chmod(0o600)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        with pytest.raises(HookFailed) as raised:
+            post(f"{url}/x", b"{}", 1.0, headers)
+        assert str(raised.value) == (f"headers_file {headers}:1: the value of Authorization is not printable ASCII, "
+                                     "which is all an HTTP header carries")
+        with pytest.raises(HookFailed, match="UnicodeEncodeError"):  # what config refuses, were it ever given
+            post(f"{url}/\u00fc", b"{}", 1.0)
+
+
 def test_a_headers_file_others_can_write_is_refused(tmp_path: Path) -> None:
     headers = tmp_path / "headers"
     headers.write_text("Authorization: Bearer x\n")

@@ -298,6 +298,7 @@ def test_memory_metrics_and_alerts_keys_parse() -> None:
     ("alerts:\n- on: [x]\n  command: [a]\n- on: [y]\n  webhook: ftp://h/\n", "c.yaml:4: alerts[1]: webhook: expected"),
     ("alerts:\n  - on: [x]\n    command: [a]\n    headers_file: /h\n", "c.yaml:2: alerts[0]: headers_file goes with"),
     ("alerts:\n  - on: restart\n    command: [a]\n", "c.yaml:2: alerts[0]: on: expected a list of event names"),
+    ("alerts:\n  - on: [x]\n    webhook: https://h/\u00fc\n", "c.yaml:2: alerts[0]: webhook: write the URL in ASCII"),
 ])
 def test_bad_monitoring_keys_name_file_line_and_key(text: str, where: str) -> None:
     with pytest.raises(ConfigError) as error:

@@ -47,6 +47,9 @@ def read_headers(path: Path) -> dict[str, str]:
         name, colon, value = line.partition(":")
         if not colon or not _NAME.fullmatch(name.strip()) or not value.strip():
             raise HookFailed(f"headers_file {path}:{number}: expected a line 'Name: value'")
+        if not (value.isascii() and value.isprintable()):
+            raise HookFailed(f"headers_file {path}:{number}: the value of {name.strip()} is not printable ASCII, "
+                             "which is all an HTTP header carries")
         headers[name.strip()] = value.strip()
         register_secret(value.strip())
     if len(headers) > MAX_HEADERS:
@@ -111,7 +114,7 @@ def post(url: str, body: bytes, timeout: float, headers_file: Path | None = None
             answer = connection.getresponse()
             answer.read(MAX_BODY)
             status, reason, location = answer.status, answer.reason, answer.getheader("Location")
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, http.client.HTTPException, ValueError) as exc:  # ValueError: what http.client refuses
             if cutoff.fired or isinstance(exc, TimeoutError):
                 raise HookFailed(f"{_shown(url)} did not answer within {timeout:g}s") from None
             raise HookFailed(f"{_shown(url)}: {exc.__class__.__name__}: "
