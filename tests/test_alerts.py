@@ -21,7 +21,7 @@ from hookkit import Receiver, command_hook, recorded
 from clawsvc.boundedrun import STDIN_MAX, run_bounded
 from clawsvc.config import AlertHook, Config, ConfigError, parse_config
 from clawsvc.service import catalogue
-from clawsvc.service.alerts import Gate, Hooks, check_names, fire, message
+from clawsvc.service.alerts import Gate, Hooks, check_names, fire, message, run_hook
 from clawsvc.service.events import Event
 from clawsvc.service.webhook import HookFailed, post
 from clawsvc.users import service_uid
@@ -59,6 +59,18 @@ def test_the_message_is_the_event_with_a_readable_line_the_host_and_the_instance
     assert sent == {"time": "1970-01-01T00:00:00.500Z", "source": "service", "name": "gateway.exited",
                     "payload": EXITED, "held_back": 3, "host": socket.gethostname(), "instance": "work",
                     "text": f"clawsvc on {socket.gethostname()} (work): gateway.exited: pid 7 killed by SIGKILL"}
+
+
+def test_an_event_with_a_huge_field_still_reaches_a_command_hook(tmp_path: Path) -> None:
+    # a gateway's error text in `health.failed`, say: the readable line repeated it, so the JSON outgrew what a
+    # hook's stdin takes and the run ended in a ValueError (a traceback in the log)
+    record = tmp_path / "got"
+    hook = AlertHook(("health.failed",), command=tuple(command_hook(record)))
+    kind = catalogue.SERVICE["health.failed"]
+    event = Event(0.0, "service", "health.failed", {field: "x" * 100_000 for field in kind.fields})
+    run_hook(hook, message(event, 0, config_with(hook)), event.name)
+    [got] = recorded(record)
+    assert got["payload"] == {"truncated": True, "bytes": got["payload"]["bytes"]} and len(got["text"]) < 2100
 
 
 def test_a_command_hook_gets_the_event_json_on_stdin_once(tmp_path: Path) -> None:
