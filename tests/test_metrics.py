@@ -7,6 +7,7 @@ import os
 import socket
 import stat
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -186,6 +187,61 @@ def test_past_max_clients_the_oldest_silent_one_makes_room(server: MetricsServer
     finally:
         for sock in idle:
             sock.close()
+
+
+# A clawsvc whose descriptors run out: it serves metrics (and is answered once), takes every descriptor left (dup),
+# says "full", and gives them back on a line from stdin.
+OUT_OF_FDS = """import logging, os, resource, socket, sys
+from clawsvc.service.exposition import MetricsServer
+logging.basicConfig(stream=sys.stderr, format="%(message)s")
+server = MetricsServer(sys.argv[1], lambda: "x 1\\n")
+server.start()
+host, port = sys.argv[1].rsplit(":", 1)
+with socket.create_connection((host, int(port))) as first:  # answered: the endpoint's thread has all it needs
+    first.sendall(b"GET /metrics HTTP/1.0\\r\\n\\r\\n")
+    assert first.recv(15) == b"HTTP/1.1 200 OK"
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+taken = []
+try:
+    while True:
+        taken.append(os.dup(0))
+except OSError:
+    pass
+print("full", flush=True)
+sys.stdin.readline()
+for fd in taken:
+    os.close(fd)
+print("released", flush=True)
+sys.stdin.readline()
+server.close()
+"""
+
+
+def test_out_of_descriptors_the_endpoint_waits_instead_of_spinning_and_then_serves_again() -> None:
+    address = f"127.0.0.1:{free_port()}"
+    port = int(address.rsplit(":", 1)[1])
+    with subprocess.Popen([sys.executable, "-c", OUT_OF_FDS, address], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None and proc.stdin is not None and proc.stderr is not None
+            assert proc.stdout.readline() == "full\n"
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as waiting:  # queued, not accepted
+                warning = proc.stderr.readline()
+                assert warning.startswith(f"metrics endpoint {address}: accept failed: Too many open files; trying "
+                                          "again in 1s"), warning
+                proc.stdin.write("release\n")
+                proc.stdin.flush()
+                assert proc.stdout.readline() == "released\n"
+                waiting.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+                assert waiting.recv(15) == b"HTTP/1.1 200 OK", "served once descriptors are back"
+            proc.stdin.write("stop\n")
+            proc.stdin.close()
+            assert proc.wait(30) == 0
+            warnings = 1 + proc.stderr.read().count("accept failed")
+            assert warnings <= 3, f"{warnings} warnings: the endpoint spun on accept() instead of waiting"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
 
 
 def test_a_port_that_cannot_be_bound_is_logged_and_the_rest_goes_on(tmp_path: Path,
