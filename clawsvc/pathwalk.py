@@ -55,3 +55,24 @@ def walk(path: str, passage: Judge, link: Judge, too_many: Callable[[], Exceptio
             passage(candidate, st)
         current = candidate
     return current, st
+
+
+def open_dir_nofollow(path: str) -> int:
+    """An O_DIRECTORY descriptor of the absolute `path`, opened one component at a time from "/" with O_NOFOLLOW:
+    a symlink anywhere on the way (one planted since the path was judged) fails with ELOOP or ENOTDIR instead of
+    being followed. The caller closes it."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open("/", flags)
+    try:
+        for name in path.split("/"):
+            if name in ("", "."):
+                continue
+            if name == "..":
+                raise OSError(errno.EINVAL, "'..' in a path opened without following links", path)
+            nxt = os.open(name, flags, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

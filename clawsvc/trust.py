@@ -147,10 +147,12 @@ def _check_link(link: Path, st: os.stat_result, shown: str) -> None:
                          "does not follow it; remove the link and use the real path")
 
 
-def resolve(path: Path, what: str, owners: set[int] | None = None) -> tuple[Path, os.stat_result | None]:
+def resolve(path: Path, what: str, owners: set[int] | None = None, *, root_links_only: bool = False
+            ) -> tuple[Path, os.stat_result | None]:
     """(the path with every symlink and `..` resolved, lstat of it or None if missing), checking each directory
-    passed through and each symlink followed; their owners are added to `owners`. OSError for I/O trouble
-    (ENOTDIR, EACCES...)."""
+    passed through and each symlink followed; their owners are added to `owners`. With `root_links_only`, a
+    symlink of anyone but root is refused (for what root then changes). OSError for I/O trouble (ENOTDIR,
+    EACCES...)."""
     shown = f"{what} {path}"
     seen = owners if owners is not None else set()
 
@@ -163,6 +165,9 @@ def resolve(path: Path, what: str, owners: set[int] | None = None) -> tuple[Path
 
     def link(link: str, st: os.stat_result) -> None:
         _check_link(Path(link), st, shown)
+        if root_links_only and st.st_uid != 0:
+            raise TrustError(f"{shown}: symlink {link} on its path belongs to {describe_uid(st.st_uid)}, who could "
+                             "point it anywhere; root changes nothing through it: use the real path")
         seen.add(st.st_uid)
 
     real, st = pathwalk.walk(str(path.absolute()), passage, link, too_many)
@@ -189,6 +194,19 @@ def _check_dir(path: Path, st: os.stat_result, what: str) -> None:
     check_owned(path, st, what, directory=True, mode_fix="700")
 
 
+def check_reach(path: Path | str, st: os.stat_result, controllers: set[int], what: str) -> None:
+    """Root may open, read or change only what the non-root users who control the way to it (`controllers`: the
+    owners of the directories passed and symlinks followed) own themselves: through the service user's directory
+    or symlink, root's own /etc/shadow must not be what root reads and hands on, nor /etc what it chmods."""
+    others = controllers - {0}
+    if os.geteuid() != 0 or not others or st.st_uid in others:
+        return
+    via = ", ".join(describe_uid(uid) for uid in sorted(others))
+    raise TrustError(f"{what} {path} belongs to {describe_uid(st.st_uid)} but is reached through a directory or "
+                     f"symlink of {via}, who could point it anywhere; root does not open it: give it to that user, "
+                     "or use a path whose directories belong to root")
+
+
 def _too_big(path: Path | str, what: str, cap: int, size: int | None = None) -> TrustError:
     limit = f"{cap // 1024} KiB" if cap % 1024 == 0 else f"{cap} bytes"
     actual = f" ({size} bytes)" if size is not None else ""
@@ -213,10 +231,10 @@ def check_file(path: Path, what: str, mode_fix: str = "go-w", owners: set[int] |
     return st
 
 
-def check_dir(path: Path, what: str) -> Path | None:
+def check_dir(path: Path, what: str, *, root_links_only: bool = False) -> Path | None:
     """Check a directory and its path, changing nothing; its resolved path, or None when it does not exist
-    (then the directories that do exist on the way to it were checked)."""
-    resolved, st = resolve(path, what)
+    (then the directories that do exist on the way to it were checked). See resolve for `root_links_only`."""
+    resolved, st = resolve(path, what, root_links_only=root_links_only)
     if st is None:
         return None
     _check_dir(resolved, st, what)
@@ -293,16 +311,18 @@ def _make_dirs(missing: Path) -> None:
 def open_private_dir(path: Path, what: str) -> int:
     """An O_NOFOLLOW descriptor of the directory (created 0700 if missing) after checking it and its path;
     our own directory readable by others is tightened to 0700 through the descriptor. The caller closes it."""
-    resolved, st = resolve(path, what)
+    controllers: set[int] = set()
+    resolved, st = resolve(path, what, controllers)
     if st is None:
         _make_dirs(resolved)
-        resolved, st = resolve(path, what)  # again: a directory on the way may have appeared meanwhile
+        resolved, st = resolve(path, what, controllers)  # again: a directory on the way may have appeared meanwhile
         if st is None:
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(resolved))
     fd = os.open(resolved, DIR_FLAGS)
     try:
         st = os.fstat(fd)
         _check_dir(resolved, st, what)
+        check_reach(resolved, st, controllers, what)
         if st.st_mode & OPEN_BY_OTHERS and st.st_uid == os.geteuid():
             os.fchmod(fd, 0o700)
             log.warning("%s %s was accessible to other users (mode %04o); set it to 0700", what, resolved,
@@ -313,9 +333,32 @@ def open_private_dir(path: Path, what: str) -> int:
     return fd
 
 
-def _read_secret(name: Path | str, shown: Path, what: str, dir_fd: int | None) -> SecretFile:
+def open_dir(path: Path, what: str) -> int | None:
+    """An O_NOFOLLOW descriptor of an existing directory, checked like check_dir (and, as root, reached only
+    through what root or its owner controls); None when it does not exist. Nothing is created or changed."""
+    controllers: set[int] = set()
+    resolved, st = resolve(path, what, controllers)
+    if st is None:
+        return None
+    fd = os.open(resolved, DIR_FLAGS)
+    try:
+        st = os.fstat(fd)
+        _check_dir(resolved, st, what)
+        check_reach(resolved, st, controllers, what)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_secret(name: Path | str, shown: Path, what: str, dir_fd: int | None,
+                 controllers: set[int]) -> SecretFile:
+    if dir_fd is not None:
+        controllers = controllers | {os.fstat(dir_fd).st_uid}
+
     def vet(st: os.stat_result) -> None:
         check_owned(shown, st, what, directory=False, mode_fix="600")
+        check_reach(shown, st, controllers, what)
 
     found = read_regular(name, what, cap=SECRET_CAP, nofollow=True, dir_fd=dir_fd, shown=shown, vet=vet)
     try:
@@ -327,16 +370,19 @@ def _read_secret(name: Path | str, shown: Path, what: str, dir_fd: int | None) -
 def read_secret(path: Path, what: str) -> SecretFile:
     """The text of a small regular file that a trusted user owns and nobody else can write, reached through
     trusted directories and symlinks. TrustError for a planted or wrong file; OSError (e.g. missing) for the rest."""
-    resolved, st = resolve(path, what)
+    controllers: set[int] = set()
+    resolved, st = resolve(path, what, controllers)
     if st is None:
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
     check_owned(path, st, what, directory=False, mode_fix="600")  # before opening: not even a device is opened
-    return _read_secret(resolved, path, what, None)
+    check_reach(path, st, controllers, what)
+    return _read_secret(resolved, path, what, None, controllers)
 
 
 def read_secret_at(dir_fd: int, name: str, shown: Path, what: str) -> SecretFile:
-    """Like read_secret for `name` in a directory already checked (open_private_dir); a symlink is refused."""
-    return _read_secret(name, shown, what, dir_fd)
+    """Like read_secret for `name` in a directory already checked (open_dir, open_private_dir); a symlink is
+    refused."""
+    return _read_secret(name, shown, what, dir_fd, set())
 
 
 def create_secret_at(dir_fd: int, name: str, data: bytes) -> None:

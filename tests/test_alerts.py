@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -20,7 +21,7 @@ from hookkit import Receiver, command_hook, recorded
 from clawsvc.boundedrun import STDIN_MAX, run_bounded
 from clawsvc.config import AlertHook, Config, ConfigError, parse_config
 from clawsvc.service import catalogue
-from clawsvc.service.alerts import Gate, Hooks, check_names, fire, message
+from clawsvc.service.alerts import Gate, Hooks, check_names, fire, message, run_hook
 from clawsvc.service.events import Event
 from clawsvc.service.webhook import HookFailed, post
 from clawsvc.users import service_uid
@@ -58,6 +59,18 @@ def test_the_message_is_the_event_with_a_readable_line_the_host_and_the_instance
     assert sent == {"time": "1970-01-01T00:00:00.500Z", "source": "service", "name": "gateway.exited",
                     "payload": EXITED, "held_back": 3, "host": socket.gethostname(), "instance": "work",
                     "text": f"clawsvc on {socket.gethostname()} (work): gateway.exited: pid 7 killed by SIGKILL"}
+
+
+def test_an_event_with_a_huge_field_still_reaches_a_command_hook(tmp_path: Path) -> None:
+    # a gateway's error text in `health.failed`, say: the readable line repeated it, so the JSON outgrew what a
+    # hook's stdin takes and the run ended in a ValueError (a traceback in the log)
+    record = tmp_path / "got"
+    hook = AlertHook(("health.failed",), command=tuple(command_hook(record)))
+    kind = catalogue.SERVICE["health.failed"]
+    event = Event(0.0, "service", "health.failed", {field: "x" * 100_000 for field in kind.fields})
+    run_hook(hook, message(event, 0, config_with(hook)), event.name)
+    [got] = recorded(record)
+    assert got["payload"] == {"truncated": True, "bytes": got["payload"]["bytes"]} and len(got["text"]) < 2100
 
 
 def test_a_command_hook_gets_the_event_json_on_stdin_once(tmp_path: Path) -> None:
@@ -157,6 +170,54 @@ def test_a_webhook_that_never_answers_is_given_up_within_its_timeout() -> None:
         with pytest.raises(HookFailed, match="did not answer within 1s"):
             post(f"http://127.0.0.1:{silent.getsockname()[1]}/x", b"{}", 1.0)
         assert time.monotonic() - started < 5
+
+
+def dribble(listener: socket.socket, stop: threading.Event) -> None:
+    """A peer that takes the POST, then sends its answer's head a byte at a time, each well within the socket's
+    timeout, and completes it (a 200) only after 30 s, or as soon as the client hangs up."""
+    conn, _ = listener.accept()
+    with conn:
+        conn.recv(65536)
+        answer = b"HTTP/1.1 200 OK\r\n" + b"X-Slow: " + b"a" * 300 + b"\r\nContent-Length: 0\r\n\r\n"
+        try:
+            for byte in answer[:-4]:
+                conn.sendall(bytes([byte]))
+                if stop.wait(0.1):
+                    return
+            conn.sendall(answer[-4:])
+        except OSError:  # the client gave up and closed
+            return
+
+
+def test_a_webhook_that_answers_a_byte_at_a_time_is_given_up_at_its_timeout() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        stop = threading.Event()
+        peer = threading.Thread(target=dribble, args=(listener, stop), name="clawsvc-test-dribble")
+        peer.start()
+        try:
+            with pytest.raises(HookFailed, match="did not answer within 1s"):
+                post(f"http://127.0.0.1:{listener.getsockname()[1]}/x", b"{}", 1.0)
+        finally:
+            stop.set()
+            peer.join(10)
+
+
+def test_what_http_cannot_carry_is_a_one_line_failure_without_the_header_value(tmp_path: Path) -> None:
+    headers = tmp_path / "headers"
+    headers.write_text("Authorization: Bearer s\u00e9cret-\u2713\n")
+    headers.chmod(0o600)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        with pytest.raises(HookFailed) as raised:
+            post(f"{url}/x", b"{}", 1.0, headers)
+        assert str(raised.value) == (f"headers_file {headers}:1: the value of Authorization is not printable ASCII, "
+                                     "which is all an HTTP header carries")
+        with pytest.raises(HookFailed, match="UnicodeEncodeError"):  # what config refuses, were it ever given
+            post(f"{url}/\u00fc", b"{}", 1.0)
 
 
 def test_a_headers_file_others_can_write_is_refused(tmp_path: Path) -> None:

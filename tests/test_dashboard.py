@@ -14,6 +14,7 @@ import pytest
 from clawsvc.commands.control import dashboard as client
 from clawsvc.commands.install import closing
 from clawsvc.gateway.dashboard import Dashboard, DashboardError, parse
+from clawsvc.logs import register_secret
 
 TOKEN = "shared-gateway-token-" + "k" * 20
 LINK = ("http://127.0.0.1:18789/#bootstrapToken=NbufirW39oPKytULVT48H52pkN2sPW6mnrHlWPQZN_Q&bootstrapProfile=owner"
@@ -41,6 +42,15 @@ def test_no_link_is_one_line_without_the_token(output: bytes, says: str) -> None
     with pytest.raises(DashboardError) as raised:
         parse(output)
     assert raised.value.code == "FAILED" and says in raised.value.message and TOKEN not in raised.value.message
+
+
+@pytest.mark.parametrize("field", ["browserUrl", "httpUrl"])
+def test_a_link_that_carries_the_shared_token_never_leaves(field: str) -> None:
+    register_secret(TOKEN)  # as the service does with the token it gives its gateway
+    carrying = {**ANSWER, field: f"http://127.0.0.1:18789/?token={TOKEN}#bootstrapToken=x"}
+    with pytest.raises(DashboardError) as raised:
+        parse(json.dumps(carrying).encode())
+    assert "carries the gateway token or a key" in raised.value.message and TOKEN not in raised.value.message
 
 
 def test_before_any_gateway_the_service_has_no_link_to_give() -> None:

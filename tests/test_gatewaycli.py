@@ -5,9 +5,11 @@ environment, what it writes stays that user's; on a terminal it cannot push keys
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
+import pwd
 import secrets
 import signal
 import subprocess
@@ -19,6 +21,7 @@ from pathlib import Path
 import pytest
 from localusers import reachable_dir, throwaway_user
 from terminal import on_a_terminal, read_until
+from waiting import poll
 
 from clawsvc.commands.runtime import gatewaycli
 from clawsvc.config import Config, GatewayConfig
@@ -38,6 +41,25 @@ if sys.argv[1:2] == ["tiocsti"]:
         print("tiocsti worked", flush=True)
     except OSError as exc:
         print("tiocsti refused", exc.errno, flush=True)
+if sys.argv[1:2] == ["devtty"]:  # its stdio no terminal, but root's terminal still its controlling one
+    try:
+        fcntl.ioctl(os.open("/dev/tty", os.O_RDWR), termios.TIOCSTI, b"x")
+        print("tiocsti worked", flush=True)
+    except OSError as exc:
+        print("tiocsti refused", exc.errno, flush=True)
+if sys.argv[1:2] == ["linger"]:  # a child that outlives the CLI with root's terminal open, reading it
+    ready_r, ready_w = os.pipe()
+    if os.fork() == 0:
+        open("lingerer.pid", "w").write(str(os.getpid()))
+        os.close(ready_w)
+        signal.alarm(60)
+        with open("overheard", "ab", buffering=0) as heard:
+            while data := os.read(0, 100):
+                heard.write(data)
+        os._exit(0)
+    os.close(ready_w)
+    os.read(ready_r, 1)  # its pid is written
+    print("lingering", flush=True)
 if sys.argv[1:2] == ["wait"]:
     print("waiting", flush=True)
     signal.pause()
@@ -153,6 +175,46 @@ def test_on_roots_terminal_the_cli_cannot_push_keystrokes_into_it(setup: Setup) 
         assert proc.wait(60) == 3
     assert f"uid {setup.uid} " in seen
     assert f"tiocsti refused {errno.EPERM}" in seen and "tiocsti worked" not in seen
+
+
+@pytest.mark.skipif(Path("/proc/sys/dev/tty/legacy_tiocsti").read_text().strip() == "0"
+                    if Path("/proc/sys/dev/tty/legacy_tiocsti").exists() else False,
+                    reason="the kernel refuses TIOCSTI to everyone: the CLI is exec'd on the terminal")
+def test_with_its_output_redirected_in_roots_shell_the_cli_cannot_push_keystrokes_through_dev_tty(
+        setup: Setup, tmp_path: Path) -> None:
+    """`sudo clawsvc openclaw ... </dev/null >out 2>&1`: no stdio is a terminal, yet root's terminal is still the
+    controlling one, which the service user's CLI could open as /dev/tty."""
+    out = tmp_path / "out"
+    redirected = ["sh", "-c", f'exec "$@" </dev/null >{out} 2>&1', "sh", *setup.argv("devtty", "3")]
+    with on_a_terminal(redirected, clean_env()) as (proc, _master):
+        assert proc.wait(60) == 3
+    said = out.read_text()
+    assert f"uid {setup.uid} " in said
+    assert "tiocsti refused" in said and "tiocsti worked" not in said
+
+
+def test_what_the_cli_leaves_on_roots_terminal_is_killed_when_it_ends(setup: Setup) -> None:
+    """A process the CLI forks keeps root's terminal and would read what root types next (a password)."""
+    with on_a_terminal(setup.argv("linger", "0"), clean_env()) as (proc, master):
+        try:
+            seen = read_until(master, "the CLI left behind with this terminal open")
+            assert proc.wait(60) == 0
+            lingerer = int((setup.state / "lingerer.pid").read_text())
+            poll(lambda: not alive(lingerer), 30, "the lingering process to be gone")
+        finally:
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError, ValueError):
+                os.kill(int((setup.state / "lingerer.pid").read_text()), signal.SIGKILL)
+    assert f"stopped 1 process(es) of {pwd.getpwuid(setup.uid).pw_name} the CLI left behind" in seen
+    assert f"(pid {lingerer})" in seen
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie: a process that still holds its descriptors."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
 
 
 def test_on_a_terminal_ctrl_c_reaches_the_cli(setup: Setup) -> None:

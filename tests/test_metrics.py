@@ -7,7 +7,9 @@ import os
 import socket
 import stat
 import subprocess
+import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +20,8 @@ from waiting import poll
 from clawsvc.atomicfile import write_atomically
 from clawsvc.config import Config, ConfigError, MetricsConfig, parse_config
 from clawsvc.gateway import memory
-from clawsvc.service.exposition import MetricsServer, Outputs, TextfileWriter
+from clawsvc.service import exposition
+from clawsvc.service.exposition import MAX_CLIENTS, MetricsServer, Outputs, TextfileWriter
 from clawsvc.service.metrics import Counts, instance_of, render
 from clawsvc.service.status import Snapshot, State
 
@@ -140,6 +143,107 @@ def test_a_client_that_sends_nothing_holds_the_endpoint_for_the_read_timeout_onl
         assert idle.recv(10) == b"", "the silent client was dropped"
 
 
+def still_open(sock: socket.socket) -> bool:
+    """The server has neither answered nor closed this connection (yet)."""
+    sock.setblocking(False)
+    try:
+        sock.recv(1)
+    except BlockingIOError:
+        return True
+    return False
+
+
+@pytest.fixture
+def patient() -> Iterator[float]:
+    """Silent clients may wait 30 s for their head here, so none is dropped for its slowness during a test; the
+    scrapes' own timeout is a third of that."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(exposition, "READ_TIMEOUT", 30.0)
+        yield 10.0
+
+
+def test_clients_that_connect_and_say_nothing_never_keep_a_scrape_waiting(server: MetricsServer,
+                                                                          patient: float) -> None:
+    # one request at a time, each silent client held the endpoint for its 2 s: 10 of them kept Prometheus (10 s
+    # scrape timeout) from ever getting an answer
+    port = int(server.address.rsplit(":", 1)[1])
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=patient) for _ in range(40)]
+    try:
+        assert http(port, b"GET /metrics HTTP/1.1\r\n\r\n", timeout=patient).startswith(b"HTTP/1.1 200")
+        assert all(still_open(sock) for sock in idle), "answered while every silent client still waits its turn"
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_past_max_clients_the_oldest_silent_one_makes_room(server: MetricsServer, patient: float) -> None:
+    port = int(server.address.rsplit(":", 1)[1])
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=patient) for _ in range(MAX_CLIENTS)]
+    try:
+        assert http(port, b"GET /metrics HTTP/1.1\r\n\r\n", timeout=patient).startswith(b"HTTP/1.1 200")
+        idle[0].settimeout(patient)
+        assert idle[0].recv(1) == b"", "the oldest was dropped for the scrape"
+        assert still_open(idle[-1])
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+# A clawsvc whose descriptors run out: it serves metrics (and is answered once), takes every descriptor left (dup),
+# says "full", and gives them back on a line from stdin.
+OUT_OF_FDS = """import logging, os, resource, socket, sys
+from clawsvc.service.exposition import MetricsServer
+logging.basicConfig(stream=sys.stderr, format="%(message)s")
+server = MetricsServer(sys.argv[1], lambda: "x 1\\n")
+server.start()
+host, port = sys.argv[1].rsplit(":", 1)
+with socket.create_connection((host, int(port))) as first:  # answered: the endpoint's thread has all it needs
+    first.sendall(b"GET /metrics HTTP/1.0\\r\\n\\r\\n")
+    assert first.recv(15) == b"HTTP/1.1 200 OK"
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+taken = []
+try:
+    while True:
+        taken.append(os.dup(0))
+except OSError:
+    pass
+print("full", flush=True)
+sys.stdin.readline()
+for fd in taken:
+    os.close(fd)
+print("released", flush=True)
+sys.stdin.readline()
+server.close()
+"""
+
+
+def test_out_of_descriptors_the_endpoint_waits_instead_of_spinning_and_then_serves_again() -> None:
+    address = f"127.0.0.1:{free_port()}"
+    port = int(address.rsplit(":", 1)[1])
+    with subprocess.Popen([sys.executable, "-c", OUT_OF_FDS, address], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None and proc.stdin is not None and proc.stderr is not None
+            assert proc.stdout.readline() == "full\n"
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as waiting:  # queued, not accepted
+                warning = proc.stderr.readline()
+                assert warning.startswith(f"metrics endpoint {address}: accept failed: Too many open files; trying "
+                                          "again in 1s"), warning
+                proc.stdin.write("release\n")
+                proc.stdin.flush()
+                assert proc.stdout.readline() == "released\n"
+                waiting.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+                assert waiting.recv(15) == b"HTTP/1.1 200 OK", "served once descriptors are back"
+            proc.stdin.write("stop\n")
+            proc.stdin.close()
+            assert proc.wait(30) == 0
+            warnings = 1 + proc.stderr.read().count("accept failed")
+            assert warnings <= 3, f"{warnings} warnings: the endpoint spun on accept() instead of waiting"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
 def test_a_port_that_cannot_be_bound_is_logged_and_the_rest_goes_on(tmp_path: Path,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
     with socket.socket() as taken:
@@ -250,6 +354,7 @@ def test_memory_metrics_and_alerts_keys_parse() -> None:
     ("alerts:\n- on: [x]\n  command: [a]\n- on: [y]\n  webhook: ftp://h/\n", "c.yaml:4: alerts[1]: webhook: expected"),
     ("alerts:\n  - on: [x]\n    command: [a]\n    headers_file: /h\n", "c.yaml:2: alerts[0]: headers_file goes with"),
     ("alerts:\n  - on: restart\n    command: [a]\n", "c.yaml:2: alerts[0]: on: expected a list of event names"),
+    ("alerts:\n  - on: [x]\n    webhook: https://h/\u00fc\n", "c.yaml:2: alerts[0]: webhook: write the URL in ASCII"),
 ])
 def test_bad_monitoring_keys_name_file_line_and_key(text: str, where: str) -> None:
     with pytest.raises(ConfigError) as error:

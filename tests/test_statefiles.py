@@ -3,14 +3,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import io
 import os
+import pwd
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from localusers import reachable_dir, throwaway_user
 
+from clawsvc import trust
+from clawsvc.commands.doctor import gatewayside
+from clawsvc.config import Config, GatewayConfig
 from clawsvc.gateway import statefiles
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="files of several owners need root")
@@ -70,6 +78,46 @@ def test_doctor_fix_gives_back_what_root_left_and_nothing_a_link_points_at() -> 
         assert os.lstat(state / "to-precious").st_uid == uid
         assert precious.stat().st_uid == 0, "a link's target is never given away"
         assert sorted(statefiles.foreign(state, uid).foreign) == [(state / "fifo", 0), (state / "hard-precious", 0)]
+
+
+@contextlib.contextmanager
+def relinked_state_dir() -> Iterator[tuple[pwd.struct_passwd, Path, Path]]:
+    """(the service user, its state_dir /top/svc/a/openclaw, root's /top/lib/openclaw): below a directory of its
+    own the service user has swapped `a` for a link to a place holding a root-owned `openclaw` (the gateway's own
+    code, say)."""
+    with throwaway_user() as user, reachable_dir() as top:
+        state = top / "svc" / "a" / "openclaw"
+        state.mkdir(parents=True)
+        for path in (top / "svc", top / "svc" / "a", state):
+            os.chown(path, user.pw_uid, user.pw_gid)
+        code = top / "lib" / "openclaw"
+        code.mkdir(parents=True)
+        (code / "openclaw.mjs").write_text("// root's code\n")
+        os.rename(top / "svc" / "a", top / "svc" / "was-a")
+        (top / "svc" / "a").symlink_to(top / "lib")
+        os.lchown(top / "svc" / "a", user.pw_uid, user.pw_gid)
+        yield user, state, code
+
+
+def test_give_back_never_follows_a_link_on_the_way_to_the_state_dir() -> None:
+    with relinked_state_dir() as (user, state, code):
+        with pytest.raises(OSError) as refused:
+            statefiles.give_back(state, user.pw_uid, user.pw_gid)
+        assert refused.value.errno in (errno.ELOOP, errno.ENOTDIR)
+        assert (code.stat().st_uid, (code / "openclaw.mjs").stat().st_uid) == (0, 0)
+
+
+def test_doctor_fix_refuses_a_state_dir_reached_through_the_service_users_link(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    with relinked_state_dir() as (user, state, code):
+        monkeypatch.setattr(trust, "service_uid", lambda: user.pw_uid)
+        out = io.StringIO()
+        gatewayside._give_back(Config(gateway=GatewayConfig(state_dir=state)), out)
+        link = state.parent
+        assert out.getvalue() == (f"FAIL   state dir: gateway.state_dir {state}: symlink {link} on its path belongs "
+                                  f"to user {user.pw_name} (uid {user.pw_uid}), who could point it anywhere; root "
+                                  "changes nothing through it: use the real path\n")
+        assert (code.stat().st_uid, (code / "openclaw.mjs").stat().st_uid) == (0, 0)
 
 
 def test_check_config_refuses_a_state_dir_with_files_the_gateway_cannot_write(tmp_path: Path) -> None:

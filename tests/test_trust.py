@@ -479,3 +479,62 @@ def test_a_group_not_named_after_its_owner_is_no_private_group(tmp_path: Path, u
     with trust.judged_as_the_service(), pytest.raises(trust.TrustError, match=rf"auth.token_file {token} is writable "
                                                                              r"by group/others \(mode 0660\)"):
         trust.read_secret(token, "auth.token_file")
+
+
+# ---------------------------------------------------------------- root reaching through the service user's paths
+
+def service_user_dir(tmp_path: Path) -> Path:
+    """A directory the service user (nobody here) owns, as /var/lib/clawsvc is on a system install."""
+    path = tmp_path / "svc"
+    path.mkdir(mode=0o700)
+    os.chown(path, OTHER, OTHER)
+    return path
+
+
+def planted_link(directory: Path, name: str, target: Path) -> Path:
+    link = directory / name
+    link.symlink_to(target)
+    os.lchown(link, OTHER, OTHER)
+    return link
+
+
+@pytest.mark.usefixtures("service_user_is_nobody")
+def test_root_never_reads_a_root_file_the_service_users_symlink_points_at(tmp_path: Path) -> None:
+    # `sudo clawsvc openclaw` reads auth.token_file as root and hands it to the CLI as the service user: through
+    # the service user's symlink, that would be any root-only file.
+    shadow = secret_file(tmp_path / "shadow", "ROOT-ONLY-SECRET")
+    token_file = planted_link(service_user_dir(tmp_path), "token", shadow)
+    with trust.judged_as_the_service(), pytest.raises(trust.TrustError) as refused:
+        trust.read_secret(token_file, "auth.token_file")
+    assert str(refused.value) == (
+        f"auth.token_file {token_file} belongs to user root (uid 0) but is reached through a directory or symlink "
+        f"of user nobody (uid {OTHER}), who could point it anywhere; root does not open it: give it to that "
+        "user, or use a path whose directories belong to root")
+
+
+@pytest.mark.usefixtures("service_user_is_nobody")
+def test_root_reads_the_service_users_own_file_in_its_own_directory(tmp_path: Path) -> None:
+    token_file = secret_file(service_user_dir(tmp_path) / "token", uid=OTHER)
+    with trust.judged_as_the_service():
+        assert trust.read_secret(token_file, "auth.token_file").text == TOKEN + "\n"
+
+
+@pytest.mark.usefixtures("service_user_is_nobody")
+def test_root_never_reads_a_generated_token_through_a_state_dir_the_service_user_relinked(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "roots"  # root's own clawsvc state dir, say
+    elsewhere.mkdir(mode=0o700)
+    secret_file(elsewhere / trust.GENERATED_TOKEN_NAME, "ROOTS-OWN-TOKEN")
+    state = planted_link(service_user_dir(tmp_path), "openclaw", elsewhere)
+    with trust.judged_as_the_service(), pytest.raises(SecretError, match="reached through a directory or symlink"):
+        secrets.tokens._existing_generated_token(state)
+
+
+@pytest.mark.usefixtures("service_user_is_nobody")
+def test_root_never_tightens_a_root_directory_the_service_users_symlink_points_at(tmp_path: Path) -> None:
+    shared = tmp_path / "etc"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    state = planted_link(service_user_dir(tmp_path), "openclaw", shared)
+    with trust.judged_as_the_service(), pytest.raises(trust.TrustError, match="reached through"):
+        trust.open_private_dir(state, "gateway.state_dir")
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755

@@ -196,6 +196,17 @@ def test_a_bad_instance_name_is_one_line_not_a_traceback(root, capsys):
     assert err.count("\n") == 1 and "instance name" in err
 
 
+@pytest.mark.parametrize("name", ["openclaw", "clawsvc", "node-compile-cache"])
+def test_an_instance_named_after_the_main_units_own_files_is_refused_and_they_stay(root, capsys, name):
+    # clawsvc@openclaw's state dir would be /var/lib/clawsvc/openclaw: the main unit's gateway state, which
+    # --purge removed; clawsvc@clawsvc's config is the main unit's
+    system_tree(root)
+    code, _, err = run_cli(capsys, "--instance", name, "--purge")
+    assert code == 2
+    assert err.count("\n") == 1 and f"instance name {name!r} is taken by the main clawsvc.service's own files" in err
+    assert (root / "var/lib/clawsvc/openclaw/state.db").exists() and (root / "etc/clawsvc/clawsvc.yaml").exists()
+
+
 def test_with_the_manager_the_unit_is_disabled_and_stopped_before_its_files_go_then_reloaded(root, mgr):
     system_tree(root)
     (mgr / "units").mkdir()

@@ -26,11 +26,19 @@ class InstanceError(ValueError):
     """A bad instance name; str() is one line."""
 
 
+# names whose paths are the main unit's own: /etc/clawsvc/clawsvc.yaml, /var/lib/clawsvc/openclaw (its gateway's
+# state), /var/cache/clawsvc/node-compile-cache; an instance so named would share them (and --purge delete them)
+RESERVED = ("clawsvc", "openclaw", "node-compile-cache")
+
+
 def check_name(name: str) -> str:
     if not INSTANCE_NAME.fullmatch(name):
         shown = name if len(name) <= 40 else name[:40] + "..."
         raise InstanceError(f"instance name {shown!r} must be 1-32 of a-z, 0-9, _ and -, starting with a letter "
                             "or digit")
+    if name in RESERVED:
+        raise InstanceError(f"instance name {name!r} is taken by the main clawsvc.service's own files (its config, "
+                            f"state or cache); choose another name (reserved: {', '.join(RESERVED)})")
     return name
 
 

@@ -103,6 +103,9 @@ def webhook_url(value: Any) -> str:
 
     if not isinstance(value, str) or len(value) > WS_PATH_MAX or re.search(r"[\x00-\x20\x7f]", value):
         raise ValueError(f"expected an http:// or https:// URL without spaces, got {shown(value)}")
+    if not value.isascii():
+        raise ValueError("write the URL in ASCII: its path percent-encoded (%C3%BC for ü), its host in punycode "
+                         "(xn--...)")
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError for a port that is no number or out of range

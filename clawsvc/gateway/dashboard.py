@@ -58,8 +58,12 @@ def parse(output: bytes) -> dict[str, Any]:
         raise DashboardError("FAILED", "the gateway's answer has no one-time browser link (browserUrl); is it older "
                                        "than openclaw 2026.9?")
     http = answer.get("httpUrl")
+    http = http if isinstance(http, str) and http.isprintable() and len(http) <= URL_MAX else None
+    if redact(url) != url or (http is not None and redact(http) != http):
+        raise DashboardError("FAILED", "the gateway's link carries the gateway token or a key itself; not handed "
+                                       "out (is openclaw.json's gateway.auth.token set? see clawsvc doctor)")
     return {"url": url, "expiresAtMs": expires if isinstance(expires, int) else None,
-            "httpUrl": http if isinstance(http, str) and http.isprintable() else None,
+            "httpUrl": http,
             "port": port if isinstance(port, int) else None}
 
 

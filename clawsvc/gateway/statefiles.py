@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clawsvc import pathwalk
+
 MAX_ENTRIES = 200_000  # a state dir with more is not walked to the end (doctor says so)
 MAX_DEPTH = 64
 SHOWN = 3  # entries named in a one-line summary
@@ -87,9 +89,10 @@ class Fixed:
 
 def give_back(state_dir: Path, uid: int, gid: int) -> Fixed:
     """Hand everything below `state_dir` (itself included) that `uid` does not own to uid:gid; never follows a
-    link, never changes what is not a directory, a single-link regular file or a symlink."""
+    link (on the way to `state_dir` either: pass it resolved), never changes what is not a directory, a single-link
+    regular file or a symlink. OSError (ELOOP, ENOTDIR) for a link on the way."""
     fixed = Fixed()
-    fd = os.open(state_dir, _DIR)
+    fd = pathwalk.open_dir_nofollow(str(state_dir.absolute()))
     try:
         _take(fd, state_dir, uid, gid, fixed)
         _walk(fd, state_dir, uid, gid, fixed, 1)

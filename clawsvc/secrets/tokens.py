@@ -157,10 +157,9 @@ def _generated_token(state_dir: Path) -> str:
 def _existing_generated_token(state_dir: Path) -> str | None:
     """The generated token if one is stored; creates, tightens and logs nothing."""
     with file_errors(f"cannot read generated gateway token {state_dir / GENERATED_TOKEN_NAME}"):
-        resolved = trust.check_dir(state_dir, "gateway.state_dir")
-        if resolved is None:
+        dir_fd = trust.open_dir(state_dir, "gateway.state_dir")
+        if dir_fd is None:
             return None
-        dir_fd = os.open(resolved, trust.DIR_FLAGS)
     try:
         return _stored_token(dir_fd, state_dir / GENERATED_TOKEN_NAME)
     finally:

@@ -31,6 +31,7 @@ from clawsvc.users import service_uid
 log = logging.getLogger("clawsvc.alerts")
 OUTPUT_CAP = 4096  # bytes of a command's output kept (its last line is logged when it fails)
 PAYLOAD_MAX = 60 * 1024  # bytes of an event's JSON a hook gets (clawsvc's own events are far smaller)
+TEXT_MAX = 2000  # characters of its readable line, which repeats the payload's text (a chat shows it as is)
 HOOK_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -53,7 +54,7 @@ def message(event: Event, held_back: int, config: Config) -> bytes:
     run."""
     instance = instance_of(config.source)
     host = socket.gethostname()
-    said = catalogue.text(event.name, event.payload) or event.name
+    said = cut(catalogue.text(event.name, event.payload) or event.name, TEXT_MAX)
     where = f"{host} ({instance})" if instance else host
     data = {"time": iso_time(event.time), "source": event.source, "name": event.name, "payload": event.payload,
             "text": f"clawsvc on {where}: {event.name}: {said}", "host": host, "instance": instance,

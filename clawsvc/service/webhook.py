@@ -1,17 +1,26 @@
-"""An alert hook's webhook: the event JSON as a POST, bounded in time and in what is read back, following a redirect
-only to the same scheme, host and port, with headers (a bearer token) from a file trusted like a secret. A URL's
-path may be a secret itself (a chat's incoming webhook): messages name only its scheme, host and port."""
+"""An alert hook's webhook: the event JSON as a POST, bounded in time (the whole exchange: its socket is shut down
+at the deadline) and in what is read back, following a redirect only to the same scheme, host and port, with
+headers (a bearer token) from a file trusted like a secret. A URL's path may be a secret itself (a chat's incoming
+webhook): messages name only its scheme, host and port."""
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
+import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
 from clawsvc import __version__, trust
 from clawsvc.logs import register_secret
 from clawsvc.text import cut, printable
+from clawsvc.threads import start_thread
+
+if TYPE_CHECKING:
+    import http.client
 
 MAX_REDIRECTS = 3
 MAX_BODY = 64 * 1024  # of an answer: read and dropped
@@ -38,6 +47,9 @@ def read_headers(path: Path) -> dict[str, str]:
         name, colon, value = line.partition(":")
         if not colon or not _NAME.fullmatch(name.strip()) or not value.strip():
             raise HookFailed(f"headers_file {path}:{number}: expected a line 'Name: value'")
+        if not (value.isascii() and value.isprintable()):
+            raise HookFailed(f"headers_file {path}:{number}: the value of {name.strip()} is not printable ASCII, "
+                             "which is all an HTTP header carries")
         headers[name.strip()] = value.strip()
         register_secret(value.strip())
     if len(headers) > MAX_HEADERS:
@@ -53,6 +65,30 @@ def _origin(url: str) -> tuple[str, str, int]:
 def _shown(url: str) -> str:
     scheme, host, port = _origin(url)
     return f"{scheme}://{host}:{port}"
+
+
+class _Cutoff:
+    """Shuts a connection's socket down at `deadline`: a socket timeout bounds each read, not the exchange, and a
+    peer that sends a byte now and then would hold the hook for hours."""
+
+    def __init__(self, connection: http.client.HTTPConnection, deadline: float) -> None:
+        self._connection = connection
+        self._deadline = deadline
+        self._done = threading.Event()
+        self.fired = False
+        start_thread("webhook-cutoff", self._watch)
+
+    def _watch(self) -> None:
+        if self._done.wait(max(0.0, self._deadline - time.monotonic())):
+            return
+        self.fired = True
+        sock = self._connection.sock
+        if sock is not None:  # socket.socket's own shutdown, under TLS too: the reader is told, not the TLS layer
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        self._done.set()
 
 
 def post(url: str, body: bytes, timeout: float, headers_file: Path | None = None) -> int:
@@ -72,18 +108,22 @@ def post(url: str, body: bytes, timeout: float, headers_file: Path | None = None
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         kind = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
         connection = kind(host, port, timeout=remaining)
+        cutoff = _Cutoff(connection, deadline)
         try:
             connection.request("POST", target, body=body, headers={**headers, "Content-Length": str(len(body))})
             answer = connection.getresponse()
             answer.read(MAX_BODY)
             status, reason, location = answer.status, answer.reason, answer.getheader("Location")
-        except TimeoutError:
-            raise HookFailed(f"{_shown(url)} did not answer within {timeout:g}s") from None
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, http.client.HTTPException, ValueError) as exc:  # ValueError: what http.client refuses
+            if cutoff.fired or isinstance(exc, TimeoutError):
+                raise HookFailed(f"{_shown(url)} did not answer within {timeout:g}s") from None
             raise HookFailed(f"{_shown(url)}: {exc.__class__.__name__}: "
                              f"{printable(cut(str(getattr(exc, 'strerror', None) or exc), 120))}") from None
         finally:
+            cutoff.cancel()
             connection.close()
+        if cutoff.fired:  # cut short, yet parsed as an answer: a truncated one is none
+            raise HookFailed(f"{_shown(url)} did not answer within {timeout:g}s")
         if 200 <= status < 300:
             return status
         if status not in REDIRECTS or not location:

@@ -74,12 +74,21 @@ def _give_back(config: Config, out: TextIO) -> None:
         print("skip   state dir: giving files back to the service's user needs root (sudo clawsvc doctor --fix)",
               file=out)
         return
-    if not path.is_dir():
-        print(f"skip   state dir: {path} does not exist yet", file=out)
-        return
     with trust.judged_as_the_service():
         uid = max(trust.trusted_uids())
-    fixed = statefiles.give_back(path, uid, pwd.getpwuid(uid).pw_gid)
+        try:
+            resolved = trust.check_dir(path, "gateway.state_dir", root_links_only=True)
+            if resolved is None:
+                print(f"skip   state dir: {path} does not exist yet", file=out)
+                return
+            fixed = statefiles.give_back(resolved, uid, pwd.getpwuid(uid).pw_gid)
+        except trust.TrustError as exc:
+            print(f"FAIL   state dir: {exc}", file=out)
+            return
+        except OSError as exc:  # ELOOP, ENOTDIR: a link appeared on the way since it was checked
+            print(f"FAIL   state dir {path}: {exc.strerror or exc}; stopped there (no link is followed as root)",
+                  file=out)
+            return
     for changed in fixed.changed:
         print(f"fixed  {changed}: now owned by {user_name(uid)}", file=out)
     for left, why in fixed.left:
@@ -93,7 +102,7 @@ def _point_back(args: argparse.Namespace, config: Config, out: TextIO) -> None:
     fix = argparse.Namespace(config=args.config, instance=getattr(args, "instance", None),
                              args=list(ownconfig.FIX_ARGS))
     try:
-        argv, env, _cwd, _alone = gatewaycli.command(fix)
+        argv, env, _cwd, _alone_as = gatewaycli.command(fix)
         done = run_bounded(argv, env=env, timeout=FIX_TIMEOUT, cap=FIX_CAP)
     except (ConfigError, SpawnError, SecretError, gatewaycli.CannotRun, Unfinished) as exc:
         print(f"FAIL   openclaw.json: cannot run the gateway's CLI to fix it: {exc}", file=out)

@@ -6,11 +6,11 @@ needed, and what the CLI writes stays the service user's.
 Who runs it as whom:
 - the service's user: the CLI is exec'd as it is.
 - root: as the owner of gateway.state_dir (the service's user; root for a service run as root), through
-  util-linux setpriv: that uid, its group and supplementary groups, no new privileges. Without a terminal, or
-  where the kernel has legacy TIOCSTI off, it is exec'd (an interactive command keeps the terminal). Otherwise it
-  runs in a session of its own, still on the terminal: as the service's user it could push keystrokes into root's
-  terminal (TIOCSTI), which a process outside the terminal's session cannot; clawsvc waits as its parent,
-  forwarding Ctrl-C and the like.
+  util-linux setpriv: that uid, its group and supplementary groups, no new privileges. Without a terminal (no
+  stdio on one and no controlling terminal to open as /dev/tty) it is exec'd. On one, it runs in a session of its
+  own, still on the terminal: as the service's user it could push keystrokes into root's terminal (TIOCSTI), which
+  a process outside the terminal's session cannot; clawsvc waits as its parent, forwarding Ctrl-C and the like,
+  and when it ends kills what of that user still holds the terminal (ttysweep).
 - anyone else (members of control.group among them): refused. The CLI runs code as the service's user with its
   token and keys; what they may do goes through the control socket (`clawsvc rpc`, `clawsvc dashboard`).
 """
@@ -28,9 +28,9 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from clawsvc import exitcodes, trust
+from clawsvc.commands.runtime import ttysweep
 from clawsvc.config import Config, ConfigError, load_config
 from clawsvc.config.instances import unit_name
 from clawsvc.config.values import TOKEN_ENV
@@ -44,7 +44,6 @@ SERVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  #
 FROM_CALLER = ("TERM", "COLORTERM", "COLUMNS", "LINES", "LANG", "LANGUAGE", "TZ")  # the terminal and the locale
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH, signal.SIGUSR1,
              signal.SIGUSR2)
-LEGACY_TIOCSTI = Path("/proc/sys/dev/tty/legacy_tiocsti")
 
 
 class CannotRun(Exception):
@@ -113,19 +112,21 @@ def _setpriv(account: Account) -> list[str]:
 
 
 def _on_a_terminal() -> bool:
-    return any(os.isatty(fd) for fd in (0, 1, 2))
-
-
-def _tiocsti_off() -> bool:
+    """Whether the CLI would reach a terminal: through its stdin, stdout or stderr, or, whatever they are (`sudo
+    clawsvc openclaw ... </dev/null >out 2>&1` in root's shell), by opening /dev/tty, our controlling terminal."""
+    if any(os.isatty(fd) for fd in (0, 1, 2)):
+        return True
     try:
-        return LEGACY_TIOCSTI.read_text().strip() == "0"
-    except OSError:
+        fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # ENXIO: no controlling terminal
         return False
+    os.close(fd)
+    return True
 
 
-def command(args: argparse.Namespace) -> tuple[list[str], dict[str, str], str, bool]:
-    """(argv, env, cwd, whether it must run in a session of its own) for this caller; CannotRun, ConfigError,
-    SpawnError or SecretError when it cannot."""
+def command(args: argparse.Namespace) -> tuple[list[str], dict[str, str], str, Account | None]:
+    """(argv, env, cwd, the account it runs as when it must run in a session of its own, watched by us, else
+    None: exec'd) for this caller; CannotRun, ConfigError, SpawnError or SecretError when it cannot."""
     with trust.judged_as_the_service():
         config = load_config(args.config)
         account = service_account(config)
@@ -137,14 +138,16 @@ def command(args: argparse.Namespace) -> tuple[list[str], dict[str, str], str, b
         print("clawsvc openclaw: note: no gateway token yet (the service makes one at its first start); commands "
               "that talk to the gateway will fail", file=sys.stderr)
     if os.geteuid() == account.uid:
-        return [*program, *words], env, str(state_dir(config)), False
-    alone = _on_a_terminal() and not _tiocsti_off()
+        return [*program, *words], env, str(state_dir(config)), None
+    alone = account if _on_a_terminal() else None
     return [*_setpriv(account), *program, *words], env, str(state_dir(config)), alone
 
 
-def run_alone(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> int:
+def run_alone(argv: Sequence[str], env: Mapping[str, str], cwd: str, account: Account) -> int:
     """Run argv in a session of its own (no controlling terminal, so no TIOCSTI into ours), forwarding the signals
-    the terminal sends us; its exit status, 128+N when a signal ended it."""
+    the terminal sends us, then kill what `account` left on our terminal; its exit status, 128+N when a signal
+    ended it."""
+    terminals = ttysweep.terminal_names()
     child = subprocess.Popen(list(argv), env=dict(env), cwd=cwd, start_new_session=True)
     previous = {sig: signal.signal(sig, functools.partial(_forward, child)) for sig in FORWARDED}
     for sig in (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
@@ -154,6 +157,10 @@ def run_alone(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if killed := ttysweep.sweep(account.uid, terminals):
+        print(f"clawsvc openclaw: stopped {len(killed)} process(es) of {account.name} the CLI left behind with this "
+              f"terminal open (pid {', '.join(map(str, killed[:5]))}): they could read what is typed here next",
+              file=sys.stderr)
     return 128 - code if code < 0 else code
 
 
@@ -172,8 +179,8 @@ def main(args: argparse.Namespace) -> int:
     except (CannotRun, SecretError) as exc:
         print(f"clawsvc openclaw: {exc}", file=sys.stderr)
         return CANNOT_RUN
-    if alone:
-        return run_alone(argv, env, cwd)
+    if alone is not None:
+        return run_alone(argv, env, cwd, alone)
     sys.stdout.flush()
     sys.stderr.flush()
     try:
