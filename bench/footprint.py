@@ -28,10 +28,8 @@ def total(pids: list[int], measure: Callable[[int], float]) -> float:
 
 IMPORTS = {
     "python": "pass",
-    "no keyring": ("import clawsvc.config, clawsvc.gateway.connection, clawsvc.control.server, "
-                   "clawsvc.service.notify, clawsvc.service.readiness, yaml"),
-    "modules": "import clawsvc.service.run",
-    "backend": "import clawsvc.service.run, keyring; keyring.get_keyring()",
+    "libraries": "import yaml, websocket, tenacity, sdnotify",
+    "modules": "import clawsvc.service.run",  # all `clawsvc run` imports; never keyring (a child process asks it)
 }
 
 
@@ -61,18 +59,18 @@ def run(ctx: Context) -> Section:
     cpu, gw_cpu = 100 * (mine1 - mine0) / elapsed, 100 * (gw1 - gw0) / elapsed
     section = Section("footprint", f"Footprint (idle, {elapsed:.0f} s window, {ctx.backend().version})")
     base = {name: import_rss(code) for name, code in IMPORTS.items()}
-    keyring_cost = base["modules"] - base["no keyring"] + base["backend"] - base["modules"]
     section.add(Row("RSS", mib(rss), f"{mib(gw_rss)} gateway ({len(gateway)} processes)",
                     f"{rss / gw_rss:.1%} of it", "<= 30 MB", rss <= RSS_TARGET),
-                why_missed=f"{mib(base['backend'])} of it is there before clawsvc does any work (the import rows): "
-                           f"the interpreter {mib(base['python'])}, the keyring {mib(keyring_cost)} (its import and "
-                           "backend discovery pull in importlib.metadata, email, http.client, ssl), the rest "
-                           "PyYAML, websocket-client, tenacity and clawsvc itself.")
+                why_missed=f"{mib(base['modules'])} of it is there before clawsvc does any work (the import rows): "
+                           f"the interpreter {mib(base['python'])}, PyYAML, websocket-client (with ssl and hashlib), "
+                           f"tenacity and sdnotify {mib(base['libraries'] - base['python'])}, clawsvc's own modules "
+                           f"{mib(base['modules'] - base['libraries'])}; the rest is what it allocates while running "
+                           "(threads' stacks, buffers, the event history).")
     if pss is not None:
         section.add(Row("  PSS (shared pages split)", mib(pss)))
     section.add(Row("  fresh python, nothing imported", mib(base["python"])))
-    section.add(Row("  + clawsvc's modules except keyring", mib(base["no keyring"])))
-    section.add(Row("  + keyring imported, backend resolved", mib(base["backend"])))
+    section.add(Row("  + PyYAML, websocket-client, tenacity, sdnotify", mib(base["libraries"])))
+    section.add(Row("  + all that `clawsvc run` imports (never keyring)", mib(base["modules"])))
     section.add(Row("idle CPU", f"{cpu:.3f} %", f"{gw_cpu:.2f} % gateway", "", f"<= {CPU_TARGET} %",
                      cpu <= CPU_TARGET),
                 why_missed="health checks and WebSocket pings every 30 s, plus the watchdog/deadline wake-ups.")
