@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import urllib.parse
 import urllib.request
@@ -20,7 +19,7 @@ from typing import Any
 
 import pytest
 from realgw import free_port
-from waiting import poll
+from waiting import poll, terminate
 
 SCRAPE = "1s"
 
@@ -86,13 +85,8 @@ class Prometheus:
         return float(result[0]["value"][1]) if result else None
 
     def stop(self) -> None:
-        if self.popen is not None and self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(20)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+        if self.popen is not None:
+            terminate(self.popen, 20)
 
     def __enter__(self) -> Prometheus:
         try:

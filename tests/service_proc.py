@@ -26,7 +26,7 @@ from typing import IO, Any
 import yaml
 from notify_peer import NotifyPeer
 from realgw import processes_with_env
-from waiting import exit_description, poll
+from waiting import exit_description, poll, terminate
 
 from clawsvc.control import client as control_client
 from clawsvc.control import wire as control_wire
@@ -167,13 +167,7 @@ class ServiceProcess:
         return processes_with_env("OPENCLAW_STATE_DIR", self.state_dir)
 
     def close(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(15)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+        terminate(self.popen, 15)
         for pid in self.leftovers():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from double import python
-from waiting import poll
+from waiting import poll, terminate
 
 from clawsvc.secrets import keyring_client
 
@@ -76,12 +75,7 @@ def at_spawn(tmp_path: Path, env: dict[str, str]) -> dict[str, Any]:
     try:
         poll(lambda: out.exists() or popen.poll() is not None, 60, "the gateway's spawn")
     finally:
-        popen.send_signal(signal.SIGTERM)
-        try:
-            code = popen.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(popen.pid, signal.SIGKILL)
-            code = popen.wait()
+        code = terminate(popen, 60, group=True)
     assert out.exists(), f"no gateway spawned (clawsvc exit {code}):\n{(tmp_path / 'clawsvc.log').read_text()}"
     # SIGTERM came at the spawn: the gateway is still stopped, then clawsvc exits 0
     assert code == 0, (tmp_path / "clawsvc.log").read_text()

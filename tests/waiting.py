@@ -6,6 +6,7 @@ its exit status and its last output lines at once, instead of after the whole ti
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import threading
@@ -46,3 +47,17 @@ def poll(condition: Callable[[], T], timeout: float, what: str, every: float = 0
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         pause.wait(every)
+
+
+def terminate(popen: subprocess.Popen[Any], grace: float, group: bool = False) -> int:
+    """SIGTERM, `grace` seconds to exit, then SIGKILL (to its process group with `group`); its exit status."""
+    if popen.poll() is None:
+        popen.send_signal(signal.SIGTERM)
+        try:
+            return popen.wait(grace)
+        except subprocess.TimeoutExpired:
+            if group:
+                os.killpg(popen.pid, signal.SIGKILL)
+            else:
+                popen.kill()
+    return popen.wait()
